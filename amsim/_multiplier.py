@@ -1,0 +1,290 @@
+"""The Multiplier object and the decorators that turn a Python model into one."""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+
+import numpy as np
+
+from . import _format
+from ._errors import InvalidTableError
+from .lut import Table, build_float_table, build_int_table, code_hash, validate
+
+__all__ = ["Multiplier", "multiplier", "int_multiplier"]
+
+_TABLES: dict[tuple, Table] = {}  # built tables, keyed by what determines them: a second use costs nothing
+_TABLES_LOCK = threading.Lock()
+
+
+class Multiplier:
+    """An approximate multiplier: an operand format plus the exhaustive table of its products.
+
+    Float multipliers take float32 operands rounded to ``mantissa_bits`` fraction bits (fp32 exponent range);
+    integer multipliers take ``bits``-wide signed or unsigned integers. See docs/semantics.md.
+
+    Multipliers are immutable, hashable and compare equal when they multiply identically in every case that
+    can be decided without building the table (same format, rounding and model code), so they can be static
+    arguments of ``jax.jit``. The table is built on first use and cached.
+
+    Create one with :func:`multiplier`, :func:`int_multiplier`, :meth:`from_table`, :meth:`load` or the
+    built-ins in :mod:`amsim.multipliers`.
+    """
+
+    def __init__(self, *, kind, bits, signed=False, rounding="nearest", name, model=None, fields=False,
+                 table: Table | None = None, doc=None):
+        if kind == "float":
+            _format.check_mantissa_bits(bits)
+            _format.check_rounding(rounding)
+        elif kind == "int":
+            _format.check_int_bits(bits)
+            rounding = "exact"
+        else:
+            raise ValueError(f"kind must be 'float' or 'int', got {kind!r}")
+        self._kind = kind
+        self._bits = bits
+        self._signed = bool(signed) if kind == "int" else False
+        self._rounding = rounding
+        self._name = name
+        self._model = model
+        self._fields = fields
+        self._table = table
+        self._hash = table.code_hash if table is not None else code_hash(model, kind, bits, self._signed, fields)
+        self.__doc__ = doc if doc is not None else getattr(model, "__doc__", None)
+        object.__setattr__(self, "_frozen", True)
+
+    # -- identity ----------------------------------------------------------------------------------------
+    def _key(self):
+        return (self._kind, self._bits, self._signed, self._rounding, self._hash)
+
+    def __hash__(self):
+        return hash(self._key())
+
+    def __eq__(self, other):
+        return isinstance(other, Multiplier) and self._key() == other._key()
+
+    def __setattr__(self, name, value):
+        if getattr(self, "_frozen", False):
+            raise AttributeError("Multiplier objects are immutable; use with_rounding() for a variant.")
+        object.__setattr__(self, name, value)
+
+    def __repr__(self):
+        if self.is_int:
+            fmt = f"{'int' if self._signed else 'uint'}{self._bits}"
+        else:
+            fmt = f"e8m{self._bits}, rounding={self._rounding!r}"
+        return f"Multiplier({self._name!r}, {fmt})"
+
+    def __reduce__(self):
+        raise TypeError("Multiplier objects are not pickled; save() them to .npz and load() them instead.")
+
+    # -- properties --------------------------------------------------------------------------------------
+    @property
+    def name(self) -> str:
+        return self._name
+
+    @property
+    def is_int(self) -> bool:
+        return self._kind == "int"
+
+    @property
+    def kind(self) -> str:
+        return self._kind
+
+    @property
+    def mantissa_bits(self) -> int:
+        """Kept fraction bits of the operands (float multipliers)."""
+        if self.is_int:
+            raise AttributeError(f"{self!r} is an integer multiplier; it has int_bits, not mantissa_bits.")
+        return self._bits
+
+    @property
+    def int_bits(self) -> int:
+        if not self.is_int:
+            raise AttributeError(f"{self!r} is a float multiplier; it has mantissa_bits, not int_bits.")
+        return self._bits
+
+    @property
+    def bits(self) -> int:
+        return self._bits
+
+    @property
+    def signed(self) -> bool:
+        return self._signed
+
+    @property
+    def int_range(self) -> tuple[int, int]:
+        return _format.int_range(self._bits, self._signed)
+
+    @property
+    def rounding(self) -> str:
+        return self._rounding
+
+    @property
+    def model(self):
+        """The Python model the table was built from (None for tables from elsewhere)."""
+        return self._model
+
+    @property
+    def code_hash(self) -> str:
+        return self._hash
+
+    @property
+    def table(self) -> Table:
+        """The exhaustive table (built and validated on first access, then cached)."""
+        if self._table is None:
+            key = (self._kind, self._bits, self._signed, self._fields, self._hash)
+            with _TABLES_LOCK:
+                table = _TABLES.get(key)
+                if table is None:
+                    table = self._build()
+                    _TABLES[key] = table
+            object.__setattr__(self, "_table", table)
+        return self._table
+
+    def _build(self) -> Table:
+        if self.is_int:
+            values = build_int_table(self._model, self._bits, self._signed, self._name)
+            source = "int-model"
+        else:
+            values = build_float_table(self._model, self._bits, self._name, self._fields)
+            source = "bits-model" if self._fields else "model"
+        table = Table(values, self._kind, self._bits, self._signed, self._name, source, self._hash)
+        validate(table)
+        return table
+
+    # -- variants and persistence --------------------------------------------------------------------------
+    def with_rounding(self, rounding: str) -> "Multiplier":
+        """The same multiplier with operands rounded by ``rounding`` ("nearest" or "truncate")."""
+        if self.is_int:
+            raise ValueError("integer multipliers take integer operands; they have no rounding mode.")
+        return Multiplier(kind=self._kind, bits=self._bits, rounding=rounding, name=self._name, model=self._model,
+                          fields=self._fields, table=self._table if self._model is None else None, doc=self.__doc__)
+
+    def save(self, path):
+        """Write the table and metadata (name, format, rounding, code hash) to an ``.npz`` file."""
+        return self.table.save(path, rounding=self._rounding)
+
+    @classmethod
+    def load(cls, path) -> "Multiplier":
+        """Read a multiplier saved with :meth:`save` (or any amsim table file)."""
+        table, meta = Table.load(path)
+        rounding = meta.get("rounding", "nearest") if table.kind == "float" else "exact"
+        return cls(kind=table.kind, bits=table.bits, signed=table.signed, rounding=rounding, name=table.name,
+                   table=table)
+
+    @classmethod
+    def from_table(cls, values, *, name: str, kind: str | None = None, signed: bool | None = None,
+                   rounding: str = "nearest") -> "Multiplier":
+        """Wrap a table that came from elsewhere.
+
+        Arguments:
+            values: float (2**m, 2**m) array of significand products (``values[ma, mb]`` for ``1.ma * 1.mb``),
+                or an integer (2**bits, 2**bits) array of products indexed ``[a - lo, b - lo]``.
+            name: the multiplier's name.
+            kind: "float" or "int"; by default taken from the array's dtype.
+            signed: for integer tables, whether operands are two's complement (required for int tables).
+            rounding: operand rounding for float tables.
+
+        Returns:
+            A :class:`Multiplier`. Float values are converted to float32 only if that is exact.
+        """
+        arr = np.asarray(values)
+        if kind is None:
+            kind = "int" if np.issubdtype(arr.dtype, np.integer) else "float"
+        if arr.ndim != 2 or arr.shape[0] != arr.shape[1] or arr.shape[0] & (arr.shape[0] - 1):
+            raise InvalidTableError(f"a table must be square with a power-of-two side, got shape {arr.shape}.")
+        bits = int(arr.shape[0]).bit_length() - 1
+        if kind == "float":
+            conv = arr.astype(np.float32)
+            with np.errstate(invalid="ignore"):
+                lossy = ~np.isnan(arr) & (conv.astype(arr.dtype) != arr)
+            if lossy.any():
+                raise InvalidTableError(f"table {name!r}: {int(lossy.sum())} values are not exactly representable "
+                                        "in float32; round them explicitly before from_table().")
+            signed = False
+        elif kind == "int":
+            if signed is None:
+                raise ValueError("from_table(..., kind='int') needs signed=True or signed=False.")
+            if not np.issubdtype(arr.dtype, np.integer):
+                raise InvalidTableError(f"integer table {name!r} must have an integer dtype, got {arr.dtype}.")
+            if arr.min(initial=0) < np.iinfo(np.int32).min or arr.max(initial=0) > np.iinfo(np.int32).max:
+                raise InvalidTableError(f"integer table {name!r} has values outside the int32 range.")
+            conv = arr.astype(np.int32)
+        else:
+            raise ValueError(f"kind must be 'float' or 'int', got {kind!r}")
+        digest = hashlib.sha256(np.ascontiguousarray(conv).tobytes()).hexdigest()[:16]
+        table = Table(conv.copy(), kind, bits, bool(signed), name, "table", digest)
+        if kind == "float":
+            _format.check_mantissa_bits(bits)
+        else:
+            _format.check_int_bits(bits)
+        validate(table)
+        return cls(kind=kind, bits=bits, signed=bool(signed), rounding=rounding, name=name, table=table)
+
+    # -- use -----------------------------------------------------------------------------------------------
+    def stats(self):
+        """Error metrics over the exhaustive operand grid (see :class:`amsim.ErrorStats`)."""
+        from ._metrics import error_stats
+
+        return error_stats(self)
+
+    def __call__(self, a, b, **kwargs):
+        """Elementwise approximate product: ``amsim.multiply(a, b, self)``."""
+        from ._ops import multiply
+
+        return multiply(a, b, self, **kwargs)
+
+
+def _decorator(fn, make):
+    if fn is None:
+        return make
+    return make(fn)
+
+
+def multiplier(fn=None, *, mantissa_bits: int, rounding: str = "nearest", fields: bool = False,
+               name: str | None = None):
+    """Turn a model of significand multiplication into a :class:`Multiplier`.
+
+    Arguments:
+        fn: the model. With ``fields=False`` it is ``fn(x, y) -> float`` for significands x, y in [1, 2) that
+            are exact multiples of ``2**-mantissa_bits``, returning their approximate product (finite, >= 0).
+            With ``fields=True`` it is ``fn(ma, mb) -> int`` on the integer fraction fields 0..2**m-1, returning
+            the integer product of the (m+1)-bit significands ``(2**m + ma) * (2**m + mb)`` in units of
+            ``2**(-2m)`` (how a hardware description computes it).
+        mantissa_bits: fraction bits kept from each float32 operand, 1 to 11.
+        rounding: how operands are reduced to ``mantissa_bits``: "nearest" (even) or "truncate".
+        fields: choose the integer-field form of the model.
+        name: defaults to the function's name.
+
+    Returns:
+        A :class:`Multiplier` (the table is built on first use). Model outputs are stored as float32 (nearest).
+    """
+    _format.check_mantissa_bits(mantissa_bits)
+    _format.check_rounding(rounding)
+
+    def make(f):
+        return Multiplier(kind="float", bits=mantissa_bits, rounding=rounding, name=name or f.__name__, model=f,
+                          fields=fields)
+
+    return _decorator(fn, make)
+
+
+def int_multiplier(fn=None, *, bits: int = 8, signed: bool = True, name: str | None = None):
+    """Turn an integer multiplier model ``fn(a, b) -> int`` into a :class:`Multiplier`.
+
+    Arguments:
+        fn: the model, called on every operand pair of the format (a full-operand table).
+        bits: operand width, 2 to 8.
+        signed: two's-complement operands (-2**(bits-1) .. 2**(bits-1)-1) or unsigned (0 .. 2**bits-1).
+        name: defaults to the function's name.
+
+    Returns:
+        A :class:`Multiplier` whose products are int32 and whose GEMMs accumulate exactly in int32.
+    """
+    _format.check_int_bits(bits)
+
+    def make(f):
+        return Multiplier(kind="int", bits=bits, signed=signed, name=name or f.__name__, model=f)
+
+    return _decorator(fn, make)

@@ -1,0 +1,152 @@
+"""Public array operations: elementwise multiply and matmul through an approximate multiplier."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ._backend import get_backend, is_cupy
+from ._errors import UnsupportedError
+from ._multiplier import Multiplier
+
+__all__ = ["multiply", "matmul"]
+
+_I32_MAX = np.iinfo(np.int32).max
+
+
+def _check_mult(mult) -> Multiplier:
+    if not isinstance(mult, Multiplier):
+        raise TypeError(f"expected an amsim.Multiplier, got {type(mult).__name__}; decorate the model with "
+                        "@amsim.multiplier(...) or use one from amsim.multipliers.")
+    return mult
+
+
+def _as_array(x, xp, name):
+    if is_cupy(x) or isinstance(x, np.ndarray):
+        return x
+    if isinstance(x, (list, tuple, int, float)) or np.isscalar(x):
+        raise TypeError(f"{name} must be an array (got {type(x).__name__}); wrap it with np.asarray(..., "
+                        "dtype=np.float32) so its dtype is explicit.")
+    return xp.asarray(x)
+
+
+def _check_operand(x, mult, name):
+    dt = x.dtype
+    if mult.is_int:
+        if dt.kind not in "iu":
+            raise TypeError(f"{name} has dtype {dt}, but {mult!r} is an integer multiplier: pass integer arrays "
+                            "(quantise floats first).")
+        lo, hi = mult.int_range
+        if x.size:
+            xmin, xmax = int(x.min()), int(x.max())
+            if xmin < lo or xmax > hi:
+                raise ValueError(f"{name} holds values in [{xmin}, {xmax}], outside the {mult.int_bits}-bit "
+                                 f"{'signed' if mult.signed else 'unsigned'} operand range [{lo}, {hi}]; clip or "
+                                 "requantise the input.")
+    elif dt != np.float32:
+        raise TypeError(f"{name} has dtype {dt}; float multipliers take float32 arrays. Convert explicitly with "
+                        f"{name}.astype(np.float32) (amsim never converts silently).")
+
+
+def _check_out(out, shape, dtype, xp):
+    if out is None:
+        return xp.empty(shape, dtype=dtype)
+    if tuple(out.shape) != tuple(shape) or out.dtype != dtype:
+        raise ValueError(f"out has shape {tuple(out.shape)} and dtype {out.dtype}; expected {tuple(shape)} {dtype}.")
+    if not out.flags.c_contiguous:
+        raise ValueError("out must be C-contiguous.")
+    return out
+
+
+def multiply(a, b, mult, *, out=None):
+    """Elementwise approximate product ``a * b`` with NumPy broadcasting.
+
+    Arguments:
+        a, b: float32 arrays (float multiplier) or integer arrays within the operand range (integer multiplier);
+            NumPy arrays run on the CPU kernels, CuPy arrays on the GPU.
+        mult: the :class:`Multiplier`.
+        out: optional C-contiguous output array of the broadcast shape.
+
+    Returns:
+        float32 or int32 array of the broadcast shape.
+    """
+    mult = _check_mult(mult)
+    be = get_backend(a, b)
+    xp = be.xp
+    a = _as_array(a, xp, "a")
+    b = _as_array(b, xp, "b")
+    _check_operand(a, mult, "a")
+    _check_operand(b, mult, "b")
+    shape = np.broadcast_shapes(a.shape, b.shape)
+    dtype = np.int32 if mult.is_int else np.float32
+    res = _check_out(out, shape, dtype, xp)
+    if res.size == 0:
+        return res
+    fa = xp.ascontiguousarray(xp.broadcast_to(a, shape)).reshape(-1)
+    fb = xp.ascontiguousarray(xp.broadcast_to(b, shape)).reshape(-1)
+    flat = res.reshape(-1)
+    if mult.is_int:
+        lo = mult.int_range[0]
+        be.multiply_i32((fa.astype(np.int64) - lo).astype(np.int32), (fb.astype(np.int64) - lo).astype(np.int32),
+                        flat, mult)
+    else:
+        be.multiply_f32(fa, fb, flat, mult)
+    return res
+
+
+def matmul(a, b, mult, *, out=None):
+    """Approximate matrix product with ``numpy.matmul`` shape rules (1-D promotion, broadcast batch dims).
+
+    Each output is the float32 sum over k in order, starting from +0.0 (docs/semantics.md); integer
+    multipliers accumulate exactly in int32.
+
+    Arguments:
+        a, b: float32 arrays (float multiplier) or integer arrays (integer multiplier), NumPy or CuPy.
+        mult: the :class:`Multiplier`.
+        out: optional C-contiguous output array.
+
+    Returns:
+        float32 or int32 array of shape ``broadcast(a.shape[:-2], b.shape[:-2]) + (M, N)``.
+    """
+    mult = _check_mult(mult)
+    be = get_backend(a, b)
+    xp = be.xp
+    a = _as_array(a, xp, "a")
+    b = _as_array(b, xp, "b")
+    if a.ndim == 0 or b.ndim == 0:
+        raise ValueError("matmul: operands must have at least one dimension; use amsim.multiply for scalars.")
+    _check_operand(a, mult, "a")
+    _check_operand(b, mult, "b")
+    a2 = a[None, :] if a.ndim == 1 else a
+    b2 = b[:, None] if b.ndim == 1 else b
+    if a2.shape[-1] != b2.shape[-2]:
+        raise ValueError(f"matmul: contraction dimensions differ: a has shape {a.shape} (K={a2.shape[-1]}), b has "
+                         f"shape {b.shape} (K={b2.shape[-2]}).")
+    try:
+        batch = np.broadcast_shapes(a2.shape[:-2], b2.shape[:-2])
+    except ValueError:
+        raise ValueError(f"matmul: batch dimensions {a.shape[:-2]} and {b.shape[:-2]} do not broadcast.") from None
+    m_rows, k_len, n_cols = a2.shape[-2], a2.shape[-1], b2.shape[-1]
+    out_shape = batch + (m_rows, n_cols)
+    if a.ndim == 1:
+        out_shape = out_shape[:-2] + (n_cols,)
+    if b.ndim == 1:
+        out_shape = out_shape[:-1]
+    dtype = np.int32 if mult.is_int else np.float32
+    res = _check_out(out, out_shape, dtype, xp)
+    nbatch = int(np.prod(batch, dtype=np.int64))
+    a3 = xp.ascontiguousarray(xp.broadcast_to(a2, batch + (m_rows, k_len))).reshape(nbatch, m_rows, k_len)
+    b3 = xp.ascontiguousarray(xp.broadcast_to(b2, batch + (k_len, n_cols))).reshape(nbatch, k_len, n_cols)
+    c3 = res.reshape(nbatch, m_rows, n_cols)
+    if mult.is_int:
+        bound = k_len * int(np.abs(mult.table.values.astype(np.int64)).max())
+        if bound > _I32_MAX:
+            raise UnsupportedError(f"matmul: with K={k_len} and products up to "
+                                   f"{int(np.abs(mult.table.values.astype(np.int64)).max())}, the int32 accumulator "
+                                   f"could overflow (bound {bound} > {_I32_MAX}); split the contraction into chunks "
+                                   "of at most "
+                                   f"{_I32_MAX // max(1, int(np.abs(mult.table.values.astype(np.int64)).max()))}.")
+        lo = mult.int_range[0]
+        be.gemm_i32((a3.astype(np.int64) - lo).astype(np.int32), (b3.astype(np.int64) - lo).astype(np.int32), c3, mult)
+    else:
+        be.gemm_f32(a3, b3, c3, mult)
+    return res

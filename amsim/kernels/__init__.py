@@ -1,0 +1,1 @@
+"""Kernels: Numba CPU kernels (_cpu.py); CUDA sources and their CuPy launchers (_cuda.py, *.cu)."""
