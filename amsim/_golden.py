@@ -89,7 +89,8 @@ def multiply(a, b, mult) -> np.ndarray:
     """
     if mult.is_int:
         return _int_products(a, b, mult)
-    return _float_products(a, b, mult)
+    with np.errstate(all="ignore"):
+        return _float_products(a, b, mult)
 
 
 def matmul(a, b, mult) -> np.ndarray:
@@ -116,7 +117,8 @@ def matmul(a, b, mult) -> np.ndarray:
     acc = np.zeros(batch + (m, n), dtype=acc_dtype)
     for kk in range(k):
         prod = multiply(a[..., :, kk : kk + 1], b[..., kk : kk + 1, :], mult)
-        acc = (acc + prod.astype(acc_dtype)).astype(acc_dtype)  # float32 + float32: one rounding per add
+        with np.errstate(all="ignore"):  # Inf - Inf -> NaN is part of the semantics, not an accident
+            acc = (acc + prod.astype(acc_dtype)).astype(acc_dtype)  # float32 + float32: one rounding per add
     if mult.is_int:
         acc = acc.astype(np.int32)
     if squeeze_a:

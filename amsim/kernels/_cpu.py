@@ -116,6 +116,18 @@ def bits_to_f32(typingctx, u):
     return types.float32(u), codegen
 
 
+@intrinsic
+def f32_to_bits(typingctx, x):
+    """Reinterpret a float32 as uint32. (Array .view() inside parallel loops is avoided: parfors can mis-alias it.)"""
+    if x != types.float32:
+        return None
+
+    def codegen(context, builder, signature, args):
+        return builder.bitcast(args[0], ir.IntType(32))
+
+    return types.uint32(x), codegen
+
+
 # ---------------------------------------------------------------------------------------------------------
 # operand decoding
 # ---------------------------------------------------------------------------------------------------------
@@ -129,10 +141,9 @@ def decode_float(x, m, truncate, e_lo, e_hi, bits, idx, scale, special):
     shift = 23 - m
     lmask = (1 << m) - 1
     rows, cols = x.shape
-    xb = x.view(np.uint32)
     for i in prange(rows):
         for j in range(cols):
-            u = round_bits(xb[i, j], shift, truncate)
+            u = round_bits(f32_to_bits(x[i, j]), shift, truncate)
             bits[i, j] = u
             e = np.int32((u >> np.uint32(23)) & np.uint32(0xFF))
             sign = u & np.uint32(0x80000000)
@@ -240,13 +251,10 @@ def multiply_f32(a, b, out, m, truncate, lut_e, lut_f):
     """Elementwise products of equally shaped flat float32 arrays."""
     shift = 23 - m
     lmask = (1 << m) - 1
-    ab = a.view(np.uint32)
-    bb = b.view(np.uint32)
-    ob = out.view(np.uint32)
     for q in prange(a.shape[0]):
-        ua = round_bits(ab[q], shift, truncate)
-        ub = round_bits(bb[q], shift, truncate)
-        ob[q] = product_bits(ua, ub, shift, lmask, lut_e, lut_f)
+        ua = round_bits(f32_to_bits(a[q]), shift, truncate)
+        ub = round_bits(f32_to_bits(b[q]), shift, truncate)
+        out[q] = bits_to_f32(product_bits(ua, ub, shift, lmask, lut_e, lut_f))
 
 
 # ---------------------------------------------------------------------------------------------------------
