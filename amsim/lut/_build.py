@@ -57,7 +57,7 @@ def _hash_code(h, code: types.CodeType) -> None:
 
 def _jit(fn, name):
     try:
-        return numba.njit(cache=False)(fn)
+        return numba.njit(cache=False, error_model="numpy")(fn)  # IEEE 0/0 -> NaN, caught by validation
     except Exception as exc:  # numba raises on decoration only for gross misuse
         raise ModelCompileError(f"multiplier {name!r}: Numba rejected the function: {exc}\n{_HINT}") from exc
 
@@ -101,7 +101,7 @@ def build_float_table(fn, m: int, name: str, fields: bool) -> np.ndarray:
                     out[ia, ib] = np.float32(f(x, 1.0 + ib * step))
 
     with np.errstate(over="ignore", invalid="ignore"):
-        return _run(kernel, np.empty((n, n), dtype=np.float32), name, f)
+        return _run(kernel, np.full((n, n), np.nan, dtype=np.float32), name, f)  # unwritten entries fail validation
 
 
 def build_int_table(fn, bits: int, signed: bool, name: str) -> np.ndarray:
@@ -118,7 +118,7 @@ def build_int_table(fn, bits: int, signed: bool, name: str) -> np.ndarray:
                 out[ia, ib] = f(ia + lo, ib + lo)
 
     # evaluated into float64 (exact for |v| < 2**53) so a model returning non-integers is caught, not truncated
-    wide = _run(kernel, np.empty((n, n), dtype=np.float64), name, f)
+    wide = _run(kernel, np.full((n, n), np.nan, dtype=np.float64), name, f)
     frac = ~np.isfinite(wide) | (wide != np.round(wide))
     if frac.any():
         i, j = np.argwhere(frac)[0]

@@ -97,7 +97,8 @@ class Table:
 
 def _describe(values, bad, label_a, label_b, fmt_a, fmt_b, limit=5) -> str:
     idx = np.argwhere(bad)
-    lines = [f"  {label_a}={fmt_a(i)}, {label_b}={fmt_b(j)} -> {values[i, j]!r}" for i, j in idx[:limit]]
+    lines = [f"  {label_a}={fmt_a(int(i))}, {label_b}={fmt_b(int(j))} -> {float(values[i, j])!r}"
+             for i, j in idx[:limit]]
     more = f"\n  ... and {len(idx) - limit} more" if len(idx) > limit else ""
     return "\n".join(lines) + more
 

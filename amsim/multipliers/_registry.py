@@ -32,7 +32,10 @@ def get(name: str, mantissa_bits: int = 7, rounding: str = "nearest"):
     Returns:
         The :class:`amsim.Multiplier`.
     """
-    match = re.fullmatch(r"([a-z_]+?)(\d*)", name.strip().lower())
+    key = name.strip().lower()
+    if key == "bf16":
+        return _float.exact(7, rounding=rounding)
+    match = re.fullmatch(r"([a-z_]+?)(\d*)", key)
     if match:
         base, digits = match.groups()
         if base in _INT and digits:
