@@ -1,0 +1,72 @@
+"""The one place where JAX calls amsim kernels: a batched matmul through ``jax.experimental.buffer_callback``.
+
+The callback gets XLA's own buffers: on the CPU they are viewed as NumPy arrays (no copy) and handed to the
+Numba kernels; on a GPU they are viewed as CuPy arrays and the kernels run on XLA's CUDA stream (``ctx.stream``),
+so no data leaves the device. Every layer op (dot_general, conv, einsum) reduces to :func:`bmm`.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.experimental.buffer_callback import buffer_callback
+
+from .._multiplier import Multiplier
+
+_I32_MAX = np.iinfo(np.int32).max
+
+
+def _as_cupy(buf):
+    import cupy
+
+    iface = buf.__cuda_array_interface__
+    shape, dtype = tuple(iface["shape"]), np.dtype(iface["typestr"])
+    nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    mem = cupy.cuda.UnownedMemory(iface["data"][0], nbytes, buf)
+    return cupy.ndarray(shape, dtype, cupy.cuda.MemoryPointer(mem, 0))
+
+
+def _on_gpu(buf) -> bool:
+    try:  # CPU buffers raise (not AttributeError) when asked for the CUDA interface
+        buf.__cuda_array_interface__
+    except Exception:
+        return False
+    return True
+
+
+@functools.lru_cache(maxsize=None)
+def _host_fn(mult: Multiplier):
+    from .._ops import matmul
+
+    def callback(ctx, out, a, b):
+        if _on_gpu(out):
+            import cupy
+
+            with cupy.cuda.ExternalStream(ctx.stream):
+                matmul(_as_cupy(a), _as_cupy(b), mult, out=_as_cupy(out))
+        else:
+            matmul(np.asarray(a), np.asarray(b), mult, out=np.asarray(out))
+
+    return callback
+
+
+def bmm(a, b, mult: Multiplier):
+    """Approximate batched matmul ``(..., M, K) @ (..., K, N)`` of float32 (or, for an integer multiplier,
+    int8/int16/int32) JAX arrays, computed by amsim's kernels. Works under jit, grad (as a leaf) and vmap."""
+    out_dtype = jnp.int32 if mult.is_int else jnp.float32
+    shape = jnp.broadcast_shapes(a.shape[:-2], b.shape[:-2]) + (a.shape[-2], b.shape[-1])
+    # vmap adds leading axes (size 1 where unbatched); amsim.matmul broadcasts them like any batch axis
+    f = buffer_callback(_host_fn(mult), jax.ShapeDtypeStruct(shape, out_dtype), vmap_method="expand_dims")
+    return f(a, b)
+
+
+def check_int_contraction(k: int, mult: Multiplier, what: str) -> None:
+    from .._errors import UnsupportedError
+
+    biggest = int(np.abs(mult.table.values.astype(np.int64)).max())
+    if k * biggest > _I32_MAX:
+        raise UnsupportedError(f"{what}: contraction length {k} with integer products up to {biggest} could "
+                               f"overflow the int32 accumulator; amsim refuses rather than wrap.")

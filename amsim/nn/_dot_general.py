@@ -1,0 +1,156 @@
+"""Approximate ``lax.dot_general`` with a custom VJP: forward, d(lhs) and d(rhs) each through their multiplier."""
+
+from __future__ import annotations
+
+import dataclasses
+from functools import partial
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+
+from .._errors import UnsupportedError
+from ._callback import bmm, check_int_contraction
+from . import _native
+from ._config import OpConfig, as_config
+
+F32 = jnp.float32
+
+
+def _norm_dn(dimension_numbers):
+    (lc, rc), (lb, rb) = dimension_numbers
+    return (tuple(int(d) for d in lc), tuple(int(d) for d in rc)), (tuple(int(d) for d in lb), tuple(int(d) for d in rb))
+
+
+def _free(ndim, *used):
+    taken = set(d for group in used for d in group)
+    return tuple(d for d in range(ndim) if d not in taken)
+
+
+def _quantize(x, bits, axis=None):
+    """Symmetric quantisation to signed ``bits``-bit integers; the scale is max|x| / (2**(bits-1) - 1)."""
+    qmax = (1 << (bits - 1)) - 1
+    amax = jnp.max(jnp.abs(x), axis=axis, keepdims=axis is not None)
+    scale = jnp.where(amax > 0, amax / qmax, 1.0).astype(F32)
+    q = jnp.clip(jnp.round(x / scale), -qmax, qmax).astype(jnp.int32)
+    return q, scale
+
+
+def matmul3(a, b, mode, per_channel=True):
+    """``(B, M, K) @ (B, K, N)`` in float32 through ``mode`` (a Multiplier, "exact" or "ste")."""
+    if isinstance(mode, str):
+        return _native.dot_general(a, b, (((2,), (1,)), ((0,), (0,))), precision=lax.Precision.HIGHEST,
+                               preferred_element_type=F32)
+    if not mode.is_int:
+        return bmm(a, b, mode)
+    check_int_contraction(a.shape[-1], mode, "dot_general")
+    qa, sa = _quantize(a, mode.int_bits)
+    qb, sb = _quantize(b, mode.int_bits, axis=-2 if per_channel else None)
+    return bmm(qa, qb, mode).astype(F32) * sa * sb
+
+
+def contract(lhs, rhs, dn, mode, per_channel=True):
+    """``lax.dot_general(lhs, rhs, dn)`` (float32, lax's output layout) through ``mode``.
+
+    The contraction runs over the flattened contracting dimensions in the order they are listed in ``dn``.
+    """
+    (lc, rc), (lb, rb) = dn
+    lf = _free(lhs.ndim, lc, lb)
+    rf = _free(rhs.ndim, rc, rb)
+    bshape = tuple(lhs.shape[d] for d in lb)
+    lfs = tuple(lhs.shape[d] for d in lf)
+    rfs = tuple(rhs.shape[d] for d in rf)
+    k = int(np.prod([lhs.shape[d] for d in lc], dtype=np.int64))
+    nb = int(np.prod(bshape, dtype=np.int64))
+    a = jnp.transpose(lhs, lb + lf + lc).reshape(nb, int(np.prod(lfs, dtype=np.int64)), k)
+    b = jnp.transpose(rhs, rb + rc + rf).reshape(nb, k, int(np.prod(rfs, dtype=np.int64)))
+    return matmul3(a, b, mode, per_channel).reshape(bshape + lfs + rfs)
+
+
+@partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def _dot_general(lhs, rhs, dn, cfg):
+    return contract(lhs, rhs, dn, cfg.fwd, cfg.per_channel)
+
+
+def _dot_general_fwd(lhs, rhs, dn, cfg):
+    return contract(lhs, rhs, dn, cfg.fwd, cfg.per_channel), (lhs, rhs)
+
+
+def _dot_general_bwd(dn, cfg, res, g):
+    lhs, rhs = res
+    (lc, rc), (lb, rb) = dn
+    lf = _free(lhs.ndim, lc, lb)
+    rf = _free(rhs.ndim, rc, rb)
+    nb, nlf, nrf = len(lb), len(lf), len(rf)
+    g_b = tuple(range(nb))
+    g_lf = tuple(range(nb, nb + nlf))
+    g_rf = tuple(range(nb + nlf, nb + nlf + nrf))
+    # d(lhs) = g x rhs, contracting rhs's free dims; result dims: batch, lhs free, rhs's contracting dims in
+    # ascending rhs order (= lhs contracting dims permuted accordingly)
+    d_lhs = contract(g, rhs, ((g_rf, rf), (g_b, rb)), cfg.dlhs, cfg.per_channel)
+    rc_sorted = sorted(range(len(rc)), key=lambda i: rc[i])
+    lhs_order = lb + lf + tuple(lc[i] for i in rc_sorted)
+    d_lhs = jnp.transpose(d_lhs, np.argsort(lhs_order))
+    # d(rhs) = lhs x g, contracting lhs's free dims; result dims: batch, lhs's contracting dims ascending, rhs free
+    d_rhs = contract(lhs, g, ((lf, g_lf), (lb, g_b)), cfg.drhs, cfg.per_channel)
+    lc_sorted = sorted(range(len(lc)), key=lambda i: lc[i])
+    rhs_order = rb + tuple(rc[i] for i in lc_sorted) + rf
+    d_rhs = jnp.transpose(d_rhs, np.argsort(rhs_order))
+    return d_lhs, d_rhs
+
+
+_dot_general.defvjp(_dot_general_fwd, _dot_general_bwd)
+
+
+def check_float_operand(x, what):
+    dt = jnp.dtype(x.dtype)
+    if dt == jnp.float64:
+        raise UnsupportedError(f"{what}: float64 operands cannot be simulated exactly (amsim's operand formats have "
+                               "the fp32 exponent range); cast to float32, or disable jax_enable_x64.")
+    if not jnp.issubdtype(dt, jnp.floating):
+        raise UnsupportedError(f"{what}: operand dtype {dt} is not a float type; approximate float multipliers take "
+                               "float16/bfloat16/float32 operands (integer multipliers quantise float tensors).")
+
+
+@dataclasses.dataclass(frozen=True)
+class DotGeneral:
+    """A drop-in ``lax.dot_general`` whose products go through amsim multipliers (see :class:`OpConfig`).
+
+    Instances are frozen and hashable: pass them as ``dot_general=`` to Flax layers or as ``_dot_general=`` to
+    ``jnp.einsum``. Operands of float16/bfloat16 are widened to float32 exactly; the result has
+    ``preferred_element_type`` or the operands' result type, like ``lax.dot_general``.
+    """
+
+    config: OpConfig
+
+    def __call__(self, lhs, rhs, dimension_numbers, precision=None, preferred_element_type=None, out_sharding=None,
+                 **kwargs):
+        if kwargs:
+            raise UnsupportedError(f"amsim dot_general: unsupported keyword arguments {sorted(kwargs)}.")
+        lhs, rhs = jnp.asarray(lhs), jnp.asarray(rhs)
+        check_float_operand(lhs, "dot_general lhs")
+        check_float_operand(rhs, "dot_general rhs")
+        dn = _norm_dn(dimension_numbers)
+        out_dtype = preferred_element_type or jnp.result_type(lhs.dtype, rhs.dtype)
+        if self.config.is_native:
+            out = _native.dot_general(lhs, rhs, dn, precision=precision,
+                                      preferred_element_type=preferred_element_type)
+        else:
+            out = _dot_general(lhs.astype(F32), rhs.astype(F32), dn, self.config).astype(out_dtype)
+        if out_sharding is not None:
+            out = jax.lax.with_sharding_constraint(out, out_sharding)
+        return out
+
+
+def dot_general(spec, dlhs=None, drhs=None) -> DotGeneral:
+    """An approximate ``dot_general``.
+
+    Arguments:
+        spec: a Multiplier, a built-in name ("mbm", "mitchell5", ...), "exact", or an :class:`OpConfig`.
+        dlhs, drhs: multipliers (or "exact"/"ste") for the two gradient products; default: same as forward.
+
+    Returns:
+        A hashable :class:`DotGeneral` with the ``lax.dot_general`` signature.
+    """
+    return DotGeneral(as_config(spec, dlhs, drhs))
