@@ -60,7 +60,18 @@ def bmm(a, b, mult: Multiplier):
     shape = jnp.broadcast_shapes(a.shape[:-2], b.shape[:-2]) + (a.shape[-2], b.shape[-1])
     # vmap adds leading axes (size 1 where unbatched); amsim.matmul broadcasts them like any batch axis
     f = buffer_callback(_host_fn(mult), jax.ShapeDtypeStruct(shape, out_dtype), vmap_method="expand_dims")
-    return f(a, b)
+    return _vary_like(f(a, b), a, b)
+
+
+def _vary_like(out, *inputs):
+    """Under shard_map, mark the callback's result as varying over every mesh axis its inputs vary over."""
+    try:
+        have = jax.typeof(out).mat.varying
+        want = set().union(*(jax.typeof(x).mat.varying for x in inputs))
+    except AttributeError:  # a JAX without manual-axis types
+        return out
+    missing = tuple(sorted(a for a in want if a not in have))
+    return jax.lax.pcast(out, missing, to="varying") if missing else out
 
 
 def check_int_contraction(k: int, mult: Multiplier, what: str) -> None:

@@ -20,7 +20,7 @@ from jax import lax
 from .._errors import UnsupportedError
 from . import _native
 from ._config import OpConfig, as_config
-from ._dot_general import F32, check_float_operand, matmul3
+from ._dot_general import F32, check_float_operand, match_vma, matmul3
 
 
 def _dilate(size, d):
@@ -109,7 +109,7 @@ def _conv_bwd(geom, cfg, res, g):
     dw = matmul3(a, gb, cfg.drhs, cfg.per_channel)  # (G, kw * cg, og)
     dw = dw.reshape((groups,) + window + (cg, og))
     dw = jnp.moveaxis(dw, 0, -2).reshape(window + (cg, o))
-    return dx, dw
+    return match_vma(dx, x), match_vma(dw, w)
 
 
 _conv.defvjp(_conv_fwd, _conv_bwd)
@@ -135,14 +135,14 @@ class ConvGeneralDilated:
 
     def __call__(self, lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilation=None,
                  dimension_numbers=None, feature_group_count=1, batch_group_count=1, precision=None,
-                 preferred_element_type=None, **kwargs):
+                 preferred_element_type=None, out_sharding=None, **kwargs):
         if kwargs:
             raise UnsupportedError(f"amsim conv_general_dilated: unsupported keyword arguments {sorted(kwargs)}.")
         lhs, rhs = jnp.asarray(lhs), jnp.asarray(rhs)
         if self.config.is_native:
             return _native.conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation,
-                                            dimension_numbers, feature_group_count, batch_group_count, precision,
-                                            preferred_element_type)
+                                                dimension_numbers, feature_group_count, batch_group_count,
+                                                precision, preferred_element_type, out_sharding=out_sharding)
         if batch_group_count != 1:
             raise UnsupportedError("amsim conv_general_dilated: batch_group_count > 1 is not simulated (it only "
                                    "appears in lax's own conv gradients, which amsim computes itself).")
@@ -167,7 +167,10 @@ class ConvGeneralDilated:
         perm[out_spec[1]] = y.ndim - 1
         for i, d in enumerate(out_spec[2:]):
             perm[d] = 1 + i
-        return jnp.transpose(y, perm)
+        y = jnp.transpose(y, perm)
+        if out_sharding is not None:
+            y = jax.lax.with_sharding_constraint(y, out_sharding)
+        return y
 
 
 def conv_general_dilated(spec, dlhs=None, drhs=None) -> ConvGeneralDilated:

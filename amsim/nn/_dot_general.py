@@ -11,7 +11,7 @@ import numpy as np
 from jax import lax
 
 from .._errors import UnsupportedError
-from ._callback import bmm, check_int_contraction
+from ._callback import _vary_like, bmm, check_int_contraction
 from . import _native
 from ._config import OpConfig, as_config
 
@@ -68,6 +68,18 @@ def contract(lhs, rhs, dn, mode, per_channel=True):
     return matmul3(a, b, mode, per_channel).reshape(bshape + lfs + rfs)
 
 
+def match_vma(ct, primal):
+    """Give a gradient the shard_map varying axes of its primal, as lax's own transpose rules do: a primal that is
+    invariant over an axis its gradient varies over gets the gradient summed over that axis."""
+    try:
+        extra = tuple(sorted(a for a in jax.typeof(ct).mat.varying if a not in jax.typeof(primal).mat.varying))
+    except AttributeError:  # a JAX without manual-axis types
+        return ct
+    if extra:
+        ct = jax.lax.psum(ct, extra)
+    return _vary_like(ct, primal)
+
+
 @partial(jax.custom_vjp, nondiff_argnums=(2, 3))
 def _dot_general(lhs, rhs, dn, cfg):
     return contract(lhs, rhs, dn, cfg.fwd, cfg.per_channel)
@@ -97,7 +109,7 @@ def _dot_general_bwd(dn, cfg, res, g):
     lc_sorted = sorted(range(len(lc)), key=lambda i: lc[i])
     rhs_order = rb + tuple(rc[i] for i in lc_sorted) + rf
     d_rhs = jnp.transpose(d_rhs, np.argsort(rhs_order))
-    return d_lhs, d_rhs
+    return match_vma(d_lhs, lhs), match_vma(d_rhs, rhs)
 
 
 _dot_general.defvjp(_dot_general_fwd, _dot_general_bwd)

@@ -107,13 +107,13 @@ def _dot_general(lhs, rhs, dimension_numbers, precision=None, preferred_element_
 
 def _conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilation=None,
                           dimension_numbers=None, feature_group_count=1, batch_group_count=1, precision=None,
-                          preferred_element_type=None):
+                          preferred_element_type=None, out_sharding=None):
     cfg = _resolve("conv_general_dilated")
     args = (lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation, dimension_numbers, feature_group_count,
             batch_group_count, precision, preferred_element_type)
     if cfg is None:
-        return _native.conv_general_dilated(*args)
-    return ConvGeneralDilated(cfg)(*args)
+        return _native.conv_general_dilated(*args, out_sharding=out_sharding)
+    return ConvGeneralDilated(cfg)(*args, out_sharding=out_sharding)
 
 
 def _einsum(*args, _dot_general=None, **kw):
@@ -167,7 +167,10 @@ def intercept(rules, *, dlhs=None, drhs=None):
         if first:
             for mod, name, fn in _PATCHES:
                 setattr(mod, name, fn)
-        yield log
+        # jnp.matmul, jnp.einsum & co. are jitted and would replay traces cached under other rules (or none);
+        # with jit disabled they are traced afresh into the caller's trace, so every op meets the current rule
+        with jax.disable_jit():
+            yield log
     finally:
         stack.pop()
         for mod, name, fn in saved:
@@ -233,17 +236,19 @@ def _approximate_nnx(model, rules: Rules):
         elif isinstance(mod, nnx.MultiHeadAttention):
             cfg = rules.lookup(name, "attention einsum")
             if cfg is not None:
-                mod.attention_fn = functools.partial(_nnx_attention, einsum_dot_general=DotGeneral(cfg))
+                mod.attention_fn = functools.partial(_nnx_attention, config=cfg)
         elif isinstance(mod, getattr(nnx, "ConvTranspose", ())):
             raise UnsupportedError(f"nnx ConvTranspose at {name!r} has no hook; call it inside "
                                    "amsim.nn.intercept(...) instead.")
     return model
 
 
-def _nnx_attention(query, key, value, *args, einsum_dot_general=None, **kwargs):
+def _nnx_attention(query, key, value, *args, config, **kwargs):
+    """nnx's attention has no dot_general hook: run it under interception so its two einsums are approximated."""
     from flax import nnx
 
-    return nnx.dot_product_attention(query, key, value, *args, einsum_dot_general=einsum_dot_general, **kwargs)
+    with intercept({"*": config}):
+        return nnx.dot_product_attention(query, key, value, *args, **kwargs)
 
 
 def approximate(model, rules, *, dlhs=None, drhs=None):

@@ -1,0 +1,301 @@
+"""The JAX bridge ops against lax (exact multiplier) and against the golden model (approximate multipliers)."""
+
+import itertools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax import lax
+
+import amsim
+from amsim import golden
+from amsim import nn as ann
+
+from .conftest import assert_bits_equal
+
+F = np.float32
+EXACT = amsim.multipliers.exact(11)
+MBM = amsim.multipliers.mbm(7)
+MIT = amsim.multipliers.mitchell(5)
+
+
+def q11(x):
+    return golden.quantize(np.asarray(x, F), 11)
+
+
+def _rand(rng, shape, pre_round=True):
+    x = rng.standard_normal(shape).astype(F)
+    return q11(x) if pre_round else x
+
+
+def _golden_dot_general(lhs, rhs, dn, mult):
+    """dot_general semantics spelled out: transpose to (B, M, K) @ (B, K, N), golden matmul, reshape."""
+    (lc, rc), (lb, rb) = dn
+    lf = [d for d in range(lhs.ndim) if d not in lc and d not in lb]
+    rf = [d for d in range(rhs.ndim) if d not in rc and d not in rb]
+    bs = [lhs.shape[d] for d in lb]
+    a = np.transpose(lhs, list(lb) + lf + list(lc)).reshape(int(np.prod(bs)), -1, int(np.prod([lhs.shape[d] for d in lc])))
+    b = np.transpose(rhs, list(rb) + list(rc) + rf).reshape(a.shape[0], a.shape[2], -1)
+    out = golden.matmul(a, b, mult)
+    return out.reshape(bs + [lhs.shape[d] for d in lf] + [rhs.shape[d] for d in rf])
+
+
+DOT_CASES = [
+    # (lhs shape, rhs shape, dimension numbers)
+    ((5, 7), (7, 3), (((1,), (0,)), ((), ()))),
+    ((7, 5), (7, 3), (((0,), (0,)), ((), ()))),  # TN
+    ((5, 7), (3, 7), (((1,), (1,)), ((), ()))),  # NT
+    ((2, 5, 7), (2, 7, 3), (((2,), (1,)), ((0,), (0,)))),  # batched
+    ((4, 3, 2, 5), (5, 2, 6), (((3, 2), (0, 1)), ((), ()))),  # two contracting dims, listed out of order
+    ((3, 2, 4, 5), (2, 5, 6, 3), (((1,), (0,)), ((0,), (3,)))),  # batch dim last on rhs
+    ((2, 3, 4, 5), (3, 5, 2, 4), (((3,), (1,)), ((0, 1), (2, 0)))),  # two batch dims
+    ((6,), (6, 4), (((0,), (0,)), ((), ()))),
+]
+
+
+@pytest.mark.parametrize("ls, rs, dn", DOT_CASES)
+def test_dot_general_exact_matches_lax(ls, rs, dn, rng):
+    lhs, rhs = _rand(rng, ls), _rand(rng, rs)
+    got = ann.dot_general(EXACT)(jnp.asarray(lhs), jnp.asarray(rhs), dn)
+    want = lax.dot_general(lhs, rhs, dn, precision=lax.Precision.HIGHEST)
+    assert got.shape == want.shape and got.dtype == jnp.float32
+    # products are exact; only the summation order differs from XLA's
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("ls, rs, dn", DOT_CASES)
+def test_dot_general_approx_matches_golden(ls, rs, dn, rng):
+    lhs, rhs = _rand(rng, ls, False), _rand(rng, rs, False)
+    got = jax.jit(ann.dot_general(MBM), static_argnums=2)(lhs, rhs, dn)
+    assert_bits_equal(np.asarray(got), _golden_dot_general(lhs, rhs, dn, MBM))
+
+
+@pytest.mark.parametrize("ls, rs, dn", DOT_CASES)
+def test_dot_general_gradients_are_true_transposes(ls, rs, dn, rng):
+    lhs, rhs = _rand(rng, ls), _rand(rng, rs)
+    w = _rand(rng, lax.dot_general(lhs, rhs, dn).shape)
+    dg = ann.dot_general(EXACT)
+
+    def loss(op):
+        return lambda a, b: jnp.sum(op(a, b, dn) * w)
+
+    got = jax.grad(loss(dg), argnums=(0, 1))(lhs, rhs)
+    want = jax.grad(loss(lambda a, b, d: lax.dot_general(a, b, d, precision="highest")), argnums=(0, 1))(lhs, rhs)
+    for g_, w_ in zip(got, want):
+        assert g_.shape == w_.shape
+        np.testing.assert_allclose(g_, w_, rtol=1e-5, atol=1e-5)  # w pre-rounded: gradient products exact too
+
+
+def test_dot_general_gradients_equal_golden_gemms(rng):
+    a, b = _rand(rng, (6, 9), False), _rand(rng, (9, 5), False)
+    g = _rand(rng, (6, 5), False)
+    dg = ann.dot_general(MBM, dlhs=MIT, drhs=amsim.multipliers.mitchell(3))
+    _, vjp = jax.vjp(lambda x, y: dg(x, y, (((1,), (0,)), ((), ()))), a, b)
+    da, db = vjp(jnp.asarray(g))
+    assert_bits_equal(np.asarray(da), golden.matmul(g, np.ascontiguousarray(b.T), MIT))  # g x rhs^T
+    assert_bits_equal(np.asarray(db), golden.matmul(np.ascontiguousarray(a.T), g, amsim.multipliers.mitchell(3)))
+
+
+def test_gradient_modes_ste_and_exact(rng):
+    a, b, g = _rand(rng, (4, 6), False), _rand(rng, (6, 3), False), _rand(rng, (4, 3), False)
+    dn = (((1,), (0,)), ((), ()))
+    for mode in ("ste", "exact"):
+        _, vjp = jax.vjp(lambda x, y: ann.dot_general(MBM, dlhs=mode, drhs=mode)(x, y, dn), a, b)
+        da, db = vjp(jnp.asarray(g))
+        np.testing.assert_allclose(da, g @ b.T, rtol=1e-6, atol=1e-6)
+        np.testing.assert_allclose(db, a.T @ g, rtol=1e-6, atol=1e-6)
+
+
+def test_vmap_and_jit_cache(rng):
+    a = _rand(rng, (3, 4, 6), False)
+    b = _rand(rng, (6, 5), False)
+    dg = ann.dot_general(MBM)
+    dn = (((1,), (0,)), ((), ()))
+    got = jax.vmap(lambda x: dg(x, b, dn))(a)
+    assert_bits_equal(np.asarray(got), golden.matmul(a, b, MBM))
+    got2 = jax.vmap(lambda x, y: dg(x, y, dn), in_axes=(0, None))(a, b)
+    assert_bits_equal(np.asarray(got2), golden.matmul(a, b, MBM))
+    # equal configs hash equal: jit reuses its trace
+    traces = []
+
+    @jax.jit
+    def f(x):
+        traces.append(1)
+        return x
+
+    f2 = jax.jit(lambda x, op: op(x, b, dn), static_argnums=1)
+    f2(a[0], ann.dot_general(amsim.multipliers.mbm(7)))
+    n_cache = f2._cache_size()
+    f2(a[0], ann.dot_general(amsim.multipliers.mbm(7)))
+    assert f2._cache_size() == n_cache
+    assert hash(ann.dot_general("mbm")) == hash(ann.dot_general(MBM))
+
+
+def test_bf16_operands_and_preferred_type(rng):
+    a = jnp.asarray(_rand(rng, (4, 8), False)).astype(jnp.bfloat16)
+    b = jnp.asarray(_rand(rng, (8, 3), False)).astype(jnp.bfloat16)
+    dn = (((1,), (0,)), ((), ()))
+    out = ann.dot_general(MBM)(a, b, dn)
+    assert out.dtype == jnp.bfloat16
+    out32 = ann.dot_general(MBM)(a, b, dn, preferred_element_type=jnp.float32)
+    assert out32.dtype == jnp.float32
+    assert_bits_equal(np.asarray(out32), golden.matmul(np.asarray(a, F), np.asarray(b, F), MBM))
+
+
+def test_int_multiplier_quantised_path(rng):
+    i8 = amsim.multipliers.exact_int(8)
+    a, b = _rand(rng, (5, 12), False), _rand(rng, (12, 4), False)
+    got = np.asarray(ann.dot_general(i8)(a, b, (((1,), (0,)), ((), ()))))
+    sa = np.abs(a).max() / 127
+    sb = np.abs(b).max(axis=0, keepdims=True) / 127
+    qa = np.clip(np.round(a / F(sa)), -127, 127).astype(np.int32)
+    qb = np.clip(np.round(b / sb.astype(F)), -127, 127).astype(np.int32)
+    want = golden.matmul(qa, qb, i8).astype(F) * F(sa) * sb.astype(F)
+    np.testing.assert_allclose(got, want, rtol=1e-6)
+    np.testing.assert_allclose(got, a @ b, atol=0.05 * np.abs(a @ b).max())  # int8 is close to exact
+
+
+# ---- convolution ---------------------------------------------------------------------------------------
+CONV_CASES = [
+    # (lhs shape NHWC, kernel HWIO, strides, padding, lhs_dil, rhs_dil, groups)
+    ((2, 7, 6, 3), (3, 3, 3, 4), (1, 1), "SAME", None, None, 1),
+    ((2, 8, 7, 2), (3, 2, 2, 5), (2, 1), "VALID", None, (2, 1), 1),
+    ((1, 6, 6, 4), (3, 3, 2, 6), (2, 2), ((1, 2), (0, 1)), (1, 2), None, 2),
+    ((2, 5, 5, 4), (3, 3, 1, 4), (1, 1), "SAME", None, None, 4),  # depthwise
+    ((1, 5, 4, 2), (2, 2, 2, 3), (1, 1), ((-1, 1), (1, 0)), (2, 2), (1, 2), 1),  # negative padding, transposed-style
+    ((3, 9, 2), (3, 2, 4), (2,), "SAME", None, None, 1),  # 1-D
+]
+
+
+def _conv(op, x, w, case):
+    _, _, strides, padding, ld, rd, groups = case
+    nsp = x.ndim - 2
+    spec = ("NWC", "WIO", "NWC") if nsp == 1 else ("NHWC", "HWIO", "NHWC")
+    return op(x, w, strides, padding, ld, rd, spec, groups)
+
+
+def _golden_conv(x, w, case, mult):
+    """Golden conv by explicit patches in NumPy and golden.matmul, summing over (window, channel) in order."""
+    _, _, strides, padding, ld, rd, groups = case
+    nsp = x.ndim - 2
+    ld = ld or (1,) * nsp
+    rd = rd or (1,) * nsp
+    win = w.shape[:nsp]
+    if isinstance(padding, str):
+        dil_in = [1 + d * (s - 1) for s, d in zip(x.shape[1:-1], ld)]
+        dil_w = [1 + d * (k - 1) for k, d in zip(win, rd)]
+        padding = lax.padtype_to_pads(dil_in, dil_w, strides, padding)
+    # dilate and pad with explicit index arithmetic
+    dil_shape = [1 + d * (s - 1) for s, d in zip(x.shape[1:-1], ld)]
+    xd = np.zeros((x.shape[0], *dil_shape, x.shape[-1]), F)
+    xd[(slice(None),) + tuple(slice(None, None, d) for d in ld)] = x
+    for i, (lo, hi) in enumerate(padding):
+        ax = 1 + i
+        if lo < 0:
+            xd = np.take(xd, range(-lo, xd.shape[ax]), axis=ax)
+        if hi < 0:
+            xd = np.take(xd, range(0, xd.shape[ax] + hi), axis=ax)
+        pw = [(0, 0)] * xd.ndim
+        pw[ax] = (max(lo, 0), max(hi, 0))
+        xd = np.pad(xd, pw)
+    out = [(xd.shape[1 + i] - (1 + rd[i] * (win[i] - 1))) // strides[i] + 1 for i in range(nsp)]
+    cg, o = w.shape[-2], w.shape[-1]
+    og = o // groups
+    res = np.zeros((x.shape[0], *out, o), F)
+    for pos in itertools.product(*[range(n) for n in out]):
+        rows = []
+        for offs in itertools.product(*[range(k) for k in win]):
+            idx = tuple(p * s + k * r for p, s, k, r in zip(pos, strides, offs, rd))
+            rows.append(xd[(slice(None),) + idx])  # (N, C)
+        patch = np.stack(rows, 1)  # (N, window, C)
+        for g in range(groups):
+            a = patch[:, :, g * cg:(g + 1) * cg].reshape(x.shape[0], -1)
+            b = w[..., g * og:(g + 1) * og].reshape(-1, og)
+            res[(slice(None),) + pos + (slice(g * og, (g + 1) * og),)] = golden.matmul(a, b, mult)
+    return res
+
+
+@pytest.mark.parametrize("case", CONV_CASES, ids=str)
+def test_conv_exact_matches_lax(case, rng):
+    x, w = _rand(rng, case[0]), _rand(rng, case[1])
+    got = _conv(ann.conv_general_dilated(EXACT), x, w, case)
+    want = _conv(lambda *a: lax.conv_general_dilated(*a[:7], feature_group_count=a[7], precision="highest"),
+                 x, w, case)
+    assert got.shape == want.shape
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("case", CONV_CASES, ids=str)
+def test_conv_approx_matches_golden(case, rng):
+    x, w = _rand(rng, case[0], False), _rand(rng, case[1], False)
+    got = jax.jit(lambda a, b: _conv(ann.conv_general_dilated(MBM), a, b, case))(x, w)
+    assert_bits_equal(np.asarray(got), _golden_conv(x, w, case, MBM))
+
+
+@pytest.mark.parametrize("case", CONV_CASES, ids=str)
+def test_conv_gradients_match_lax(case, rng):
+    x, w = _rand(rng, case[0]), _rand(rng, case[1])
+    native = lambda *a: lax.conv_general_dilated(*a[:7], feature_group_count=a[7], precision="highest")  # noqa
+    cot = _rand(rng, _conv(native, x, w, case).shape)
+
+    def loss(op):
+        return lambda a, b: jnp.sum(_conv(op, a, b, case) * cot)
+
+    got = jax.jit(jax.grad(loss(ann.conv_general_dilated(EXACT)), argnums=(0, 1)))(x, w)
+    want = jax.grad(loss(native), argnums=(0, 1))(x, w)
+    for g_, w_ in zip(got, want):
+        np.testing.assert_allclose(g_, w_, rtol=1e-5, atol=1e-5)
+
+
+def test_conv_kernel_gradient_equals_golden_gemm(rng):
+    # 1x1 conv: d(w) is exactly patches^T x g, d(x) is g x w^T
+    x, w = _rand(rng, (2, 3, 4, 5), False), _rand(rng, (1, 1, 5, 6), False)
+    g = _rand(rng, (2, 3, 4, 6), False)
+    op = ann.conv_general_dilated(MBM, dlhs=MIT)
+    _, vjp = jax.vjp(lambda a, b: op(a, b, (1, 1), "VALID", dimension_numbers=("NHWC", "HWIO", "NHWC")), x, w)
+    dx, dw = vjp(jnp.asarray(g))
+    assert_bits_equal(np.asarray(dw).reshape(5, 6), golden.matmul(np.ascontiguousarray(x.reshape(-1, 5).T),
+                                                                  g.reshape(-1, 6), MBM))
+    assert_bits_equal(np.asarray(dx).reshape(-1, 5), golden.matmul(g.reshape(-1, 6),
+                                                                   np.ascontiguousarray(w.reshape(5, 6).T), MIT))
+
+
+def test_conv_nchw_layout(rng):
+    x, w = _rand(rng, (2, 3, 6, 5), False), _rand(rng, (4, 3, 3, 3), False)
+    got = ann.conv_general_dilated(MBM)(x, w, (1, 1), "SAME", dimension_numbers=("NCHW", "OIHW", "NCHW"))
+    want = _golden_conv(x.transpose(0, 2, 3, 1), w.transpose(2, 3, 1, 0), ((), (), (1, 1), "SAME", None, None, 1),
+                        MBM).transpose(0, 3, 1, 2)
+    assert_bits_equal(np.asarray(got), want)
+
+
+# ---- einsum ------------------------------------------------------------------------------------------------
+def test_einsum_attention(rng):
+    q, k = _rand(rng, (2, 5, 3, 4), False), _rand(rng, (2, 6, 3, 4), False)
+    op = ann.einsum(MBM)  # MBM is symmetric, so einsum's operand swap cannot matter
+    s = op("bqhd,bkhd->bhqk", q, k)
+    want = golden.matmul(q.transpose(0, 2, 1, 3), k.transpose(0, 2, 3, 1), MBM)
+    assert_bits_equal(np.asarray(s), want)
+    v = _rand(rng, (2, 6, 3, 4), False)
+    o = jax.jit(lambda s_, v_: op("bhqk,bkhd->bqhd", s_, v_))(s, v)
+    want_o = golden.matmul(np.asarray(s), v.transpose(0, 2, 1, 3), MBM).transpose(0, 2, 1, 3)
+    assert_bits_equal(np.asarray(o), want_o)
+
+
+# ---- errors --------------------------------------------------------------------------------------------------
+def test_errors():
+    x = jnp.ones((2, 3), jnp.float32)
+    with pytest.raises(amsim.UnsupportedError, match="not a float type"):
+        ann.dot_general(MBM)(jnp.ones((2, 3), jnp.int32), x.T, (((1,), (0,)), ((), ())))
+    with pytest.raises(amsim.UnsupportedError, match="unsigned"):
+        ann.dot_general(amsim.multipliers.exact_int(8, signed=False))
+    with pytest.raises(amsim.UnsupportedError, match="batch_group_count"):
+        ann.conv_general_dilated(MBM)(jnp.ones((2, 4, 4, 2)), jnp.ones((1, 1, 2, 2)), (1, 1), "SAME",
+                                      dimension_numbers=("NHWC", "HWIO", "NHWC"), batch_group_count=2)
+    with pytest.raises(TypeError, match="Multiplier"):
+        ann.dot_general(3.5)
+    with pytest.raises(ValueError, match="unknown multiplier"):
+        ann.dot_general("nonexistent")
+    i8 = amsim.multipliers.exact_int(8)
+    with pytest.raises(amsim.UnsupportedError, match="overflow"):
+        ann.dot_general(i8)(jnp.ones((1, 140000)), jnp.ones((140000, 1)), (((1,), (0,)), ((), ())))
