@@ -1,8 +1,10 @@
-# Fresh-machine entry points. Each target creates .venv and installs what it needs.
+# Fresh-machine entry points. Each target creates .venv and installs what it needs (amsim, its extras, the
+# offline datasets).
 PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+DATA := $(VENV)/.data
 
 .PHONY: demo test bench gpu-check clean
 
@@ -14,14 +16,19 @@ $(STAMP): pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install -q -e ".[all]"
 	touch $(STAMP)
 
-demo: $(STAMP)
+$(DATA): scripts/install_data.sh | $(STAMP)
+	PYTHON=$(BIN)/python bash scripts/install_data.sh
+	touch $(DATA)
+
+demo: $(STAMP) $(DATA)
 	$(BIN)/python -m amsim.demo
 
-test: $(STAMP)
+test: $(STAMP) $(DATA)
 	$(BIN)/python -m pytest -q
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_cpu_gemm.py
+	$(BIN)/python benchmarks/bench_bridge.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache results
