@@ -9,7 +9,7 @@ Multiplier -> LUT -> kernel -> JAX bridge -> Flax layer:
 - :mod:`amsim.nn` bridges them into JAX and Flax.
 """
 
-from . import golden, multipliers
+from . import formats, golden, multipliers
 from ._errors import AmsimError, InvalidTableError, ModelCompileError, UnsupportedError
 from ._metrics import ErrorStats, format_table
 from ._multiplier import Multiplier, int_multiplier, multiplier
@@ -24,6 +24,7 @@ __all__ = [
     "multiply",
     "matmul",
     "multipliers",
+    "formats",
     "golden",
     "ErrorStats",
     "format_table",

@@ -40,6 +40,11 @@ def _float_products(a, b, mult) -> np.ndarray:
     """Elementwise approximate products of float32 arrays (broadcasting), float32 result."""
     m = mult.mantissa_bits
     table = mult.table.values.astype(np.float64)
+    if mult.operand_format is not None:  # narrow formats: convert (rounding, range, subnormal policy) first
+        from ._formats import convert
+
+        a = convert(a, mult.operand_format, mult.rounding)
+        b = convert(b, mult.operand_format, mult.rounding)
     qa = quantize(a, m, mult.rounding)
     qb = quantize(b, m, mult.rounding)
     qa, qb = np.broadcast_arrays(qa, qb)

@@ -32,7 +32,7 @@ class Multiplier:
     """
 
     def __init__(self, *, kind, bits, signed=False, rounding="nearest", name, model=None, fields=False,
-                 table: Table | None = None, doc=None):
+                 table: Table | None = None, doc=None, operand_format=None):
         if kind == "float":
             _format.check_mantissa_bits(bits)
             _format.check_rounding(rounding)
@@ -49,13 +49,20 @@ class Multiplier:
         self._model = model
         self._fields = fields
         self._table = table
+        if operand_format is not None:
+            if kind != "float" or operand_format.mantissa_bits != bits:
+                raise ValueError(f"operand format {operand_format.name} has {operand_format.mantissa_bits} "
+                                 f"fraction bits; the multiplier has {bits}: they must agree.")
+            if operand_format.is_fp32_range:
+                operand_format = None  # fp32's exponent: amsim's own rounding step is the conversion
+        self._format = operand_format
         self._hash = table.code_hash if table is not None else code_hash(model, kind, bits, self._signed, fields)
         self.__doc__ = doc if doc is not None else getattr(model, "__doc__", None)
         object.__setattr__(self, "_frozen", True)
 
     # -- identity ----------------------------------------------------------------------------------------
     def _key(self):
-        return (self._kind, self._bits, self._signed, self._rounding, self._hash)
+        return (self._kind, self._bits, self._signed, self._rounding, self._format, self._hash)
 
     def __hash__(self):
         return hash(self._key())
@@ -72,7 +79,8 @@ class Multiplier:
         if self.is_int:
             fmt = f"{'int' if self._signed else 'uint'}{self._bits}"
         else:
-            fmt = f"e8m{self._bits}, rounding={self._rounding!r}"
+            name = self._format.name if self._format else f"e8m{self._bits}"
+            fmt = f"{name}, rounding={self._rounding!r}"
         return f"Multiplier({self._name!r}, {fmt})"
 
     def __reduce__(self):
@@ -121,6 +129,11 @@ class Multiplier:
         return self._rounding
 
     @property
+    def operand_format(self):
+        """The :class:`amsim.formats.FloatFormat` operands are converted to first; None for fp32's exponent range."""
+        return self._format
+
+    @property
     def model(self):
         """The Python model the table was built from (None for tables from elsewhere)."""
         return self._model
@@ -158,20 +171,41 @@ class Multiplier:
         """The same multiplier with operands rounded by ``rounding`` ("nearest" or "truncate")."""
         if self.is_int:
             raise ValueError("integer multipliers take integer operands; they have no rounding mode.")
-        return Multiplier(kind=self._kind, bits=self._bits, rounding=rounding, name=self._name, model=self._model,
-                          fields=self._fields, table=self._table if self._model is None else None, doc=self.__doc__)
+        return self._variant(rounding=rounding)
+
+    def with_format(self, operand_format) -> "Multiplier":
+        """The same significand table applied to operands converted to ``operand_format`` first (fp16, FP8...).
+
+        The format's fraction bits must equal the multiplier's ``mantissa_bits``.
+        """
+        if self.is_int:
+            raise ValueError("integer multipliers have no float operand format.")
+        return self._variant(operand_format=operand_format)
+
+    def _variant(self, **changes):
+        kw = dict(kind=self._kind, bits=self._bits, rounding=self._rounding, name=self._name, model=self._model,
+                  fields=self._fields, table=self._table if self._model is None else None, doc=self.__doc__,
+                  operand_format=self._format)
+        kw.update(changes)
+        return Multiplier(**kw)
 
     def save(self, path):
         """Write the table and metadata (name, format, rounding, code hash) to an ``.npz`` file."""
-        return self.table.save(path, rounding=self._rounding)
+        extra = {"operand_format": self._format.spec()} if self._format else {}
+        return self.table.save(path, rounding=self._rounding, **extra)
 
     @classmethod
     def load(cls, path) -> "Multiplier":
         """Read a multiplier saved with :meth:`save` (or any amsim table file)."""
         table, meta = Table.load(path)
         rounding = meta.get("rounding", "nearest") if table.kind == "float" else "exact"
+        fmt = None
+        if meta.get("operand_format"):
+            from ._formats import FloatFormat
+
+            fmt = FloatFormat(**meta["operand_format"])
         return cls(kind=table.kind, bits=table.bits, signed=table.signed, rounding=rounding, name=table.name,
-                   table=table)
+                   table=table, operand_format=fmt)
 
     @classmethod
     def from_table(cls, values, *, name: str, kind: str | None = None, signed: bool | None = None,
@@ -242,8 +276,8 @@ def _decorator(fn, make):
     return make(fn)
 
 
-def multiplier(fn=None, *, mantissa_bits: int, rounding: str = "nearest", fields: bool = False,
-               name: str | None = None):
+def multiplier(fn=None, *, mantissa_bits: int | None = None, rounding: str = "nearest", fields: bool = False,
+               name: str | None = None, operand_format=None):
     """Turn a model of significand multiplication into a :class:`Multiplier`.
 
     Arguments:
@@ -256,16 +290,22 @@ def multiplier(fn=None, *, mantissa_bits: int, rounding: str = "nearest", fields
         rounding: how operands are reduced to ``mantissa_bits``: "nearest" (even) or "truncate".
         fields: choose the integer-field form of the model.
         name: defaults to the function's name.
+        operand_format: an :class:`amsim.formats.FloatFormat` (fp16, e4m3, e5m2, custom) operands are converted to
+            first; ``mantissa_bits`` defaults to its fraction bits.
 
     Returns:
         A :class:`Multiplier` (the table is built on first use). Model outputs are stored as float32 (nearest).
     """
+    if mantissa_bits is None:
+        if operand_format is None:
+            raise TypeError("multiplier() needs mantissa_bits= (or an operand_format= that implies it).")
+        mantissa_bits = operand_format.mantissa_bits
     _format.check_mantissa_bits(mantissa_bits)
     _format.check_rounding(rounding)
 
     def make(f):
         return Multiplier(kind="float", bits=mantissa_bits, rounding=rounding, name=name or f.__name__, model=f,
-                          fields=fields)
+                          fields=fields, operand_format=operand_format)
 
     return _decorator(fn, make)
 

@@ -47,6 +47,16 @@ def _check_operand(x, mult, name):
                         f"{name}.astype(np.float32) (amsim never converts silently).")
 
 
+def _convert(x, mult, xp):
+    """Narrow operand formats (fp16, FP8, ...): convert first; the kernels then see exactly representable values."""
+    fmt = mult.operand_format if not mult.is_int else None
+    if fmt is None:
+        return x
+    from ._formats import convert
+
+    return convert(x, fmt, mult.rounding, xp)
+
+
 def _check_out(out, shape, dtype, xp):
     if out is None:
         return xp.empty(shape, dtype=dtype)
@@ -81,8 +91,8 @@ def multiply(a, b, mult, *, out=None):
     res = _check_out(out, shape, dtype, xp)
     if res.size == 0:
         return res
-    fa = xp.ascontiguousarray(xp.broadcast_to(a, shape)).reshape(-1)
-    fb = xp.ascontiguousarray(xp.broadcast_to(b, shape)).reshape(-1)
+    fa = xp.ascontiguousarray(xp.broadcast_to(_convert(a, mult, xp), shape)).reshape(-1)
+    fb = xp.ascontiguousarray(xp.broadcast_to(_convert(b, mult, xp), shape)).reshape(-1)
     flat = res.reshape(-1)
     if mult.is_int:
         lo = mult.int_range[0]
@@ -116,6 +126,7 @@ def matmul(a, b, mult, *, out=None):
         raise ValueError("matmul: operands must have at least one dimension; use amsim.multiply for scalars.")
     _check_operand(a, mult, "a")
     _check_operand(b, mult, "b")
+    a, b = _convert(a, mult, xp), _convert(b, mult, xp)
     a2 = a[None, :] if a.ndim == 1 else a
     b2 = b[:, None] if b.ndim == 1 else b
     if a2.shape[-1] != b2.shape[-2]:

@@ -60,11 +60,12 @@ class Table:
             "digest": self.digest,
         }
 
-    def save(self, path, rounding: str | None = None) -> Path:
+    def save(self, path, rounding: str | None = None, **extra) -> Path:
         """Write the table and its metadata to an ``.npz`` file (no pickled objects)."""
         meta = self.metadata()
         if rounding is not None:
             meta["rounding"] = rounding
+        meta.update(extra)
         path = Path(path)
         with open(path, "wb") as fh:
             np.savez_compressed(fh, values=self.values, metadata=np.array(json.dumps(meta)))
