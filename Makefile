@@ -24,7 +24,7 @@ demo: $(STAMP) $(DATA)
 	$(BIN)/python -m amsim.demo
 
 test: $(STAMP) $(DATA)
-	$(BIN)/python -m pytest -q
+	AMSIM_NB_QUICK=1 $(BIN)/python -m pytest -q
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_cpu_gemm.py
