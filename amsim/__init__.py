@@ -9,10 +9,11 @@ Multiplier -> LUT -> kernel -> JAX bridge -> Flax layer:
 - :mod:`amsim.nn` bridges them into JAX and Flax.
 """
 
-from . import formats, golden, multipliers
+from . import formats, golden, interop, multipliers
 from ._errors import AmsimError, InvalidTableError, ModelCompileError, UnsupportedError
 from ._metrics import ErrorStats, format_table
 from ._multiplier import Multiplier, int_multiplier, multiplier
+from ._plots import error_heatmap
 from ._ops import matmul, multiply
 
 __version__ = "0.1.0"
@@ -26,6 +27,8 @@ __all__ = [
     "multipliers",
     "formats",
     "golden",
+    "interop",
+    "error_heatmap",
     "ErrorStats",
     "format_table",
     "AmsimError",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import inspect
+from concurrent.futures import ThreadPoolExecutor
 import textwrap
 import types
 
@@ -63,8 +64,18 @@ def _jit(fn, name):
 
 
 def _run(kernel, out, name, fn_jit):
+    # rows are split over threads running a nogil serial kernel: parallel, and without Numba's parfor lowering,
+    # which some LLVM builds abort on for certain models (a crash no exception handler could report)
+    n = out.shape[0]
     try:
-        kernel(out)
+        kernel(out, 0, min(n, 1))  # compile (and surface compile errors) on one row first
+        workers = max(1, min(numba.config.NUMBA_NUM_THREADS, n // 64))
+        if workers == 1:
+            kernel(out, 0, n)
+        else:
+            bounds = np.linspace(0, n, workers + 1).astype(int)
+            with ThreadPoolExecutor(workers) as pool:
+                list(pool.map(lambda i: kernel(out, bounds[i], bounds[i + 1]), range(workers)))
     except numba.core.errors.NumbaError as exc:
         msg = str(exc).strip()
         raise ModelCompileError(f"multiplier {name!r} could not be compiled by Numba:\n{msg}\n\n{_HINT}") from None
@@ -85,17 +96,17 @@ def build_float_table(fn, m: int, name: str, fields: bool) -> np.ndarray:
 
     if fields:
 
-        @numba.njit(parallel=True, cache=False)
-        def kernel(out):
-            for ia in numba.prange(n):
+        @numba.njit(nogil=True, cache=False)
+        def kernel(out, lo, hi):
+            for ia in range(lo, hi):
                 for ib in range(n):
                     out[ia, ib] = np.float32(f(ia, ib) * scale)
 
     else:
 
-        @numba.njit(parallel=True, cache=False)
-        def kernel(out):
-            for ia in numba.prange(n):
+        @numba.njit(nogil=True, cache=False)
+        def kernel(out, lo, hi):
+            for ia in range(lo, hi):
                 x = 1.0 + ia * step
                 for ib in range(n):
                     out[ia, ib] = np.float32(f(x, 1.0 + ib * step))
@@ -111,9 +122,9 @@ def build_int_table(fn, bits: int, signed: bool, name: str) -> np.ndarray:
     lo = -(n >> 1) if signed else 0
     i32_lo, i32_hi = np.iinfo(np.int32).min, np.iinfo(np.int32).max
 
-    @numba.njit(parallel=True, cache=False)
-    def kernel(out):
-        for ia in numba.prange(n):
+    @numba.njit(nogil=True, cache=False)
+    def kernel(out, row_lo, row_hi):
+        for ia in range(row_lo, row_hi):
             for ib in range(n):
                 out[ia, ib] = f(ia + lo, ib + lo)
 
