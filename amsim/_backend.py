@@ -48,6 +48,18 @@ class NumpyBackend:
         _cpu.multiply_f32(a, b, out, mult.mantissa_bits, mult.rounding == "truncate", lut_e, lut_f)
         return out
 
+    def gemm_table(self, ia, ib, out, mult):
+        """Full-operand float tables: ``out[b] = sum_k T[ia[b, i, k], ib[b, k, j]]`` in float32, k in order."""
+        from .kernels import _cpu_tables
+
+        return _cpu_tables.gemm_table(ia, ib, out, mult.table.values)
+
+    def multiply_table(self, ia, ib, out, mult):
+        from .kernels import _cpu_tables
+
+        _cpu_tables.multiply_table(ia, ib, out, mult.table.values)
+        return out
+
     def multiply_i32(self, ia, ib, out, mult):
         from .kernels import _cpu
 

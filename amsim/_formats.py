@@ -150,3 +150,41 @@ def _convert(x, fmt, rounding, xp):
     mag = xp.where(over, repl, mag)
     mag = xp.where(xp.isnan(x), np.float32(np.nan), mag)
     return xp.where(neg, -mag, mag).astype(np.float32)
+
+
+def encode(v, fmt: FloatFormat, xp=np):
+    """Bit codes (int32, 0 .. 2**total_bits - 1) of float32 values already in ``fmt`` (see :func:`convert`)."""
+    m, bias = fmt.mantissa_bits, fmt.bias
+    v = xp.asarray(v, dtype=np.float32)
+    with np.errstate(all="ignore"):
+        a = xp.abs(v).astype(np.float64)
+        sign = xp.signbit(v).astype(np.int32) << (fmt.exponent_bits + m)
+        _, e = xp.frexp(a)  # a = f * 2**e, f in [0.5, 1)
+        exp_field = xp.clip(e - 1 + bias, 0, (1 << fmt.exponent_bits) - 1)
+        normal = a >= fmt.min_normal
+        frac_normal = xp.rint((a / xp.ldexp(xp.ones_like(a), e - 1) - 1.0) * (1 << m))
+        frac_sub = xp.rint(a / 2.0 ** (1 - bias - m))
+        code = xp.where(normal, (exp_field << m) + frac_normal.astype(np.int32), frac_sub.astype(np.int32))
+        all_ones = (1 << (fmt.exponent_bits + m)) - 1
+        inf_code = ((1 << fmt.exponent_bits) - 1) << m
+        nan_code = all_ones if not fmt.ieee else inf_code | (1 << (m - 1))
+        code = xp.where(xp.isinf(a), inf_code, code)
+        code = xp.where(xp.isnan(a), nan_code, code)
+    return (sign | code.astype(np.int32)).astype(np.int32)
+
+
+def decode_all(fmt: FloatFormat) -> np.ndarray:
+    """The float32 value of every code of a format of at most 16 bits (NaN for NaN codes)."""
+    n = 1 << fmt.total_bits
+    codes = np.arange(n, dtype=np.int64)
+    m, eb = fmt.mantissa_bits, fmt.exponent_bits
+    sign = np.where(codes >> (eb + m) & 1, -1.0, 1.0)
+    e = (codes >> m) & ((1 << eb) - 1)
+    f = (codes & ((1 << m) - 1)).astype(np.float64)
+    val = np.where(e == 0, f * 2.0 ** (1 - fmt.bias - m), (1.0 + f / (1 << m)) * 2.0 ** (e - fmt.bias))
+    top = e == (1 << eb) - 1
+    if fmt.ieee:
+        val = np.where(top, np.where(f == 0, np.inf, np.nan), val)
+    else:
+        val = np.where(top & (f == (1 << m) - 1), np.nan, val)
+    return (sign * val).astype(np.float32)

@@ -76,6 +76,17 @@ def _float_products(a, b, mult) -> np.ndarray:
     return np.where(nan_out, np.uint32(CANONICAL_NAN_BITS).view(np.float32), out)
 
 
+def _code_products(a, b, mult) -> np.ndarray:
+    """Full-operand tables: convert to the format, then look the pair of codes up."""
+    from ._formats import convert, encode
+
+    fmt = mult.operand_format
+    ca = encode(convert(a, fmt, mult.rounding), fmt)
+    cb = encode(convert(b, fmt, mult.rounding), fmt)
+    ca, cb = np.broadcast_arrays(ca, cb)
+    return mult.table.values[ca, cb]
+
+
 def _int_products(a, b, mult) -> np.ndarray:
     lo, _ = mult.int_range
     a, b = np.broadcast_arrays(np.asarray(a, dtype=np.int64), np.asarray(b, dtype=np.int64))
@@ -95,6 +106,8 @@ def multiply(a, b, mult) -> np.ndarray:
     if mult.is_int:
         return _int_products(a, b, mult)
     with np.errstate(all="ignore"):
+        if mult.is_code:
+            return _code_products(a, b, mult)
         return _float_products(a, b, mult)
 
 

@@ -56,6 +56,11 @@ def format_table(stats: list[ErrorStats]) -> str:
 def exact_grid(mult) -> np.ndarray:
     """The exact products on the multiplier's grid (float64), same layout as its table."""
     n = 1 << mult.bits
+    if mult.is_code:
+        from ._formats import decode_all
+
+        v = decode_all(mult.operand_format).astype(np.float64)
+        return np.multiply.outer(v, v)
     if mult.is_int:
         lo = mult.int_range[0]
         v = np.arange(n, dtype=np.float64) + lo
@@ -67,6 +72,10 @@ def exact_grid(mult) -> np.ndarray:
 def error_stats(mult) -> ErrorStats:
     p = mult.table.values.astype(np.float64)
     ex = exact_grid(mult)
+    if mult.is_code:  # finite operand pairs only
+        with np.errstate(invalid="ignore"):
+            keep = np.isfinite(ex) & np.isfinite(p)
+        p, ex = p[keep], ex[keep]
     diff = p - ex
     nz = ex != 0
     rel = diff[nz] / np.abs(ex[nz])

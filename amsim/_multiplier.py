@@ -36,11 +36,16 @@ class Multiplier:
         if kind == "float":
             _format.check_mantissa_bits(bits)
             _format.check_rounding(rounding)
+        elif kind == "code":  # full-operand table of a format of at most 8 bits, indexed by the operands' codes
+            _format.check_rounding(rounding)
+            if operand_format is None or operand_format.total_bits > 8 or operand_format.total_bits != bits:
+                raise ValueError("a full-operand table needs an operand_format of at most 8 bits in total "
+                                 "(e.g. amsim.formats.e4m3(...)) whose width matches the table.")
         elif kind == "int":
             _format.check_int_bits(bits)
             rounding = "exact"
         else:
-            raise ValueError(f"kind must be 'float' or 'int', got {kind!r}")
+            raise ValueError(f"kind must be 'float', 'code' or 'int', got {kind!r}")
         self._kind = kind
         self._bits = bits
         self._signed = bool(signed) if kind == "int" else False
@@ -49,7 +54,7 @@ class Multiplier:
         self._model = model
         self._fields = fields
         self._table = table
-        if operand_format is not None:
+        if operand_format is not None and kind != "code":
             if kind != "float" or operand_format.mantissa_bits != bits:
                 raise ValueError(f"operand format {operand_format.name} has {operand_format.mantissa_bits} "
                                  f"fraction bits; the multiplier has {bits}: they must agree.")
@@ -78,6 +83,8 @@ class Multiplier:
     def __repr__(self):
         if self.is_int:
             fmt = f"{'int' if self._signed else 'uint'}{self._bits}"
+        elif self.is_code:
+            fmt = f"full table over {self._format.name}, rounding={self._rounding!r}"
         else:
             name = self._format.name if self._format else f"e8m{self._bits}"
             fmt = f"{name}, rounding={self._rounding!r}"
@@ -96,6 +103,11 @@ class Multiplier:
         return self._kind == "int"
 
     @property
+    def is_code(self) -> bool:
+        """True for a full-operand table indexed by the operands' format codes (formats of at most 8 bits)."""
+        return self._kind == "code"
+
+    @property
     def kind(self) -> str:
         return self._kind
 
@@ -104,7 +116,7 @@ class Multiplier:
         """Kept fraction bits of the operands (float multipliers)."""
         if self.is_int:
             raise AttributeError(f"{self!r} is an integer multiplier; it has int_bits, not mantissa_bits.")
-        return self._bits
+        return self._format.mantissa_bits if self.is_code else self._bits
 
     @property
     def int_bits(self) -> int:
@@ -159,6 +171,11 @@ class Multiplier:
         if self.is_int:
             values = build_int_table(self._model, self._bits, self._signed, self._name)
             source = "int-model"
+        elif self.is_code:
+            from .lut._build import build_code_table
+
+            values = build_code_table(self._model, self._format, self._name)
+            source = "code-model"
         else:
             values = build_float_table(self._model, self._bits, self._name, self._fields)
             source = "bits-model" if self._fields else "model"
@@ -198,7 +215,7 @@ class Multiplier:
     def load(cls, path) -> "Multiplier":
         """Read a multiplier saved with :meth:`save` (or any amsim table file)."""
         table, meta = Table.load(path)
-        rounding = meta.get("rounding", "nearest") if table.kind == "float" else "exact"
+        rounding = meta.get("rounding", "nearest") if table.kind != "int" else "exact"
         fmt = None
         if meta.get("operand_format"):
             from ._formats import FloatFormat
@@ -209,7 +226,7 @@ class Multiplier:
 
     @classmethod
     def from_table(cls, values, *, name: str, kind: str | None = None, signed: bool | None = None,
-                   rounding: str = "nearest") -> "Multiplier":
+                   rounding: str = "nearest", operand_format=None) -> "Multiplier":
         """Wrap a table that came from elsewhere.
 
         Arguments:
@@ -219,17 +236,20 @@ class Multiplier:
             kind: "float" or "int"; by default taken from the array's dtype.
             signed: for integer tables, whether operands are two's complement (required for int tables).
             rounding: operand rounding for float tables.
+            operand_format: the operand format; with a table of side 2**total_bits (formats of at most 8 bits)
+                the table is a full-operand table ``values[code_a, code_b]`` (kind "code").
 
         Returns:
             A :class:`Multiplier`. Float values are converted to float32 only if that is exact.
         """
         arr = np.asarray(values)
         if kind is None:
-            kind = "int" if np.issubdtype(arr.dtype, np.integer) else "float"
+            kind = "int" if np.issubdtype(arr.dtype, np.integer) else "code" if operand_format is not None and \
+                arr.shape[0] == 1 << operand_format.total_bits and operand_format.total_bits <= 8 else "float"
         if arr.ndim != 2 or arr.shape[0] != arr.shape[1] or arr.shape[0] & (arr.shape[0] - 1):
             raise InvalidTableError(f"a table must be square with a power-of-two side, got shape {arr.shape}.")
         bits = int(arr.shape[0]).bit_length() - 1
-        if kind == "float":
+        if kind in ("float", "code"):
             conv = arr.astype(np.float32)
             with np.errstate(invalid="ignore"):
                 lossy = ~np.isnan(arr) & (conv.astype(arr.dtype) != arr)
@@ -246,15 +266,16 @@ class Multiplier:
                 raise InvalidTableError(f"integer table {name!r} has values outside the int32 range.")
             conv = arr.astype(np.int32)
         else:
-            raise ValueError(f"kind must be 'float' or 'int', got {kind!r}")
+            raise ValueError(f"kind must be 'float', 'code' or 'int', got {kind!r}")
         digest = hashlib.sha256(np.ascontiguousarray(conv).tobytes()).hexdigest()[:16]
         table = Table(conv.copy(), kind, bits, bool(signed), name, "table", digest)
         if kind == "float":
             _format.check_mantissa_bits(bits)
-        else:
+        elif kind == "int":
             _format.check_int_bits(bits)
         validate(table)
-        return cls(kind=kind, bits=bits, signed=bool(signed), rounding=rounding, name=name, table=table)
+        return cls(kind=kind, bits=bits, signed=bool(signed), rounding=rounding, name=name, table=table,
+                   operand_format=operand_format)
 
     # -- use -----------------------------------------------------------------------------------------------
     def stats(self):
@@ -277,7 +298,7 @@ def _decorator(fn, make):
 
 
 def multiplier(fn=None, *, mantissa_bits: int | None = None, rounding: str = "nearest", fields: bool = False,
-               name: str | None = None, operand_format=None):
+               name: str | None = None, operand_format=None, full_table: bool = False):
     """Turn a model of significand multiplication into a :class:`Multiplier`.
 
     Arguments:
@@ -292,10 +313,22 @@ def multiplier(fn=None, *, mantissa_bits: int | None = None, rounding: str = "ne
         name: defaults to the function's name.
         operand_format: an :class:`amsim.formats.FloatFormat` (fp16, e4m3, e5m2, custom) operands are converted to
             first; ``mantissa_bits`` defaults to its fraction bits.
+        full_table: for formats of at most 8 bits: ``fn(a, b)`` receives the two decoded operand *values* (signed,
+            zeros and subnormals included; every finite pair) and returns their product, so the error may depend
+            on exponents and signs too; the table is indexed by the operands' codes (256 x 256 for FP8).
 
     Returns:
         A :class:`Multiplier` (the table is built on first use). Model outputs are stored as float32 (nearest).
     """
+    if full_table:
+        if operand_format is None:
+            raise TypeError("full_table=True needs operand_format= (a format of at most 8 bits).")
+
+        def make_full(f):
+            return Multiplier(kind="code", bits=operand_format.total_bits, rounding=rounding,
+                              name=name or f.__name__, model=f, operand_format=operand_format)
+
+        return _decorator(fn, make_full)
     if mantissa_bits is None:
         if operand_format is None:
             raise TypeError("multiplier() needs mantissa_bits= (or an operand_format= that implies it).")

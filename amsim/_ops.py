@@ -57,6 +57,12 @@ def _convert(x, mult, xp):
     return convert(x, fmt, mult.rounding, xp)
 
 
+def _codes(x, mult, xp):
+    from ._formats import encode
+
+    return encode(x, mult.operand_format, xp)
+
+
 def _check_out(out, shape, dtype, xp):
     if out is None:
         return xp.empty(shape, dtype=dtype)
@@ -98,6 +104,8 @@ def multiply(a, b, mult, *, out=None):
         lo = mult.int_range[0]
         be.multiply_i32((fa.astype(np.int64) - lo).astype(np.int32), (fb.astype(np.int64) - lo).astype(np.int32),
                         flat, mult)
+    elif mult.is_code:
+        be.multiply_table(_codes(fa, mult, xp), _codes(fb, mult, xp), flat, mult)
     else:
         be.multiply_f32(fa, fb, flat, mult)
     return res
@@ -158,6 +166,8 @@ def matmul(a, b, mult, *, out=None):
                                    f"{_I32_MAX // max(1, int(np.abs(mult.table.values.astype(np.int64)).max()))}.")
         lo = mult.int_range[0]
         be.gemm_i32((a3.astype(np.int64) - lo).astype(np.int32), (b3.astype(np.int64) - lo).astype(np.int32), c3, mult)
+    elif mult.is_code:
+        be.gemm_table(_codes(a3, mult, xp), _codes(b3, mult, xp), c3, mult)
     else:
         be.gemm_f32(a3, b3, c3, mult)
     return res

@@ -104,3 +104,54 @@ def test_bridge_with_format(rng):
     b = rng.standard_normal((10, 4)).astype(F)
     got = ann.dot_general(mult)(jnp.asarray(a), jnp.asarray(b), (((1,), (0,)), ((), ())))
     assert_bits_equal(np.asarray(got), golden.matmul(a, b, mult))
+
+
+# ---- full-operand tables (formats of at most 8 bits) ------------------------------------------------------
+E4 = formats.e4m3(subnormals="keep")
+
+
+def _exponent_aware():
+    @amsim.multiplier(operand_format=E4, full_table=True)
+    def coarse_small(a, b):
+        # error depends on magnitude and sign: small products lose their low bits, negative ones round up
+        p = a * b
+        if abs(p) < 1.0:
+            return float(int(p * 16.0)) / 16.0
+        return p
+
+    return coarse_small
+
+
+def test_full_table_build_and_semantics():
+    mult = _exponent_aware()
+    assert mult.is_code and mult.table.values.shape == (256, 256)
+    t = mult.table.values
+    one, half, nan = 0x38, 0x30, 0x7F  # e4m3fn bit patterns of 1.0, 0.5 and NaN
+    assert t[one, one] == 1.0 and t[half, half] == F(0.25)  # 0.25 -> int(4) / 16
+    assert t[0x31, 0x30] == F(0.25)  # 0.5625 * 0.5 = 0.28125 -> 0.25
+    assert np.isnan(t[nan, one]) and np.isnan(t[one, nan])
+    s = mult.stats()
+    assert 0 < s.ep < 1 and s.pairs > 60000
+
+
+def test_full_table_backends_match_golden(rng):
+    mult = _exponent_aware()
+    sv = special_values()
+    a, b = np.meshgrid(sv, sv, indexing="ij")
+    assert_bits_equal(amsim.multiply(a, b, mult), golden.multiply(a, b, mult))
+    for m_, k_, n_ in [(20, 7, 9), (300, 6, 5), (5, 11, 290)]:
+        p = rng.standard_normal((m_, k_)).astype(F) * F(4)
+        q = rng.standard_normal((k_, n_)).astype(F)
+        out = np.full((m_, n_), np.nan, F)
+        amsim.matmul(p, q, mult, out=out)
+        assert_bits_equal(out, golden.matmul(p, q, mult))
+
+
+def test_full_table_from_table_and_save(tmp_path):
+    mult = _exponent_aware()
+    again = amsim.Multiplier.from_table(mult.table.values, name="copy", operand_format=E4)
+    assert again.is_code
+    back = amsim.Multiplier.load(again.save(tmp_path / "t.npz"))
+    assert back.is_code and back.operand_format == E4
+    x = np.linspace(-3, 3, 40, dtype=F).reshape(5, 8)
+    assert_bits_equal(amsim.matmul(x, x.T, back), golden.matmul(x, x.T, mult))

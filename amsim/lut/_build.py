@@ -145,3 +145,35 @@ def build_int_table(fn, bits: int, signed: bool, name: str) -> np.ndarray:
             f"{wide[i, j]}. Integer products must lie in the int32 range."
         )
     return wide.astype(np.int32)
+
+
+def build_code_table(fn, fmt, name: str) -> np.ndarray:
+    """Evaluate ``fn(a, b)`` on every pair of finite operand values of a format of at most 8 bits.
+
+    Entries for NaN and Inf codes follow IEEE rules (NaN propagates, Inf x 0 = NaN, Inf x finite = +-Inf) and
+    are not asked of the model. The table is float32, indexed ``[code_a, code_b]``.
+    """
+    from .._formats import decode_all
+
+    f = _jit(fn, name)
+    vals = decode_all(fmt).astype(np.float64)
+    n = vals.size
+
+    @numba.njit(nogil=True, cache=False)
+    def kernel(out, lo, hi):
+        for i in range(lo, hi):
+            for j in range(n):
+                if np.isfinite(vals[i]) and np.isfinite(vals[j]):
+                    out[i, j] = np.float32(f(vals[i], vals[j]))
+
+    out = _run(kernel, np.full((n, n), np.nan, dtype=np.float32), name, f)
+    fin = np.isfinite(vals)
+    both = np.multiply.outer(fin, fin)
+    bad = both & ~np.isfinite(out)
+    if bad.any():
+        i, j = np.argwhere(bad)[0]
+        raise InvalidTableError(f"multiplier {name!r}: {int(bad.sum())} products of finite operands are not "
+                                f"finite, e.g. a={vals[i]!r}, b={vals[j]!r} -> {float(out[i, j])!r}.")
+    with np.errstate(invalid="ignore"):
+        special = np.multiply.outer(vals, vals).astype(np.float32)  # IEEE rules for NaN/Inf operands
+    return np.where(both, out, special).astype(np.float32)

@@ -121,6 +121,9 @@ def validate(table: Table) -> None:
                 f"multiplier {table.name!r}: {int(bad.sum())} table entries are NaN, infinite or negative; "
                 f"significand products must be finite and >= 0:\n" + _describe(v, bad, "x", "y", fmt, fmt)
             )
+    elif table.kind == "code":
+        if v.dtype != np.float32:
+            raise InvalidTableError(f"full-operand tables hold float32 values, got {v.dtype}.")
     elif table.kind == "int":
         if v.dtype != np.int32:
             raise InvalidTableError(f"integer tables hold int32 values, got {v.dtype}.")
