@@ -57,6 +57,14 @@ def _convert(x, mult, xp):
     return convert(x, fmt, mult.rounding, xp)
 
 
+def _table_op(be, name):
+    fn = getattr(be, name, None)
+    if fn is None:
+        raise UnsupportedError(f"full-operand tables are not implemented on the {be.name} backend yet; run them "
+                               "on NumPy arrays.")
+    return fn
+
+
 def _codes(x, mult, xp):
     from ._formats import encode
 
@@ -105,7 +113,7 @@ def multiply(a, b, mult, *, out=None):
         be.multiply_i32((fa.astype(np.int64) - lo).astype(np.int32), (fb.astype(np.int64) - lo).astype(np.int32),
                         flat, mult)
     elif mult.is_code:
-        be.multiply_table(_codes(fa, mult, xp), _codes(fb, mult, xp), flat, mult)
+        _table_op(be, "multiply_table")(_codes(fa, mult, xp), _codes(fb, mult, xp), flat, mult)
     else:
         be.multiply_f32(fa, fb, flat, mult)
     return res
@@ -167,7 +175,7 @@ def matmul(a, b, mult, *, out=None):
         lo = mult.int_range[0]
         be.gemm_i32((a3.astype(np.int64) - lo).astype(np.int32), (b3.astype(np.int64) - lo).astype(np.int32), c3, mult)
     elif mult.is_code:
-        be.gemm_table(_codes(a3, mult, xp), _codes(b3, mult, xp), c3, mult)
+        _table_op(be, "gemm_table")(_codes(a3, mult, xp), _codes(b3, mult, xp), c3, mult)
     else:
         be.gemm_f32(a3, b3, c3, mult)
     return res
