@@ -30,5 +30,8 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_cpu_gemm.py
 	$(BIN)/python benchmarks/bench_bridge.py
 
+gpu-check: $(STAMP)
+	bash scripts/gpu_check.sh
+
 clean:
 	rm -rf $(VENV) .pytest_cache results

@@ -251,6 +251,8 @@ class Multiplier:
         bits = int(arr.shape[0]).bit_length() - 1
         if kind in ("float", "code"):
             conv = arr.astype(np.float32)
+            if kind == "float":
+                conv[conv == 0] = 0.0  # -0.0 and +0.0 are the same magnitude; the product's sign is the xor
             with np.errstate(invalid="ignore"):
                 lossy = ~np.isnan(arr) & (conv.astype(arr.dtype) != arr)
             if lossy.any():

@@ -180,3 +180,14 @@ def test_int_small_width():
     a = np.arange(-8, 8).reshape(4, 4)
     np.testing.assert_array_equal(amsim.matmul(a, a.T, mult), golden.matmul(a, a.T, mult))
     assert golden.multiply(np.array([3]), np.array([2]), mult)[0] == 7
+
+
+def test_negative_zero_table_entry_is_a_zero_magnitude(rng):
+    vals = amsim.multipliers.exact(3).table.values.copy()
+    vals[2, 5] = -0.0
+    mult = amsim.Multiplier.from_table(vals, name="negzero")
+    a = np.array([1.25, -1.25, 1.25], F)
+    b = np.array([1.625, 1.625, -1.625], F)
+    out = amsim.multiply(a, b, mult)
+    assert_bits_equal(out, np.array([0x00000000, 0x80000000, 0x80000000], np.uint32).view(F))
+    assert_bits_equal(out, golden.multiply(a, b, mult))

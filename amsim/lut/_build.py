@@ -112,7 +112,9 @@ def build_float_table(fn, m: int, name: str, fields: bool) -> np.ndarray:
                     out[ia, ib] = np.float32(f(x, 1.0 + ib * step))
 
     with np.errstate(over="ignore", invalid="ignore"):
-        return _run(kernel, np.full((n, n), np.nan, dtype=np.float32), name, f)  # unwritten entries fail validation
+        out = _run(kernel, np.full((n, n), np.nan, dtype=np.float32), name, f)  # unwritten entries fail validation
+    out[out == 0] = 0.0  # a model's -0.0 is magnitude zero: the product's sign comes from the operands
+    return out
 
 
 def build_int_table(fn, bits: int, signed: bool, name: str) -> np.ndarray:

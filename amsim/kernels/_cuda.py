@@ -1,0 +1,656 @@
+"""CuPy backend: approximate GEMM, elementwise products and NHWC convolution as CUDA RawKernels.
+
+The kernels are in ``amsim_gemm.cu`` (see its header comment for the algorithms); this module decides what to
+launch. Every operation is first turned into a *plan*, a list of :class:`Launch` records (kernel name
+expression, grid, block, dynamic shared memory, arguments), by functions that only look at shapes and
+strides and allocate through ``xp``. The CuPy backend runs plans on the GPU; the test suite runs the very
+same plans on NumPy arrays through a host emulation of the kernels (tests/test_cuda_host.py).
+
+Nothing here creates CuPy arrays or compiles at import time. Kernels are compiled on first use, one
+``cupy.RawModule`` per instantiation, and cached by CuPy on disk (:func:`precompile` fills that cache).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import threading
+import weakref
+
+import cupy
+import numpy as np
+
+from .._errors import UnsupportedError
+from . import _nvrtc as nv
+
+__all__ = ["CupyBackend", "gemm", "conv2d_nhwc", "Launch", "plan_gemm_f32", "plan_gemm_lut", "plan_multiply_f32",
+           "plan_multiply_lut", "plan_conv2d_nhwc", "device_tables"]
+
+_I32_MAX = 2**31 - 1
+_GRID_YZ_MAX = 65535
+_DEFAULT_SMS = 132
+_DEFAULT_MAX_SHARED = 227 * 1024
+ALGOS = ("expand", "gather")
+
+
+@dataclasses.dataclass(frozen=True)
+class Launch:
+    """One kernel launch: name expression, grid, block, dynamic shared memory (bytes), arguments."""
+
+    kernel: str
+    grid: tuple
+    block: tuple
+    shared: int
+    args: tuple
+
+
+# ---------------------------------------------------------------------------------------------------------
+# tables
+# ---------------------------------------------------------------------------------------------------------
+def tame_ranges(values: np.ndarray) -> tuple[int, int, int, int]:
+    """(a_lo, a_hi, b_lo, b_hi): unbiased operand exponents for which the fast path is exact.
+
+    With the nonzero entries' exponents in [e_lo, e_hi], every product p * 2**(ea + eb) is normal when
+    ea + eb lies in [-126 - e_lo, 127 - e_hi]; splitting that range between A (a_lo <= 0 <= a_hi) and B keeps
+    the intermediate p * 2**eb normal too. (The split the CPU kernels start from.) Empty: (1, 0, 1, 0).
+    """
+    p = np.asarray(values, dtype=np.float64)
+    nz = p > 0
+    if nz.any():
+        e = np.frexp(p[nz])[1] - 1  # normalised exponents, subnormal float32 entries included
+        e_lo, e_hi = int(e.min()), int(e.max())
+    else:
+        e_lo = e_hi = 0
+    s_lo, s_hi = -126 - e_lo, 127 - e_hi
+    a_lo, a_hi = max(-((-s_lo) // 2), -126), min(s_hi // 2, 127)
+    if s_lo > s_hi or a_lo > 0 or a_hi < 0:
+        return (1, 0, 1, 0)
+    return (a_lo, a_hi, s_lo - a_lo, s_hi - a_hi)
+
+
+def float_host_tables(values: np.ndarray):
+    """(lut, lut_t, ranges) on the host: the table with -0.0 entries made +0.0 (a zero product's sign comes
+    from the operands, and the fast path multiplies the entry's sign in), its transpose, and
+    :func:`tame_ranges`."""
+    lut = np.ascontiguousarray(values, dtype=np.float32)
+    lut = np.where(lut == 0, np.float32(0.0), lut).astype(np.float32)
+    return lut, np.ascontiguousarray(lut.T), tame_ranges(lut)
+
+
+_DEVICE_TABLES: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+_DEVICE_TABLES_LOCK = threading.Lock()
+
+
+def device_tables(table):
+    """A table on the current CUDA device, cached per table and device: (lut, lut_t, ranges) for float
+    tables (see :func:`float_host_tables`); the table itself (int32 for integer multipliers, float32 for
+    full-operand tables) otherwise."""
+    dev = cupy.cuda.Device().id
+    with _DEVICE_TABLES_LOCK:
+        per_dev = _DEVICE_TABLES.setdefault(table, {})
+        if dev not in per_dev:
+            if table.kind == "float":
+                lut, lut_t, ranges = float_host_tables(table.values)
+                per_dev[dev] = (cupy.asarray(lut), cupy.asarray(lut_t), ranges)
+            else:
+                per_dev[dev] = cupy.asarray(np.ascontiguousarray(table.values))
+        return per_dev[dev]
+
+
+# ---------------------------------------------------------------------------------------------------------
+# strides and layouts
+# ---------------------------------------------------------------------------------------------------------
+def _elem_strides(x):
+    item = x.dtype.itemsize
+    if any(s % item for s in x.strides):
+        return None
+    return tuple(s // item for s in x.strides)
+
+
+def _operand_layout(x):
+    """For a 3-D view (batch, p, q): (transposed, ld, batch stride) so that element (b, p, q) is at
+    b * stride + (q * ld + p if transposed else p * ld + q); None if neither inner axis has unit stride."""
+    _, p, q = x.shape
+    if x.size == 0:  # nothing is read (K == 0); NumPy reports zero strides for empty arrays
+        return False, max(q, 1), 0
+    st = _elem_strides(x)
+    if st is None:
+        return None
+    s0, s1, s2 = st
+    if q == 1 or s2 == 1:
+        return False, s1, s0
+    if p == 1 or s1 == 1:
+        return True, s2, s0
+    return None
+
+
+def _prepare(x, xp, name):
+    lay = _operand_layout(x)
+    if lay is None:  # an arbitrary strided view: one copy, then the contiguous layout
+        x = xp.ascontiguousarray(x)
+        lay = _operand_layout(x)
+    return x, lay
+
+
+def _check_sizes(**dims):
+    for name, v in dims.items():
+        if v > _I32_MAX:
+            raise UnsupportedError(f"the CUDA kernels index {name} with 32 bits; {name}={v} is too large. Split the "
+                                   "operation into pieces of fewer than 2**31 along that axis.")
+
+
+def _out_layout(out):
+    st = _elem_strides(out)
+    if st is None or not (out.shape[2] == 1 or st[2] == 1):
+        raise ValueError("out needs unit stride along its last axis (a C-contiguous array, or a view of one).")
+    return st[1], st[0]
+
+
+def _chunks(total, size):
+    for start in range(0, total, size):
+        yield start, min(size, total - start)
+
+
+def _ceil(a, b):
+    return -(-a // b)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# shared-memory sizes
+# ---------------------------------------------------------------------------------------------------------
+def expand_shared_bytes(m: int) -> int:
+    nl = 1 << m
+    return 4 * (nl * nl + nv.EXP_BK * nl * (nv.EXP_BN + 4) + nv.EXP_BK * (nv.EXP_BM + nv.EXP_BN))
+
+
+def gather_shared_bytes(bits: int) -> int:
+    lut = 4 << (2 * bits) if bits <= nv.MAX_SHARED_LUT_BITS else 0
+    return 4 * nv.GAT_BK * (nv.GAT_BM + nv.GAT_BN) + lut
+
+
+def choose_algo(m, nbatch, rows, cols, num_sms=_DEFAULT_SMS, max_shared=_DEFAULT_MAX_SHARED) -> str:
+    """Which float GEMM kernel to use. "expand" does ~3x less shared-memory traffic per product but needs a
+    tall block (EXP_BM rows); "gather" is the general kernel. (Heuristic, to be tuned on a GPU.)"""
+    if m > nv.EXPAND_MAX_BITS or expand_shared_bytes(m) > max_shared:
+        return "gather"
+    blocks = nbatch * _ceil(cols, nv.EXP_BN) * _ceil(rows, nv.EXP_BM)
+    return "expand" if rows >= nv.EXP_BM // 2 and blocks >= num_sms else "gather"
+
+
+# ---------------------------------------------------------------------------------------------------------
+# plans
+# ---------------------------------------------------------------------------------------------------------
+def plan_gemm_f32(a3, b3, c3, m, truncate, tables, xp, algo=None, num_sms=_DEFAULT_SMS,
+                  max_shared=_DEFAULT_MAX_SHARED) -> list[Launch]:
+    """Launches for c3[b] = a3[b] @ b3[b] (float32, 3-D views, batch already broadcast, stride 0 allowed).
+
+    Arguments:
+        a3, b3: (nb, M, K) and (nb, K, N) views; either inner axis may be the unit-stride one (transposes are
+            read in place), anything else is copied once.
+        c3: (nb, M, N) output view with unit stride along N.
+        m, truncate: the multiplier's mantissa width and rounding (truncate: bool).
+        tables: (lut, lut_t, ranges) as from :func:`float_host_tables`, arrays of ``xp``.
+        xp: numpy or cupy (allocates the special-operand flags).
+        algo: "expand", "gather" or None (choose).
+        num_sms, max_shared: the device's SM count and opt-in shared memory per block.
+
+    Returns:
+        A list of :class:`Launch`: per chunk of batch and rows, the GEMM and then the exact fix-up pass.
+    """
+    nb, rows, depth = a3.shape
+    cols = b3.shape[2]
+    if c3.size == 0:
+        return []
+    _check_sizes(M=rows, N=cols, K=depth)
+    lut, lut_t, (a_lo, a_hi, b_lo, b_hi) = tables
+    a3, (a_t, lda, sa) = _prepare(a3, xp, "a")
+    b3, (b_t, ldb, sb) = _prepare(b3, xp, "b")
+    ldc, sc = _out_layout(c3)
+    layout = (int(a_t) << 1) | int(b_t)
+    if algo is None:
+        algo = choose_algo(m, nb, rows, cols, num_sms, max_shared)
+    if algo == "expand":
+        if m > nv.EXPAND_MAX_BITS:
+            raise ValueError(f"the expand kernel handles mantissa_bits <= {nv.EXPAND_MAX_BITS}, not {m}.")
+        bm, bn, threads, shared = nv.EXP_BM, nv.EXP_BN, nv.EXP_THREADS, expand_shared_bytes(m)
+        kernel, table_arg = f"amsim_gemm_expand_f32<{m}, {layout}>", lut_t
+    elif algo == "gather":
+        bm, bn, threads, shared = nv.GAT_BM, nv.GAT_BN, nv.GAT_THREADS, gather_shared_bytes(m)
+        kernel, table_arg = f"amsim_gemm_gather_f32<{m}, {layout}>", lut
+    else:
+        raise ValueError(f"algo must be one of {ALGOS} or None, got {algo!r}.")
+    if shared > max_shared:
+        raise UnsupportedError(f"the {algo} kernel for mantissa_bits={m} needs {shared} bytes of shared memory per "
+                               f"block; this GPU allows {max_shared}.")
+    fixup = f"amsim_gemm_fixup_f32<{m}, {layout}>"
+    i32, i64 = np.int32, np.int64
+    launches = []
+    for b0, bn_ in _chunks(nb, _GRID_YZ_MAX):
+        for r0, rn in _chunks(rows, bm * _GRID_YZ_MAX):
+            av = a3[b0 : b0 + bn_, r0 : r0 + rn]
+            bv = b3[b0 : b0 + bn_]
+            cv = c3[b0 : b0 + bn_, r0 : r0 + rn]
+            rowflag = xp.zeros((bn_, rn), np.int32)
+            colflag = xp.zeros((bn_, cols), np.int32)
+            common = (av, bv, cv)
+            dims = (i32(rn), i32(cols), i32(depth), i64(lda), i64(ldb), i64(ldc), i64(sa), i64(sb), i64(sc),
+                    i32(bool(truncate)))
+            launches.append(Launch(kernel, (_ceil(cols, bn), _ceil(rn, bm), bn_), (threads, 1, 1), shared,
+                                   common + (table_arg, rowflag, colflag) + dims
+                                   + (i32(a_lo), i32(a_hi), i32(b_lo), i32(b_hi))))
+            launches.append(Launch(fixup, (_ceil(cols, nv.FIXUP_THREADS), min(rn, 1024), bn_),
+                                   (nv.FIXUP_THREADS, 1, 1), 0, common + (lut, rowflag, colflag) + dims))
+    return launches
+
+
+def plan_gemm_lut(ia3, ib3, c3, bits, lut, xp, max_shared=_DEFAULT_MAX_SHARED) -> list[Launch]:
+    """Launches for a table GEMM on int32 operand codes: ``c3[b, i, j] = sum_k lut[ia3[b, i, k], ib3[b, k, j]]``.
+
+    An int32 table (integer multipliers, codes = operand - lowest value) sums exactly in int32; a float32 table
+    (full-operand tables of narrow formats) sums in float32 in k order from +0.0. Views as in
+    :func:`plan_gemm_f32`.
+    """
+    nb, rows, depth = ia3.shape
+    cols = ib3.shape[2]
+    if ia3.dtype != np.int32 or ib3.dtype != np.int32:
+        raise TypeError(f"table GEMM operands are int32 codes, got {ia3.dtype} and {ib3.dtype}.")
+    if c3.size == 0:
+        return []
+    _check_sizes(M=rows, N=cols, K=depth)
+    ia3, (a_t, lda, sa) = _prepare(ia3, xp, "a")
+    ib3, (b_t, ldb, sb) = _prepare(ib3, xp, "b")
+    ldc, sc = _out_layout(c3)
+    layout = (int(a_t) << 1) | int(b_t)
+    ctype = _lut_ctype(lut, c3)
+    shared = gather_shared_bytes(bits)
+    if shared > max_shared:
+        raise UnsupportedError(f"the table GEMM for {bits}-bit codes needs {shared} bytes of shared memory per block; "
+                               f"this GPU allows {max_shared}.")
+    i32, i64 = np.int32, np.int64
+    launches = []
+    for b0, bn_ in _chunks(nb, _GRID_YZ_MAX):
+        for r0, rn in _chunks(rows, nv.GAT_BM * _GRID_YZ_MAX):
+            launches.append(Launch(
+                f"amsim_gemm_lut<{ctype}, {bits}, {layout}>", (_ceil(cols, nv.GAT_BN), _ceil(rn, nv.GAT_BM), bn_),
+                (nv.GAT_THREADS, 1, 1), shared,
+                (ia3[b0 : b0 + bn_, r0 : r0 + rn], ib3[b0 : b0 + bn_], c3[b0 : b0 + bn_, r0 : r0 + rn], lut,
+                 i32(rn), i32(cols), i32(depth), i64(lda), i64(ldb), i64(ldc), i64(sa), i64(sb), i64(sc))))
+    return launches
+
+
+def _lut_ctype(lut, out):
+    if lut.dtype == np.int32 and out.dtype == np.int32:
+        return "int"
+    if lut.dtype == np.float32 and out.dtype == np.float32:
+        return "float"
+    raise TypeError(f"table kernels take an int32 table with int32 output or float32 with float32, got "
+                    f"{lut.dtype} and {out.dtype}.")
+
+
+def _flat_grid(n, num_sms):
+    return (max(1, min(_ceil(n, 256), num_sms * 32)), 1, 1)
+
+
+def plan_multiply_f32(fa, fb, out, m, truncate, lut, num_sms=_DEFAULT_SMS) -> list[Launch]:
+    """Elementwise products of equally long flat float32 arrays."""
+    n = out.size
+    if n == 0:
+        return []
+    return [Launch(f"amsim_multiply_f32<{m}>", _flat_grid(n, num_sms), (256, 1, 1), 0,
+                   (fa, fb, out, lut, np.int64(n), np.int32(bool(truncate))))]
+
+
+def plan_multiply_lut(ia, ib, out, bits, lut, num_sms=_DEFAULT_SMS) -> list[Launch]:
+    """Elementwise table products ``out = lut[ia, ib]`` of flat int32 code arrays (int32 or float32 table)."""
+    n = out.size
+    if n == 0:
+        return []
+    return [Launch(f"amsim_multiply_lut<{_lut_ctype(lut, out)}, {bits}>", _flat_grid(n, num_sms), (256, 1, 1), 0,
+                   (ia, ib, out, lut, np.int64(n)))]
+
+
+def _pair(v, name):
+    if isinstance(v, (int, np.integer)):
+        return int(v), int(v)
+    v = tuple(int(t) for t in v)
+    if len(v) != 2:
+        raise ValueError(f"{name} must be an int or a pair of ints, got {v!r}.")
+    return v
+
+
+def _padding(p):
+    if isinstance(p, (int, np.integer)):
+        return (int(p), int(p)), (int(p), int(p))
+    p = tuple(p)
+    if len(p) == 2 and all(isinstance(t, (int, np.integer)) for t in p):
+        return (int(p[0]), int(p[0])), (int(p[1]), int(p[1]))
+    if len(p) == 2 and all(len(t) == 2 for t in p):
+        return tuple(int(t) for t in p[0]), tuple(int(t) for t in p[1])
+    raise ValueError(f"padding must be an int, (ph, pw) or ((top, bottom), (left, right)); got {p!r}.")
+
+
+def conv_geometry(x_shape, w_shape, stride, padding, dilation, groups):
+    """Checked geometry of an NHWC convolution: a dict with the output shape and every size the plan needs."""
+    if len(x_shape) != 4 or len(w_shape) != 4:
+        raise ValueError(f"conv2d_nhwc takes x of shape (N, H, W, Cin) and w of shape (KH, KW, Cin // groups, Cout); "
+                         f"got {tuple(x_shape)} and {tuple(w_shape)}.")
+    n, h, w, c = (int(v) for v in x_shape)
+    kh, kw, cg, cout = (int(v) for v in w_shape)
+    groups = int(groups)
+    if groups < 1 or c != cg * groups or cout % groups:
+        raise ValueError(f"conv2d_nhwc: with groups={groups}, Cin={c} must equal groups * w.shape[2] ({cg}) and "
+                         f"Cout={cout} must be a multiple of groups.")
+    sh, sw = _pair(stride, "stride")
+    dh, dw = _pair(dilation, "dilation")
+    (pt, pb), (pl, pr) = _padding(padding)
+    if min(sh, sw, dh, dw) < 1 or min(pt, pb, pl, pr) < 0:
+        raise ValueError("conv2d_nhwc: stride and dilation must be >= 1 and padding >= 0.")
+    oh = (h + pt + pb - dh * (kh - 1) - 1) // sh + 1
+    ow = (w + pl + pr - dw * (kw - 1) - 1) // sw + 1
+    if oh < 1 or ow < 1 or kh < 1 or kw < 1:
+        raise ValueError(f"conv2d_nhwc: the dilated kernel does not fit the padded input (output {oh} x {ow}).")
+    return dict(n=n, h=h, w=w, c=c, kh=kh, kw=kw, cg=cg, cout=cout, groups=groups, sh=sh, sw=sw, dh=dh, dw=dw,
+                pt=pt, pl=pl, oh=oh, ow=ow)
+
+
+def plan_conv2d_nhwc(x, w2, out, geo, xp, gemm_planner, pad_value, max_chunk_bytes=1 << 28) -> list[Launch]:
+    """Launches for a convolution by chunked im2col: im2col of a chunk of output pixels, then one batched
+    GEMM over the groups (batch = group, strides pick the group's weights and output channels).
+
+    Arguments:
+        x: (N, H, W, Cin) C-contiguous operand array (float32, or int32 table indices).
+        w2: (KH * KW * cg, Cout) C-contiguous weights (HWIO reshaped).
+        out: (N, OH, OW, Cout) C-contiguous output.
+        geo: :func:`conv_geometry`.
+        gemm_planner: ``f(a3, b3, c3) -> launches`` for this multiplier.
+        pad_value: the operand outside the image (+0.0, or the table index of the integer 0).
+        max_chunk_bytes: bound of the im2col buffer.
+    """
+    g = geo
+    if x.dtype not in (np.float32, np.int32) or np.asarray(pad_value).dtype != x.dtype:
+        raise TypeError(f"im2col takes float32 or int32 operands with a padding value of the same type, got "
+                        f"{x.dtype} and {np.asarray(pad_value).dtype}.")
+    kdim = g["kh"] * g["kw"] * g["cg"]
+    npix_total = g["n"] * g["oh"] * g["ow"]
+    if out.size == 0:
+        return []
+    if kdim == 0:
+        raise ValueError("conv2d_nhwc: the kernel has no input channels.")
+    groups, cout = g["groups"], g["cout"]
+    cog = cout // groups
+    item = np.dtype(x.dtype).itemsize
+    chunk = int(max(1, min(npix_total, max_chunk_bytes // (groups * kdim * item))))
+    col = xp.empty(groups * chunk * kdim, dtype=x.dtype)
+    out2 = out.reshape(npix_total, cout)
+    b3 = _as_strided(xp, w2, (groups, kdim, cog), (cog, cout, 1))
+    i32, i64 = np.int32, np.int64
+    launches = []
+    for p0, npix in _chunks(npix_total, chunk):
+        colv = col[: groups * npix * kdim]
+        total = groups * npix * kdim
+        launches.append(Launch(
+            f"amsim_im2col_nhwc<{'float' if x.dtype == np.float32 else 'int'}>", _flat_grid(total, _DEFAULT_SMS),
+            (256, 1, 1), 0,
+            (x, colv, pad_value, i32(g["h"]), i32(g["w"]), i32(g["c"]), i32(g["oh"]), i32(g["ow"]), i32(g["kh"]),
+             i32(g["kw"]), i32(g["sh"]), i32(g["sw"]), i32(g["pt"]), i32(g["pl"]), i32(g["dh"]), i32(g["dw"]),
+             i32(groups), i32(g["cg"]), i64(p0), i64(npix))))
+        a3 = colv.reshape(groups, npix, kdim)
+        c3 = _as_strided(xp, out2[p0 : p0 + npix], (groups, npix, cog), (cog, cout, 1))
+        launches += gemm_planner(a3, b3, c3)
+    return launches
+
+
+def _as_strided(xp, x, shape, elem_strides):
+    item = x.dtype.itemsize
+    strides = tuple(s * item for s in elem_strides)
+    if xp is np:
+        return np.lib.stride_tricks.as_strided(x, shape, strides)
+    return cupy.lib.stride_tricks.as_strided(x, shape, strides)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# running plans on the GPU
+# ---------------------------------------------------------------------------------------------------------
+_FUNCS: dict = {}
+_LOCK = threading.Lock()
+
+
+def _module(kernel: str):
+    # one module per instantiation: only what is launched gets compiled (the expand kernels take seconds each)
+    return cupy.RawModule(code=nv.kernel_source(), options=nv.compile_options(), name_expressions=[kernel])
+
+
+def _function(kernel: str, shared: int):
+    dev = cupy.cuda.Device().id
+    with _LOCK:
+        fn = _FUNCS.get((dev, kernel))
+        if fn is None:
+            fn = _module(kernel).get_function(kernel)
+            _FUNCS[(dev, kernel)] = fn
+        if shared > 48 * 1024 and fn.max_dynamic_shared_size_bytes < shared:
+            fn.max_dynamic_shared_size_bytes = shared
+    return fn
+
+
+def _precompile_chunk(names):
+    for name in names:
+        _module(name).compile()
+    return len(names)
+
+
+def precompile(names=None, workers: int = 1) -> int:
+    """Compile kernels into CuPy's on-disk cache ahead of use (e.g. on a fresh GPU machine), ``workers``
+    processes in parallel. Needs a GPU. Returns the number of kernels compiled."""
+    names = list(nv.all_kernel_names() if names is None else names)
+    if workers <= 1:
+        return _precompile_chunk(names)
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    chunks = [names[i::workers] for i in range(workers)]  # round robin spreads the slow expand kernels
+    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as ex:
+        return sum(ex.map(_precompile_chunk, chunks))
+
+
+def run(launches) -> None:
+    """Launch a plan on the current stream, in order."""
+    for la in launches:
+        _function(la.kernel, la.shared)(la.grid, la.block, la.args, shared_mem=la.shared)
+
+
+_PROPS: dict = {}
+
+
+def device_limits():
+    """(SM count, opt-in shared memory per block) of the current device."""
+    dev = cupy.cuda.Device().id
+    if dev not in _PROPS:
+        props = cupy.cuda.runtime.getDeviceProperties(dev)
+        _PROPS[dev] = (int(props["multiProcessorCount"]), int(props.get("sharedMemPerBlockOptin", 48 * 1024)))
+    return _PROPS[dev]
+
+
+def _float_planner(mult, algo=None):
+    sms, max_shared = device_limits()
+    tables = device_tables(mult.table)
+    truncate = mult.rounding == "truncate"
+
+    def planner(a3, b3, c3):
+        return plan_gemm_f32(a3, b3, c3, mult.mantissa_bits, truncate, tables, cupy, algo, sms, max_shared)
+
+    return planner
+
+
+def _table_bits(mult) -> int:
+    return int(mult.table.values.shape[0]).bit_length() - 1  # codes index a (2**bits, 2**bits) table
+
+
+def _lut_planner(mult):
+    _, max_shared = device_limits()
+    lut = device_tables(mult.table)
+
+    def planner(a3, b3, c3):
+        return plan_gemm_lut(a3, b3, c3, _table_bits(mult), lut, cupy, max_shared)
+
+    return planner
+
+
+def _check_int_accumulator(mult, depth):
+    biggest = int(np.abs(mult.table.values.astype(np.int64)).max())
+    if depth * biggest > _I32_MAX:
+        raise UnsupportedError(f"with K={depth} and products up to {biggest}, the int32 accumulator could overflow; "
+                               f"split the contraction into chunks of at most {_I32_MAX // max(1, biggest)}.")
+
+
+class CupyBackend:
+    """CuPy arrays, computed by the CUDA kernels of amsim_gemm.cu (same interface as NumpyBackend)."""
+
+    name = "cupy"
+    xp = cupy
+
+    def gemm_f32(self, a, b, out, mult, algo=None):
+        run(_float_planner(mult, algo)(a, b, out))
+        return out
+
+    def gemm_i32(self, ia, ib, out, mult):
+        run(_lut_planner(mult)(ia, ib, out))
+        return out
+
+    def multiply_f32(self, a, b, out, mult):
+        lut = device_tables(mult.table)[0]
+        run(plan_multiply_f32(a, b, out, mult.mantissa_bits, mult.rounding == "truncate", lut, device_limits()[0]))
+        return out
+
+    def multiply_i32(self, ia, ib, out, mult):
+        run(plan_multiply_lut(ia, ib, out, _table_bits(mult), device_tables(mult.table), device_limits()[0]))
+        return out
+
+    def gemm_table(self, ia, ib, out, mult):
+        """Full-operand float tables: ``out[b] = sum_k T[ia[b, i, k], ib[b, k, j]]``, float32 in k order."""
+        run(_lut_planner(mult)(ia, ib, out))
+        return out
+
+    def multiply_table(self, ia, ib, out, mult):
+        run(plan_multiply_lut(ia, ib, out, _table_bits(mult), device_tables(mult.table), device_limits()[0]))
+        return out
+
+
+# ---------------------------------------------------------------------------------------------------------
+# public GPU-only entry points
+# ---------------------------------------------------------------------------------------------------------
+def _int_indices(x, mult):
+    lo = mult.int_range[0]
+    return (x.astype(np.int64) - lo).astype(np.int32)  # order="K": a transposed view stays transposed
+
+
+def _operands(mult, xs):
+    """Kernel operands and planner for a multiplier: int32 codes for table multipliers (integer, full-operand),
+    float32 values (converted to the operand format, if the multiplier has one) for significand tables."""
+    from .._ops import _codes, _convert
+
+    if mult.is_int:
+        return [_int_indices(x, mult) for x in xs], _lut_planner(mult)
+    xs = [_convert(x, mult, cupy) for x in xs]
+    if mult.is_code:
+        return [_codes(x, mult, cupy).astype(np.int32, copy=False) for x in xs], _lut_planner(mult)
+    return xs, None
+
+
+def gemm(a, b, mult, trans_a=False, trans_b=False, out=None, algo=None):
+    """``op(a) @ op(b)`` on CuPy arrays, with op = transpose where asked, read in place (no copies).
+
+    Arguments:
+        a, b: 2-D or 3-D CuPy arrays (float32 for a float multiplier, integers in range for an integer one);
+            3-D batches must match or be 1 (broadcast without copying).
+        mult: the :class:`amsim.Multiplier`.
+        trans_a, trans_b: use the transpose of the last two axes.
+        out: optional C-contiguous output (float32 / int32).
+        algo: significand tables only: "expand", "gather" or None (automatic); for tests and benchmarks.
+
+    Returns:
+        (M, N) if both operands are 2-D, else (batch, M, N); bit-identical to ``amsim.golden.matmul``.
+    """
+    from .._ops import _check_mult, _check_operand, _check_out
+
+    mult = _check_mult(mult)
+    for name, x in (("a", a), ("b", b)):
+        if not isinstance(x, cupy.ndarray) or x.ndim not in (2, 3):
+            raise TypeError(f"gemm: {name} must be a 2-D or 3-D cupy.ndarray; use amsim.matmul for other inputs.")
+        _check_operand(x, mult, name)
+    opa = a.swapaxes(-1, -2) if trans_a else a
+    opb = b.swapaxes(-1, -2) if trans_b else b
+    if opa.shape[-1] != opb.shape[-2]:
+        raise ValueError(f"gemm: contraction sizes differ: op(a) is {opa.shape}, op(b) is {opb.shape}.")
+    a3 = opa if opa.ndim == 3 else opa[None]
+    b3 = opb if opb.ndim == 3 else opb[None]
+    nb = max(a3.shape[0], b3.shape[0])
+    if a3.shape[0] not in (1, nb) or b3.shape[0] not in (1, nb):
+        raise ValueError(f"gemm: batch sizes {a3.shape[0]} and {b3.shape[0]} do not broadcast.")
+    rows, depth, cols = a3.shape[1], a3.shape[2], b3.shape[2]
+    shape = (rows, cols) if a.ndim == 2 and b.ndim == 2 else (nb, rows, cols)
+    res = _check_out(out, shape, np.int32 if mult.is_int else np.float32, cupy)
+    c3 = res.reshape(nb, rows, cols)
+    if c3.size == 0:
+        return res
+    if depth == 0:
+        res.fill(0)
+        return res
+    if mult.is_int:
+        _check_int_accumulator(mult, depth)
+    (a3, b3), planner = _operands(mult, [a3, b3])
+    a3 = cupy.broadcast_to(a3, (nb, rows, depth))  # batch stride 0: broadcast without copying
+    b3 = cupy.broadcast_to(b3, (nb, depth, cols))
+    run((planner or _float_planner(mult, algo))(a3, b3, c3))
+    return res
+
+
+def conv2d_nhwc(x, w, mult, stride=1, padding=0, dilation=1, groups=1, *, max_chunk_bytes=1 << 28, algo=None):
+    """2-D convolution (cross-correlation, as in deep-learning frameworks) through an approximate multiplier.
+
+    Contract:
+        ``out[n, oh, ow, g * cog + o] = sum_k xcol[k] (x) w[kh, kw, c, g * cog + o]`` for the group g of the
+        output channel (cog = Cout // groups), summed over k = (kh * KW + kw) * cg + c in increasing order
+        with float32 additions from +0.0 (exact int32 sums for integer multipliers), where
+        ``xcol[k] = x[n, oh * sh - top + kh * dh, ow * sw - left + kw * dw, g * cg + c]`` and positions outside
+        the image are the operand +0.0 (integer multipliers: 0). Padding takes part in the products like any
+        operand, so ``0 (x) Inf`` gives NaN, exactly as ``amsim.golden.matmul`` over an explicit zero-padded
+        im2col (which is what the GPU tests compare against).
+
+    Arguments:
+        x: (N, H, W, Cin) CuPy array, float32 (float multiplier) or integers in the operand range.
+        w: (KH, KW, Cin // groups, Cout) weights (HWIO), same kind.
+        mult: the :class:`amsim.Multiplier`.
+        stride, dilation: int or (h, w).
+        padding: int, (ph, pw), or ((top, bottom), (left, right)).
+        groups: feature groups; Cin and Cout must be multiples.
+        max_chunk_bytes: bound on the im2col buffer; the output pixels are processed in chunks that fit.
+        algo: float GEMM kernel ("expand", "gather" or None), for tests and benchmarks.
+
+    Returns:
+        (N, OH, OW, Cout) float32 or int32 CuPy array.
+    """
+    from .._ops import _check_mult, _check_operand
+
+    mult = _check_mult(mult)
+    for name, v in (("x", x), ("w", w)):
+        if not isinstance(v, cupy.ndarray):
+            raise TypeError(f"conv2d_nhwc: {name} must be a cupy.ndarray.")
+        _check_operand(v, mult, name)
+    geo = conv_geometry(x.shape, w.shape, stride, padding, dilation, groups)
+    kdim = geo["kh"] * geo["kw"] * geo["cg"]
+    _check_sizes(K=kdim, pixels=geo["n"] * geo["oh"] * geo["ow"])
+    dtype = np.int32 if mult.is_int else np.float32
+    out = cupy.empty((geo["n"], geo["oh"], geo["ow"], geo["cout"]), dtype=dtype)
+    if out.size == 0:
+        return out
+    if kdim == 0:
+        out.fill(0)
+        return out
+    if mult.is_int:
+        _check_int_accumulator(mult, kdim)
+    (xs, ws, zero), planner = _operands(mult, [x, w, cupy.zeros((1,), x.dtype)])
+    pad = cupy.asnumpy(zero)[0]  # the operand +0.0 (integer 0) as the kernels see it: a value, an index or a code
+    xs = cupy.ascontiguousarray(xs)
+    w2 = cupy.ascontiguousarray(ws).reshape(kdim, geo["cout"])
+    planner = planner or _float_planner(mult, algo)
+    run(plan_conv2d_nhwc(xs, w2, out, geo, cupy, planner, pad, max_chunk_bytes))
+    return out

@@ -1,0 +1,533 @@
+// amsim_gemm.cu: CUDA kernels of the CuPy backend (launched from amsim/kernels/_cuda.py).
+//
+// Every kernel is bit-identical to the golden model (amsim/_golden.py, docs/semantics.md):
+//   - each output is the float32 sum over k = 0..K-1 in order, starting from +0.0, one rounding per add
+//     (no split-K, no reassociation);
+//   - products follow amsim_product.cuh. The fast path multiplies a power-of-two scale into a table value,
+//     which is exact as long as the operand exponents are "tame" (see amsim_operand_code); because that
+//     product is exact, fma(scale_a, t, acc) rounds exactly once, like the separate multiply and add of the
+//     semantics, so the fma is bit-identical and saves an instruction. Operands that are not tame (Inf, NaN,
+//     extreme exponents) flag their row of A / column of B, and amsim_gemm_fixup_f32 recomputes every
+//     flagged output through the scalar path afterwards.
+//   - zero padding of partial tiles is harmless: a padded operand has code 0 (scale +0), so it adds a +-0,
+//     and a sum that starts at +0.0 is never -0.0, so adding +-0 never changes it.
+// All float arithmetic goes through amsim_fadd / amsim_fmul / amsim_fma (amsim_product.cuh): explicit PTX that
+// keeps subnormals even though CuPy compiles with -ftz=true, and is never contracted. -fmad=false (_nvrtc.py)
+// guards anything else.
+//
+// Layout codes (template parameter LAYOUT): bit 1 set = A is stored transposed (K x M, element (i, k) at
+// k * lda + i), bit 0 set = B is stored transposed (N x K, element (k, j) at j * ldb + k). 0 = NN, 1 = NT,
+// 2 = TN, 3 = TT. Transposes are never materialised.
+//
+// Tile sizes come from _nvrtc.py (KERNEL_DEFINES) so that the launcher and the kernels cannot disagree.
+#include "amsim_product.cuh"
+
+#if !defined(AMSIM_EXP_WARPS) || !defined(AMSIM_EXP_TM) || !defined(AMSIM_EXP_BK) || !defined(AMSIM_GAT_BK)
+#error "compile amsim_gemm.cu through amsim.kernels._nvrtc, which defines the tile sizes"
+#endif
+
+// Dynamic shared memory (all kernels use only dynamic shared memory; the host emulation in the tests
+// redefines this macro).
+#ifndef AMSIM_DYN_SMEM
+#define AMSIM_DYN_SMEM(name) extern __shared__ __align__(16) unsigned char name[]
+#endif
+
+template <int LAYOUT>
+struct amsim_layout {
+    static constexpr bool a_t = (LAYOUT & 2) != 0;
+    static constexpr bool b_t = (LAYOUT & 1) != 0;
+};
+
+// An operand tile of BR "rows" (rows of A, or columns of B) by BK contraction steps, stored in shared memory
+// k-major: s[k * BR + r]. KCONTIG: the operand is stored with k contiguous (element (r, k) at r * ld + k),
+// otherwise r is contiguous (k * ld + r); consecutive threads walk the contiguous index, so loads coalesce.
+template <bool KCONTIG, int BR, int BK, int THREADS>
+struct amsim_tile {
+    static constexpr int ELEMS = BR * BK;
+    static constexpr int PER_THREAD = (ELEMS + THREADS - 1) / THREADS;
+
+    static __device__ __forceinline__ void coords(int e, int& r, int& k) {
+        if (KCONTIG) {
+            k = e % BK;
+            r = e / BK;
+        } else {
+            r = e % BR;
+            k = e / BR;
+        }
+    }
+
+    static __device__ __forceinline__ long long offset(int r, int k, long long ld) {
+        return KCONTIG ? (long long)r * ld + k : (long long)k * ld + r;
+    }
+
+    // Fetch this thread's share of the tile at (r0, k0) into registers; outside the matrix: `pad`.
+    template <typename T>
+    static __device__ __forceinline__ void load(T (&raw)[PER_THREAD], const T* __restrict__ x, long long ld,
+                                                int r0, int nr, int k0, int nk, int tid, T pad) {
+#pragma unroll
+        for (int s = 0; s < PER_THREAD; ++s) {
+            const int e = tid + s * THREADS;
+            raw[s] = pad;
+            if (e < ELEMS) {
+                int r, k;
+                coords(e, r, k);
+                if (r0 + r < nr && k0 + k < nk) raw[s] = x[offset(r0 + r, k0 + k, ld)];
+            }
+        }
+    }
+
+    // Round and decode the fetched float32 values into fast-path codes; flag the row of any special operand.
+    template <int M>
+    static __device__ __forceinline__ void store_codes(const float (&raw)[PER_THREAD], unsigned int* s_codes,
+                                                       int* flag, int r0, int tid, bool trunc, int lo, int hi) {
+#pragma unroll
+        for (int s = 0; s < PER_THREAD; ++s) {
+            const int e = tid + s * THREADS;
+            if (e < ELEMS) {
+                int r, k;
+                coords(e, r, k);
+                bool special;
+                const unsigned int code =
+                    amsim_operand_code(amsim_round_bits(amsim_f2u(raw[s]), M, trunc), M, lo, hi, &special);
+                s_codes[k * BR + r] = code;
+                if (special) flag[r0 + r] = 1;  // padding is +0.0, never special, so r0 + r is in range
+            }
+        }
+    }
+
+    static __device__ __forceinline__ void store_raw(const int (&raw)[PER_THREAD], int* s_idx, int tid) {
+#pragma unroll
+        for (int s = 0; s < PER_THREAD; ++s) {
+            const int e = tid + s * THREADS;
+            if (e < ELEMS) {
+                int r, k;
+                coords(e, r, k);
+                s_idx[k * BR + r] = raw[s];
+            }
+        }
+    }
+};
+
+// ---------------------------------------------------------------------------------------------------------
+// Float GEMM, "expand" kernel (m <= 7): for each contraction step k of a tile, the table is expanded against
+// the decoded B operand, T[k][r][j] = lut[r, ib(k, j)] * scale_b(k, j) (exact), so that every output update
+// is one conflict-free 128-bit shared load of four T values plus four fmas:
+//     C[i, j..j+3] = fma(scale_a(i, k), T[k][ia(i, k)][j..j+3], C[i, j..j+3]).
+// Block: WARPS warps, 32 columns (BN) and 4 * TM * WARPS rows (BM). Within a warp, 8 lanes share a row and
+// cover 32 contiguous columns with float4s, so each quarter-warp of a 128-bit load reads one 128-byte row
+// of T: no bank conflicts. Building T costs ~2**m / BM of the main loop, hence the tall block.
+// Shared memory: the transposed table (2**2m floats), T (BK * 2**m * (BN + 4) floats; the padding spreads
+// the float4 stores of the expansion over all banks), the A and B codes.
+// ---------------------------------------------------------------------------------------------------------
+template <int M, int LAYOUT>
+__global__ void __launch_bounds__(AMSIM_EXP_WARPS * 32, 1)
+amsim_gemm_expand_f32(const float* __restrict__ A, const float* __restrict__ B, float* __restrict__ C,
+                      const float* __restrict__ lut_t, int* __restrict__ rowflag, int* __restrict__ colflag,
+                      int rows, int cols, int depth, long long lda, long long ldb, long long ldc,
+                      long long stride_a, long long stride_b, long long stride_c, int truncate,
+                      int a_lo, int a_hi, int b_lo, int b_hi) {
+    static_assert(M >= 1 && M <= 7, "the expand kernel keeps the whole table in shared memory: m <= 7");
+    constexpr int NL = 1 << M;
+    constexpr unsigned int MASK = NL - 1;
+    constexpr int THREADS = AMSIM_EXP_WARPS * 32;
+    constexpr int TM = AMSIM_EXP_TM;
+    constexpr int BK = AMSIM_EXP_BK;
+    constexpr int BN = 32;
+    constexpr int TS = BN + 4;
+    constexpr int BM = AMSIM_EXP_WARPS * 4 * TM;
+    using TileA = amsim_tile<!amsim_layout<LAYOUT>::a_t, BM, BK, THREADS>;
+    using TileB = amsim_tile<amsim_layout<LAYOUT>::b_t, BN, BK, THREADS>;
+
+    AMSIM_DYN_SMEM(smem);
+    float* s_lut_t = reinterpret_cast<float*>(smem);    // [NL][NL], s_lut_t[ib * NL + ia] = lut[ia, ib]
+    float* s_t = s_lut_t + NL * NL;                      // [BK][NL][TS]
+    unsigned int* s_a = reinterpret_cast<unsigned int*>(s_t + BK * NL * TS);  // [BK][BM]
+    unsigned int* s_b = s_a + BK * BM;                                        // [BK][BN]
+
+    const int tid = threadIdx.x;
+    const long long bat = blockIdx.z;
+    A += bat * stride_a;
+    B += bat * stride_b;
+    C += bat * stride_c;
+    rowflag += bat * rows;
+    colflag += bat * cols;
+    const int i0 = blockIdx.y * BM;
+    const int j0 = blockIdx.x * BN;
+    const bool trunc = truncate != 0;
+
+    for (int e = tid; e < NL * NL; e += THREADS) s_lut_t[e] = amsim_ldg(lut_t + e);
+
+    float raw_a[TileA::PER_THREAD];
+    float raw_b[TileB::PER_THREAD];
+    TileA::load(raw_a, A, lda, i0, rows, 0, depth, tid, 0.0f);
+    TileB::load(raw_b, B, ldb, j0, cols, 0, depth, tid, 0.0f);
+
+    float acc[TM][4];
+#pragma unroll
+    for (int t = 0; t < TM; ++t) {
+#pragma unroll
+        for (int c = 0; c < 4; ++c) acc[t][c] = 0.0f;
+    }
+    const int warp = tid >> 5;
+    const int lane = tid & 31;
+    const int rbase = warp * 4 * TM + (lane >> 3);  // this thread's rows: rbase + 4 t
+    const int cq = 4 * (lane & 7);                  // and columns cq .. cq + 3
+
+    for (int k0 = 0; k0 < depth; k0 += BK) {
+        TileA::template store_codes<M>(raw_a, s_a, rowflag, i0, tid, trunc, a_lo, a_hi);
+        TileB::template store_codes<M>(raw_b, s_b, colflag, j0, tid, trunc, b_lo, b_hi);
+        __syncthreads();
+        // expansion: lanes walk r, so the table reads are contiguous and the float4 stores (row stride
+        // TS = 36 words) land in distinct banks within each quarter-warp
+        for (int it = tid; it < BK * (BN / 4) * NL; it += THREADS) {
+            const int r = it & (NL - 1);
+            const int jq = (it >> M) % (BN / 4);
+            const int kk = (it >> M) / (BN / 4);
+            const uint4 bw = *reinterpret_cast<const uint4*>(s_b + kk * BN + 4 * jq);
+            float4 v;
+            v.x = amsim_fmul(s_lut_t[(bw.x & MASK) * NL + r], amsim_u2f(bw.x & AMSIM_SCALE_MASK));
+            v.y = amsim_fmul(s_lut_t[(bw.y & MASK) * NL + r], amsim_u2f(bw.y & AMSIM_SCALE_MASK));
+            v.z = amsim_fmul(s_lut_t[(bw.z & MASK) * NL + r], amsim_u2f(bw.z & AMSIM_SCALE_MASK));
+            v.w = amsim_fmul(s_lut_t[(bw.w & MASK) * NL + r], amsim_u2f(bw.w & AMSIM_SCALE_MASK));
+            *reinterpret_cast<float4*>(s_t + (kk * NL + r) * TS + 4 * jq) = v;
+        }
+        __syncthreads();
+        if (k0 + BK < depth) {  // fetch the next tile while this one is being multiplied
+            TileA::load(raw_a, A, lda, i0, rows, k0 + BK, depth, tid, 0.0f);
+            TileB::load(raw_b, B, ldb, j0, cols, k0 + BK, depth, tid, 0.0f);
+        }
+#pragma unroll 1  // the inner loop over rows is unrolled; unrolling both only slows compilation
+        for (int kk = 0; kk < BK; ++kk) {
+            const float* tk = s_t + kk * NL * TS + cq;
+            const unsigned int* ak = s_a + kk * BM + rbase;
+#pragma unroll
+            for (int t = 0; t < TM; ++t) {
+                const unsigned int w = ak[4 * t];
+                const float sa = amsim_u2f(w & AMSIM_SCALE_MASK);
+                const float4 v = *reinterpret_cast<const float4*>(tk + (w & MASK) * TS);
+                acc[t][0] = amsim_fma(sa, v.x, acc[t][0]);
+                acc[t][1] = amsim_fma(sa, v.y, acc[t][1]);
+                acc[t][2] = amsim_fma(sa, v.z, acc[t][2]);
+                acc[t][3] = amsim_fma(sa, v.w, acc[t][3]);
+            }
+        }
+        __syncthreads();
+    }
+
+#pragma unroll
+    for (int t = 0; t < TM; ++t) {
+        const int i = i0 + rbase + 4 * t;
+        if (i < rows) {
+            float* crow = C + (long long)i * ldc + j0 + cq;
+#pragma unroll
+            for (int c = 0; c < 4; ++c) {
+                if (j0 + cq + c < cols) crow[c] = acc[t][c];
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Float GEMM, "gather" kernel (any m; the only one for m >= 8 and for small problems): 64 x 64 outputs per
+// block of 256 threads, 4 x 4 per thread, table entries gathered per product, from shared memory when the
+// table fits (m <= 7, up to 64 KiB) and through the read-only cache (__ldg) beyond.
+// ---------------------------------------------------------------------------------------------------------
+template <int M, int LAYOUT>
+__global__ void __launch_bounds__(256, 2)
+amsim_gemm_gather_f32(const float* __restrict__ A, const float* __restrict__ B, float* __restrict__ C,
+                      const float* __restrict__ lut, int* __restrict__ rowflag, int* __restrict__ colflag,
+                      int rows, int cols, int depth, long long lda, long long ldb, long long ldc,
+                      long long stride_a, long long stride_b, long long stride_c, int truncate,
+                      int a_lo, int a_hi, int b_lo, int b_hi) {
+    constexpr int NL = 1 << M;
+    constexpr unsigned int MASK = NL - 1;
+    constexpr bool LUT_SHARED = M <= 7;
+    constexpr int THREADS = 256;
+    constexpr int BM = 64;
+    constexpr int BN = 64;
+    constexpr int BK = AMSIM_GAT_BK;
+    using TileA = amsim_tile<!amsim_layout<LAYOUT>::a_t, BM, BK, THREADS>;
+    using TileB = amsim_tile<amsim_layout<LAYOUT>::b_t, BN, BK, THREADS>;
+
+    AMSIM_DYN_SMEM(smem);
+    unsigned int* s_a = reinterpret_cast<unsigned int*>(smem);  // [BK][BM]
+    unsigned int* s_b = s_a + BK * BM;                          // [BK][BN]
+    float* s_lut = reinterpret_cast<float*>(s_b + BK * BN);     // [NL][NL] when LUT_SHARED
+
+    const int tid = threadIdx.x;
+    const long long bat = blockIdx.z;
+    A += bat * stride_a;
+    B += bat * stride_b;
+    C += bat * stride_c;
+    rowflag += bat * rows;
+    colflag += bat * cols;
+    const int i0 = blockIdx.y * BM;
+    const int j0 = blockIdx.x * BN;
+    const bool trunc = truncate != 0;
+
+    if (LUT_SHARED) {
+        for (int e = tid; e < NL * NL; e += THREADS) s_lut[e] = amsim_ldg(lut + e);
+    }
+
+    float raw_a[TileA::PER_THREAD];
+    float raw_b[TileB::PER_THREAD];
+    TileA::load(raw_a, A, lda, i0, rows, 0, depth, tid, 0.0f);
+    TileB::load(raw_b, B, ldb, j0, cols, 0, depth, tid, 0.0f);
+
+    float acc[4][4];
+#pragma unroll
+    for (int r = 0; r < 4; ++r) {
+#pragma unroll
+        for (int c = 0; c < 4; ++c) acc[r][c] = 0.0f;
+    }
+    const int ty = tid >> 4;
+    const int tx = tid & 15;
+
+    for (int k0 = 0; k0 < depth; k0 += BK) {
+        TileA::template store_codes<M>(raw_a, s_a, rowflag, i0, tid, trunc, a_lo, a_hi);
+        TileB::template store_codes<M>(raw_b, s_b, colflag, j0, tid, trunc, b_lo, b_hi);
+        __syncthreads();
+        if (k0 + BK < depth) {
+            TileA::load(raw_a, A, lda, i0, rows, k0 + BK, depth, tid, 0.0f);
+            TileB::load(raw_b, B, ldb, j0, cols, k0 + BK, depth, tid, 0.0f);
+        }
+#pragma unroll 2  // 16 independent table loads per step; deeper unrolling spills on sm_80
+        for (int kk = 0; kk < BK; ++kk) {
+            const uint4 aw = *reinterpret_cast<const uint4*>(s_a + kk * BM + 4 * ty);
+            const uint4 bw = *reinterpret_cast<const uint4*>(s_b + kk * BN + 4 * tx);
+            const unsigned int acode[4] = {aw.x, aw.y, aw.z, aw.w};
+            const unsigned int bcode[4] = {bw.x, bw.y, bw.z, bw.w};
+            float sa[4], sb[4];
+            unsigned int ra[4], ib[4];
+#pragma unroll
+            for (int q = 0; q < 4; ++q) {
+                sa[q] = amsim_u2f(acode[q] & AMSIM_SCALE_MASK);
+                ra[q] = (acode[q] & MASK) << M;
+                sb[q] = amsim_u2f(bcode[q] & AMSIM_SCALE_MASK);
+                ib[q] = bcode[q] & MASK;
+            }
+#pragma unroll
+            for (int r = 0; r < 4; ++r) {
+#pragma unroll
+                for (int c = 0; c < 4; ++c) {
+                    float p;
+                    if (LUT_SHARED) {
+                        p = s_lut[ra[r] + ib[c]];
+                    } else {
+                        p = amsim_ldg(lut + (ra[r] + ib[c]));
+                    }
+                    acc[r][c] = amsim_fma(sa[r], amsim_fmul(p, sb[c]), acc[r][c]);
+                }
+            }
+        }
+        __syncthreads();
+    }
+
+#pragma unroll
+    for (int r = 0; r < 4; ++r) {
+        const int i = i0 + 4 * ty + r;
+        if (i < rows) {
+            float* crow = C + (long long)i * ldc + j0 + 4 * tx;
+#pragma unroll
+            for (int c = 0; c < 4; ++c) {
+                if (j0 + 4 * tx + c < cols) crow[c] = acc[r][c];
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Exact recomputation of every output whose row of A or column of B holds a special operand (flags set by
+// the GEMM kernels): the scalar semantics of amsim_product.cuh, summed in k order with float32 adds.
+// Grid: x over columns, y strides over rows, z = batch.
+// ---------------------------------------------------------------------------------------------------------
+template <int M, int LAYOUT>
+__global__ void __launch_bounds__(128)
+amsim_gemm_fixup_f32(const float* __restrict__ A, const float* __restrict__ B, float* __restrict__ C,
+                     const float* __restrict__ lut, const int* __restrict__ rowflag,
+                     const int* __restrict__ colflag, int rows, int cols, int depth, long long lda,
+                     long long ldb, long long ldc, long long stride_a, long long stride_b, long long stride_c,
+                     int truncate) {
+    const int j = blockIdx.x * blockDim.x + threadIdx.x;
+    if (j >= cols) return;
+    const long long bat = blockIdx.z;
+    A += bat * stride_a;
+    B += bat * stride_b;
+    C += bat * stride_c;
+    rowflag += bat * rows;
+    colflag += bat * cols;
+    const bool trunc = truncate != 0;
+    const bool col_special = colflag[j] != 0;
+    for (int i = blockIdx.y; i < rows; i += gridDim.y) {
+        if (!col_special && rowflag[i] == 0) continue;
+        float acc = 0.0f;
+        for (int k = 0; k < depth; ++k) {
+            const float a = amsim_layout<LAYOUT>::a_t ? A[(long long)k * lda + i] : A[(long long)i * lda + k];
+            const float b = amsim_layout<LAYOUT>::b_t ? B[(long long)j * ldb + k] : B[(long long)k * ldb + j];
+            acc = amsim_fadd(acc, amsim_product(a, b, M, trunc, lut));
+        }
+        C[(long long)i * ldc + j] = acc;
+    }
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Table GEMM: C[i, j] = sum_k lut[ia(i, k), ib(k, j)] on operand codes (int32, in [0, 2**BITS)).
+//   T = int: integer multipliers (codes = operand - lowest value); exact int32 sums (the launcher has checked
+//            that K * max|LUT| fits), so the order would not matter.
+//   T = float: full-operand tables of formats of at most 8 bits (entries may be NaN or Inf); float32 sums in
+//            k order from +0.0, one rounding per add.
+// Same tiling as the float gather kernel; the table is in shared memory for BITS <= 7 and read through __ldg
+// for 8 bits. The contraction tail is cut off by the loop bound: padding with code 0 would add lut[0, 0].
+// ---------------------------------------------------------------------------------------------------------
+__device__ __forceinline__ int amsim_add(int acc, int v) { return acc + v; }
+__device__ __forceinline__ float amsim_add(float acc, float v) { return amsim_fadd(acc, v); }
+
+template <typename T, int BITS, int LAYOUT>
+__global__ void __launch_bounds__(256, 2)
+amsim_gemm_lut(const int* __restrict__ A, const int* __restrict__ B, T* __restrict__ C,
+               const T* __restrict__ lut, int rows, int cols, int depth, long long lda, long long ldb,
+               long long ldc, long long stride_a, long long stride_b, long long stride_c) {
+    constexpr int NL = 1 << BITS;
+    constexpr bool LUT_SHARED = BITS <= 7;
+    constexpr int THREADS = 256;
+    constexpr int BM = 64;
+    constexpr int BN = 64;
+    constexpr int BK = AMSIM_GAT_BK;
+    using TileA = amsim_tile<!amsim_layout<LAYOUT>::a_t, BM, BK, THREADS>;
+    using TileB = amsim_tile<amsim_layout<LAYOUT>::b_t, BN, BK, THREADS>;
+
+    AMSIM_DYN_SMEM(smem);
+    int* s_a = reinterpret_cast<int*>(smem);         // [BK][BM]
+    int* s_b = s_a + BK * BM;                        // [BK][BN]
+    T* s_lut = reinterpret_cast<T*>(s_b + BK * BN);  // [NL][NL] when LUT_SHARED
+
+    const int tid = threadIdx.x;
+    const long long bat = blockIdx.z;
+    A += bat * stride_a;
+    B += bat * stride_b;
+    C += bat * stride_c;
+    const int i0 = blockIdx.y * BM;
+    const int j0 = blockIdx.x * BN;
+
+    if (LUT_SHARED) {
+        for (int e = tid; e < NL * NL; e += THREADS) s_lut[e] = amsim_ldg(lut + e);
+    }
+
+    int raw_a[TileA::PER_THREAD];
+    int raw_b[TileB::PER_THREAD];
+    TileA::load(raw_a, A, lda, i0, rows, 0, depth, tid, 0);
+    TileB::load(raw_b, B, ldb, j0, cols, 0, depth, tid, 0);
+
+    T acc[4][4];
+#pragma unroll
+    for (int r = 0; r < 4; ++r) {
+#pragma unroll
+        for (int c = 0; c < 4; ++c) acc[r][c] = T(0);
+    }
+    const int ty = tid >> 4;
+    const int tx = tid & 15;
+
+    for (int k0 = 0; k0 < depth; k0 += BK) {
+        TileA::store_raw(raw_a, s_a, tid);
+        TileB::store_raw(raw_b, s_b, tid);
+        __syncthreads();
+        if (k0 + BK < depth) {
+            TileA::load(raw_a, A, lda, i0, rows, k0 + BK, depth, tid, 0);
+            TileB::load(raw_b, B, ldb, j0, cols, k0 + BK, depth, tid, 0);
+        }
+        const int kmax = depth - k0 < BK ? depth - k0 : BK;  // uniform across the block
+#pragma unroll 2  // 16 independent table loads per step already; deeper unrolling only costs registers
+        for (int kk = 0; kk < kmax; ++kk) {
+            const int4 aw = *reinterpret_cast<const int4*>(s_a + kk * BM + 4 * ty);
+            const int4 bw = *reinterpret_cast<const int4*>(s_b + kk * BN + 4 * tx);
+            const int ra[4] = {aw.x << BITS, aw.y << BITS, aw.z << BITS, aw.w << BITS};
+            const int ib[4] = {bw.x, bw.y, bw.z, bw.w};
+#pragma unroll
+            for (int r = 0; r < 4; ++r) {
+#pragma unroll
+                for (int c = 0; c < 4; ++c) {
+                    if (LUT_SHARED) {
+                        acc[r][c] = amsim_add(acc[r][c], s_lut[ra[r] + ib[c]]);
+                    } else {
+                        acc[r][c] = amsim_add(acc[r][c], amsim_ldg(lut + (ra[r] + ib[c])));
+                    }
+                }
+            }
+        }
+        __syncthreads();
+    }
+
+#pragma unroll
+    for (int r = 0; r < 4; ++r) {
+        const int i = i0 + 4 * ty + r;
+        if (i < rows) {
+            T* crow = C + (long long)i * ldc + j0 + 4 * tx;
+#pragma unroll
+            for (int c = 0; c < 4; ++c) {
+                if (j0 + 4 * tx + c < cols) crow[c] = acc[r][c];
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Elementwise products of equally long flat arrays (grid-stride loops, 64-bit indices).
+// ---------------------------------------------------------------------------------------------------------
+template <int M>
+__global__ void amsim_multiply_f32(const float* __restrict__ a, const float* __restrict__ b,
+                                   float* __restrict__ out, const float* __restrict__ lut, long long n,
+                                   int truncate) {
+    const bool trunc = truncate != 0;
+    const long long step = (long long)gridDim.x * blockDim.x;
+    for (long long q = (long long)blockIdx.x * blockDim.x + threadIdx.x; q < n; q += step) {
+        out[q] = amsim_product(a[q], b[q], M, trunc, lut);
+    }
+}
+
+// table products of operand codes (integer multipliers, full-operand float tables)
+template <typename T, int BITS>
+__global__ void amsim_multiply_lut(const int* __restrict__ ia, const int* __restrict__ ib, T* __restrict__ out,
+                                   const T* __restrict__ lut, long long n) {
+    const long long step = (long long)gridDim.x * blockDim.x;
+    for (long long q = (long long)blockIdx.x * blockDim.x + threadIdx.x; q < n; q += step) {
+        out[q] = amsim_ldg(lut + ((ia[q] << BITS) + ib[q]));
+    }
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// im2col for NHWC convolution, one chunk of output pixels [p0, p0 + npix) at a time:
+//   col[g][p][(kh * KW + kw) * cg + c] = x[n, oh * sh - ph + kh * dh, ow * sw - pw + kw * dw, g * cg + c]
+// with pixel p0 + p = (n * OH + oh) * OW + ow, and `pad` outside the image. This column order matches HWIO
+// weights reshaped to (KH * KW * cg, Cout), and it is the contraction order of the convolution.
+// ---------------------------------------------------------------------------------------------------------
+template <typename T>
+__global__ void amsim_im2col_nhwc(const T* __restrict__ x, T* __restrict__ col, T pad, int height, int width,
+                                  int channels, int out_h, int out_w, int kh_size, int kw_size, int stride_h,
+                                  int stride_w, int pad_h, int pad_w, int dil_h, int dil_w, int groups, int cg,
+                                  long long p0, long long npix) {
+    const long long total = (long long)groups * npix * kh_size * kw_size * cg;
+    const long long step = (long long)gridDim.x * blockDim.x;
+    for (long long q = (long long)blockIdx.x * blockDim.x + threadIdx.x; q < total; q += step) {
+        long long t = q;
+        const int c = (int)(t % cg);
+        t /= cg;
+        const int kw = (int)(t % kw_size);
+        t /= kw_size;
+        const int kh = (int)(t % kh_size);
+        t /= kh_size;
+        const long long p = t % npix;
+        const int g = (int)(t / npix);
+        const long long pix = p0 + p;
+        const long long n = pix / ((long long)out_h * out_w);
+        const int rem = (int)(pix % ((long long)out_h * out_w));
+        const int oh = rem / out_w;
+        const int ow = rem % out_w;
+        const int ih = oh * stride_h - pad_h + kh * dil_h;
+        const int iw = ow * stride_w - pad_w + kw * dil_w;
+        T v = pad;
+        if (ih >= 0 && ih < height && iw >= 0 && iw < width) {
+            v = x[((n * height + ih) * (long long)width + iw) * channels + (long long)g * cg + c];
+        }
+        col[q] = v;
+    }
+}

@@ -1,0 +1,119 @@
+"""Approximate GEMM on the GPU against cuBLAS FP32 (TF32 off): throughput ratio at 4096^3 by default.
+
+    PYTHONPATH=. python benchmarks/bench_gpu.py [--size 4096] [--reps 5] [--json out.json]
+
+Prints the card, the date and, per multiplier (mbm7 and mbm10 by default) and kernel, the time per GEMM, the
+equivalent TFLOP/s (2 M N K / t) and the ratio to ``cupy.matmul`` in float32. The first call of each kernel
+compiles it (CuPy caches the binary on disk) and is not timed. A spot check compares two full output rows with
+the golden model, so a fast but wrong kernel cannot report a number.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import sys
+
+os.environ.setdefault("CUPY_TF32", "0")  # cuBLAS baseline in true FP32 (CuPy's default too; made explicit)
+
+import numpy as np  # noqa: E402
+
+
+def _time_it(fn, reps, cp):
+    fn()  # warm-up (and compilation)
+    cp.cuda.Device().synchronize()
+    start, stop = cp.cuda.Event(), cp.cuda.Event()
+    times = []
+    for _ in range(reps):
+        start.record()
+        fn()
+        stop.record()
+        stop.synchronize()
+        times.append(cp.cuda.get_elapsed_time(start, stop) / 1e3)
+    return float(np.median(times))
+
+
+def _spot_check(a, b, c, mult, cp):
+    """Rows 0 and M-1 of the approximate product, bit for bit against amsim.golden (on the CPU)."""
+    from amsim import golden
+
+    rows = [0, a.shape[0] - 1]
+    want = golden.matmul(cp.asnumpy(a[rows]), cp.asnumpy(b), mult)
+    got = cp.asnumpy(c[rows])
+    same = (got.view(np.uint32) == want.view(np.uint32)) | (np.isnan(got) & np.isnan(want))
+    return bool(same.all())
+
+
+def jax_training_step_comparison(*args, **kwargs):
+    """TODO(lead): hook for the JAX training-step comparison (approximate vs exact Flax model step on the GPU).
+
+    Called by main() when ``--jax`` is given; returns a dict of results to merge into the report, or None.
+    """
+    return None
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--size", type=int, default=4096, help="M = N = K")
+    parser.add_argument("--reps", type=int, default=5)
+    parser.add_argument("--mults", default="mbm7,mbm10", help="comma-separated names for amsim.multipliers.get")
+    parser.add_argument("--algos", default="auto,expand,gather", help="float kernels to time (expand: m <= 7)")
+    parser.add_argument("--no-check", action="store_true", help="skip the golden spot check")
+    parser.add_argument("--jax", action="store_true", help="also run the JAX training-step comparison (TODO)")
+    parser.add_argument("--json", help="write the results here")
+    args = parser.parse_args(argv)
+
+    import cupy as cp
+
+    import amsim
+    from amsim.kernels import _cuda
+
+    dev = cp.cuda.Device()
+    props = cp.cuda.runtime.getDeviceProperties(dev.id)
+    card = props["name"].decode() if isinstance(props["name"], bytes) else str(props["name"])
+    report = {
+        "card": card,
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "cuda_runtime": cp.cuda.runtime.runtimeGetVersion(),
+        "cupy": cp.__version__,
+        "size": args.size,
+        "results": [],
+    }
+    print(f"{card}  {report['date']}  CUDA runtime {report['cuda_runtime']}  CuPy {cp.__version__}")
+    n = args.size
+    rng = np.random.default_rng(0)
+    a = cp.asarray(rng.standard_normal((n, n)).astype(np.float32))
+    b = cp.asarray(rng.standard_normal((n, n)).astype(np.float32))
+    flops = 2.0 * n * n * n
+    t_ref = _time_it(lambda: cp.matmul(a, b), args.reps, cp)
+    report["cublas_fp32_s"] = t_ref
+    print(f"cupy.matmul fp32 (TF32 off): {t_ref * 1e3:9.2f} ms  {flops / t_ref / 1e12:7.2f} TFLOP/s")
+    for name in args.mults.split(","):
+        mult = amsim.multipliers.get(name)
+        m = mult.mantissa_bits
+        for algo in args.algos.split(","):
+            if algo == "expand" and m > 7:
+                continue
+            kw = {} if algo == "auto" else {"algo": algo}
+            chosen = algo if algo != "auto" else _cuda.choose_algo(m, 1, n, n, *_cuda.device_limits())
+            out = cp.empty((n, n), np.float32)
+            t = _time_it(lambda: _cuda.gemm(a, b, mult, out=out, **kw), args.reps, cp)
+            ok = None if args.no_check else _spot_check(a, b, out, mult, cp)
+            row = {"mult": name, "algo": algo, "kernel": chosen, "seconds": t, "tflops": flops / t / 1e12,
+                   "ratio_vs_cublas": t_ref / t, "golden_rows_match": ok}
+            report["results"].append(row)
+            print(f"{name:8s} {algo:7s} ({chosen:6s}): {t * 1e3:9.2f} ms  {row['tflops']:7.2f} TFLOP/s  "
+                  f"{100 * row['ratio_vs_cublas']:6.1f}% of cuBLAS  golden rows: {ok}")
+    if args.jax:
+        report["jax"] = jax_training_step_comparison()
+    if args.json:
+        with open(args.json, "w") as fh:
+            json.dump(report, fh, indent=2)
+    bad = [r for r in report["results"] if r["golden_rows_match"] is False]
+    return 1 if bad else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,48 @@
+#!/usr/bin/env bash
+# One command for a GPU machine (CuPy, NVRTC, a C++ compiler; no network needed), run from the repository root:
+#
+#     OUT=./gpu_out bash scripts/gpu_check.sh
+#
+# 1. card, driver and library versions;
+# 2. fills CuPy's kernel cache in parallel (every instantiation, fully optimised; minutes saved below);
+# 3. pytest -m gpu (tests/test_gpu.py: CuPy results bit for bit against the golden model);
+# 4. the GPU-free CUDA tests (NVRTC compile of every instantiation, host emulation of the kernels);
+# 5. registers / spills per kernel for this card's architecture;
+# 6. benchmarks/bench_gpu.py (4096^3 approximate GEMM vs cuBLAS FP32).
+# Logs go to $OUT. Every step has its own time limit; the whole run stays under 5 minutes. The exit status is
+# non-zero if any step failed. (Limits add up to 300 s; a step that runs out leaves its partial log.)
+set -u
+cd "$(dirname "$0")/.."
+OUT="${OUT:-./gpu_out}"
+mkdir -p "$OUT"
+export PYTHONPATH="${PYTHONPATH:+$PYTHONPATH:}."
+export CUPY_TF32=0
+export AMSIM_REQUIRE_GPU=1  # tests/test_gpu.py fails instead of skipping when CuPy sees no device
+PY="${PYTHON:-python}"
+status=0
+step() {  # step NAME TIMEOUT_S CMD...: run, log to $OUT/NAME.log, remember failures
+    local name=$1 limit=$2
+    shift 2
+    echo "== $name ($(date -u +%H:%M:%S), limit ${limit}s)"
+    timeout --kill-after=5 "$limit" "$@" >"$OUT/$name.log" 2>&1
+    local rc=$?
+    tail -n 25 "$OUT/$name.log"
+    echo "== $name: exit $rc"
+    [ "$rc" -eq 0 ] || status=1
+}
+
+step env 15 bash -c "nvidia-smi; date -u; git rev-parse HEAD 2>/dev/null; $PY -c 'import cupy, sys; \
+print(sys.version); print(\"cupy\", cupy.__version__, \"runtime\", cupy.cuda.runtime.runtimeGetVersion(), \
+\"driver\", cupy.cuda.runtime.driverGetVersion()); p = cupy.cuda.runtime.getDeviceProperties(0); \
+print(p[\"name\"], \"sm_%d%d\" % (p[\"major\"], p[\"minor\"]), p[\"multiProcessorCount\"], \"SMs\", \
+p[\"sharedMemPerBlockOptin\"], \"B smem/block\")'"
+step precompile 60 "$PY" -c "import os, time; from amsim.kernels import _cuda; t = time.time(); \
+n = _cuda.precompile(workers=min(16, os.cpu_count() or 1)); print(n, 'kernels in', round(time.time() - t, 1), 's')"
+step pytest_gpu 100 "$PY" -m pytest -m gpu -q -p no:cacheprovider -rs tests/test_gpu.py
+step pytest_cuda_cpu 40 "$PY" -m pytest -q -p no:cacheprovider tests/test_cuda_compile.py tests/test_cuda_host.py
+step resources 25 bash -c "set -e; $PY -m amsim.kernels._nvrtc --arch \$($PY -c 'import cupy; \
+p = cupy.cuda.runtime.getDeviceProperties(0); print(\"sm_%d%d\" % (p[\"major\"], p[\"minor\"]))') \
+--filter '<7, 0>'; $PY -m amsim.kernels._nvrtc --arch sm_90 --filter '<11, 1>'"
+step bench_gpu 60 "$PY" benchmarks/bench_gpu.py --json "$OUT/bench_gpu.json"
+echo "logs in $OUT; overall exit $status"
+exit $status

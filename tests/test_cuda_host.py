@@ -1,0 +1,598 @@
+"""The CUDA code on the host, bit for bit against the golden model (no GPU needed).
+
+1. ``amsim_product.cuh`` compiled by the host C++ compiler: the scalar semantics (rounding, decode, table
+   lookup, exponent assembly, special values) on random operands and on a special-value matrix.
+2. ``amsim_gemm.cu`` compiled by the host compiler with a small emulation of the CUDA execution model (CUDA
+   threads as fibers, ``__syncthreads`` as a barrier, blocks one after another, shared memory poisoned before
+   every block), running the launch plans of ``amsim/kernels/_cuda.py`` on NumPy arrays: tile loading,
+   decoding, the expand and gather GEMMs in every layout, the exact fix-up, the integer GEMM, the elementwise
+   kernels and the im2col convolution.
+
+Warp-level behaviour (bank conflicts, speed) is not emulated; tests/test_gpu.py checks the real thing.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import re
+import shutil
+import subprocess
+
+import numpy as np
+import pytest
+
+import amsim
+from amsim import golden
+from amsim.kernels import _nvrtc as nv
+
+from .conftest import assert_bits_equal, special_values
+
+cuda = pytest.importorskip("amsim.kernels._cuda", reason="the launch plans live in _cuda.py, which needs CuPy")
+
+F = np.float32
+CXX = shutil.which("g++") or shutil.which("clang++")
+pytestmark = pytest.mark.skipif(CXX is None, reason="no host C++ compiler (g++ or clang++) on PATH")
+
+
+def _compile(tmp_dir, name, source, std="c++17", extra=()):
+    src = tmp_dir / f"{name}.cpp"
+    lib = tmp_dir / f"lib{name}.so"
+    src.write_text(source)
+    cmd = [CXX, f"-std={std}", "-O1", "-ffp-contract=off", "-fno-fast-math", "-shared", "-fPIC", "-pthread",
+           f"-I{nv.KERNEL_DIR}", *nv.define_options(), *extra, str(src), "-o", str(lib)]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        pytest.fail(f"host compilation of {name} failed:\n{' '.join(cmd)}\n{proc.stderr[-6000:]}")
+    return ctypes.CDLL(str(lib))
+
+
+# ---------------------------------------------------------------------------------------------------------
+# 1. the scalar product
+# ---------------------------------------------------------------------------------------------------------
+PRODUCT_SRC = r"""
+#include "amsim_product.cuh"
+extern "C" void host_multiply(const float* a, const float* b, float* out, long long n, int m, int truncate,
+                              const float* lut) {
+    for (long long i = 0; i < n; ++i) out[i] = amsim_product(a[i], b[i], m, truncate != 0, lut);
+}
+extern "C" void host_round(const unsigned int* u, unsigned int* out, long long n, int m, int truncate) {
+    for (long long i = 0; i < n; ++i) out[i] = amsim_round_bits(u[i], m, truncate != 0);
+}
+"""
+
+
+@pytest.fixture(scope="module")
+def product_lib(tmp_path_factory):
+    lib = _compile(tmp_path_factory.mktemp("amsim_product"), "amsim_product", PRODUCT_SRC)
+    ptr = ctypes.c_void_p
+    lib.host_multiply.argtypes = [ptr, ptr, ptr, ctypes.c_longlong, ctypes.c_int, ctypes.c_int, ptr]
+    lib.host_round.argtypes = [ptr, ptr, ctypes.c_longlong, ctypes.c_int, ctypes.c_int]
+    return lib
+
+
+def host_multiply(lib, a, b, mult):
+    a, b = np.broadcast_arrays(np.asarray(a, F), np.asarray(b, F))
+    a, b = np.ascontiguousarray(a), np.ascontiguousarray(b)
+    out = np.full(a.shape, np.nan, F)  # poisoned
+    lut = cuda.float_host_tables(mult.table.values)[0]
+    lib.host_multiply(a.ctypes.data, b.ctypes.data, out.ctypes.data, a.size, mult.mantissa_bits,
+                      int(mult.rounding == "truncate"), lut.ctypes.data)
+    return out
+
+
+def _odd_table(m, rng):
+    """Zeros (both signs), subnormal entries, entries from 2**-140 to 2**100: every branch of the assembly."""
+    n = 1 << m
+    v = (2.0 ** rng.integers(-140, 100, (n, n)) * rng.uniform(1, 2, (n, n))).astype(F)
+    v[rng.random((n, n)) < 0.1] = 0.0
+    v[rng.random((n, n)) < 0.05] = -0.0
+    v[0, 0] = np.uint32(0x00000001).view(F)  # smallest subnormal
+    return amsim.Multiplier.from_table(v, name=f"odd{m}")
+
+
+def _edge_values(m):
+    """Special values plus, for this m, values around every rounding carry and tie."""
+    shift = 23 - m
+    base = [0x3F800000, 0x00800000, 0x7F000000, 0x7F7FFFFF, 0x00000000, 0x3FFFFFFF, 0x4B7FFFFF]
+    u = []
+    for b in base:
+        hi = b | ((1 << shift) - 1)  # all dropped bits set: rounds up (carry)
+        tie = (b & ~((1 << shift) - 1)) | (1 << (shift - 1))
+        u += [b, hi, tie, tie + (1 << shift), tie - 1, tie + 1]
+    u = np.array(u, dtype=np.uint64) & 0x7FFFFFFF
+    u = np.concatenate([u, u | 0x80000000]).astype(np.uint32)
+    return np.concatenate([special_values(), u.view(F)])
+
+
+def _range_pairs(rng, n):
+    """Operand pairs whose products land around 2**128 and 2**-126 (and everywhere in between)."""
+    ea = rng.integers(-126, 128, n)
+    target = rng.choice([-127, -126, -125, 126, 127, 128], n) + rng.integers(-2, 3, n)
+    eb = np.clip(target - ea, -126, 127)
+    with np.errstate(over="ignore"):  # 1.99999999 * 2**127 rounds to Inf in float32: a fine test value too
+        a = np.ldexp(rng.uniform(1, 2, n), ea).astype(F)
+        b = np.ldexp(rng.uniform(1, 2, n), eb).astype(F)
+    return a * rng.choice([-1, 1], n).astype(F), b
+
+
+PRODUCT_CASES = [
+    ("mbm", 7), ("mitchell", 7), ("exact", 7), ("mbm", 1), ("mitchell", 3), ("exact", 4),
+    ("exact", 10), ("mbm", 11), ("mitchell", 11), ("odd", 2), ("odd", 6),
+]
+COMPARED = {"values": 0}
+
+
+@pytest.mark.parametrize("rounding", ["nearest", "truncate"])
+@pytest.mark.parametrize("kind,m", PRODUCT_CASES)
+def test_host_product_matches_golden(product_lib, kind, m, rounding, rng):
+    mult = _odd_table(m, rng) if kind == "odd" else getattr(amsim.multipliers, kind)(m)
+    mult = mult.with_rounding(rounding)
+    ev = _edge_values(m)
+    ga, gb = np.meshgrid(ev, ev, indexing="ij")
+    n = 40000
+    with np.errstate(over="ignore"):
+        wa = np.ldexp(rng.uniform(1, 2, n), rng.integers(-130, 129, n)).astype(F) * rng.choice([-1, 1], n).astype(F)
+        wb = np.ldexp(rng.uniform(1, 2, n), rng.integers(-130, 129, n)).astype(F)
+    ra, rb = _range_pairs(rng, n)
+    na, nb = rng.standard_normal(n).astype(F), rng.standard_normal(n).astype(F)
+    a = np.concatenate([ga.ravel(), wa, ra, na])
+    b = np.concatenate([gb.ravel(), wb, rb, nb])
+    got = host_multiply(product_lib, a, b, mult)
+    want = golden.multiply(a, b, mult)
+    assert_bits_equal(got, want)
+    # the comparison must have seen every kind of result
+    assert np.isnan(want).any() and np.isinf(want).any() and (want == 0).any() and np.signbit(want[want == 0]).any()
+    COMPARED["values"] += a.size
+
+
+@pytest.mark.parametrize("m", [1, 5, 7, 10, 11])
+@pytest.mark.parametrize("rounding", ["nearest", "truncate"])
+def test_host_rounding_matches_quantize(product_lib, m, rounding, rng):
+    u = rng.integers(0, 2**32, 200000, dtype=np.uint64).astype(np.uint32)
+    u[:4] = [0x7F7FFFFF, 0xFF7FFFFF, 0x7F800001, 0x007FFFFF]
+    out = np.zeros_like(u)
+    product_lib.host_round(u.ctypes.data, out.ctypes.data, u.size, m, int(rounding == "truncate"))
+    assert_bits_equal(out.view(F), golden.quantize(u.view(F), m, rounding))
+
+
+def test_tame_ranges_keep_every_intermediate_normal(rng):
+    """The fast path's exactness rests on these ranges: check the claim on the extremes of many tables."""
+    for scale in (-140, -60, -25, 0, 30, 100):
+        v = (amsim.multipliers.mbm(4).table.values * F(2.0**scale)).astype(F)
+        v[rng.random(v.shape) < 0.1] = 0.0
+        a_lo, a_hi, b_lo, b_hi = cuda.tame_ranges(v)
+        e = np.frexp(v[v > 0].astype(np.float64))[1] - 1
+        if a_lo > a_hi:  # empty: only possible when no split around 0 exists
+            assert e.min() < -126 or e.max() > 127 or (-126 - e.min()) > 0 or (127 - e.max()) < 0
+            continue
+        assert a_lo <= 0 <= a_hi and -126 <= min(a_lo, b_lo) and max(a_hi, b_hi) <= 127
+        for pe in (e.min(), e.max()):
+            assert -126 <= pe + b_lo and pe + b_hi <= 127  # p * 2**eb
+            assert -126 <= pe + a_lo + b_lo and pe + a_hi + b_hi <= 127  # the product
+        # and the range is as wide as the split allows: one more step would leave the normal range
+        assert e.min() + a_lo + b_lo - 1 < -126 or a_lo == -126 or b_lo == -126
+
+
+# ---------------------------------------------------------------------------------------------------------
+# 2. the kernels under a host emulation of CUDA
+# ---------------------------------------------------------------------------------------------------------
+EMU_PRELUDE = r"""
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <memory>
+#include <new>
+#include <ucontext.h>
+#include <vector>
+
+struct dim3 { unsigned x, y, z; };
+struct alignas(16) float4 { float x, y, z, w; };
+struct alignas(16) uint4 { unsigned int x, y, z, w; };
+struct alignas(16) int4 { int x, y, z, w; };
+
+// CUDA threads as fibers on one OS thread: a fiber runs until __syncthreads() or its end, and a barrier is
+// released once every fiber of the block has reached it. Deterministic, and a missing barrier shows up
+// reliably: fiber 0 then runs ahead and reads shared memory the others have not written yet (poisoned).
+namespace emu {
+dim3 thread_idx, block_idx, block_dim, grid_dim;
+unsigned char* smem = nullptr;
+ucontext_t scheduler;
+std::vector<ucontext_t> fibers;
+std::vector<int> finished;
+unsigned current = 0;
+void (*trampoline_body)(void*) = nullptr;
+void* trampoline_arg = nullptr;
+constexpr std::size_t STACK = 256 * 1024;
+std::vector<std::unique_ptr<unsigned char[]>> stacks;
+
+inline void fiber_main() {
+    trampoline_body(trampoline_arg);
+    finished[current] = 1;
+    swapcontext(&fibers[current], &scheduler);
+}
+}  // namespace emu
+#define threadIdx (emu::thread_idx)
+#define blockIdx (emu::block_idx)
+#define blockDim (emu::block_dim)
+#define gridDim (emu::grid_dim)
+#define __global__
+#define __device__
+#define __host__
+#define __forceinline__ inline
+#define __launch_bounds__(...)
+#define __align__(n) alignas(n)
+#define AMSIM_DYN_SMEM(name) unsigned char* name = emu::smem
+inline void __syncthreads() { swapcontext(&emu::fibers[emu::current], &emu::scheduler); }
+
+// Run body() as every thread of every block, blocks one after another.
+template <class F>
+void emu_launch(unsigned gx, unsigned gy, unsigned gz, unsigned bx, long long shared, F body) {
+    const std::size_t bytes = (std::size_t)shared + 64;
+    std::unique_ptr<unsigned char[]> buf(new (std::align_val_t(64)) unsigned char[bytes]);
+    emu::grid_dim = {gx, gy, gz};
+    emu::block_dim = {bx, 1, 1};
+    while (emu::stacks.size() < bx) emu::stacks.emplace_back(new unsigned char[emu::STACK]);
+    emu::fibers.assign(bx, ucontext_t{});
+    emu::finished.assign(bx, 0);
+    emu::trampoline_body = [](void* p) { (*static_cast<F*>(p))(); };
+    emu::trampoline_arg = &body;
+    for (unsigned z = 0; z < gz; ++z)
+        for (unsigned y = 0; y < gy; ++y)
+            for (unsigned x = 0; x < gx; ++x) {
+                std::memset(buf.get(), 0xFF, bytes);  // poison: unwritten shared memory reads as NaN / -1
+                emu::smem = buf.get();
+                emu::block_idx = {x, y, z};
+                for (unsigned t = 0; t < bx; ++t) {
+                    emu::finished[t] = 0;
+                    getcontext(&emu::fibers[t]);
+                    emu::fibers[t].uc_stack.ss_sp = emu::stacks[t].get();
+                    emu::fibers[t].uc_stack.ss_size = emu::STACK;
+                    emu::fibers[t].uc_link = nullptr;
+                    makecontext(&emu::fibers[t], emu::fiber_main, 0);
+                }
+                for (;;) {  // one pass = every live fiber runs up to its next barrier (or its end)
+                    unsigned live = 0;
+                    for (unsigned t = 0; t < bx; ++t) {
+                        if (emu::finished[t]) continue;
+                        emu::current = t;
+                        emu::thread_idx = {t, 0, 0};
+                        swapcontext(&emu::scheduler, &emu::fibers[t]);
+                        live += !emu::finished[t];
+                    }
+                    if (live == 0) break;
+                    if (live != bx) {
+                        std::fprintf(stderr, "emu: __syncthreads reached by %u of %u threads\n", live, bx);
+                        std::abort();
+                    }
+                }
+            }
+}
+#include "amsim_gemm.cu"
+"""
+
+# (family, parameter list, argument list, instantiations as template-argument strings)
+_F_GEMM_P = ("const float* A, const float* B, float* C, const float* lut, int* rf, int* cf, int rows, int cols, "
+             "int depth, long long lda, long long ldb, long long ldc, long long sa, long long sb, long long sc, "
+             "int trunc, int alo, int ahi, int blo, int bhi")
+_F_GEMM_A = "A, B, C, lut, rf, cf, rows, cols, depth, lda, ldb, ldc, sa, sb, sc, trunc, alo, ahi, blo, bhi"
+_FIXUP_P = ("const float* A, const float* B, float* C, const float* lut, const int* rf, const int* cf, int rows, "
+            "int cols, int depth, long long lda, long long ldb, long long ldc, long long sa, long long sb, "
+            "long long sc, int trunc")
+_FIXUP_A = "A, B, C, lut, rf, cf, rows, cols, depth, lda, ldb, ldc, sa, sb, sc, trunc"
+_LUT_GEMM_P = ("const int* A, const int* B, {T}* C, const {T}* lut, int rows, int cols, int depth, long long lda, "
+               "long long ldb, long long ldc, long long sa, long long sb, long long sc")
+_LUT_GEMM_A = "A, B, C, lut, rows, cols, depth, lda, ldb, ldc, sa, sb, sc"
+_IM2COL_P = ("const {T}* x, {T}* col, {T} pad, int h, int w, int c, int oh, int ow, int kh, int kw, int sh, int sw, "
+             "int ph, int pw, int dh, int dw, int groups, int cg, long long p0, long long npix")
+_IM2COL_A = "x, col, pad, h, w, c, oh, ow, kh, kw, sh, sw, ph, pw, dh, dw, groups, cg, p0, npix"
+
+EXPAND_M = (1, 4, 7)
+GATHER_M = (2, 4, 8, 11)
+LUT_BITS = (3, 8)
+LAYOUTS = (0, 1, 2, 3)
+FAMILIES = {
+    "amsim_gemm_expand_f32": (_F_GEMM_P, _F_GEMM_A, [f"{m}, {l}" for m in EXPAND_M for l in LAYOUTS]),
+    "amsim_gemm_gather_f32": (_F_GEMM_P, _F_GEMM_A, [f"{m}, {l}" for m in GATHER_M for l in LAYOUTS]),
+    "amsim_gemm_fixup_f32": (_FIXUP_P, _FIXUP_A,
+                             [f"{m}, {l}" for m in sorted(set(EXPAND_M + GATHER_M)) for l in LAYOUTS]),
+    "amsim_gemm_lut_int": (_LUT_GEMM_P.format(T="int"), _LUT_GEMM_A,
+                           [f"int, {b}, {l}" for b in LUT_BITS for l in LAYOUTS]),
+    "amsim_gemm_lut_float": (_LUT_GEMM_P.format(T="float"), _LUT_GEMM_A,
+                             [f"float, {b}, {l}" for b in LUT_BITS for l in LAYOUTS]),
+    "amsim_multiply_f32": ("const float* a, const float* b, float* out, const float* lut, long long n, int trunc",
+                           "a, b, out, lut, n, trunc", ["7", "11"]),
+    "amsim_multiply_lut_int": ("const int* a, const int* b, int* out, const int* lut, long long n",
+                               "a, b, out, lut, n", ["int, 3", "int, 8"]),
+    "amsim_multiply_lut_float": ("const int* a, const int* b, float* out, const float* lut, long long n",
+                                 "a, b, out, lut, n", ["float, 8"]),
+}
+
+
+def _emu_source():
+    parts = [EMU_PRELUDE]
+    for fam, (params, args, insts) in FAMILIES.items():
+        kernel = fam.removesuffix("_int").removesuffix("_float")
+        parts.append(f"extern \"C\" int emu_{fam}(const char* targs, unsigned gx, unsigned gy, unsigned gz, "
+                     f"unsigned bx, long long shared, {params}) {{")
+        for t in insts:
+            parts.append(f"    if (!std::strcmp(targs, \"{t}\")) {{ emu_launch(gx, gy, gz, bx, shared, [&] {{ "
+                         f"{kernel}<{t}>({args}); }}); return 0; }}")
+        parts.append("    return -1;\n}")
+    for t in ("float", "int"):
+        parts.append(f"extern \"C\" int emu_amsim_im2col_nhwc_{t}(unsigned gx, unsigned gy, unsigned gz, unsigned bx, "
+                     f"long long shared, {_IM2COL_P.format(T=t)}) {{ emu_launch(gx, gy, gz, bx, shared, [&] {{ "
+                     f"amsim_im2col_nhwc<{t}>({_IM2COL_A}); }}); return 0; }}")
+    return "\n".join(parts)
+
+
+@pytest.fixture(scope="module")
+def emu_lib(tmp_path_factory):
+    return _compile(tmp_path_factory.mktemp("amsim_emu"), "amsim_emu", _emu_source())
+
+
+def _c_arg(v):
+    if isinstance(v, np.ndarray):
+        return ctypes.c_void_p(v.ctypes.data)
+    if isinstance(v, np.int32):
+        return ctypes.c_int32(int(v))
+    if isinstance(v, np.int64):
+        return ctypes.c_int64(int(v))
+    if isinstance(v, np.float32):
+        return ctypes.c_float(float(v))
+    raise TypeError(f"launch argument of unexpected type {type(v).__name__}: the plans pass numpy scalars")
+
+
+_KERNEL_RE = re.compile(r"(\w+)<(.*)>$")
+
+
+def emu_run(lib, launches):
+    """Run a launch plan of _cuda.py on NumPy arrays through the emulated kernels."""
+    for la in launches:
+        fam, targs = _KERNEL_RE.match(la.kernel).groups()
+        assert la.block[1:] == (1, 1)
+        dims = [ctypes.c_uint(v) for v in la.grid] + [ctypes.c_uint(la.block[0]), ctypes.c_longlong(la.shared)]
+        if fam == "amsim_im2col_nhwc":
+            rc = getattr(lib, f"emu_amsim_im2col_nhwc_{targs}")(*dims, *[_c_arg(v) for v in la.args])
+        elif fam in ("amsim_gemm_lut", "amsim_multiply_lut"):
+            rc = getattr(lib, f"emu_{fam}_{targs.split(',')[0]}")(targs.encode(), *dims, *[_c_arg(v) for v in la.args])
+        else:
+            rc = getattr(lib, f"emu_{fam}")(targs.encode(), *dims, *[_c_arg(v) for v in la.args])
+        assert rc == 0, f"{la.kernel} is not instantiated in the emulation library"
+
+
+def _stored(x, transposed):
+    """x (nb, p, q) as a view whose storage is transposed (q, p contiguous) when asked."""
+    if not transposed:
+        return np.ascontiguousarray(x)
+    return np.ascontiguousarray(np.swapaxes(x, 1, 2)).swapaxes(1, 2)
+
+
+def _sparse_specials(rng, x, count):
+    sv = special_values()
+    flat = x.reshape(-1)
+    flat[rng.integers(0, flat.size, count)] = sv[rng.integers(0, sv.size, count)]
+    return x
+
+
+def emu_gemm_f32(lib, a3, b3, mult, algo, layout=0):
+    out = np.full((a3.shape[0], a3.shape[1], b3.shape[2]), np.nan, F)  # poisoned
+    av, bv = _stored(a3, layout & 2), _stored(b3, layout & 1)
+    tables = cuda.float_host_tables(mult.table.values)
+    plan = cuda.plan_gemm_f32(av, bv, out, mult.mantissa_bits, mult.rounding == "truncate", tables, np, algo)
+    assert plan and plan[0].kernel.endswith(f", {layout}>"), plan[0].kernel
+    emu_run(lib, plan)
+    return out
+
+
+GEMM_CASES = [  # algo, multiplier, (nb, M, K, N)
+    ("expand", ("mbm", 7), (2, 1030, 9, 37)),
+    ("expand", ("mitchell", 4), (1, 300, 13, 70)),
+    ("expand", ("exact", 1), (1, 40, 6, 33)),
+    ("gather", ("mbm", 8), (2, 70, 37, 65)),
+    ("gather", ("mitchell", 11), (1, 65, 20, 3)),
+    ("gather", ("exact", 2), (3, 5, 17, 66)),
+    ("gather", ("mitchell", 4), (1, 64, 33, 64)),
+]
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("algo,mspec,shape", GEMM_CASES)
+def test_emulated_gemm_f32(emu_lib, algo, mspec, shape, layout, rng):
+    mult = getattr(amsim.multipliers, mspec[0])(mspec[1])
+    if layout == 3:
+        mult = mult.with_rounding("truncate")
+    nb, m_rows, k, n = shape
+    a = rng.standard_normal((nb, m_rows, k)).astype(F)
+    b = rng.standard_normal((nb, k, n)).astype(F)
+    # a few special operands: most outputs take the fast path, some the exact fix-up
+    _sparse_specials(rng, a, 3)
+    _sparse_specials(rng, b, 2)
+    got = emu_gemm_f32(emu_lib, a, b, mult, algo, layout)
+    assert_bits_equal(got, golden.matmul(a, b, mult))
+    assert np.isfinite(got).mean() > 0.5
+
+
+def _scaled_table(m, rng):
+    """mbm(m) scaled by 2**-25 with some zeros: tame exponent ranges that are far from symmetric, so operands
+    near the fp32 limits still take the fast path and products land right at the top of the normal range."""
+    v = (amsim.multipliers.mbm(m).table.values * F(2.0**-25)).astype(F)
+    v[rng.random(v.shape) < 0.05] = 0.0
+    return amsim.Multiplier.from_table(v, name=f"scaled{m}")
+
+
+@pytest.mark.parametrize("algo,kind,m", [("expand", "odd", 4), ("gather", "odd", 4), ("expand", "scaled", 4),
+                                         ("gather", "scaled", 4), ("expand", "mbm", 7), ("gather", "mbm", 8)])
+def test_emulated_gemm_f32_exponent_edges(emu_lib, algo, kind, m, rng):
+    """Operand exponents around the tame range and the fp32 limits: fast path, fix-up, over/underflow."""
+    mult = {"odd": _odd_table, "scaled": _scaled_table}[kind](m, rng) if kind != "mbm" else amsim.multipliers.mbm(m)
+    ranges = cuda.float_host_tables(mult.table.values)[2]
+    nb, rows, k, n = 1, 260 if algo == "expand" else 70, 5, 40
+    lo, hi = (-80, 81) if kind != "scaled" else (-60, 85)
+    with np.errstate(over="ignore"):
+        a = np.ldexp(rng.uniform(1, 2, (nb, rows, k)), rng.integers(lo, hi, (nb, rows, k))).astype(F)
+        b = np.ldexp(rng.uniform(1, 2, (nb, k, n)), rng.integers(lo, hi, (nb, k, n))).astype(F)
+    a *= rng.choice([-1, 1], a.shape).astype(F)
+    if kind == "scaled":  # the largest exponents the fast path accepts, on a whole row and column
+        assert ranges[1] != ranges[3] or ranges[0] != ranges[2], ranges
+        a[0, 0, :] = np.ldexp(F(1.75), ranges[1])
+        b[0, :, 0] = np.ldexp(F(1.75), ranges[3])
+    got = emu_gemm_f32(emu_lib, a, b, mult, algo)
+    want = golden.matmul(a, b, mult)
+    assert_bits_equal(got, want)
+    if kind == "scaled":  # that corner product is finite and near the top of the range, so the fast path made it
+        corner = golden.multiply(a[0, 0, 0], b[0, 0, 0], mult)
+        assert np.isfinite(corner) and abs(corner) > 2.0**120
+
+
+def test_emulated_gemm_f32_broadcast_batch_and_empty_k(emu_lib, rng):
+    mult = amsim.multipliers.mbm(8)
+    a = rng.standard_normal((1, 70, 11)).astype(F)
+    b = rng.standard_normal((3, 11, 9)).astype(F)
+    a3 = np.broadcast_to(a, (3, 70, 11))  # batch stride 0, read in place
+    out = np.full((3, 70, 9), np.nan, F)
+    tables = cuda.float_host_tables(mult.table.values)
+    emu_run(emu_lib, cuda.plan_gemm_f32(a3, b, out, 8, False, tables, np, "gather"))
+    assert_bits_equal(out, golden.matmul(a3, b, mult))
+    empty = np.full((1, 4, 5), np.nan, F)
+    tables7 = cuda.float_host_tables(amsim.multipliers.mbm(7).table.values)
+    emu_run(emu_lib, cuda.plan_gemm_f32(np.zeros((1, 4, 0), F), np.zeros((1, 0, 5), F), empty, 7, False, tables7,
+                                        np, "expand"))
+    assert_bits_equal(empty, np.zeros((1, 4, 5), F))
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("bits,signed,shape", [(3, True, (2, 70, 37, 65)), (8, False, (1, 33, 20, 70))])
+def test_emulated_gemm_i32(emu_lib, bits, signed, shape, layout, rng):
+    mult = amsim.multipliers.exact_int(bits, signed=signed)
+    lo, hi = mult.int_range
+    nb, m_rows, k, n = shape
+    a = rng.integers(lo, hi + 1, (nb, m_rows, k))
+    b = rng.integers(lo, hi + 1, (nb, k, n))
+    out = np.full((nb, m_rows, n), -12345, np.int32)
+    ia = _stored((a - lo).astype(np.int32), layout & 2)
+    ib = _stored((b - lo).astype(np.int32), layout & 1)
+    emu_run(emu_lib, cuda.plan_gemm_lut(ia, ib, out, bits, mult.table.values, np))
+    np.testing.assert_array_equal(out, golden.matmul(a, b, mult))
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("bits,shape", [(3, (2, 70, 37, 65)), (8, (1, 33, 20, 70))])
+def test_emulated_gemm_float_table(emu_lib, bits, shape, layout, rng):
+    """Full-operand float tables (narrow formats): float32 sums of table entries, NaN and Inf included."""
+    n_l = 1 << bits
+    table = rng.standard_normal((n_l, n_l)).astype(F) * F(2.0) ** rng.integers(-5, 6, (n_l, n_l)).astype(F)
+    table[rng.random(table.shape) < 0.01] = np.inf
+    table[0, n_l - 1] = np.nan
+    table[n_l - 1, 0] = -np.inf
+    nb, m_rows, k, n = shape
+    ia = rng.integers(0, n_l, (nb, m_rows, k)).astype(np.int32)
+    ib = rng.integers(0, n_l, (nb, k, n)).astype(np.int32)
+    out = np.full((nb, m_rows, n), np.nan, F)
+    emu_run(emu_lib, cuda.plan_gemm_lut(_stored(ia, layout & 2), _stored(ib, layout & 1), out, bits, table, np))
+    want = np.zeros((nb, m_rows, n), F)
+    with np.errstate(invalid="ignore"):
+        for kk in range(k):  # float32 adds in k order from +0.0
+            want = (want + table[ia[:, :, kk, None], ib[:, None, kk, :]]).astype(F)
+    assert_bits_equal(out, want)
+
+
+def test_emulated_multiply(emu_lib, rng):
+    for mult in (amsim.multipliers.mitchell(7), amsim.multipliers.mbm(11).with_rounding("truncate")):
+        sv = special_values()
+        ga, gb = np.meshgrid(sv, sv, indexing="ij")
+        a = np.concatenate([ga.ravel(), rng.standard_normal(3000).astype(F)])
+        b = np.concatenate([gb.ravel(), rng.standard_normal(3000).astype(F)])
+        out = np.full(a.shape, np.nan, F)
+        lut = cuda.float_host_tables(mult.table.values)[0]
+        emu_run(emu_lib, cuda.plan_multiply_f32(a, b, out, mult.mantissa_bits, mult.rounding == "truncate", lut,
+                                                num_sms=2))
+        assert_bits_equal(out, golden.multiply(a, b, mult))
+    mult = amsim.multipliers.exact_int(8, signed=True)
+    a, b = rng.integers(-128, 128, 5000), rng.integers(-128, 128, 5000)
+    out = np.full(a.shape, -1, np.int32)
+    emu_run(emu_lib, cuda.plan_multiply_lut((a + 128).astype(np.int32), (b + 128).astype(np.int32), out, 8,
+                                            mult.table.values, num_sms=2))
+    np.testing.assert_array_equal(out, golden.multiply(a, b, mult))
+    table = rng.standard_normal((256, 256)).astype(F)
+    table[3, 4] = np.nan
+    ca, cb = rng.integers(0, 256, 5000).astype(np.int32), rng.integers(0, 256, 5000).astype(np.int32)
+    ca[0], cb[0] = 3, 4
+    outf = np.full(ca.shape, -1.0, F)
+    emu_run(emu_lib, cuda.plan_multiply_lut(ca, cb, outf, 8, table, num_sms=2))
+    assert_bits_equal(outf, table[ca, cb])
+
+
+# ---------------------------------------------------------------------------------------------------------
+# convolution
+# ---------------------------------------------------------------------------------------------------------
+def golden_conv2d_nhwc(x, w, mult, stride=1, padding=0, dilation=1, groups=1):
+    """The convolution contract of amsim.kernels._cuda.conv2d_nhwc, by explicit im2col + golden.matmul."""
+    geo = cuda.conv_geometry(x.shape, w.shape, stride, padding, dilation, groups)
+    (pt, pb), (pl, pr) = cuda._padding(padding)
+    g = geo
+    xp_ = np.pad(x, ((0, 0), (pt, pb), (pl, pr), (0, 0)))  # zeros: +0.0, or the integer 0
+    cols = []
+    for kh in range(g["kh"]):
+        for kw in range(g["kw"]):
+            h0, w0 = kh * g["dh"], kw * g["dw"]
+            cols.append(xp_[:, h0 : h0 + g["sh"] * (g["oh"] - 1) + 1 : g["sh"],
+                            w0 : w0 + g["sw"] * (g["ow"] - 1) + 1 : g["sw"], :])
+    col = np.stack(cols, axis=3)  # (N, OH, OW, KH*KW, Cin)
+    cog = g["cout"] // g["groups"]
+    outs = []
+    for gi in range(g["groups"]):
+        cg = col[..., gi * g["cg"] : (gi + 1) * g["cg"]].reshape(-1, g["kh"] * g["kw"] * g["cg"])
+        wg = w[..., gi * cog : (gi + 1) * cog].reshape(-1, cog)
+        outs.append(golden.matmul(cg, wg, mult))
+    out = np.concatenate(outs, axis=1)
+    return out.reshape(g["n"], g["oh"], g["ow"], g["cout"])
+
+
+CONV_CASES = [  # x shape, w shape, stride, padding, dilation, groups
+    ((2, 9, 8, 4), (3, 3, 4, 6), 1, 1, 1, 1),
+    ((1, 11, 10, 6), (3, 2, 3, 4), (2, 1), ((1, 2), (0, 1)), (1, 2), 2),
+    ((2, 5, 5, 3), (1, 1, 3, 5), 2, 0, 1, 1),
+]
+
+
+@pytest.mark.parametrize("case", range(len(CONV_CASES)))
+@pytest.mark.parametrize("kind", ["float", "int"])
+def test_emulated_conv2d(emu_lib, kind, case, rng):
+    xs, ws, stride, padding, dilation, groups = CONV_CASES[case]
+    geo = cuda.conv_geometry(xs, ws, stride, padding, dilation, groups)
+    out = np.full((geo["n"], geo["oh"], geo["ow"], geo["cout"]), np.nan if kind == "float" else -7,
+                  F if kind == "float" else np.int32)
+    kdim = ws[0] * ws[1] * ws[2]
+    chunk_bytes = 4 * groups * kdim * 7  # 7 pixels per chunk: many chunks, a ragged last one
+    if kind == "float":
+        algo, m = ("expand", 7) if case % 2 == 0 else ("gather", 4)
+        mult = amsim.multipliers.mbm(m)
+        x = rng.standard_normal(xs).astype(F)
+        w = rng.standard_normal(ws).astype(F)
+        _sparse_specials(rng, x, 2)
+        _sparse_specials(rng, w, 1)
+        tables = cuda.float_host_tables(mult.table.values)
+
+        def planner(a3, b3, c3):
+            return cuda.plan_gemm_f32(a3, b3, c3, m, False, tables, np, algo)
+
+        xi, w2, pad = x, w.reshape(kdim, -1), np.float32(0.0)
+    else:
+        mult = amsim.multipliers.exact_int(3, signed=True)  # the emulation library has 3- and 8-bit kernels
+        x = rng.integers(-4, 4, xs)
+        w = rng.integers(-4, 4, ws)
+
+        def planner(a3, b3, c3):
+            return cuda.plan_gemm_lut(a3, b3, c3, 3, mult.table.values, np)
+
+        # table indices are operand + 4; the padding operand 0 is index 4
+        xi, w2, pad = (x + 4).astype(np.int32), (w + 4).astype(np.int32).reshape(kdim, -1), np.int32(4)
+    plan = cuda.plan_conv2d_nhwc(np.ascontiguousarray(xi), np.ascontiguousarray(w2), out, geo, np, planner, pad,
+                                 max_chunk_bytes=chunk_bytes)
+    emu_run(emu_lib, plan)
+    want = golden_conv2d_nhwc(x, w, mult, stride, padding, dilation, groups)
+    if kind == "float":
+        assert_bits_equal(out, want)
+    else:
+        np.testing.assert_array_equal(out, want)

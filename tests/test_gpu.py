@@ -1,0 +1,230 @@
+"""The CuPy backend on a real GPU, bit for bit against the golden model. Skipped without a CUDA device.
+
+Run on a GPU machine with ``pytest -m gpu`` (scripts/gpu_check.sh does, and saves the log; it sets
+AMSIM_REQUIRE_GPU=1 so that a machine whose GPU CuPy cannot use fails instead of skipping everything).
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+
+import amsim
+from amsim import golden
+
+from .conftest import assert_bits_equal, mixed_matrix, special_values
+
+cp = pytest.importorskip("cupy", reason="CuPy is not installed")
+
+
+def _device_count():
+    try:
+        return cp.cuda.runtime.getDeviceCount()
+    except Exception:  # no driver, no device, driver too old
+        return 0
+
+
+if os.environ.get("AMSIM_REQUIRE_GPU") == "1" and _device_count() == 0:  # set by scripts/gpu_check.sh
+    raise RuntimeError("AMSIM_REQUIRE_GPU=1 but CuPy sees no CUDA device; check the driver and CuPy's CUDA version.")
+
+pytestmark = [pytest.mark.gpu,
+              pytest.mark.skipif(_device_count() == 0, reason="no CUDA device (cupy.cuda.runtime.getDeviceCount)")]
+
+F = np.float32
+LAYOUTS = [(False, False), (False, True), (True, False), (True, True)]
+
+
+@pytest.fixture(scope="module")
+def cuda():
+    from amsim.kernels import _cuda
+
+    return _cuda
+
+
+def _dev(x):
+    return cp.asarray(x)
+
+
+def _host(x):
+    return cp.asnumpy(x)
+
+
+def _mult(name, m, rounding="nearest"):
+    return getattr(amsim.multipliers, name)(m).with_rounding(rounding)
+
+
+# ---- elementwise ------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("name,m", [("mbm", 7), ("mitchell", 3), ("exact", 1), ("exact", 10), ("mitchell", 11)])
+@pytest.mark.parametrize("rounding", ["nearest", "truncate"])
+def test_multiply_special_grid_and_wide_exponents(name, m, rounding, rng):
+    mult = _mult(name, m, rounding)
+    sv = special_values()
+    ga, gb = np.meshgrid(sv, sv, indexing="ij")
+    n = 50000
+    with np.errstate(over="ignore"):
+        wa = np.ldexp(rng.uniform(1, 2, n), rng.integers(-130, 129, n)).astype(F) * rng.choice([-1, 1], n).astype(F)
+        wb = np.ldexp(rng.uniform(1, 2, n), rng.integers(-130, 129, n)).astype(F)
+    a = np.concatenate([ga.ravel(), wa])
+    b = np.concatenate([gb.ravel(), wb])
+    out = cp.full(a.shape, cp.nan, F)  # poisoned
+    amsim.multiply(_dev(a), _dev(b), mult, out=out)
+    assert_bits_equal(_host(out), golden.multiply(a, b, mult))
+
+
+def test_multiply_int_broadcast(rng):
+    mult = amsim.multipliers.exact_int(8, signed=True)
+    a = rng.integers(-128, 128, (30, 1))
+    b = rng.integers(-128, 128, (1, 40))
+    got = amsim.multiply(_dev(a.astype(np.int8)), _dev(b.astype(np.int8)), mult)
+    np.testing.assert_array_equal(_host(got), golden.multiply(a, b, mult))
+
+
+# ---- float GEMM -------------------------------------------------------------------------------------------
+SHAPES = [  # (batch, M, K, N)
+    ((), 1, 1, 1), ((), 3, 17, 5), ((), 65, 33, 129), ((2,), 70, 37, 65), ((3,), 513, 21, 40),
+    ((), 1030, 9, 37), ((), 2100, 64, 300), ((2,), 1024, 19, 33),
+]
+
+
+@pytest.mark.parametrize("shape", SHAPES, ids=str)
+@pytest.mark.parametrize("name,m", [("mbm", 7), ("mitchell", 4), ("exact", 10), ("mbm", 11)])
+def test_matmul_random_against_golden(shape, name, m, rng):
+    mult = _mult(name, m)
+    batch, m_rows, k, n = shape
+    a = rng.standard_normal(batch + (m_rows, k)).astype(F)
+    b = rng.standard_normal(batch + (k, n)).astype(F)
+    out = cp.full(batch + (m_rows, n), cp.nan, F)
+    amsim.matmul(_dev(a), _dev(b), mult, out=out)
+    assert_bits_equal(_host(out), golden.matmul(a, b, mult))
+
+
+@pytest.mark.parametrize("algo", ["expand", "gather"])
+@pytest.mark.parametrize("trans", LAYOUTS, ids=lambda t: "".join("T" if x else "N" for x in t))
+@pytest.mark.parametrize("m,rounding", [(7, "nearest"), (3, "truncate"), (1, "nearest")])
+def test_gemm_layouts_algos_special_values(cuda, algo, trans, m, rounding, rng):
+    mult = _mult("mbm", m, rounding)
+    m_rows, k, n = (1100, 23, 70) if algo == "expand" else (130, 45, 67)
+    a = mixed_matrix(rng, (m_rows, k), 0.002)  # a few special operands: fast path and fix-up both run
+    b = mixed_matrix(rng, (k, n), 0.002)
+    # the stored operands: transposed storage when the layout says so, read in place through trans_a / trans_b
+    da = _dev(np.ascontiguousarray(a.T)) if trans[0] else _dev(a)
+    db = _dev(np.ascontiguousarray(b.T)) if trans[1] else _dev(b)
+    got = cuda.gemm(da, db, mult, trans_a=trans[0], trans_b=trans[1], algo=algo)
+    assert_bits_equal(_host(got), golden.matmul(a, b, mult))
+
+
+def test_gemm_gather_large_m(cuda, rng):
+    for m in (8, 10, 11):
+        mult = _mult("mitchell", m)
+        a = mixed_matrix(rng, (300, 40), 0.01)
+        b = mixed_matrix(rng, (40, 90), 0.01)
+        assert_bits_equal(_host(cuda.gemm(_dev(a), _dev(b), mult)), golden.matmul(a, b, mult))
+
+
+def test_matmul_special_value_matrix(rng):
+    sv = special_values()
+    a = np.tile(sv, (sv.size, 1))  # every pair of special values meets in some output
+    with np.errstate(over="ignore", invalid="ignore"):  # max normal * 1.5 -> Inf, Inf * 0 -> NaN: wanted
+        b = (np.tile(sv[:, None], (1, 7)) * rng.standard_normal((1, 7)).astype(F)).astype(F)
+    for mult in (_mult("mbm", 7), _mult("exact", 11, "truncate")):
+        assert_bits_equal(_host(amsim.matmul(_dev(a), _dev(b), mult)), golden.matmul(a, b, mult))
+
+
+def test_matmul_exponent_edges(rng):
+    mult = _mult("mbm", 7)
+    with np.errstate(over="ignore"):
+        a = np.ldexp(rng.uniform(1, 2, (1100, 6)), rng.integers(-80, 81, (1100, 6))).astype(F)
+        b = np.ldexp(rng.uniform(1, 2, (6, 64)), rng.integers(-80, 81, (6, 64))).astype(F)
+    assert_bits_equal(_host(amsim.matmul(_dev(a), _dev(b), mult)), golden.matmul(a, b, mult))
+
+
+@pytest.mark.parametrize("algo", ["expand", "gather"])
+def test_subnormal_sums_are_kept(cuda, algo, rng):
+    """Products are normal or zero, but their sums can cancel into the subnormal range; the golden model keeps
+    those (CuPy compiles with -ftz=true, which the kernels' explicit PTX arithmetic must override)."""
+    mult = _mult("exact", 7)
+    rows = 1100
+    tiny = F(2.0**-63)
+    a = np.tile(np.array([[tiny * F(1.0078125), tiny, F(1.0)]], F), (rows, 1))
+    a[:, 2] = rng.standard_normal(rows).astype(F) * F(2.0**-140)  # subnormal operands: flushed, add +-0
+    b = np.tile(np.array([[tiny], [-tiny], [F(1.0)]], F), (1, 40))
+    want = golden.matmul(a, b, mult)
+    assert (np.abs(want) < np.finfo(F).tiny).all() and (want != 0).all()  # all subnormal
+    assert_bits_equal(_host(cuda.gemm(_dev(a), _dev(b), mult, algo=algo)), want)
+    # the same through the exact fix-up path (a NaN elsewhere in the row flags it)
+    a[:, 0] = np.where(np.arange(rows) % 2 == 0, a[:, 0], F(np.nan))
+    assert_bits_equal(_host(cuda.gemm(_dev(a), _dev(b), mult, algo=algo)), golden.matmul(a, b, mult))
+
+
+def test_subnormal_table_entries(rng):
+    values = (amsim.multipliers.mbm(4).table.values * F(2.0**-140)).astype(F)  # every entry subnormal
+    mult = amsim.Multiplier.from_table(values, name="subnormal4")
+    a = np.ldexp(rng.uniform(1, 2, (70, 12)), rng.integers(60, 80, (70, 12))).astype(F)
+    b = np.ldexp(rng.uniform(1, 2, (12, 50)), rng.integers(60, 80, (12, 50))).astype(F)
+    assert_bits_equal(_host(amsim.matmul(_dev(a), _dev(b), mult)), golden.matmul(a, b, mult))
+
+
+def test_matmul_broadcast_batch(rng):
+    mult = _mult("mitchell", 5)
+    a = rng.standard_normal((3, 1, 20, 11)).astype(F)
+    b = rng.standard_normal((4, 11, 9)).astype(F)
+    assert_bits_equal(_host(amsim.matmul(_dev(a), _dev(b), mult)), golden.matmul(a, b, mult))
+
+
+# ---- integer and full-operand tables ------------------------------------------------------------------------
+@pytest.mark.parametrize("bits,signed", [(8, True), (4, False), (7, True)])
+def test_matmul_int(bits, signed, rng):
+    mult = amsim.multipliers.exact_int(bits, signed=signed)
+    lo, hi = mult.int_range
+    a = rng.integers(lo, hi + 1, (2, 70, 45))
+    b = rng.integers(lo, hi + 1, (2, 45, 66))
+    got = amsim.matmul(_dev(a.astype(np.int32)), _dev(b.astype(np.int32)), mult)
+    np.testing.assert_array_equal(_host(got), golden.matmul(a, b, mult))
+
+
+def test_matmul_full_operand_table(rng):
+    from amsim import formats
+
+    @amsim.multiplier(operand_format=formats.e4m3(subnormals="keep"), full_table=True)
+    def coarse(x, y):
+        p = x * y
+        return float(int(p * 16.0)) / 16.0 if abs(p) < 1.0 else p
+
+    a = rng.standard_normal((90, 33)).astype(F) * F(4)
+    b = rng.standard_normal((33, 70)).astype(F)
+    a[0, 0] = np.nan
+    assert_bits_equal(_host(amsim.matmul(_dev(a), _dev(b), coarse)), golden.matmul(a, b, coarse))
+
+
+# ---- convolution -----------------------------------------------------------------------------------------
+CONV_CASES = [  # x shape, w shape, stride, padding, dilation, groups
+    ((2, 9, 8, 4), (3, 3, 4, 6), 1, 1, 1, 1),
+    ((1, 11, 10, 6), (3, 2, 3, 4), (2, 1), ((1, 2), (0, 1)), (1, 2), 2),
+    ((2, 5, 5, 3), (1, 1, 3, 5), 2, 0, 1, 1),
+    ((4, 32, 32, 16), (3, 3, 16, 32), 1, 1, 1, 1),
+]
+
+
+@pytest.mark.parametrize("case", range(len(CONV_CASES)))
+def test_conv2d_nhwc_float(cuda, case, rng):
+    from .test_cuda_host import golden_conv2d_nhwc
+
+    xs, ws, stride, padding, dilation, groups = CONV_CASES[case]
+    mult = _mult("mbm", 7)
+    x = mixed_matrix(rng, xs, 0.002)
+    w = rng.standard_normal(ws).astype(F)
+    got = cuda.conv2d_nhwc(_dev(x), _dev(w), mult, stride, padding, dilation, groups, max_chunk_bytes=1 << 16)
+    assert_bits_equal(_host(got), golden_conv2d_nhwc(x, w, mult, stride, padding, dilation, groups))
+
+
+def test_conv2d_nhwc_int(cuda, rng):
+    from .test_cuda_host import golden_conv2d_nhwc
+
+    mult = amsim.multipliers.exact_int(8, signed=True)
+    xs, ws, stride, padding, dilation, groups = CONV_CASES[1]
+    x = rng.integers(-128, 128, xs).astype(np.int8)
+    w = rng.integers(-128, 128, ws).astype(np.int8)
+    got = cuda.conv2d_nhwc(_dev(x), _dev(w), mult, stride, padding, dilation, groups)
+    np.testing.assert_array_equal(_host(got), golden_conv2d_nhwc(x, w, mult, stride, padding, dilation, groups))
