@@ -1,40 +1,81 @@
 """CPU kernels (Numba), bit-identical to the golden model in amsim/_golden.py.
 
-Float GEMM strategy ("row expansion"): for a block of k and a block of columns, expand the LUT against the
-decoded B operand, ``T[k, ma, j] = LUT[ma, mb[k, j]] * 2**eb[k, j]`` (signed), so the inner loop over j is a
-contiguous ``C[i, j] += s_a * T[k, ma[i, k], j]`` with ``s_a = +-2**ea``: no gathers, vectorisable, and exact
-because scaling by a power of two in the normal range loses nothing. Operands whose exponent could push an
-intermediate or a product out of the normal range (and Inf/NaN) are flagged "special"; every output that touches
-one is recomputed by the scalar path, which assembles the product from bits exactly like the semantics say.
-Zeros and subnormals stay on the fast path as a signed zero scale. Additions are plain float32 adds in k order
-(no fastmath, so LLVM emits no FMA).
+Float GEMM strategy ("row expansion"). Write the approximate product as ``s_a * (LUT[ma, mb] * s_b)`` with
+``s = +-2**e`` the operands' signed power-of-two scales. For a block of KB values of k and NB = 32 columns j,
+expand the table against the decoded B operand,
+
+    T[k, ma, j] = LUT[ma, mb[k, j]] * s_b[k, j]            (all 2**m values of ma)
+
+and every row i of A then needs only ``acc[j] += s_a[i, k] * T[k, ma[i, k], j]``: a broadcast, a contiguous
+load, a multiply and an add on 8-lane vectors, with the 32 accumulators of a row held in registers over the
+k block. Both multiplications by powers of two are exact while everything stays in the normal range, so the
+result is the semantics' exactly formed product, added in k order with one float32 rounding per add (plain
+IEEE fmul/fadd, no fast-math, hence no FMA contraction).
+
+Layout matters more than arithmetic here:
+- T is built with 8x8 register transposes of rows of the *transposed* table (``T[k, r, j..j+7]`` is row r of
+  ``LUT[:, mb[k, j..j+7]]``), a fraction of a cycle per element; it is sized to stay in L2.
+- A is decoded into k-block-major panels ``(k block, row, KB)`` and each work item accumulates into its own
+  contiguous (rows, 32) tile in a 2 MiB-aligned workspace: sweeping rows of the user's arrays directly runs
+  into 4 KiB cache aliasing, and scattered pages into L2 set conflicts.
+- One parallel region: work items are (batch, 32-column block, row block), handed out dynamically, and each
+  thread owns its T and tile. Expansion costs ``2**m`` table rows per k and column block, amortised over the
+  rows swept, so the larger of M and N is swept (computing C^T = B^T A^T when N > M).
+
+Operands whose exponent could take an intermediate or a product out of the normal range (and Inf/NaN) make
+their whole row or column "flagged"; those outputs are recomputed by the scalar path, which assembles each
+product from bits as the semantics say. The exponent window of each side is chosen per call from the data, so
+ordinary tensors never take that path. Zeros and subnormals stay on the fast path as signed zero scales.
+
+Problems too small to amortise an expansion use a direct per-element kernel; problems too small to amortise a
+parallel region run serial twins of the same kernels.
+
+Integer GEMM uses the same expansion without scales (int32 adds, exact: the caller bounds K * max|LUT|).
 """
 
 from __future__ import annotations
+
+import threading
+import types as _pytypes
 
 import numba
 import numpy as np
 from llvmlite import ir
 from numba import prange
 from numba.core import types
-from numba.extending import intrinsic
+from numba.core.datamodel import models, register_default
+from numba.extending import intrinsic, overload
 
 NAN_BITS = np.uint32(0x7FC00000)
 NO_EXP = -100000  # lut_e value marking a zero table entry
 
-# Blocking of the expansion kernel: T holds KB * 2**m * NB float32 values (~1 MiB for m = 7).
-_NB = 256
-_KB_TARGET_ELEMS = 1 << 18
+NB = 32  # columns per expansion block: four 8-lane accumulators per row (8 for narrow operands)
+_T_BYTES = 128 * 1024  # target size of one thread's expanded table (L2-resident)
+_KB_MAX = 32
+# rough costs in ns on one core (Zen 3, see docs/performance.md), used to pick expansion vs the direct kernel
+_COST_BUILD = 0.17  # per expanded table element
+_COST_SWEEP = 0.06  # per multiply-accumulate of the expansion sweep
+_COST_DIRECT = 1.2  # per multiply-accumulate of the direct kernel, tables up to 1 MiB (more above: cache misses)
 
 
 # ---------------------------------------------------------------------------------------------------------
 # table preparation
 # ---------------------------------------------------------------------------------------------------------
-def float_kernel_tables(values: np.ndarray):
+class KernelTables(tuple):
+    """``(lutf, lut_e, lut_f, ranges)`` with attributes ``lutt`` (the table transposed, contiguous) and
+    ``exp_lo``/``exp_hi`` (exponent range of the nonzero entries)."""
+
+    lutt: np.ndarray
+    exp_lo: int
+    exp_hi: int
+
+
+def float_kernel_tables(values: np.ndarray) -> KernelTables:
     """Split a float32 table into (float table, exponent, 23-bit fraction) and the tame exponent ranges.
 
     Returns (lutf, lut_e, lut_f, ranges) where ``ranges = (a_lo, a_hi, b_lo, b_hi)`` bounds the unbiased
-    operand exponents for which every product and the intermediate ``p * 2**eb`` stay normal.
+    operand exponents for which every product and the intermediate ``p * 2**eb`` stay normal (a symmetric
+    split; gemm_f32 picks windows from the data when that flags less).
     """
     lutf = np.ascontiguousarray(values, dtype=np.float32)
     p = lutf.astype(np.float64)
@@ -54,7 +95,141 @@ def float_kernel_tables(values: np.ndarray):
         ranges = (1, 0, 1, 0)  # empty: everything takes the exact scalar path
     else:
         ranges = (a_lo, a_hi, s_lo - a_lo, s_hi - a_hi)
-    return lutf, lut_e, lut_f, np.array(ranges, dtype=np.int32)
+    kt = KernelTables((lutf, lut_e, lut_f, np.array(ranges, dtype=np.int32)))
+    kt.lutt = np.ascontiguousarray(lutf.T)
+    kt.exp_lo, kt.exp_hi = e_lo, e_hi
+    return kt
+
+
+# ---------------------------------------------------------------------------------------------------------
+# an 8-lane vector type for Numba: just enough to write register-blocked kernels
+# ---------------------------------------------------------------------------------------------------------
+_W = 8
+
+
+class Vec8(types.Type):
+    def __init__(self, dtype):
+        self.dtype = dtype
+        super().__init__(name=f"Vec8({dtype})")
+
+
+@register_default(Vec8)
+class _Vec8Model(models.PrimitiveModel):
+    def __init__(self, dmm, fe_type):
+        super().__init__(dmm, fe_type, ir.VectorType(dmm.lookup(fe_type.dtype).get_value_type(), _W))
+
+
+def _vty(context, dtype):
+    return ir.VectorType(context.get_value_type(dtype), _W)
+
+
+def _vptr(context, builder, aty, aval, off, dtype):
+    ary = context.make_array(aty)(context, builder, aval)
+    return builder.bitcast(builder.gep(ary.data, [off]), _vty(context, dtype).as_pointer())
+
+
+def _flat_ok(arr):
+    return isinstance(arr, types.Array) and arr.layout == "C" and arr.dtype in (types.float32, types.int32)
+
+
+@intrinsic
+def vload(typingctx, arr, off):
+    """Elements ``off .. off+7`` of a C-contiguous array in flat order. No bounds check."""
+    if not (_flat_ok(arr) and isinstance(off, types.Integer)):
+        return None
+
+    def codegen(context, builder, sig, args):
+        return builder.load(_vptr(context, builder, arr, args[0], args[1], arr.dtype), align=4)
+
+    return Vec8(arr.dtype)(arr, off), codegen
+
+
+@intrinsic
+def vstore(typingctx, arr, off, v):
+    """Store a vector to elements ``off .. off+7`` of a C-contiguous array. No bounds check."""
+    if not (_flat_ok(arr) and isinstance(off, types.Integer) and isinstance(v, Vec8) and v.dtype == arr.dtype):
+        return None
+
+    def codegen(context, builder, sig, args):
+        builder.store(args[2], _vptr(context, builder, arr, args[0], args[1], arr.dtype), align=4)
+        return context.get_dummy_value()
+
+    return types.void(arr, off, v), codegen
+
+
+@intrinsic
+def vsplat(typingctx, x):
+    if x not in (types.float32, types.int32):
+        return None
+
+    def codegen(context, builder, sig, args):
+        v = builder.insert_element(ir.Constant(_vty(context, x), None), args[0], ir.Constant(ir.IntType(32), 0))
+        return builder.shuffle_vector(v, v, ir.Constant(ir.VectorType(ir.IntType(32), _W), [0] * _W))
+
+    return Vec8(x)(x), codegen
+
+
+def _vbinop(fop, iop):
+    @intrinsic
+    def op(typingctx, a, b):
+        if not (isinstance(a, Vec8) and a == b):
+            return None
+
+        def codegen(context, builder, sig, args):
+            return getattr(builder, fop if a.dtype == types.float32 else iop)(args[0], args[1])
+
+        return a(a, b), codegen
+
+    return op
+
+
+# no fast-math flags on these: LLVM keeps fmul and fadd separate (no FMA), each rounded as IEEE says
+vadd = _vbinop("fadd", "add")
+vmul = _vbinop("fmul", "mul")
+
+
+def _shuffle(builder, a, b, mask):
+    return builder.shuffle_vector(a, b, ir.Constant(ir.VectorType(ir.IntType(32), _W), mask))
+
+
+@intrinsic
+def vtranspose_store(typingctx, arr, off, stride, scale, v0, v1, v2, v3, v4, v5, v6, v7):
+    """Store the 8x8 transpose of rows v0..v7, times ``scale`` per output row (None: no scaling).
+
+    Element p of v_q (times scale[q]) goes to flat element ``off + p * stride + q`` of ``arr``.
+    """
+    vs = (v0, v1, v2, v3, v4, v5, v6, v7)
+    if not (_flat_ok(arr) and all(isinstance(v, Vec8) and v.dtype == arr.dtype for v in vs)):
+        return None
+    has_scale = isinstance(scale, Vec8)
+    if has_scale and scale.dtype != arr.dtype:
+        return None
+
+    def codegen(context, builder, sig, args):
+        aval, o, s = args[0], args[1], args[2]
+        r = list(args[4:])
+        t = []  # interleave pairs of rows within 128-bit halves
+        for q in range(0, 8, 2):
+            t.append(_shuffle(builder, r[q], r[q + 1], [0, 8, 1, 9, 4, 12, 5, 13]))
+            t.append(_shuffle(builder, r[q], r[q + 1], [2, 10, 3, 11, 6, 14, 7, 15]))
+        u = [None] * 8  # then pairs of pairs
+        for g in range(2):
+            lo01, hi01, lo23, hi23 = t[4 * g : 4 * g + 4]
+            u[4 * g + 0] = _shuffle(builder, lo01, lo23, [0, 1, 8, 9, 4, 5, 12, 13])
+            u[4 * g + 1] = _shuffle(builder, lo01, lo23, [2, 3, 10, 11, 6, 7, 14, 15])
+            u[4 * g + 2] = _shuffle(builder, hi01, hi23, [0, 1, 8, 9, 4, 5, 12, 13])
+            u[4 * g + 3] = _shuffle(builder, hi01, hi23, [2, 3, 10, 11, 6, 7, 14, 15])
+        outs = [_shuffle(builder, u[p], u[4 + p], [0, 1, 2, 3, 8, 9, 10, 11]) for p in range(4)]  # then halves
+        outs += [_shuffle(builder, u[p], u[4 + p], [4, 5, 6, 7, 12, 13, 14, 15]) for p in range(4)]
+        if has_scale:
+            mul = builder.fmul if arr.dtype == types.float32 else builder.mul
+            outs = [mul(x, args[3]) for x in outs]
+        for p in range(8):
+            po = builder.add(o, builder.mul(s, ir.Constant(s.type, p)))
+            builder.store(outs[p], _vptr(context, builder, arr, aval, po, arr.dtype), align=4)
+        return context.get_dummy_value()
+
+    return types.void(arr, off, stride, scale, *vs), codegen
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -131,159 +306,594 @@ def f32_to_bits(typingctx, x):
 # ---------------------------------------------------------------------------------------------------------
 # operand decoding
 # ---------------------------------------------------------------------------------------------------------
-@numba.njit(parallel=True, cache=True)
-def decode_float(x, m, truncate, e_lo, e_hi, bits, idx, scale, special):
-    """Round and decode a 2-D float32 array.
+@numba.njit(inline="always")
+def _decode_fast(xv, shift, lmask, rnd):
+    """Branch-free decode (vectorises): (table index, scale, exponent for the row minimum, for the maximum).
 
-    Writes the rounded bits, the LUT index (fraction field), the signed power-of-two scale (+-0 for zero and
-    subnormal operands, which the semantics flush) and a flag for operands the fast path must not touch.
+    ``rnd`` is all ones for round-to-nearest, 0 for truncation. The scale is the rounded value with its
+    fraction cleared (a signed zero for zeros and subnormals). The exponent pair is (e, e) for normal operands,
+    (1000, -1000) for zeros and subnormals (neutral) and has maximum 128 for Inf/NaN, whose scale is
+    meaningless: rows and columns holding them are always recomputed by the exact path.
     """
+    u0 = f32_to_bits(xv)
+    infnan = (u0 & np.uint32(0x7F800000)) == np.uint32(0x7F800000)
+    one = np.uint32(1)
+    sh = np.uint32(shift)
+    u = (u0 + ((((one << (sh - one)) - one) + ((u0 >> sh) & one)) & rnd)) & ~((one << sh) - one)
+    e = np.int32((u >> np.uint32(23)) & np.uint32(0xFF))
+    idx = np.int32((u >> sh) & np.uint32(lmask))
+    scale = bits_to_f32(u & np.uint32(0xFF800000))
+    lo = np.int32(1000) if e == 0 else e - np.int32(127)
+    hi = np.int32(128) if infnan else (np.int32(-1000) if e == 0 else e - np.int32(127))
+    return idx, scale, lo, hi
+
+
+@numba.njit(parallel=True, cache=True)
+def _decode_rows_f32(x, m, truncate, idx, scale, emin, emax):
+    """Swept operand x (batch, M, K) -> k-block panels idx/scale (batch, nkb, M, KB), per-row exponent range.
+
+    emin/emax: smallest/largest unbiased exponent of the row's normal operands (emax = 128: Inf/NaN present).
+    """
+    nbatch, m_rows, k_len = x.shape
+    kbs = idx.shape[3]
     shift = 23 - m
     lmask = (1 << m) - 1
-    rows, cols = x.shape
-    for i in prange(rows):
-        for j in range(cols):
-            u = round_bits(f32_to_bits(x[i, j]), shift, truncate)
-            bits[i, j] = u
-            e = np.int32((u >> np.uint32(23)) & np.uint32(0xFF))
-            sign = u & np.uint32(0x80000000)
-            if e == 0:
-                idx[i, j] = 0
-                scale[i, j] = bits_to_f32(sign)
-                special[i, j] = False
-            else:
-                idx[i, j] = np.int32((u >> np.uint32(shift)) & np.uint32(lmask))
-                special[i, j] = e == 255 or e - 127 < e_lo or e - 127 > e_hi
-                scale[i, j] = bits_to_f32(sign | (np.uint32(e) << np.uint32(23))) if e != 255 else np.float32(0)
+    rnd = np.uint32(0) if truncate else np.uint32(0xFFFFFFFF)
+    for q in prange(nbatch * m_rows):
+        bt = q // m_rows
+        i = q - bt * m_rows
+        lo = np.int32(1000)
+        hi = np.int32(-1000)
+        for kbi in range(idx.shape[1]):
+            k0 = kbi * kbs
+            xr = x[bt, i, k0 : min(k0 + kbs, k_len)]
+            ir = idx[bt, kbi, i]
+            sr = scale[bt, kbi, i]
+            for kk in range(xr.shape[0]):
+                ix, sx, el, eh = _decode_fast(xr[kk], shift, lmask, rnd)
+                ir[kk] = ix
+                sr[kk] = sx
+                lo = min(lo, el)
+                hi = max(hi, eh)
+        emin[bt, i] = lo
+        emax[bt, i] = hi
 
 
-# ---------------------------------------------------------------------------------------------------------
-# float GEMM
-# ---------------------------------------------------------------------------------------------------------
+_TR = 256  # rows per item of the transposing decoders
+
+
+@numba.njit(inline="always")
+def _transpose_panel(dst, src, i0, nr, kb):
+    """dst[i0 + i, kk] = src[kk, i] for i < nr, kk < kb; dst is an (M, KB) panel, src a (KB, _TR) buffer."""
+    kbs = dst.shape[1]
+    i = 0
+    if kb == kbs and kbs % 8 == 0:
+        while i + 8 <= nr:
+            for kc in range(0, kbs, 8):
+                o = kc * _TR + i
+                vtranspose_store(dst, (i0 + i) * kbs + kc, kbs, None,
+                                 vload(src, o), vload(src, o + _TR), vload(src, o + 2 * _TR),
+                                 vload(src, o + 3 * _TR), vload(src, o + 4 * _TR), vload(src, o + 5 * _TR),
+                                 vload(src, o + 6 * _TR), vload(src, o + 7 * _TR))
+            i += 8
+    for r in range(i, nr):
+        for kk in range(kb):
+            dst[i0 + r, kk] = src[kk, r]
+
+
 @numba.njit(parallel=True, cache=True)
-def _gemm_expand_f32(c, idx_a, scale_a, idx_b, scale_b, lutf, kb_size, nb_size):
-    m_rows, k_len = idx_a.shape
-    n_cols = idx_b.shape[1]
-    n_l = lutf.shape[0]
-    t = np.empty((kb_size, n_l, nb_size), dtype=np.float32)
-    for i in prange(m_rows):
+def _decode_rows_t_f32(xt, m, truncate, idx, scale, pmin, pmax):
+    """_decode_rows_f32 of x = xt^T, given xt (batch, K, M): when N > M the swept operand is B^T.
+
+    Items are (batch, k block, 256 rows): each k row of xt is decoded contiguously into a buffer, which 8x8
+    register transposes then write into the panels (reading xt column-wise would touch a new cache line, and
+    soon a new page, per element). Exponent ranges are per k block, pmin/pmax (batch, nkb, M); the caller
+    reduces them.
+    """
+    nbatch, k_len, m_rows = xt.shape
+    nkb = idx.shape[1]
+    kbs = idx.shape[3]
+    shift = 23 - m
+    lmask = (1 << m) - 1
+    rnd = np.uint32(0) if truncate else np.uint32(0xFFFFFFFF)
+    nrb = (m_rows + _TR - 1) // _TR
+    for q in prange(nbatch * nkb * nrb):
+        bt = q // (nkb * nrb)
+        rest = q - bt * (nkb * nrb)
+        kbi = rest // nrb
+        i0 = (rest - kbi * nrb) * _TR
+        nr = min(m_rows, i0 + _TR) - i0
+        k0 = kbi * kbs
+        kb = min(kbs, k_len - k0)
+        bi = np.empty((kbs, _TR), np.int32)
+        bs = np.empty((kbs, _TR), np.float32)
+        lo = pmin[bt, kbi, i0 : i0 + nr]
+        hi = pmax[bt, kbi, i0 : i0 + nr]
+        lo[:] = 1000
+        hi[:] = -1000
+        for kk in range(kb):
+            xr = xt[bt, k0 + kk, i0 : i0 + nr]
+            rbi = bi[kk]
+            rbs = bs[kk]
+            for ii in range(nr):
+                ix, sx, el, eh = _decode_fast(xr[ii], shift, lmask, rnd)
+                rbi[ii] = ix
+                rbs[ii] = sx
+                lo[ii] = min(lo[ii], el)
+                hi[ii] = max(hi[ii], eh)
+        _transpose_panel(idx[bt, kbi], bi, i0, nr, kb)
+        _transpose_panel(scale[bt, kbi], bs, i0, nr, kb)
+
+
+@numba.njit(parallel=True, cache=True)
+def _decode_cols_f32(y, m, truncate, idx, scale, emin, emax, cw):
+    """Expanded operand y (batch, K, N) -> idx/scale (batch, K, Npad) padded with scale 0, per-column range.
+
+    Parallel over (batch, chunk of ``cw`` columns); Npad is a multiple of cw.
+    """
+    nbatch, k_len, n_cols = y.shape
+    npad = idx.shape[2]
+    ncb = npad // cw
+    shift = 23 - m
+    lmask = (1 << m) - 1
+    rnd = np.uint32(0) if truncate else np.uint32(0xFFFFFFFF)
+    for q in prange(nbatch * ncb):
+        bt = q // ncb
+        j0 = (q - bt * ncb) * cw
+        nbv = min(cw, n_cols - j0)
+        lo = np.full(cw, 1000, np.int32)
+        hi = np.full(cw, -1000, np.int32)
+        for k in range(k_len):
+            yr = y[bt, k, j0 : j0 + nbv]
+            ir = idx[bt, k, j0 : j0 + cw]
+            sr = scale[bt, k, j0 : j0 + cw]
+            for j in range(nbv):
+                ix, sx, el, eh = _decode_fast(yr[j], shift, lmask, rnd)
+                ir[j] = ix
+                sr[j] = sx
+                lo[j] = min(lo[j], el)
+                hi[j] = max(hi[j], eh)
+            for j in range(nbv, cw):
+                ir[j] = 0
+                sr[j] = np.float32(0.0)
+        for j in range(nbv):
+            emin[bt, j0 + j] = lo[j]
+            emax[bt, j0 + j] = hi[j]
+
+
+@numba.njit(parallel=True, cache=True)
+def _pack_rows_i32(x, idx):
+    """Integer indices x (batch, M, K) -> k-block panels (batch, nkb, M, KB)."""
+    nbatch, m_rows, k_len = x.shape
+    kbs = idx.shape[3]
+    for q in prange(nbatch * m_rows):
+        bt = q // m_rows
+        i = q - bt * m_rows
+        for k0 in range(0, k_len, kbs):
+            kbi = k0 // kbs
+            for kk in range(min(kbs, k_len - k0)):
+                idx[bt, kbi, i, kk] = x[bt, i, k0 + kk]
+
+
+@numba.njit(parallel=True, cache=True)
+def _pack_rows_t_i32(xt, idx):
+    """_pack_rows_i32 of x = xt^T, given xt (batch, K, M), reading xt along its rows (see _decode_rows_t_f32)."""
+    nbatch, k_len, m_rows = xt.shape
+    nkb = idx.shape[1]
+    kbs = idx.shape[3]
+    nrb = (m_rows + _TR - 1) // _TR
+    for q in prange(nbatch * nkb * nrb):
+        bt = q // (nkb * nrb)
+        rest = q - bt * (nkb * nrb)
+        kbi = rest // nrb
+        i0 = (rest - kbi * nrb) * _TR
+        nr = min(m_rows, i0 + _TR) - i0
+        k0 = kbi * kbs
+        kb = min(kbs, k_len - k0)
+        bi = np.empty((kbs, _TR), np.int32)
+        for kk in range(kb):
+            xr = xt[bt, k0 + kk, i0 : i0 + nr]
+            rbi = bi[kk]
+            for ii in range(nr):
+                rbi[ii] = xr[ii]
+        _transpose_panel(idx[bt, kbi], bi, i0, nr, kb)
+
+
+@numba.njit(parallel=True, cache=True)
+def _pad_cols_i32(y, idx):
+    """Integer indices y (batch, K, N) -> (batch, K, Npad), padded with index 0 (padding is never stored)."""
+    nbatch, k_len, n_cols = y.shape
+    npad = idx.shape[2]
+    for q in prange(nbatch * k_len):
+        bt = q // k_len
+        k = q - bt * k_len
         for j in range(n_cols):
-            c[i, j] = np.float32(0.0)
-    for j0 in range(0, n_cols, nb_size):
-        nb = min(nb_size, n_cols - j0)
-        for k0 in range(0, k_len, kb_size):
-            kb = min(kb_size, k_len - k0)
-            for q in prange(kb * n_l):
-                kk = q // n_l
-                r = q - kk * n_l
-                k = k0 + kk
-                for j in range(nb):
-                    t[kk, r, j] = lutf[r, idx_b[k, j0 + j]] * scale_b[k, j0 + j]
-            for i in prange(m_rows):
-                row = c[i, j0 : j0 + nb]
-                kk = 0
-                while kk + 4 <= kb:
-                    k = k0 + kk
-                    s0 = scale_a[i, k]
-                    s1 = scale_a[i, k + 1]
-                    s2 = scale_a[i, k + 2]
-                    s3 = scale_a[i, k + 3]
-                    r0 = t[kk, idx_a[i, k], :nb]
-                    r1 = t[kk + 1, idx_a[i, k + 1], :nb]
-                    r2 = t[kk + 2, idx_a[i, k + 2], :nb]
-                    r3 = t[kk + 3, idx_a[i, k + 3], :nb]
-                    for j in range(nb):
-                        row[j] = (((row[j] + s0 * r0[j]) + s1 * r1[j]) + s2 * r2[j]) + s3 * r3[j]
-                    kk += 4
-                while kk < kb:
-                    k = k0 + kk
-                    s0 = scale_a[i, k]
-                    r0 = t[kk, idx_a[i, k], :nb]
-                    for j in range(nb):
-                        row[j] = row[j] + s0 * r0[j]
-                    kk += 1
+            idx[bt, k, j] = y[bt, k, j]
+        for j in range(n_cols, npad):
+            idx[bt, k, j] = 0
+
+
+# ---------------------------------------------------------------------------------------------------------
+# exponent windows: which rows and columns the fast path must leave to the exact path
+# ---------------------------------------------------------------------------------------------------------
+@numba.njit(cache=True)
+def _exp_range(emin, emax):
+    """Exponent range over the rows that hold normal operands and no Inf/NaN ((0, 0) when there are none)."""
+    lo, hi = 1000, -1000
+    for q in range(emin.size):
+        e0, e1 = emin.flat[q], emax.flat[q]
+        if e1 != 128 and e1 >= e0:
+            lo, hi = min(lo, e0), max(hi, e1)
+    return (lo, hi) if lo <= hi else (0, 0)
+
+
+@numba.njit(inline="always")
+def _is_flagged(e0, e1, lo, hi):
+    # Inf/NaN, or normal operands outside [lo, hi]; rows of only zeros and subnormals (e1 < e0) never
+    return e1 == 128 or (e1 >= e0 and (e0 < lo or e1 > hi))
 
 
 @numba.njit(cache=True)
-def _dot_exact_path(ua, ub_t, i, j, shift, lmask, lut_e, lut_f):
+def _count_flagged(emin, emax, lo, hi):
+    n = 0
+    for q in range(emin.size):
+        n += _is_flagged(emin.flat[q], emax.flat[q], lo, hi)
+    return n
+
+
+@numba.njit(cache=True)
+def _flagged(emin, emax, lo, hi):
+    """(batch, row) indices of the rows that must take the exact path under the window [lo, hi]."""
+    n = _count_flagged(emin, emax, lo, hi)
+    bts = np.empty(n, np.int64)
+    idx = np.empty(n, np.int64)
+    rows = emin.shape[1]
+    n = 0
+    for q in range(emin.size):
+        if _is_flagged(emin.flat[q], emax.flat[q], lo, hi):
+            bts[n] = q // rows
+            idx[n] = q - (q // rows) * rows
+            n += 1
+    return bts, idx
+
+
+@numba.njit(cache=True)
+def _choose_window(xmin, xmax, ymin, ymax, s_lo, s_hi, sym):
+    """Exponent windows (x_lo, x_hi, y_lo, y_hi) for the fast path, flagging as little work as possible.
+
+    Exactness needs ex + ey in [s_lo, s_hi] (every product normal) and ey in [s_lo, s_hi] too (the expanded
+    entry LUT * 2**ey normal), with s_lo = -126 - e_lo, s_hi = 127 - e_hi for table exponents [e_lo, e_hi].
+    Candidates: the symmetric split of float_kernel_tables, the y side's data range with the widest x window
+    it allows, and the converse. With no valid candidate the empty window flags everything.
+    """
+    x_lo, x_hi = _exp_range(xmin, xmax)
+    y_lo, y_hi = _exp_range(ymin, ymax)
+    yw_lo, yw_hi = max(y_lo, s_lo), min(y_hi, s_hi)
+    cands = np.array([[sym[0], sym[1], sym[2], sym[3]],
+                      [s_lo - yw_lo, s_hi - yw_hi, yw_lo, yw_hi],
+                      [x_lo, x_hi, max(s_lo, s_lo - x_lo), min(s_hi, s_hi - x_hi)]], dtype=np.int64)
+    best = np.array([1, 0, 1, 0], dtype=np.int64)
+    best_cost = -1
+    for c in range(3):
+        w = cands[c]
+        valid = (w[0] <= w[1] and w[2] <= w[3] and s_lo <= w[2] and w[3] <= s_hi and w[0] + w[2] >= s_lo
+                 and w[1] + w[3] <= s_hi)
+        if not valid:
+            continue
+        cost = (_count_flagged(xmin, xmax, w[0], w[1]) * ymin.shape[1]
+                + _count_flagged(ymin, ymax, w[2], w[3]) * xmin.shape[1])
+        if best_cost < 0 or cost < best_cost:
+            best, best_cost = w, cost
+        if cost == 0:
+            break
+    return best
+
+
+def _windows(xmin, xmax, ymin, ymax, e_lo, e_hi, sym):
+    """Flagged (x rows, y columns), each as (batch indices, row indices)."""
+    w = _choose_window(xmin, xmax, ymin, ymax, -126 - e_lo, 127 - e_hi, np.asarray(sym, dtype=np.int64))
+    return _flagged(xmin, xmax, w[0], w[1]), _flagged(ymin, ymax, w[2], w[3])
+
+
+# ---------------------------------------------------------------------------------------------------------
+# expansion kernels
+# ---------------------------------------------------------------------------------------------------------
+# Float and integer expansions share their code: integer tables have no scales, passed as None, and these
+# helpers resolve at compile time to the scaled or the plain form.
+def _row_scale(sb, off):
+    """The 8 column scales at flat offset ``off``, or None."""
+
+
+@overload(_row_scale, inline="always")
+def _ov_row_scale(sb, off):
+    if sb is types.none:
+        return lambda sb, off: None
+    return lambda sb, off: vload(sb, off)
+
+
+def _scaled(v, sb, k, j):
+    """v * sb[k, j], or v."""
+
+
+@overload(_scaled, inline="always")
+def _ov_scaled(v, sb, k, j):
+    if sb is types.none:
+        return lambda v, sb, k, j: v
+    return lambda v, sb, k, j: v * sb[k, j]
+
+
+def _splat(sa, i, kk):
+    """sa[i, kk] in all lanes, or None."""
+
+
+@overload(_splat, inline="always")
+def _ov_splat(sa, i, kk):
+    if sa is types.none:
+        return lambda sa, i, kk: None
+    return lambda sa, i, kk: vsplat(sa[i, kk])
+
+
+def _madd(acc, s, v):
+    """acc + s * v (one rounding each, never fused), or acc + v."""
+
+
+@overload(_madd, inline="always")
+def _ov_madd(acc, s, v):
+    if s is types.none:
+        return lambda acc, s, v: vadd(acc, v)
+    return lambda acc, s, v: vadd(acc, vmul(s, v))
+
+
+def _panel(p, bt, kbi):
+    """p[bt, kbi], or None."""
+
+
+@overload(_panel, inline="always")
+def _ov_panel(p, bt, kbi):
+    if p is types.none:
+        return lambda p, bt, kbi: None
+    return lambda p, bt, kbi: p[bt, kbi]
+
+
+def _batch(p, bt):
+    """p[bt], or None."""
+
+
+@overload(_batch, inline="always")
+def _ov_batch(p, bt):
+    if p is types.none:
+        return lambda p, bt: None
+    return lambda p, bt: p[bt]
+
+
+@numba.njit(inline="always")
+def _build_t(t, lutt, ib, sb, k0, kb, j0, nl, nbw):
+    """T[kk, r, 0:nbw] = LUT[r, ib[k0+kk, j0:j0+nbw]] (* sb[...] unless sb is None); ``lutt`` is LUT transposed."""
+    npad = ib.shape[1]
+    if nl >= 8:
+        for kk in range(kb):
+            for jc in range(0, nbw, 8):
+                o0 = ib[k0 + kk, j0 + jc] * nl
+                o1 = ib[k0 + kk, j0 + jc + 1] * nl
+                o2 = ib[k0 + kk, j0 + jc + 2] * nl
+                o3 = ib[k0 + kk, j0 + jc + 3] * nl
+                o4 = ib[k0 + kk, j0 + jc + 4] * nl
+                o5 = ib[k0 + kk, j0 + jc + 5] * nl
+                o6 = ib[k0 + kk, j0 + jc + 6] * nl
+                o7 = ib[k0 + kk, j0 + jc + 7] * nl
+                sv = _row_scale(sb, (k0 + kk) * npad + j0 + jc)
+                for r in range(0, nl, 8):
+                    vtranspose_store(t, (kk * nl + r) * nbw + jc, nbw, sv,
+                                     vload(lutt, o0 + r), vload(lutt, o1 + r), vload(lutt, o2 + r),
+                                     vload(lutt, o3 + r), vload(lutt, o4 + r), vload(lutt, o5 + r),
+                                     vload(lutt, o6 + r), vload(lutt, o7 + r))
+    else:  # 2 or 4 table rows: too few for the 8x8 transposes
+        for kk in range(kb):
+            for r in range(nl):
+                base = (kk * nl + r) * nbw
+                for j in range(nbw):
+                    t[base + j] = _scaled(lutt[ib[k0 + kk, j0 + j], r], sb, k0 + kk, j0 + j)
+
+
+@numba.njit(cache=True)
+def _sweep32(ct, t, ia, sa, i0, i1, kb, nl):
+    """ct[i - i0, 0:32] += sum over kk of sa[i, kk] * T[kk, ia[i, kk], :], in kk order, for rows i0..i1-1.
+
+    Two rows at a time: each accumulator is a serial chain of adds, so independent rows hide the add latency.
+    """
+    i = i0
+    while i + 2 <= i1:
+        oc = (i - i0) * 32
+        a0 = vload(ct, oc)
+        a1 = vload(ct, oc + 8)
+        a2 = vload(ct, oc + 16)
+        a3 = vload(ct, oc + 24)
+        b0 = vload(ct, oc + 32)
+        b1 = vload(ct, oc + 40)
+        b2 = vload(ct, oc + 48)
+        b3 = vload(ct, oc + 56)
+        for kk in range(kb):
+            s = _splat(sa, i, kk)
+            o = (kk * nl + ia[i, kk]) * 32
+            u = _splat(sa, i + 1, kk)
+            p = (kk * nl + ia[i + 1, kk]) * 32
+            a0 = _madd(a0, s, vload(t, o))
+            b0 = _madd(b0, u, vload(t, p))
+            a1 = _madd(a1, s, vload(t, o + 8))
+            b1 = _madd(b1, u, vload(t, p + 8))
+            a2 = _madd(a2, s, vload(t, o + 16))
+            b2 = _madd(b2, u, vload(t, p + 16))
+            a3 = _madd(a3, s, vload(t, o + 24))
+            b3 = _madd(b3, u, vload(t, p + 24))
+        vstore(ct, oc, a0)
+        vstore(ct, oc + 8, a1)
+        vstore(ct, oc + 16, a2)
+        vstore(ct, oc + 24, a3)
+        vstore(ct, oc + 32, b0)
+        vstore(ct, oc + 40, b1)
+        vstore(ct, oc + 48, b2)
+        vstore(ct, oc + 56, b3)
+        i += 2
+    if i < i1:
+        oc = (i - i0) * 32
+        a0 = vload(ct, oc)
+        a1 = vload(ct, oc + 8)
+        a2 = vload(ct, oc + 16)
+        a3 = vload(ct, oc + 24)
+        for kk in range(kb):
+            s = _splat(sa, i, kk)
+            o = (kk * nl + ia[i, kk]) * 32
+            a0 = _madd(a0, s, vload(t, o))
+            a1 = _madd(a1, s, vload(t, o + 8))
+            a2 = _madd(a2, s, vload(t, o + 16))
+            a3 = _madd(a3, s, vload(t, o + 24))
+        vstore(ct, oc, a0)
+        vstore(ct, oc + 8, a1)
+        vstore(ct, oc + 16, a2)
+        vstore(ct, oc + 24, a3)
+
+
+@numba.njit(cache=True)
+def _sweep8(ct, t, ia, sa, i0, i1, kb, nl):
+    """The 8-column sweep (narrow expanded operands): four rows at a time, one accumulator each."""
+    i = i0
+    while i + 4 <= i1:
+        oc = (i - i0) * 8
+        a0 = vload(ct, oc)
+        a1 = vload(ct, oc + 8)
+        a2 = vload(ct, oc + 16)
+        a3 = vload(ct, oc + 24)
+        for kk in range(kb):
+            base = kk * nl
+            a0 = _madd(a0, _splat(sa, i, kk), vload(t, (base + ia[i, kk]) * 8))
+            a1 = _madd(a1, _splat(sa, i + 1, kk), vload(t, (base + ia[i + 1, kk]) * 8))
+            a2 = _madd(a2, _splat(sa, i + 2, kk), vload(t, (base + ia[i + 2, kk]) * 8))
+            a3 = _madd(a3, _splat(sa, i + 3, kk), vload(t, (base + ia[i + 3, kk]) * 8))
+        vstore(ct, oc, a0)
+        vstore(ct, oc + 8, a1)
+        vstore(ct, oc + 16, a2)
+        vstore(ct, oc + 24, a3)
+        i += 4
+    while i < i1:
+        oc = (i - i0) * 8
+        a0 = vload(ct, oc)
+        for kk in range(kb):
+            a0 = _madd(a0, _splat(sa, i, kk), vload(t, (kk * nl + ia[i, kk]) * 8))
+        vstore(ct, oc, a0)
+        i += 1
+
+
+@numba.njit(parallel=True, cache=True)
+def _expand(c, iap, sap, ib, sb, lutt, nbw, n_rb, tbuf, cbuf):
+    """c[bt] = x[bt] (x) y[bt] from the decoded panels (float: scales sap/sb; integer: both None).
+
+    ``c`` may be a transposed view; nbw (32 or 8) is the column-block width. See the module docstring.
+    """
+    nbatch, nkb, m_rows, kbs = iap.shape
+    k_len = ib.shape[1]
+    n_cols = c.shape[2]
+    nl = lutt.shape[0]
+    n_cb = ib.shape[2] // nbw
+    rb = (m_rows + n_rb - 1) // n_rb
+    for w in prange(nbatch * n_cb * n_rb):
+        bt = w // (n_cb * n_rb)
+        rest = w - bt * (n_cb * n_rb)
+        cb = rest // n_rb
+        i0 = (rest - cb * n_rb) * rb
+        i1 = min(m_rows, i0 + rb)
+        j0 = cb * nbw
+        tid = numba.get_thread_id()
+        t = tbuf[tid]
+        ct = cbuf[tid]
+        for q in range((i1 - i0) * nbw):
+            ct[q] = 0  # the sum starts from +0.0
+        for kbi in range(nkb):
+            k0 = kbi * kbs
+            kb = min(kbs, k_len - k0)
+            _build_t(t, lutt, ib[bt], _batch(sb, bt), k0, kb, j0, nl, nbw)
+            if nbw == 32:
+                _sweep32(ct, t, iap[bt, kbi], _panel(sap, bt, kbi), i0, i1, kb, nl)
+            else:
+                _sweep8(ct, t, iap[bt, kbi], _panel(sap, bt, kbi), i0, i1, kb, nl)
+        nbv = min(nbw, n_cols - j0)
+        for i in range(i0, i1):
+            for j in range(nbv):
+                c[bt, i, j0 + j] = ct[(i - i0) * nbw + j]
+
+
+# ---------------------------------------------------------------------------------------------------------
+# exact scalar path, direct kernels, elementwise kernels
+# ---------------------------------------------------------------------------------------------------------
+@numba.njit(inline="always")
+def _dot_exact(a, b, bt, i, j, shift, truncate, lmask, lut_e, lut_f):
     acc = np.float32(0.0)
-    for k in range(ua.shape[1]):
-        acc = acc + bits_to_f32(product_bits(ua[i, k], ub_t[j, k], shift, lmask, lut_e, lut_f))
+    for k in range(a.shape[2]):
+        ua = round_bits(f32_to_bits(a[bt, i, k]), shift, truncate)
+        ub = round_bits(f32_to_bits(b[bt, k, j]), shift, truncate)
+        acc = acc + bits_to_f32(product_bits(ua, ub, shift, lmask, lut_e, lut_f))
     return acc
 
 
 @numba.njit(parallel=True, cache=True)
-def _fixup_f32(c, ua, ub_t, rows, cols, shift, lmask, lut_e, lut_f):
-    """Recompute, through the scalar path, every output in a flagged row or column."""
-    n_cols = c.shape[1]
-    for q in prange(rows.shape[0]):
-        i = rows[q]
-        for j in range(n_cols):
-            c[i, j] = _dot_exact_path(ua, ub_t, i, j, shift, lmask, lut_e, lut_f)
-    m_rows = c.shape[0]
-    for q in prange(m_rows * cols.shape[0]):
-        i = q // cols.shape[0]
-        j = cols[q - i * cols.shape[0]]
-        c[i, j] = _dot_exact_path(ua, ub_t, i, j, shift, lmask, lut_e, lut_f)
-
-
-@numba.njit(parallel=True, cache=True)
-def _gemm_direct_f32(c, ua, ia, sa, pa, ub_t, ib_t, sb_t, pb_t, lutf, shift, lmask, lut_e, lut_f):
-    """Batched per-element kernel for small problems: c[b, i, j] = sum_k a[b, i, k] (x) b[b, k, j]."""
-    nbatch, m_rows, k_len = ia.shape
-    n_cols = ib_t.shape[1]
-    for q in prange(nbatch * m_rows):
-        b = q // m_rows
-        i = q - b * m_rows
-        for j in range(n_cols):
-            acc = np.float32(0.0)
-            for k in range(k_len):
-                if pa[b, i, k] or pb_t[b, j, k]:
-                    p = bits_to_f32(product_bits(ua[b, i, k], ub_t[b, j, k], shift, lmask, lut_e, lut_f))
-                else:
-                    p = sa[b, i, k] * (lutf[ia[b, i, k], ib_t[b, j, k]] * sb_t[b, j, k])
-                acc = acc + p
-            c[b, i, j] = acc
-
-
-@numba.njit(parallel=True, cache=True)
-def multiply_f32(a, b, out, m, truncate, lut_e, lut_f):
-    """Elementwise products of equally shaped flat float32 arrays."""
+def _fixup_f32(c, a, b, row_bt, row_i, col_bt, col_j, m, truncate, lut_e, lut_f):
+    """Recompute, through the scalar path, rows (row_bt, row_i) and columns (col_bt, col_j) of c = a (x) b."""
     shift = 23 - m
     lmask = (1 << m) - 1
-    for q in prange(a.shape[0]):
-        ua = round_bits(f32_to_bits(a[q]), shift, truncate)
-        ub = round_bits(f32_to_bits(b[q]), shift, truncate)
-        out[q] = bits_to_f32(product_bits(ua, ub, shift, lmask, lut_e, lut_f))
+    n_cols = c.shape[2]
+    m_rows = c.shape[1]
+    for q in prange(row_i.shape[0] * n_cols):
+        r = q // n_cols
+        j = q - r * n_cols
+        c[row_bt[r], row_i[r], j] = _dot_exact(a, b, row_bt[r], row_i[r], j, shift, truncate, lmask, lut_e, lut_f)
+    for q in prange(m_rows * col_j.shape[0]):
+        r = q // m_rows
+        i = q - r * m_rows
+        c[col_bt[r], i, col_j[r]] = _dot_exact(a, b, col_bt[r], i, col_j[r], shift, truncate, lmask, lut_e, lut_f)
 
 
-# ---------------------------------------------------------------------------------------------------------
-# integer GEMM (exact int32 accumulation; the caller has checked that K * max|LUT| fits int32)
-# ---------------------------------------------------------------------------------------------------------
 @numba.njit(parallel=True, cache=True)
-def _gemm_expand_i32(c, idx_a, idx_b, lut, kb_size, nb_size):
-    m_rows, k_len = idx_a.shape
-    n_cols = idx_b.shape[1]
-    n_l = lut.shape[0]
-    t = np.empty((kb_size, n_l, nb_size), dtype=np.int32)
-    for i in prange(m_rows):
-        for j in range(n_cols):
-            c[i, j] = 0
-    for j0 in range(0, n_cols, nb_size):
-        nb = min(nb_size, n_cols - j0)
-        for k0 in range(0, k_len, kb_size):
-            kb = min(kb_size, k_len - k0)
-            for q in prange(kb * n_l):
-                kk = q // n_l
-                r = q - kk * n_l
-                for j in range(nb):
-                    t[kk, r, j] = lut[r, idx_b[k0 + kk, j0 + j]]
-            for i in prange(m_rows):
-                row = c[i, j0 : j0 + nb]
-                for kk in range(kb):
-                    r0 = t[kk, idx_a[i, k0 + kk], :nb]
-                    for j in range(nb):
-                        row[j] += r0[j]
+def _direct_f32(c, ia, sa, ib, sb, lutf):
+    """Per-element kernel for small problems: c[bt, i, j] = sum_k sa[i, k] * (LUT[ia[i, k], ib[j, k]] * sb[j, k]).
+
+    Operands come decoded (B transposed, so both walk k contiguously); as on the expansion path, rows and
+    columns holding operands outside the exact window are recomputed afterwards. Four columns at a time give
+    four independent add chains.
+    """
+    nbatch, m_rows, k_len = ia.shape
+    n_cols = ib.shape[1]
+    for q in prange(nbatch * m_rows):
+        bt = q // m_rows
+        i = q - bt * m_rows
+        xi = ia[bt, i]
+        xs = sa[bt, i]
+        j = 0
+        while j + 4 <= n_cols:
+            y0, y1, y2, y3 = ib[bt, j], ib[bt, j + 1], ib[bt, j + 2], ib[bt, j + 3]
+            t0, t1, t2, t3 = sb[bt, j], sb[bt, j + 1], sb[bt, j + 2], sb[bt, j + 3]
+            acc0 = np.float32(0.0)
+            acc1 = np.float32(0.0)
+            acc2 = np.float32(0.0)
+            acc3 = np.float32(0.0)
+            for k in range(k_len):
+                s = xs[k]
+                row = lutf[xi[k]]
+                acc0 = acc0 + s * (row[y0[k]] * t0[k])
+                acc1 = acc1 + s * (row[y1[k]] * t1[k])
+                acc2 = acc2 + s * (row[y2[k]] * t2[k])
+                acc3 = acc3 + s * (row[y3[k]] * t3[k])
+            c[bt, i, j] = acc0
+            c[bt, i, j + 1] = acc1
+            c[bt, i, j + 2] = acc2
+            c[bt, i, j + 3] = acc3
+            j += 4
+        while j < n_cols:
+            y0 = ib[bt, j]
+            t0 = sb[bt, j]
+            acc0 = np.float32(0.0)
+            for k in range(k_len):
+                acc0 = acc0 + xs[k] * (lutf[xi[k], y0[k]] * t0[k])
+            c[bt, i, j] = acc0
+            j += 1
 
 
 @numba.njit(parallel=True, cache=True)
@@ -301,40 +911,197 @@ def _gemm_direct_i32(c, ia, ib_t, lut):
 
 
 @numba.njit(parallel=True, cache=True)
-def multiply_i32(ia, ib, out, lut):
+def _multiply_f32(a, b, out, m, truncate, lut_e, lut_f):
+    shift = 23 - m
+    lmask = (1 << m) - 1
+    for q in prange(a.shape[0]):
+        ua = round_bits(f32_to_bits(a[q]), shift, truncate)
+        ub = round_bits(f32_to_bits(b[q]), shift, truncate)
+        out[q] = bits_to_f32(product_bits(ua, ub, shift, lmask, lut_e, lut_f))
+
+
+@numba.njit(parallel=True, cache=True)
+def _multiply_i32(ia, ib, out, lut):
     for q in prange(ia.shape[0]):
         out[q] = lut[ia[q], ib[q]]
 
 
 # ---------------------------------------------------------------------------------------------------------
+# serial twins: a parallel region costs tens of microseconds (far more when another process holds a core),
+# so small problems run single-threaded
+# ---------------------------------------------------------------------------------------------------------
+_SERIAL_NS = 100_000  # estimated single-core work below which the serial twins run
+_SERIAL_ELEMS = 1 << 15  # elementwise products below which multiply runs serially
+
+
+def _serial_twin(disp):
+    f = disp.py_func
+    g = _pytypes.FunctionType(f.__code__, f.__globals__, f.__name__ + "_serial", f.__defaults__, f.__closure__)
+    g.__qualname__ = f.__qualname__ + "_serial"  # its own cache files: Numba keys them by qualified name
+    g.__doc__ = f.__doc__
+    return numba.njit(cache=True)(g)
+
+
+_PARALLEL_KERNELS = (_decode_rows_f32, _decode_rows_t_f32, _decode_cols_f32, _pack_rows_i32, _pack_rows_t_i32,
+                     _pad_cols_i32, _expand, _fixup_f32, _direct_f32, _gemm_direct_i32, _multiply_f32, _multiply_i32)
+_SERIAL = {k: _serial_twin(k) for k in _PARALLEL_KERNELS}
+
+
+def _k(kernel, serial: bool):
+    return _SERIAL[kernel] if serial else kernel
+
+
+def multiply_f32(a, b, out, m, truncate, lut_e, lut_f):
+    """Elementwise products of equally shaped flat float32 arrays, written to ``out``."""
+    _k(_multiply_f32, a.shape[0] < _SERIAL_ELEMS)(a, b, out, m, truncate, lut_e, lut_f)
+
+
+def multiply_i32(ia, ib, out, lut):
+    """Elementwise table products of equally shaped flat int32 index arrays, written to ``out``."""
+    _k(_multiply_i32, ia.shape[0] < _SERIAL_ELEMS)(ia, ib, out, lut)
+
+
+# ---------------------------------------------------------------------------------------------------------
 # drivers
 # ---------------------------------------------------------------------------------------------------------
-def _blocks(n_l: int, n_cols: int) -> tuple[int, int]:
-    nb = min(_NB, max(n_cols, 1))
-    kb = max(4, min(64, _KB_TARGET_ELEMS // (n_l * nb)))
-    return kb, nb
+_HUGE = 2 << 20
+_WS_CACHE_MAX = 32 << 20
+_ws_local = threading.local()
 
 
-def use_expansion(m_rows: int, n_cols: int, k_len: int, n_l: int) -> bool:
-    """Row expansion pays when the expanded table is reused by enough rows (its cost is 2**m / rows)."""
-    return k_len >= 4 and max(m_rows, n_cols) >= 2 * n_l
+def _workspace(nbytes: int) -> np.ndarray:
+    """A 2 MiB-aligned byte buffer for the per-thread tables and tiles, reused across calls (per Python thread).
+
+    Alignment plus NumPy's huge-page advice for large arrays make the buffer physically contiguous, so the
+    expanded table and the tile never fight over the same L2 sets (with scattered 4 KiB pages a call was up to
+    a third slower, depending on where its pages landed).
+    """
+    ws = getattr(_ws_local, "buf", None)
+    if ws is not None and ws.size >= nbytes:
+        return ws
+    raw = np.empty(nbytes + _HUGE, np.uint8)
+    off = (-raw.ctypes.data) % _HUGE
+    ws = raw[off : off + nbytes]
+    if nbytes <= _WS_CACHE_MAX:
+        _ws_local.buf = ws
+    return ws
 
 
-def _decode2(x, m, truncate, lo, hi):
-    shape = x.shape
-    bits = np.empty(shape, np.uint32)
-    idx = np.empty(shape, np.int32)
-    scale = np.empty(shape, np.float32)
-    special = np.empty(shape, np.bool_)
-    decode_float(x, m, truncate, lo, hi, bits, idx, scale, special)
-    return bits, idx, scale, special
+_SCRATCH_MAX = 16 << 20
+
+
+def _scratch(key: str, shape, dtype) -> np.ndarray:
+    """An uninitialised array for decoded operands, reused across calls of the same Python thread.
+
+    Fresh multi-megabyte arrays cost page faults on first touch, and two threads faulting into the same new
+    mapping serialise in the kernel: a small-batch GEMM ran slower on two threads than on one. Buffers up to
+    _SCRATCH_MAX bytes each are kept (at most a few per thread); larger ones are allocated per call.
+    """
+    nbytes = int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize
+    cache = getattr(_ws_local, "scratch", None)
+    if cache is None:
+        cache = _ws_local.scratch = {}
+    buf = cache.get(key)
+    if buf is None or buf.size < nbytes:
+        buf = np.empty(max(nbytes, 1), np.uint8)
+        if nbytes <= _SCRATCH_MAX:
+            cache[key] = buf
+    return buf[:nbytes].view(dtype).reshape(shape)
+
+
+def _thread_buffers(nthreads: int, t_elems: int, c_elems: int, dtype):
+    """(nthreads, t_elems) tables and (nthreads, c_elems) tiles carved from the workspace, tables first."""
+    t_bytes = nthreads * t_elems * 4
+    t_bytes += (-t_bytes) % 4096
+    ws = _workspace(t_bytes + nthreads * c_elems * 4)
+    tbuf = ws[: nthreads * t_elems * 4].view(dtype).reshape(nthreads, t_elems)
+    cbuf = ws[t_bytes : t_bytes + nthreads * c_elems * 4].view(dtype).reshape(nthreads, c_elems)
+    return tbuf, cbuf
+
+
+def _nbw(ny: int) -> int:
+    """Column-block width: 32, or 8 when the expanded operand is so narrow that 32 would mostly be padding."""
+    return 8 if ny <= 16 else NB
+
+
+def _kb(n_l: int, k_len: int, nbw: int) -> int:
+    return max(1, min(_KB_MAX, k_len, _T_BYTES // (n_l * nbw * 4)))
+
+
+def _costs(m_rows: int, n_cols: int, k_len: int, n_l: int) -> tuple[float, float]:
+    """Estimated single-core ns of (expansion, direct kernel) for one (M, K) @ (K, N) product.
+
+    Expansion builds 2**m table rows per k and (padded) column block, amortised over the max(M, N) rows swept;
+    the direct kernel pays a table lookup and a serial add per product.
+    """
+    sweep, other = max(m_rows, n_cols), min(m_rows, n_cols)
+    nbw = _nbw(other)
+    npad = -(-other // nbw) * nbw
+    expand = k_len * npad * (n_l * _COST_BUILD + sweep * _COST_SWEEP * (1.5 if nbw == 8 else 1.0))
+    direct = m_rows * n_cols * k_len * _COST_DIRECT * max(1.0, n_l / 512)
+    return expand, direct
+
+
+def use_expansion(m_rows: int, n_cols: int, k_len: int, n_l: int, nbatch: int = 1) -> bool:
+    """Whether row expansion beats the direct kernel for (M, K) @ (K, N) products (the batch size cancels)."""
+    expand, direct = _costs(m_rows, n_cols, k_len, n_l)
+    return expand < direct
+
+
+def _is_small(m_rows: int, n_cols: int, k_len: int, n_l: int, nbatch: int) -> bool:
+    return nbatch * min(_costs(m_rows, n_cols, k_len, n_l)) < _SERIAL_NS
+
+
+def _row_blocks(nbatch: int, n_cb: int, m_rows: int, nthreads: int) -> int:
+    """Split the swept rows only when there are too few (batch, column block) items to keep threads busy."""
+    items = nbatch * n_cb
+    if items >= 2 * nthreads:
+        return 1
+    return max(1, min(-(-2 * nthreads // items), m_rows // 256))
+
+
+class _Layout:
+    """Blocking of an expansion that sweeps mx = max(M, N) rows and expands ny = min(M, N) columns."""
+
+    def __init__(self, m_rows, n_cols, k_len, n_l, nbatch, serial):
+        self.mx, self.ny = max(m_rows, n_cols), min(m_rows, n_cols)
+        self.nbw = _nbw(self.ny)
+        self.kbs = _kb(n_l, k_len, self.nbw)
+        self.nkb = -(-k_len // self.kbs)
+        self.npad = -(-self.ny // self.nbw) * self.nbw
+        # get_num_threads() also starts Numba's thread pool, which must exist before a kernel that calls
+        # get_thread_id() is loaded from the on-disk cache, even the serial twin (otherwise: a null call, segfault)
+        nthreads = numba.get_num_threads()
+        self.n_rb = 1 if serial else _row_blocks(nbatch, self.npad // self.nbw, self.mx, nthreads)
+        self.nthreads = 1 if serial else nthreads
+
+    def buffers(self, n_l, dtype):
+        return _thread_buffers(self.nthreads, self.kbs * n_l * self.nbw, -(-self.mx // self.n_rb) * self.nbw, dtype)
+
+
+def _decode_plain(x, m, truncate, serial, key):
+    """Decode x (batch, R, K) into (batch, R, K) index/scale arrays plus the per-row exponent ranges."""
+    nbatch, rows, k_len = x.shape
+    idx = _scratch(f"idx{key}", (nbatch, 1, rows, k_len), np.int32)
+    scale = _scratch(f"scale{key}", (nbatch, 1, rows, k_len), np.float32)
+    emin = np.empty((nbatch, rows), np.int32)
+    emax = np.empty((nbatch, rows), np.int32)
+    _k(_decode_rows_f32, serial)(x, m, truncate, idx, scale, emin, emax)
+    return idx.reshape(nbatch, rows, k_len), scale.reshape(nbatch, rows, k_len), emin, emax
+
+
+def _lut_exp_range(kt, lut_e):
+    e_lo = getattr(kt, "exp_lo", None)
+    if e_lo is not None:
+        return e_lo, kt.exp_hi
+    nz = lut_e != NO_EXP
+    return (int(lut_e[nz].min()), int(lut_e[nz].max())) if nz.any() else (0, 0)
 
 
 def gemm_f32(a, b, out, m, truncate, kt):
     """out[bt] = a[bt] @ b[bt] for 3-D float32 arrays (batch already broadcast). ``kt`` from float_kernel_tables."""
-    lutf, lut_e, lut_f, ranges = kt
+    lutf, lut_e, lut_f, ranges = kt[0], kt[1], kt[2], kt[3]
     n_l = lutf.shape[0]
-    shift, lmask = 23 - m, n_l - 1
     nbatch, m_rows, k_len = a.shape
     n_cols = b.shape[2]
     if out.size == 0:
@@ -342,36 +1109,49 @@ def gemm_f32(a, b, out, m, truncate, kt):
     if k_len == 0:
         out[...] = 0.0
         return out
-    if use_expansion(m_rows, n_cols, k_len, n_l):
-        for bt in range(nbatch):
-            swapped = m_rows < n_cols
-            if not swapped:
-                x, y, lut_x, c = a[bt], b[bt], lutf, out[bt]
-                lo_e, lo_f = lut_e, lut_f
-            else:  # expand against A instead: C^T = B^T (x) A^T with the table transposed
-                x, y = np.ascontiguousarray(b[bt].T), np.ascontiguousarray(a[bt].T)
-                lut_x = np.ascontiguousarray(lutf.T)
-                lo_e, lo_f = np.ascontiguousarray(lut_e.T), np.ascontiguousarray(lut_f.T)
-                c = np.empty((n_cols, m_rows), np.float32)
-            ux, ix, sx, px = _decode2(np.ascontiguousarray(x), m, truncate, ranges[0], ranges[1])
-            uy, iy, sy, py = _decode2(np.ascontiguousarray(y), m, truncate, ranges[2], ranges[3])
-            kb, nb = _blocks(n_l, y.shape[1])
-            _gemm_expand_f32(c, ix, sx, iy, sy, lut_x, kb, nb)
-            rows = np.flatnonzero(px.any(axis=1)).astype(np.int64)
-            cols = np.flatnonzero(py.any(axis=0)).astype(np.int64)
-            if rows.size or cols.size:
-                _fixup_f32(c, ux, np.ascontiguousarray(uy.T), rows, cols, shift, lmask, lo_e, lo_f)
-            if swapped:
-                out[bt] = c.T
-        return out
-    ua, ia, sa, pa = _decode2(a.reshape(nbatch * m_rows, k_len), m, truncate, ranges[0], ranges[1])
-    bt_ = np.ascontiguousarray(np.swapaxes(b, 1, 2)).reshape(nbatch * n_cols, k_len)
-    ub, ib, sb, pb = _decode2(bt_, m, truncate, ranges[2], ranges[3])
-    shp_a = (nbatch, m_rows, k_len)
-    shp_b = (nbatch, n_cols, k_len)
-    _gemm_direct_f32(out, ua.reshape(shp_a), ia.reshape(shp_a), sa.reshape(shp_a), pa.reshape(shp_a),
-                     ub.reshape(shp_b), ib.reshape(shp_b), sb.reshape(shp_b), pb.reshape(shp_b),
-                     lutf, shift, lmask, lut_e, lut_f)
+    e_lo, e_hi = _lut_exp_range(kt, lut_e)
+    serial = _is_small(m_rows, n_cols, k_len, n_l, nbatch)
+    swapped = False
+    if not use_expansion(m_rows, n_cols, k_len, n_l, nbatch):
+        ia, sa, xmin, xmax = _decode_plain(a, m, truncate, serial, "a")
+        ib, sb, ymin, ymax = _decode_plain(np.swapaxes(b, 1, 2), m, truncate, serial, "b")
+        _k(_direct_f32, serial)(out, ia, sa, ib, sb, lutf)
+    else:
+        swapped = m_rows < n_cols
+        if swapped:  # sweep the longer side: C^T = B^T (x) A^T with the table transposed
+            x, y, c = np.swapaxes(b, 1, 2), np.swapaxes(a, 1, 2), np.swapaxes(out, 1, 2)
+            lutt = lutf
+        else:
+            x, y, c = a, b, out
+            lutt = getattr(kt, "lutt", None)
+            if lutt is None:
+                lutt = np.ascontiguousarray(lutf.T)
+        lay = _Layout(m_rows, n_cols, k_len, n_l, nbatch, serial)
+        iap = _scratch("iap", (nbatch, lay.nkb, lay.mx, lay.kbs), np.int32)
+        sap = _scratch("sap", (nbatch, lay.nkb, lay.mx, lay.kbs), np.float32)
+        xmin = np.empty((nbatch, lay.mx), np.int32)
+        xmax = np.empty((nbatch, lay.mx), np.int32)
+        if swapped:
+            pmin = np.empty((nbatch, lay.nkb, lay.mx), np.int32)
+            pmax = np.empty((nbatch, lay.nkb, lay.mx), np.int32)
+            _k(_decode_rows_t_f32, serial)(b, m, truncate, iap, sap, pmin, pmax)
+            xmin, xmax = pmin.min(axis=1), pmax.max(axis=1)
+        else:
+            _k(_decode_rows_f32, serial)(x, m, truncate, iap, sap, xmin, xmax)
+        ib = _scratch("ib", (nbatch, k_len, lay.npad), np.int32)
+        sb = _scratch("sb", (nbatch, k_len, lay.npad), np.float32)
+        ymin = np.empty((nbatch, lay.ny), np.int32)
+        ymax = np.empty((nbatch, lay.ny), np.int32)
+        _k(_decode_cols_f32, serial)(y, m, truncate, ib, sb, ymin, ymax, lay.nbw)
+        tbuf, cbuf = lay.buffers(n_l, np.float32)
+        with numba.parallel_chunksize(1):  # items are big: hand them out dynamically (a busy core stalls less)
+            _k(_expand, serial)(c, iap, sap, ib, sb, lutt, lay.nbw, lay.n_rb, tbuf, cbuf)
+    rows, cols = _windows(xmin, xmax, ymin, ymax, e_lo, e_hi, ranges)
+    if rows[0].size or cols[0].size:
+        if swapped:
+            rows, cols = cols, rows
+        fix_serial = (rows[0].size * n_cols + cols[0].size * m_rows) * k_len * 3.0 < _SERIAL_NS
+        _k(_fixup_f32, fix_serial)(out, a, b, rows[0], rows[1], cols[0], cols[1], m, truncate, lut_e, lut_f)
     return out
 
 
@@ -385,20 +1165,29 @@ def gemm_i32(ia, ib, out, lut):
     if k_len == 0:
         out[...] = 0
         return out
-    if use_expansion(m_rows, n_cols, k_len, n_l):
-        for bt in range(nbatch):
-            if m_rows >= n_cols:
-                kb, nb = _blocks(n_l, n_cols)
-                _gemm_expand_i32(out[bt], np.ascontiguousarray(ia[bt]), np.ascontiguousarray(ib[bt]), lut, kb, nb)
-            else:
-                c = np.empty((n_cols, m_rows), np.int32)
-                kb, nb = _blocks(n_l, m_rows)
-                _gemm_expand_i32(c, np.ascontiguousarray(ib[bt].T), np.ascontiguousarray(ia[bt].T),
-                                 np.ascontiguousarray(lut.T), kb, nb)
-                out[bt] = c.T
+    serial = _is_small(m_rows, n_cols, k_len, n_l, nbatch)
+    if not use_expansion(m_rows, n_cols, k_len, n_l, nbatch):
+        _k(_gemm_direct_i32, serial)(out, np.ascontiguousarray(ia), np.ascontiguousarray(np.swapaxes(ib, 1, 2)),
+                                     lut)
         return out
-    _gemm_direct_i32(out, np.ascontiguousarray(ia), np.ascontiguousarray(np.swapaxes(ib, 1, 2)), lut)
+    swapped = m_rows < n_cols
+    if swapped:
+        y, c, lutt = np.swapaxes(ia, 1, 2), np.swapaxes(out, 1, 2), lut
+    else:
+        y, c, lutt = ib, out, lut.T
+    lutt = np.ascontiguousarray(lutt, dtype=np.int32)
+    lay = _Layout(m_rows, n_cols, k_len, n_l, nbatch, serial)
+    iap = _scratch("iap", (nbatch, lay.nkb, lay.mx, lay.kbs), np.int32)
+    if swapped:
+        _k(_pack_rows_t_i32, serial)(ib, iap)
+    else:
+        _k(_pack_rows_i32, serial)(ia, iap)
+    ibp = _scratch("ib", (nbatch, k_len, lay.npad), np.int32)
+    _k(_pad_cols_i32, serial)(y, ibp)
+    tbuf, cbuf = lay.buffers(n_l, np.int32)
+    with numba.parallel_chunksize(1):
+        _k(_expand, serial)(c, iap, None, ibp, None, lutt, lay.nbw, lay.n_rb, tbuf, cbuf)
     return out
 
 
-__all__ = ["float_kernel_tables", "gemm_f32", "gemm_i32", "multiply_f32", "multiply_i32", "use_expansion"]
+__all__ = ["float_kernel_tables", "gemm_f32", "gemm_i32", "multiply_f32", "multiply_i32", "use_expansion", "NB"]

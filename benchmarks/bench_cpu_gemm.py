@@ -1,0 +1,294 @@
+"""CPU benchmark of amsim's approximate GEMM against numpy.matmul (float32) and a naive per-product simulation.
+
+Run from the repository root (see benchmarks/README.md):
+
+    python benchmarks/bench_cpu_gemm.py            # full run, a few minutes
+    python benchmarks/bench_cpu_gemm.py --quick    # about half a minute
+
+Every timing is the best of ``--repeats`` runs after a warm-up call (which also triggers JIT compilation); amsim
+and NumPy are timed in alternating blocks in the same process, so their ratio means something even on a busy
+machine when absolute numbers do not. The machine's load average is printed so noisy runs can be recognised.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import datetime
+import glob
+import json
+import os
+import platform
+import sys
+import time
+
+import numba
+import numpy as np
+from numba import prange
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+
+import amsim  # noqa: E402
+from amsim import _multiplier  # noqa: E402
+from amsim.kernels import _cpu  # noqa: E402
+
+ENV_VARS = ("OPENBLAS_CORETYPE", "OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS",
+            "NUMBA_THREADING_LAYER")
+
+
+# ---------------------------------------------------------------------------------------------------------
+# machine description
+# ---------------------------------------------------------------------------------------------------------
+def cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def cpu_flags() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    flags = set(line.split(":", 1)[1].split())
+                    return " ".join(x for x in ("avx2", "fma", "avx512f") if x in flags)
+    except OSError:
+        pass
+    return "?"
+
+
+def blas_info() -> str:
+    """Which BLAS numpy uses and, for OpenBLAS, the kernel (core) it picked at run time."""
+    try:
+        from threadpoolctl import threadpool_info
+
+        for lib in threadpool_info():
+            if lib.get("internal_api") in ("openblas", "mkl", "blis"):
+                return (f"{lib['internal_api']} {lib.get('version')} core={lib.get('architecture')} "
+                        f"threads={lib.get('num_threads')} (threadpoolctl)")
+    except ImportError:
+        pass
+    desc = "?"
+    try:
+        blas = np.show_config(mode="dicts")["Build Dependencies"]["blas"]
+        desc = f"{blas.get('name')} {blas.get('version')}"
+    except Exception:  # older numpy: no dict mode
+        pass
+    libdir = os.path.join(os.path.dirname(np.__file__), "..", "numpy.libs")
+    for path in glob.glob(os.path.join(libdir, "*openblas*")):
+        try:
+            lib = ctypes.CDLL(path)
+        except OSError:
+            continue
+        for name in ("scipy_openblas_get_corename64_", "scipy_openblas_get_corename", "openblas_get_corename64_",
+                     "openblas_get_corename"):
+            fn = getattr(lib, name, None)
+            if fn is not None:
+                fn.restype = ctypes.c_char_p
+                return f"{desc} core={fn().decode()} (numpy.show_config + {name})"
+    return desc + " (numpy.show_config)"
+
+
+def describe_machine() -> dict:
+    return {
+        "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
+        "cpu": cpu_model(),
+        "simd": cpu_flags(),
+        "llvm_cpu": numba.core.config.CPU_NAME or __import__("llvmlite.binding").binding.get_host_cpu_name(),
+        "cores": os.cpu_count(),
+        "numba_threads": numba.get_num_threads(),
+        "threading_layer": None,  # filled in after the first parallel call
+        "python": platform.python_version(),
+        "numpy": np.__version__,
+        "numba": numba.__version__,
+        "blas": blas_info(),
+        "env": {k: os.environ[k] for k in ENV_VARS if k in os.environ},
+        "loadavg_start": os.getloadavg(),
+    }
+
+
+# ---------------------------------------------------------------------------------------------------------
+# timing
+# ---------------------------------------------------------------------------------------------------------
+def race(fns: dict, repeats: int, rounds: int = 2, pause: float = 0.25) -> dict:
+    """Best seconds per call for each callable.
+
+    Each callable runs in blocks (a warm-up call, then back-to-back timed calls), blocks of the callables
+    alternate for ``rounds`` rounds, and a pause precedes every block: OpenBLAS worker threads keep spinning
+    for about 0.1 s after a call, and on a small machine timing amsim right after numpy (or the reverse) would
+    measure the two thread pools fighting over the cores rather than either kernel.
+    """
+    best = {k: float("inf") for k in fns}
+    per_round = max(1, -(-repeats // rounds))
+    for _ in range(rounds):
+        for k, f in fns.items():
+            time.sleep(pause)
+            f()
+            for _ in range(per_round):
+                t0 = time.perf_counter()
+                f()
+                best[k] = min(best[k], time.perf_counter() - t0)
+    return best
+
+
+# ---------------------------------------------------------------------------------------------------------
+# the naive simulation: one scalar approximate-product call per (i, j, k)
+# ---------------------------------------------------------------------------------------------------------
+@numba.njit
+def approx_mul(x, y, shift, truncate, lmask, lut_e, lut_f):
+    """One approximate product with amsim's semantics: round both operands, look up, assemble the float32."""
+    ua = _cpu.round_bits(_cpu.f32_to_bits(x), shift, truncate)
+    ub = _cpu.round_bits(_cpu.f32_to_bits(y), shift, truncate)
+    return _cpu.bits_to_f32(_cpu.product_bits(ua, ub, shift, lmask, lut_e, lut_f))
+
+
+@numba.njit(parallel=True)
+def naive_matmul(a, b_t, c, m, truncate, lut_e, lut_f):
+    """C[i, j] = sum_k approx_mul(a[i, k], b[k, j]): the per-element loop of a straightforward CPU simulator
+    (B pre-transposed for locality; rows spread over the same threads amsim uses)."""
+    shift = 23 - m
+    lmask = (1 << m) - 1
+    for i in prange(a.shape[0]):
+        for j in range(b_t.shape[0]):
+            acc = np.float32(0.0)
+            for k in range(a.shape[1]):
+                acc = acc + approx_mul(a[i, k], b_t[j, k], shift, truncate, lmask, lut_e, lut_f)
+            c[i, j] = acc
+
+
+def naive_ns_per_mac(mult, size: int, repeats: int, rng) -> tuple[float, bool]:
+    a = rng.standard_normal((size, size)).astype(np.float32)
+    b = rng.standard_normal((size, size)).astype(np.float32)
+    b_t = np.ascontiguousarray(b.T)
+    c = np.empty((size, size), np.float32)
+    kt = _cpu.float_kernel_tables(mult.table.values)
+    trunc = mult.rounding == "truncate"
+    t = race({"naive": lambda: naive_matmul(a, b_t, c, mult.mantissa_bits, trunc, kt[1], kt[2])}, repeats)["naive"]
+    same = bool((c.view(np.uint32) == amsim.matmul(a, b, mult).view(np.uint32)).all())
+    return t / size**3 * 1e9, same
+
+
+# ---------------------------------------------------------------------------------------------------------
+# cases
+# ---------------------------------------------------------------------------------------------------------
+def gemm_case(label, batch, m_rows, k_len, n_cols, mult, repeats, rng, kind="float"):
+    shape_a = batch + (m_rows, k_len)
+    shape_b = batch + (k_len, n_cols)
+    if kind == "float":
+        a = rng.standard_normal(shape_a).astype(np.float32)
+        b = rng.standard_normal(shape_b).astype(np.float32)
+        af, bf = a, b
+    else:  # int8 operands; numpy is timed on the same values as float32
+        a = rng.integers(-128, 128, shape_a).astype(np.int8)
+        b = rng.integers(-128, 128, shape_b).astype(np.int8)
+        af, bf = a.astype(np.float32), b.astype(np.float32)
+    t = race({"numpy": lambda: np.matmul(af, bf), "amsim": lambda: amsim.matmul(a, b, mult)}, repeats)
+    macs = int(np.prod(batch, dtype=np.int64)) * m_rows * k_len * n_cols
+    return {"case": label, "multiplier": mult.name, "bits": mult.bits, "macs": macs,
+            "amsim_s": t["amsim"], "numpy_s": t["numpy"],
+            "amsim_gmacs": macs / t["amsim"] / 1e9, "numpy_gmacs": macs / t["numpy"] / 1e9,
+            "ratio": t["amsim"] / t["numpy"]}
+
+
+def lut_build_times(repeats: int) -> list:
+    """Seconds to build a table from a fresh model (compile the model and evaluation kernel, evaluate, validate)
+    and to prepare it for the CPU kernels. The in-memory table cache is cleared before each build."""
+    out = []
+
+    def build(m):
+        _multiplier._TABLES.clear()
+        mult = amsim.multipliers.mitchell(m)  # a new model object: nothing cached
+        t0 = time.perf_counter()
+        table = mult.table
+        t1 = time.perf_counter()
+        _cpu.float_kernel_tables(table.values)
+        t2 = time.perf_counter()
+        return t1 - t0, t2 - t1
+
+    first = build(7)
+    out.append({"what": "mitchell(7), first build in the process", "build_s": first[0], "prepare_s": first[1]})
+    for m in (7, 11):
+        runs = [build(m) for _ in range(max(1, min(repeats, 3)))]
+        out.append({"what": f"mitchell({m}), fresh model", "build_s": min(r[0] for r in runs),
+                    "prepare_s": min(r[1] for r in runs)})
+    return out
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--quick", action="store_true", help="fewer and smaller cases, fewer repeats")
+    ap.add_argument("--repeats", type=int, default=None, help="timed repeats per case (default 7, quick 4)")
+    ap.add_argument("--naive-size", type=int, default=None, help="N of the N^3 naive-simulation run (default 256, "
+                    "quick 128)")
+    ap.add_argument("--json", default=None, help="also write the results to this JSON file")
+    args = ap.parse_args(argv)
+    repeats = args.repeats or (4 if args.quick else 7)
+    naive_size = args.naive_size or (128 if args.quick else 256)
+    rng = np.random.default_rng(0)
+    machine = describe_machine()
+    builds = lut_build_times(repeats)  # first, so "first build" includes Numba's one-off start-up
+
+    mbm7 = amsim.multipliers.mbm(7)
+    cases = [("256x256x256", (), 256, 256, 256, mbm7), ("1024x1024x1024", (), 1024, 1024, 1024, mbm7)]
+    if args.quick:
+        cases += [("1024x1024x1024", (), 1024, 1024, 1024, amsim.multipliers.mbm(11))]
+    else:
+        cases += [("4096x1024x1024", (), 4096, 1024, 1024, mbm7),
+                  ("64 x (128x64 @ 64x128)", (64,), 128, 64, 128, mbm7),
+                  ("8x1024x4096", (), 8, 1024, 4096, mbm7),
+                  ("1024x1024x1024", (), 1024, 1024, 1024, amsim.multipliers.mbm(10)),
+                  ("1024x1024x1024", (), 1024, 1024, 1024, amsim.multipliers.mbm(11))]
+    for _, _, _, _, _, mult in cases:
+        mult.table  # build outside the timings
+
+    print(f"# amsim CPU GEMM benchmark ({'quick' if args.quick else 'full'}, best of {repeats})")
+    results = []
+    for label, batch, m_rows, k_len, n_cols, mult in cases:
+        r = gemm_case(label, batch, m_rows, k_len, n_cols, mult, repeats, rng)
+        results.append(r)
+        print(f"  {label:24s} {mult.name:8s} amsim {r['amsim_gmacs']:7.2f} GMAC/s  numpy {r['numpy_gmacs']:7.2f} "
+              f"GMAC/s  ratio {r['ratio']:6.2f}", flush=True)
+    int_mult = amsim.multipliers.exact_int(8)
+    if not args.quick:
+        r = gemm_case("1024x1024x1024 int8", (), 1024, 1024, 1024, int_mult, repeats, rng, kind="int")
+        results.append(r)
+        print(f"  {r['case']:24s} {int_mult.name:8s} amsim {r['amsim_gmacs']:7.2f} GMAC/s  numpy(f32) "
+              f"{r['numpy_gmacs']:7.2f} GMAC/s  ratio {r['ratio']:6.2f}", flush=True)
+    machine["threading_layer"] = numba.threading_layer()
+
+    naive = {}
+    for bits in sorted({r["bits"] for r in results if r["multiplier"].startswith("mbm")}):
+        ns, same = naive_ns_per_mac(amsim.multipliers.mbm(bits), naive_size, max(1, repeats // 2), rng)
+        naive[bits] = ns
+        print(f"  naive simulation mbm{bits} at {naive_size}^3: {ns:.2f} ns/MAC (bit-identical to amsim: {same})")
+    for r in results:
+        ns = naive.get(r["bits"]) if r["multiplier"].startswith("mbm") else None
+        r["naive_ns_per_mac"] = ns
+        r["speedup_vs_naive"] = ns / (r["amsim_s"] / r["macs"] * 1e9) if ns else None
+
+    for b in builds:
+        print(f"  LUT {b['what']:40s} build {b['build_s'] * 1e3:8.1f} ms  kernel prep {b['prepare_s'] * 1e3:6.1f} ms")
+    machine["loadavg_end"] = os.getloadavg()
+
+    print("\n## machine")
+    for k, v in machine.items():
+        print(f"- {k}: {v}")
+    print("\n| case | multiplier | amsim GMAC/s | numpy f32 GMAC/s | amsim / numpy time | speed-up vs naive |")
+    print("| --- | --- | ---: | ---: | ---: | ---: |")
+    for r in results:
+        sp = f"{r['speedup_vs_naive']:.0f}x" if r["speedup_vs_naive"] else "-"
+        print(f"| {r['case']} | {r['multiplier']} | {r['amsim_gmacs']:.2f} | {r['numpy_gmacs']:.2f} | "
+              f"{r['ratio']:.2f} | {sp} |")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"machine": machine, "gemm": results, "naive_ns_per_mac": naive, "lut": builds}, f, indent=1,
+                      default=str)
+
+
+if __name__ == "__main__":
+    main()
