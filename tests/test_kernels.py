@@ -191,3 +191,21 @@ def test_negative_zero_table_entry_is_a_zero_magnitude(rng):
     out = amsim.multiply(a, b, mult)
     assert_bits_equal(out, np.array([0x00000000, 0x80000000, 0x80000000], np.uint32).view(F))
     assert_bits_equal(out, golden.multiply(a, b, mult))
+
+
+@pytest.mark.parametrize("shape", [(40, 64, 300), (300, 24, 9), (9, 17, 700), (1100, 20, 30)], ids=str)
+def test_matmul_kernel_layout_cases(shape, rng):
+    """Transposed sweeps (N > M, K a multiple of 8, M not), narrow sides, row-block splits."""
+    m_, k_, n_ = shape
+    mult = MULTS["mbm7"]
+    a = mixed_matrix(rng, (m_, k_), 0.02)
+    b = mixed_matrix(rng, (k_, n_), 0.02)
+    assert_bits_equal(amsim.matmul(a, b, mult), golden.matmul(a, b, mult))
+
+
+def test_matmul_data_dependent_exponent_windows(rng):
+    mult = MULTS["mitchell3"]
+    a = (rng.standard_normal((300, 16)) * 2.0**-90).astype(F)
+    b = (rng.standard_normal((16, 20)) * 2.0**60).astype(F)
+    assert_bits_equal(amsim.matmul(a, b, mult), golden.matmul(a, b, mult))
+    assert_bits_equal(amsim.matmul(b.T.copy(), a.T.copy(), mult), golden.matmul(b.T.copy(), a.T.copy(), mult))
