@@ -165,13 +165,11 @@ def matmul(a, b, mult, *, out=None):
     b3 = xp.ascontiguousarray(xp.broadcast_to(b2, batch + (k_len, n_cols))).reshape(nbatch, k_len, n_cols)
     c3 = res.reshape(nbatch, m_rows, n_cols)
     if mult.is_int:
-        bound = k_len * int(np.abs(mult.table.values.astype(np.int64)).max())
-        if bound > _I32_MAX:
-            raise UnsupportedError(f"matmul: with K={k_len} and products up to "
-                                   f"{int(np.abs(mult.table.values.astype(np.int64)).max())}, the int32 accumulator "
-                                   f"could overflow (bound {bound} > {_I32_MAX}); split the contraction into chunks "
-                                   "of at most "
-                                   f"{_I32_MAX // max(1, int(np.abs(mult.table.values.astype(np.int64)).max()))}.")
+        biggest = int(np.abs(mult.table.values.astype(np.int64)).max())
+        if k_len * biggest > _I32_MAX:
+            raise UnsupportedError(f"matmul: with K={k_len} and products up to {biggest}, the int32 accumulator "
+                                   f"could overflow (bound {k_len * biggest} > {_I32_MAX}); split the contraction "
+                                   f"into chunks of at most {_I32_MAX // max(1, biggest)}.")
         lo = mult.int_range[0]
         be.gemm_i32((a3.astype(np.int64) - lo).astype(np.int32), (b3.astype(np.int64) - lo).astype(np.int32), c3, mult)
     elif mult.is_code:
