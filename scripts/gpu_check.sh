@@ -8,7 +8,8 @@
 # 3. pytest -m gpu (tests/test_gpu.py: CuPy results bit for bit against the golden model);
 # 4. the GPU-free CUDA tests (NVRTC compile of every instantiation, host emulation of the kernels);
 # 5. registers / spills per kernel for this card's architecture;
-# 6. benchmarks/bench_gpu.py (4096^3 approximate GEMM vs cuBLAS FP32).
+# 6. benchmarks/bench_gpu.py (4096^3 approximate GEMM vs cuBLAS FP32);
+# 7. LeNet-5 / ResNet-20 training step, every product approximate, vs plain JAX FP32 (bench_gpu.py --jax-only).
 # Logs go to $OUT. Every step has its own time limit; the whole run stays under 5 minutes. The exit status is
 # non-zero if any step failed. (Limits add up to 300 s; a step that runs out leaves its partial log.)
 set -u
@@ -36,13 +37,14 @@ print(sys.version); print(\"cupy\", cupy.__version__, \"runtime\", cupy.cuda.run
 \"driver\", cupy.cuda.runtime.driverGetVersion()); p = cupy.cuda.runtime.getDeviceProperties(0); \
 print(p[\"name\"], \"sm_%d%d\" % (p[\"major\"], p[\"minor\"]), p[\"multiProcessorCount\"], \"SMs\", \
 p[\"sharedMemPerBlockOptin\"], \"B smem/block\")'"
-step precompile 60 "$PY" -c "import os, time; from amsim.kernels import _cuda; t = time.time(); \
+step precompile 50 "$PY" -c "import os, time; from amsim.kernels import _cuda; t = time.time(); \
 n = _cuda.precompile(workers=min(16, os.cpu_count() or 1)); print(n, 'kernels in', round(time.time() - t, 1), 's')"
-step pytest_gpu 100 "$PY" -m pytest -m gpu -q -p no:cacheprovider -rs tests/test_gpu.py
-step pytest_cuda_cpu 40 "$PY" -m pytest -q -p no:cacheprovider tests/test_cuda_compile.py tests/test_cuda_host.py
-step resources 25 bash -c "set -e; $PY -m amsim.kernels._nvrtc --arch \$($PY -c 'import cupy; \
+step pytest_gpu 80 "$PY" -m pytest -m gpu -q -p no:cacheprovider -rs tests/test_gpu.py
+step pytest_cuda_cpu 35 "$PY" -m pytest -q -p no:cacheprovider tests/test_cuda_compile.py tests/test_cuda_host.py
+step resources 20 bash -c "set -e; $PY -m amsim.kernels._nvrtc --arch \$($PY -c 'import cupy; \
 p = cupy.cuda.runtime.getDeviceProperties(0); print(\"sm_%d%d\" % (p[\"major\"], p[\"minor\"]))') \
 --filter '<7, 0>'; $PY -m amsim.kernels._nvrtc --arch sm_90 --filter '<11, 1>'"
 step bench_gpu 60 "$PY" benchmarks/bench_gpu.py --json "$OUT/bench_gpu.json"
+step bench_jax 40 "$PY" benchmarks/bench_gpu.py --jax-only --json "$OUT/bench_jax.json"
 echo "logs in $OUT; overall exit $status"
 exit $status

@@ -228,3 +228,51 @@ def test_conv2d_nhwc_int(cuda, rng):
     w = rng.integers(-128, 128, ws).astype(np.int8)
     got = cuda.conv2d_nhwc(_dev(x), _dev(w), mult, stride, padding, dilation, groups)
     np.testing.assert_array_equal(_host(got), golden_conv2d_nhwc(x, w, mult, stride, padding, dilation, groups))
+
+
+# ---- the JAX bridge on the GPU: buffer_callback hands XLA's device buffers and stream to the CUDA kernels -------
+def _jax_gpu():
+    os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")  # JAX shares the card with CuPy
+    try:
+        import jax
+
+        return [d for d in jax.devices() if d.platform == "gpu"]
+    except Exception:  # JAX without CUDA support
+        return []
+
+
+def test_jax_bridge_on_gpu_forward_and_gradients(rng):
+    devs = _jax_gpu()
+    if not devs:
+        if os.environ.get("AMSIM_REQUIRE_GPU") == "1":
+            pytest.fail("AMSIM_REQUIRE_GPU=1 but JAX sees no GPU (is the CUDA build of jaxlib installed?)")
+        pytest.skip("JAX has no GPU backend here")
+    import jax
+    import jax.numpy as jnp
+
+    from amsim import nn as ann
+
+    mbm, mit = amsim.multipliers.mbm(7), amsim.multipliers.mitchell(5)
+    a = rng.standard_normal((96, 40)).astype(F)
+    b = rng.standard_normal((40, 72)).astype(F)
+    g = rng.standard_normal((96, 72)).astype(F)
+    dg = ann.dot_general(mbm, dlhs=mit, drhs=mbm)
+    dn = (((1,), (0,)), ((), ()))
+    ja, jb = jax.device_put(a, devs[0]), jax.device_put(b, devs[0])
+    out, vjp = jax.vjp(jax.jit(lambda x, y: dg(x, y, dn)), ja, jb)
+    da, db = vjp(jax.device_put(g, devs[0]))
+    assert_bits_equal(np.asarray(out), golden.matmul(a, b, mbm))
+    assert_bits_equal(np.asarray(da), golden.matmul(g, np.ascontiguousarray(b.T), mit))
+    assert_bits_equal(np.asarray(db), golden.matmul(np.ascontiguousarray(a.T), g, mbm))
+    # a conv under jit + grad runs end to end on the device and matches the CPU bridge bit for bit
+    x = rng.standard_normal((4, 9, 9, 3)).astype(F)
+    w = rng.standard_normal((3, 3, 3, 8)).astype(F)
+    cv = ann.conv_general_dilated(mbm)
+
+    def loss(x_, w_):
+        return jnp.sum(cv(x_, w_, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC")) ** 2)
+
+    gpu = jax.jit(jax.grad(loss, argnums=(0, 1)))(jax.device_put(x, devs[0]), jax.device_put(w, devs[0]))
+    cpu = jax.jit(jax.grad(loss, argnums=(0, 1)), backend="cpu")(x, w)
+    for g_, c_ in zip(gpu, cpu):
+        assert_bits_equal(np.asarray(g_), np.asarray(c_))
