@@ -273,6 +273,7 @@ def test_jax_bridge_on_gpu_forward_and_gradients(rng):
         return jnp.sum(cv(x_, w_, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC")) ** 2)
 
     gpu = jax.jit(jax.grad(loss, argnums=(0, 1)))(jax.device_put(x, devs[0]), jax.device_put(w, devs[0]))
-    cpu = jax.jit(jax.grad(loss, argnums=(0, 1)), backend="cpu")(x, w)
+    host = jax.devices("cpu")[0]  # the same jitted function, placed by its inputs
+    cpu = jax.jit(jax.grad(loss, argnums=(0, 1)))(jax.device_put(x, host), jax.device_put(w, host))
     for g_, c_ in zip(gpu, cpu):
         assert_bits_equal(np.asarray(g_), np.asarray(c_))
