@@ -13,6 +13,15 @@ __all__ = ["multiply", "matmul"]
 _I32_MAX = np.iinfo(np.int32).max
 
 
+def check_int_contraction(k_len: int, mult: Multiplier, what: str) -> None:
+    """Refuse a contraction whose exact int32 sum could overflow (K * max|product| > int32 max)."""
+    biggest = int(np.abs(mult.table.values.astype(np.int64)).max())
+    if k_len * biggest > _I32_MAX:
+        raise UnsupportedError(f"{what}: with K={k_len} and products up to {biggest}, the int32 accumulator could "
+                               f"overflow (bound {k_len * biggest} > {_I32_MAX}); split the contraction into chunks "
+                               f"of at most {_I32_MAX // max(1, biggest)}.")
+
+
 def _check_mult(mult) -> Multiplier:
     if not isinstance(mult, Multiplier):
         raise TypeError(f"expected an amsim.Multiplier, got {type(mult).__name__}; decorate the model with "
@@ -165,11 +174,7 @@ def matmul(a, b, mult, *, out=None):
     b3 = xp.ascontiguousarray(xp.broadcast_to(b2, batch + (k_len, n_cols))).reshape(nbatch, k_len, n_cols)
     c3 = res.reshape(nbatch, m_rows, n_cols)
     if mult.is_int:
-        biggest = int(np.abs(mult.table.values.astype(np.int64)).max())
-        if k_len * biggest > _I32_MAX:
-            raise UnsupportedError(f"matmul: with K={k_len} and products up to {biggest}, the int32 accumulator "
-                                   f"could overflow (bound {k_len * biggest} > {_I32_MAX}); split the contraction "
-                                   f"into chunks of at most {_I32_MAX // max(1, biggest)}.")
+        check_int_contraction(k_len, mult, "matmul")
         lo = mult.int_range[0]
         be.gemm_i32((a3.astype(np.int64) - lo).astype(np.int32), (b3.astype(np.int64) - lo).astype(np.int32), c3, mult)
     elif mult.is_code:

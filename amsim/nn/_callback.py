@@ -16,9 +16,6 @@ from jax.experimental.buffer_callback import buffer_callback
 
 from .._multiplier import Multiplier
 
-_I32_MAX = np.iinfo(np.int32).max
-
-
 def _as_cupy(buf):
     import cupy
 
@@ -72,12 +69,3 @@ def _vary_like(out, *inputs):
         return out
     missing = tuple(sorted(a for a in want if a not in have))
     return jax.lax.pcast(out, missing, to="varying") if missing else out
-
-
-def check_int_contraction(k: int, mult: Multiplier, what: str) -> None:
-    from .._errors import UnsupportedError
-
-    biggest = int(np.abs(mult.table.values.astype(np.int64)).max())
-    if k * biggest > _I32_MAX:
-        raise UnsupportedError(f"{what}: contraction length {k} with integer products up to {biggest} could "
-                               f"overflow the int32 accumulator; amsim refuses rather than wrap.")

@@ -11,7 +11,8 @@ import numpy as np
 from jax import lax
 
 from .._errors import UnsupportedError
-from ._callback import _vary_like, bmm, check_int_contraction
+from .._ops import check_int_contraction
+from ._callback import _vary_like, bmm
 from . import _native
 from ._config import OpConfig, as_config
 
