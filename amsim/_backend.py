@@ -50,14 +50,14 @@ class NumpyBackend:
 
     def gemm_table(self, ia, ib, out, mult):
         """Full-operand float tables: ``out[b] = sum_k T[ia[b, i, k], ib[b, k, j]]`` in float32, k in order."""
-        from .kernels import _cpu_tables
+        from .kernels import _cpu
 
-        return _cpu_tables.gemm_table(ia, ib, out, mult.table.values)
+        return _cpu.gemm_i32(ia, ib, out, mult.table.values)  # the table-sum kernels serve float32 tables too
 
     def multiply_table(self, ia, ib, out, mult):
-        from .kernels import _cpu_tables
+        from .kernels import _cpu
 
-        _cpu_tables.multiply_table(ia, ib, out, mult.table.values)
+        _cpu.multiply_i32(ia, ib, out, mult.table.values)
         return out
 
     def multiply_i32(self, ia, ib, out, mult):

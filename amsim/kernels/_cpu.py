@@ -897,14 +897,14 @@ def _direct_f32(c, ia, sa, ib, sb, lutf):
 
 
 @numba.njit(parallel=True, cache=True)
-def _gemm_direct_i32(c, ia, ib_t, lut):
+def _gemm_direct_i32(c, ia, ib_t, lut, zero):
     nbatch, m_rows, k_len = ia.shape
     n_cols = ib_t.shape[1]
     for q in prange(nbatch * m_rows):
         b = q // m_rows
         i = q - b * m_rows
         for j in range(n_cols):
-            acc = np.int32(0)
+            acc = zero  # int32 0, or float32 +0.0 for full-operand float tables
             for k in range(k_len):
                 acc += lut[ia[b, i, k], ib_t[b, j, k]]
             c[b, i, j] = acc
@@ -1156,7 +1156,11 @@ def gemm_f32(a, b, out, m, truncate, kt):
 
 
 def gemm_i32(ia, ib, out, lut):
-    """out[bt] = a[bt] @ b[bt] for 3-D int32 table-index arrays (operand - lowest value)."""
+    """out[bt] = sum_k lut[ia[bt, :, k], ib[bt, k, :]] for 3-D int32 table-index arrays.
+
+    ``lut`` int32 (integer multipliers: indices are operand - lowest value; exact int32 sums) or float32
+    (full-operand tables: indices are format codes; float32 sums in k order from +0.0).
+    """
     n_l = lut.shape[0]
     nbatch, m_rows, k_len = ia.shape
     n_cols = ib.shape[2]
@@ -1168,14 +1172,14 @@ def gemm_i32(ia, ib, out, lut):
     serial = _is_small(m_rows, n_cols, k_len, n_l, nbatch)
     if not use_expansion(m_rows, n_cols, k_len, n_l, nbatch):
         _k(_gemm_direct_i32, serial)(out, np.ascontiguousarray(ia), np.ascontiguousarray(np.swapaxes(ib, 1, 2)),
-                                     lut)
+                                     lut, lut.dtype.type(0))
         return out
     swapped = m_rows < n_cols
     if swapped:
         y, c, lutt = np.swapaxes(ia, 1, 2), np.swapaxes(out, 1, 2), lut
     else:
         y, c, lutt = ib, out, lut.T
-    lutt = np.ascontiguousarray(lutt, dtype=np.int32)
+    lutt = np.ascontiguousarray(lutt)
     lay = _Layout(m_rows, n_cols, k_len, n_l, nbatch, serial)
     iap = _scratch("iap", (nbatch, lay.nkb, lay.mx, lay.kbs), np.int32)
     if swapped:
@@ -1184,7 +1188,7 @@ def gemm_i32(ia, ib, out, lut):
         _k(_pack_rows_i32, serial)(ia, iap)
     ibp = _scratch("ib", (nbatch, k_len, lay.npad), np.int32)
     _k(_pad_cols_i32, serial)(y, ibp)
-    tbuf, cbuf = lay.buffers(n_l, np.int32)
+    tbuf, cbuf = lay.buffers(n_l, lutt.dtype)
     with numba.parallel_chunksize(1):
         _k(_expand, serial)(c, iap, None, ibp, None, lutt, lay.nbw, lay.n_rb, tbuf, cbuf)
     return out
