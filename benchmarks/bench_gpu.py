@@ -112,7 +112,8 @@ def main(argv=None):
     parser.add_argument("--size", type=int, default=4096, help="M = N = K")
     parser.add_argument("--reps", type=int, default=5)
     parser.add_argument("--mults", default="mbm7,mbm10", help="comma-separated names for amsim.multipliers.get")
-    parser.add_argument("--algos", default="auto,expand,gather", help="float kernels to time (expand: m <= 7)")
+    parser.add_argument("--algos", default="auto,expand16,expand,gather",
+                        help="float kernels to time (expand: m <= 7; expand16: 2 <= m <= 7, bf16-exact tables)")
     parser.add_argument("--no-check", action="store_true", help="skip the golden spot check")
     parser.add_argument("--jax", action="store_true", help="also time LeNet-5/ResNet-20 training steps vs plain JAX")
     parser.add_argument("--jax-only", action="store_true", help="only the training-step comparison")
@@ -153,18 +154,20 @@ def main(argv=None):
     for name in args.mults.split(","):
         mult = amsim.multipliers.get(name)
         m = mult.mantissa_bits
+        bf16_table = _cuda.bf16_pair_table(mult.table.values) is not None
         for algo in args.algos.split(","):
-            if algo == "expand" and m > 7:
+            if (algo == "expand" and m > 7) or (algo == "expand16" and not bf16_table):
                 continue
             kw = {} if algo == "auto" else {"algo": algo}
-            chosen = algo if algo != "auto" else _cuda.choose_algo(m, 1, n, n, *_cuda.device_limits())
+            chosen = algo if algo != "auto" else _cuda.choose_algo(m, 1, n, n, *_cuda.device_limits(),
+                                                                   bf16_table=bf16_table)
             out = cp.empty((n, n), np.float32)
             t = _time_it(lambda: _cuda.gemm(a, b, mult, out=out, **kw), args.reps, cp)
             ok = None if args.no_check else _spot_check(a, b, out, mult, cp)
             row = {"mult": name, "algo": algo, "kernel": chosen, "seconds": t, "tflops": flops / t / 1e12,
                    "ratio_vs_cublas": t_ref / t, "golden_rows_match": ok}
             report["results"].append(row)
-            print(f"{name:8s} {algo:7s} ({chosen:6s}): {t * 1e3:9.2f} ms  {row['tflops']:7.2f} TFLOP/s  "
+            print(f"{name:8s} {algo:8s} ({chosen:8s}): {t * 1e3:9.2f} ms  {row['tflops']:7.2f} TFLOP/s  "
                   f"{100 * row['ratio_vs_cublas']:6.1f}% of cuBLAS  golden rows: {ok}")
     if args.jax:
         report["jax"] = jax_training_step_comparison()

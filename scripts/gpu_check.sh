@@ -18,8 +18,12 @@ OUT="${OUT:-./gpu_out}"
 mkdir -p "$OUT"
 export PYTHONPATH="${PYTHONPATH:+$PYTHONPATH:}."
 export CUPY_TF32=0
-export AMSIM_REQUIRE_GPU=1  # tests/test_gpu.py fails instead of skipping when CuPy sees no device
-PY="${PYTHON:-python}"
+export AMSIM_REQUIRE_GPU="${AMSIM_REQUIRE_GPU:-1}"  # tests/test_gpu.py fails instead of skipping when CuPy sees no device
+export XLA_PYTHON_CLIENT_PREALLOCATE=false  # JAX and CuPy share the card
+export PYTHONUNBUFFERED=1
+PY="${PYTHON:-python3}"
+# pyproject's addopts name plugins of the full test environment (nbmake); a GPU image may lack them
+PYTEST=("$PY" -m pytest -o "addopts=-ra --strict-markers --strict-config" -p no:cacheprovider)
 status=0
 step() {  # step NAME TIMEOUT_S CMD...: run, log to $OUT/NAME.log, remember failures
     local name=$1 limit=$2
@@ -39,8 +43,8 @@ print(p[\"name\"], \"sm_%d%d\" % (p[\"major\"], p[\"minor\"]), p[\"multiProcesso
 p[\"sharedMemPerBlockOptin\"], \"B smem/block\")'"
 step precompile 50 "$PY" -c "import os, time; from amsim.kernels import _cuda; t = time.time(); \
 n = _cuda.precompile(workers=min(16, os.cpu_count() or 1)); print(n, 'kernels in', round(time.time() - t, 1), 's')"
-step pytest_gpu 80 "$PY" -m pytest -m gpu -q -p no:cacheprovider -rs tests/test_gpu.py
-step pytest_cuda_cpu 35 "$PY" -m pytest -q -p no:cacheprovider tests/test_cuda_compile.py tests/test_cuda_host.py
+step pytest_gpu 80 "${PYTEST[@]}" -m gpu -q tests/test_gpu.py
+step pytest_cuda_cpu 35 "${PYTEST[@]}" -q tests/test_cuda_compile.py tests/test_cuda_host.py
 step resources 20 bash -c "set -e; $PY -m amsim.kernels._nvrtc --arch \$($PY -c 'import cupy; \
 p = cupy.cuda.runtime.getDeviceProperties(0); print(\"sm_%d%d\" % (p[\"major\"], p[\"minor\"]))') \
 --filter '<7, 0>'; $PY -m amsim.kernels._nvrtc --arch sm_90 --filter '<11, 1>'"

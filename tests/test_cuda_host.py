@@ -189,6 +189,8 @@ EMU_PRELUDE = r"""
 struct dim3 { unsigned x, y, z; };
 struct alignas(16) float4 { float x, y, z, w; };
 struct alignas(16) uint4 { unsigned int x, y, z, w; };
+struct alignas(8) uint2 { unsigned int x, y; };
+inline uint4 make_uint4(unsigned x, unsigned y, unsigned z, unsigned w) { return uint4{x, y, z, w}; }
 struct alignas(16) int4 { int x, y, z, w; };
 
 // CUDA threads as fibers on one OS thread: a fiber runs until __syncthreads() or its end, and a barrier is
@@ -288,14 +290,16 @@ _IM2COL_P = ("const {T}* x, {T}* col, {T} pad, int h, int w, int c, int oh, int 
 _IM2COL_A = "x, col, pad, h, w, c, oh, ow, kh, kw, sh, sw, ph, pw, dh, dw, groups, cg, p0, npix"
 
 EXPAND_M = (1, 4, 7)
+EXPAND16_M = (2, 4, 7)
 GATHER_M = (2, 4, 8, 11)
 LUT_BITS = (3, 8)
 LAYOUTS = (0, 1, 2, 3)
 FAMILIES = {
     "amsim_gemm_expand_f32": (_F_GEMM_P, _F_GEMM_A, [f"{m}, {l}" for m in EXPAND_M for l in LAYOUTS]),
+    "amsim_gemm_expand16_f32": (_F_GEMM_P, _F_GEMM_A, [f"{m}, {l}" for m in EXPAND16_M for l in LAYOUTS]),
     "amsim_gemm_gather_f32": (_F_GEMM_P, _F_GEMM_A, [f"{m}, {l}" for m in GATHER_M for l in LAYOUTS]),
     "amsim_gemm_fixup_f32": (_FIXUP_P, _FIXUP_A,
-                             [f"{m}, {l}" for m in sorted(set(EXPAND_M + GATHER_M)) for l in LAYOUTS]),
+                             [f"{m}, {l}" for m in sorted(set(EXPAND_M + EXPAND16_M + GATHER_M)) for l in LAYOUTS]),
     "amsim_gemm_lut_int": (_LUT_GEMM_P.format(T="int"), _LUT_GEMM_A,
                            [f"int, {b}, {l}" for b in LUT_BITS for l in LAYOUTS]),
     "amsim_gemm_lut_float": (_LUT_GEMM_P.format(T="float"), _LUT_GEMM_A,
@@ -386,6 +390,9 @@ def emu_gemm_f32(lib, a3, b3, mult, algo, layout=0):
 
 
 GEMM_CASES = [  # algo, multiplier, (nb, M, K, N)
+    ("expand16", ("mbm", 7), (2, 530, 9, 70)),
+    ("expand16", ("mitchell", 4), (1, 300, 13, 129)),
+    ("expand16", ("exact_truncated", 2), (1, 40, 6, 33)),
     ("expand", ("mbm", 7), (2, 1030, 9, 37)),
     ("expand", ("mitchell", 4), (1, 300, 13, 70)),
     ("expand", ("exact", 1), (1, 40, 6, 33)),
@@ -413,21 +420,29 @@ def test_emulated_gemm_f32(emu_lib, algo, mspec, shape, layout, rng):
     assert np.isfinite(got).mean() > 0.5
 
 
-def _scaled_table(m, rng):
-    """mbm(m) scaled by 2**-25 with some zeros: tame exponent ranges that are far from symmetric, so operands
-    near the fp32 limits still take the fast path and products land right at the top of the normal range."""
+def _scaled_table(m, rng, zeros=True):
+    """mbm(m) scaled by 2**-25 (with some zeros): tame exponent ranges that are far from symmetric, so operands
+    near the fp32 limits still take the fast path and products land right at the top of the normal range.
+    Without zeros the table stays exact in bfloat16, which the expand16 kernel needs."""
     v = (amsim.multipliers.mbm(m).table.values * F(2.0**-25)).astype(F)
-    v[rng.random(v.shape) < 0.05] = 0.0
+    if zeros:
+        v[rng.random(v.shape) < 0.05] = 0.0
     return amsim.Multiplier.from_table(v, name=f"scaled{m}")
 
 
 @pytest.mark.parametrize("algo,kind,m", [("expand", "odd", 4), ("gather", "odd", 4), ("expand", "scaled", 4),
-                                         ("gather", "scaled", 4), ("expand", "mbm", 7), ("gather", "mbm", 8)])
+                                         ("gather", "scaled", 4), ("expand", "mbm", 7), ("gather", "mbm", 8),
+                                         ("expand16", "scaled", 4), ("expand16", "mbm", 7)])
 def test_emulated_gemm_f32_exponent_edges(emu_lib, algo, kind, m, rng):
     """Operand exponents around the tame range and the fp32 limits: fast path, fix-up, over/underflow."""
-    mult = {"odd": _odd_table, "scaled": _scaled_table}[kind](m, rng) if kind != "mbm" else amsim.multipliers.mbm(m)
+    if kind == "mbm":
+        mult = amsim.multipliers.mbm(m)
+    elif kind == "scaled":
+        mult = _scaled_table(m, rng, zeros=algo != "expand16")
+    else:
+        mult = _odd_table(m, rng)
     ranges = cuda.float_host_tables(mult.table.values)[2]
-    nb, rows, k, n = 1, 260 if algo == "expand" else 70, 5, 40
+    nb, rows, k, n = 1, 260 if algo.startswith("expand") else 70, 5, 40
     lo, hi = (-80, 81) if kind != "scaled" else (-60, 85)
     with np.errstate(over="ignore"):
         a = np.ldexp(rng.uniform(1, 2, (nb, rows, k)), rng.integers(lo, hi, (nb, rows, k))).astype(F)
@@ -443,6 +458,31 @@ def test_emulated_gemm_f32_exponent_edges(emu_lib, algo, kind, m, rng):
     if kind == "scaled":  # that corner product is finite and near the top of the range, so the fast path made it
         corner = golden.multiply(a[0, 0, 0], b[0, 0, 0], mult)
         assert np.isfinite(corner) and abs(corner) > 2.0**120
+
+
+def test_expand16_eligibility_and_choice():
+    """expand16 takes tables that are exact in bfloat16 (normal entries, <= 7 fraction bits), others are refused
+    with a clear error; the automatic choice prefers it for large problems."""
+    mbm7 = amsim.multipliers.mbm(7).table.values
+    lut_p = cuda.bf16_pair_table(mbm7)
+    assert lut_p.shape == (128, 64) and lut_p.dtype == np.uint32
+    bits = mbm7.view(np.uint32) >> 16
+    assert lut_p[5, 3] == bits[6, 5] | (bits[7, 5] << 16)  # word [ib, p] = (lut[2p, ib], lut[2p + 1, ib])
+    assert cuda.bf16_pair_table(amsim.multipliers.exact(7).table.values) is None  # 15 fraction bits
+    with_zero = mbm7.copy()
+    with_zero[3, 4] = 0.0
+    assert cuda.bf16_pair_table(with_zero) is None
+    subnormal = (mbm7 * F(2.0**-127)).astype(F)
+    assert cuda.bf16_pair_table(subnormal) is None
+    assert cuda.bf16_pair_table(amsim.multipliers.mbm(1).table.values) is None  # m = 1: no groups of 4 rows
+    assert cuda.choose_algo(7, 1, 4096, 4096, bf16_table=True) == "expand16"
+    assert cuda.choose_algo(7, 1, 4096, 4096, bf16_table=False) == "expand"
+    assert cuda.choose_algo(7, 1, 64, 64, bf16_table=True) == "gather"
+    assert cuda.choose_algo(10, 1, 4096, 4096, bf16_table=True) == "gather"
+    tables = cuda.float_host_tables(amsim.multipliers.exact(7).table.values)
+    a, b, c = np.ones((1, 8, 4), F), np.ones((1, 4, 8), F), np.zeros((1, 8, 8), F)
+    with pytest.raises(ValueError, match="exact in bfloat16"):
+        cuda.plan_gemm_f32(a, b, c, 7, False, tables, np, "expand16")
 
 
 def test_emulated_gemm_f32_broadcast_batch_and_empty_k(emu_lib, rng):
@@ -566,7 +606,7 @@ def test_emulated_conv2d(emu_lib, kind, case, rng):
     kdim = ws[0] * ws[1] * ws[2]
     chunk_bytes = 4 * groups * kdim * 7  # 7 pixels per chunk: many chunks, a ragged last one
     if kind == "float":
-        algo, m = ("expand", 7) if case % 2 == 0 else ("gather", 4)
+        algo, m = {0: ("expand16", 7), 1: ("gather", 4), 2: ("expand", 7)}[case]
         mult = amsim.multipliers.mbm(m)
         x = rng.standard_normal(xs).astype(F)
         w = rng.standard_normal(ws).astype(F)

@@ -100,12 +100,14 @@ def test_matmul_random_against_golden(shape, name, m, rng):
     assert_bits_equal(_host(out), golden.matmul(a, b, mult))
 
 
-@pytest.mark.parametrize("algo", ["expand", "gather"])
+@pytest.mark.parametrize("algo", ["expand16", "expand", "gather"])
 @pytest.mark.parametrize("trans", LAYOUTS, ids=lambda t: "".join("T" if x else "N" for x in t))
 @pytest.mark.parametrize("m,rounding", [(7, "nearest"), (3, "truncate"), (1, "nearest")])
 def test_gemm_layouts_algos_special_values(cuda, algo, trans, m, rounding, rng):
+    if algo == "expand16" and m == 1:
+        pytest.skip("expand16 starts at m = 2 (test_expand16_eligibility_and_choice checks the refusal)")
     mult = _mult("mbm", m, rounding)
-    m_rows, k, n = (1100, 23, 70) if algo == "expand" else (130, 45, 67)
+    m_rows, k, n = (1100, 23, 70) if algo.startswith("expand") else (130, 45, 67)
     a = mixed_matrix(rng, (m_rows, k), 0.002)  # a few special operands: fast path and fix-up both run
     b = mixed_matrix(rng, (k, n), 0.002)
     # the stored operands: transposed storage when the layout says so, read in place through trans_a / trans_b
@@ -140,11 +142,11 @@ def test_matmul_exponent_edges(rng):
     assert_bits_equal(_host(amsim.matmul(_dev(a), _dev(b), mult)), golden.matmul(a, b, mult))
 
 
-@pytest.mark.parametrize("algo", ["expand", "gather"])
+@pytest.mark.parametrize("algo", ["expand16", "expand", "gather"])
 def test_subnormal_sums_are_kept(cuda, algo, rng):
     """Products are normal or zero, but their sums can cancel into the subnormal range; the golden model keeps
     those (CuPy compiles with -ftz=true, which the kernels' explicit PTX arithmetic must override)."""
-    mult = _mult("exact", 7)
+    mult = _mult("exact_truncated" if algo == "expand16" else "exact", 7)  # expand16: a bf16-exact table
     rows = 1100
     tiny = F(2.0**-63)
     a = np.tile(np.array([[tiny * F(1.0078125), tiny, F(1.0)]], F), (rows, 1))
@@ -156,6 +158,29 @@ def test_subnormal_sums_are_kept(cuda, algo, rng):
     # the same through the exact fix-up path (a NaN elsewhere in the row flags it)
     a[:, 0] = np.where(np.arange(rows) % 2 == 0, a[:, 0], F(np.nan))
     assert_bits_equal(_host(cuda.gemm(_dev(a), _dev(b), mult, algo=algo)), golden.matmul(a, b, mult))
+
+
+@pytest.mark.parametrize("algo", ["expand16", "expand"])
+def test_expand_kernels_exponent_edges(cuda, algo, rng):
+    mult = _mult("mitchell", 7)
+    with np.errstate(over="ignore"):
+        a = np.ldexp(rng.uniform(1, 2, (1100, 9)), rng.integers(-80, 81, (1100, 9))).astype(F)
+        b = np.ldexp(rng.uniform(1, 2, (9, 130)), rng.integers(-80, 81, (9, 130))).astype(F)
+    a *= rng.choice([-1, 1], a.shape).astype(F)
+    b[:, 3] = 0.0  # a zero column: the expand16 kernel's keep = 0 path
+    assert_bits_equal(_host(cuda.gemm(_dev(a), _dev(b), mult, algo=algo)), golden.matmul(a, b, mult))
+
+
+def test_large_problem_takes_expand16_and_is_exact(cuda, rng):
+    """A problem large enough for the automatic choice to pick expand16 (checked), spot-checked on rows."""
+    mult = _mult("mbm", 7)
+    a = mixed_matrix(rng, (4096, 40), 0.0005)
+    b = mixed_matrix(rng, (40, 2048), 0.0005)
+    sms, max_shared = cuda.device_limits()
+    assert cuda.choose_algo(7, 1, 4096, 2048, sms, max_shared, bf16_table=True) == "expand16"
+    got = _host(amsim.matmul(_dev(a), _dev(b), mult))
+    rows = np.r_[0:3, 511:514, 2000:2003, 4093:4096]
+    assert_bits_equal(got[rows], golden.matmul(a[rows], b, mult))
 
 
 def test_subnormal_table_entries(rng):

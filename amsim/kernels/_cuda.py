@@ -29,7 +29,7 @@ _I32_MAX = 2**31 - 1
 _GRID_YZ_MAX = 65535
 _DEFAULT_SMS = 132
 _DEFAULT_MAX_SHARED = 227 * 1024
-ALGOS = ("expand", "gather")
+ALGOS = ("expand16", "expand", "gather")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -67,13 +67,32 @@ def tame_ranges(values: np.ndarray) -> tuple[int, int, int, int]:
     return (a_lo, a_hi, s_lo - a_lo, s_hi - a_hi)
 
 
+def bf16_pair_table(lut: np.ndarray):
+    """The table for the expand16 kernel, or None if the table does not qualify.
+
+    It qualifies when every entry is a normal float32 with at most 7 fraction bits (exact in bfloat16: the
+    kernel scales entries by adding to their exponent field, which needs a normal, non-zero value) and
+    2 <= m <= 7. Layout: uint32 [2**m, 2**(m-1)], word [ib, p] = bf16(lut[2p, ib]) | bf16(lut[2p+1, ib]) << 16.
+    """
+    n = lut.shape[0]
+    m = n.bit_length() - 1
+    if not nv.E16_MIN_BITS <= m <= nv.EXPAND_MAX_BITS:
+        return None
+    u = np.ascontiguousarray(lut, dtype=np.float32).view(np.uint32)
+    exp_field = (u >> 23) & 0xFF
+    if (u & 0xFFFF).any() or (exp_field == 0).any() or (exp_field == 0xFF).any() or (u >> 31).any():
+        return None
+    hi = (u >> 16).T  # [ib, r]
+    return np.ascontiguousarray(hi[:, 0::2] | (hi[:, 1::2] << 16)).astype(np.uint32)
+
+
 def float_host_tables(values: np.ndarray):
-    """(lut, lut_t, ranges) on the host: the table with -0.0 entries made +0.0 (a zero product's sign comes
-    from the operands, and the fast path multiplies the entry's sign in), its transpose, and
-    :func:`tame_ranges`."""
+    """(lut, lut_t, ranges, lut_p) on the host: the table with -0.0 entries made +0.0 (a zero product's sign
+    comes from the operands, and the fast path multiplies the entry's sign in), its transpose,
+    :func:`tame_ranges`, and :func:`bf16_pair_table` (None when the expand16 kernel cannot take the table)."""
     lut = np.ascontiguousarray(values, dtype=np.float32)
     lut = np.where(lut == 0, np.float32(0.0), lut).astype(np.float32)
-    return lut, np.ascontiguousarray(lut.T), tame_ranges(lut)
+    return lut, np.ascontiguousarray(lut.T), tame_ranges(lut), bf16_pair_table(lut)
 
 
 _DEVICE_TABLES: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
@@ -81,7 +100,7 @@ _DEVICE_TABLES_LOCK = threading.Lock()
 
 
 def device_tables(table):
-    """A table on the current CUDA device, cached per table and device: (lut, lut_t, ranges) for float
+    """A table on the current CUDA device, cached per table and device: (lut, lut_t, ranges, lut_p) for float
     tables (see :func:`float_host_tables`); the table itself (int32 for integer multipliers, float32 for
     full-operand tables) otherwise."""
     dev = cupy.cuda.Device().id
@@ -89,8 +108,9 @@ def device_tables(table):
         per_dev = _DEVICE_TABLES.setdefault(table, {})
         if dev not in per_dev:
             if table.kind == "float":
-                lut, lut_t, ranges = float_host_tables(table.values)
-                per_dev[dev] = (cupy.asarray(lut), cupy.asarray(lut_t), ranges)
+                lut, lut_t, ranges, lut_p = float_host_tables(table.values)
+                per_dev[dev] = (cupy.asarray(lut), cupy.asarray(lut_t), ranges,
+                                None if lut_p is None else cupy.asarray(lut_p))
             else:
                 per_dev[dev] = cupy.asarray(np.ascontiguousarray(table.values))
         return per_dev[dev]
@@ -167,10 +187,24 @@ def gather_shared_bytes(bits: int) -> int:
     return 4 * nv.GAT_BK * (nv.GAT_BM + nv.GAT_BN) + lut
 
 
-def choose_algo(m, nbatch, rows, cols, num_sms=_DEFAULT_SMS, max_shared=_DEFAULT_MAX_SHARED) -> str:
-    """Which float GEMM kernel to use. "expand" does ~3x less shared-memory traffic per product but needs a
-    tall block (EXP_BM rows); "gather" is the general kernel. (Heuristic, to be tuned on a GPU.)"""
-    if m > nv.EXPAND_MAX_BITS or expand_shared_bytes(m) > max_shared:
+def expand16_shared_bytes(m: int) -> int:
+    nl = 1 << m
+    return 2 * nl * nl + nv.E16_BK * nl * 2 * nv.E16_BN + 4 * nv.E16_BK * (nv.E16_BM + 3 * nv.E16_BN)
+
+
+def choose_algo(m, nbatch, rows, cols, num_sms=_DEFAULT_SMS, max_shared=_DEFAULT_MAX_SHARED,
+                bf16_table=False) -> str:
+    """Which float GEMM kernel to use. "expand16" and "expand" read one expanded table value per product from
+    shared memory (2 and 4 bytes) where "gather" reads a table entry and both scales, but they need tall blocks;
+    "expand16" needs a table that is exact in bfloat16 (``bf16_table``). (Heuristic: see docs/gpu.md; to be
+    tuned on a GPU.)"""
+    if m > nv.EXPAND_MAX_BITS:
+        return "gather"
+    if bf16_table and m >= nv.E16_MIN_BITS and expand16_shared_bytes(m) <= max_shared:
+        blocks = nbatch * _ceil(cols, nv.E16_BN) * _ceil(rows, nv.E16_BM)
+        if rows >= nv.E16_BM // 2 and blocks >= num_sms:
+            return "expand16"
+    if expand_shared_bytes(m) > max_shared:
         return "gather"
     blocks = nbatch * _ceil(cols, nv.EXP_BN) * _ceil(rows, nv.EXP_BM)
     return "expand" if rows >= nv.EXP_BM // 2 and blocks >= num_sms else "gather"
@@ -188,9 +222,9 @@ def plan_gemm_f32(a3, b3, c3, m, truncate, tables, xp, algo=None, num_sms=_DEFAU
             read in place), anything else is copied once.
         c3: (nb, M, N) output view with unit stride along N.
         m, truncate: the multiplier's mantissa width and rounding (truncate: bool).
-        tables: (lut, lut_t, ranges) as from :func:`float_host_tables`, arrays of ``xp``.
+        tables: (lut, lut_t, ranges, lut_p) as from :func:`float_host_tables`, arrays of ``xp``.
         xp: numpy or cupy (allocates the special-operand flags).
-        algo: "expand", "gather" or None (choose).
+        algo: "expand16", "expand", "gather" or None (choose).
         num_sms, max_shared: the device's SM count and opt-in shared memory per block.
 
     Returns:
@@ -201,14 +235,20 @@ def plan_gemm_f32(a3, b3, c3, m, truncate, tables, xp, algo=None, num_sms=_DEFAU
     if c3.size == 0:
         return []
     _check_sizes(M=rows, N=cols, K=depth)
-    lut, lut_t, (a_lo, a_hi, b_lo, b_hi) = tables
+    lut, lut_t, (a_lo, a_hi, b_lo, b_hi), lut_p = tables
     a3, (a_t, lda, sa) = _prepare(a3, xp, "a")
     b3, (b_t, ldb, sb) = _prepare(b3, xp, "b")
     ldc, sc = _out_layout(c3)
     layout = (int(a_t) << 1) | int(b_t)
     if algo is None:
-        algo = choose_algo(m, nb, rows, cols, num_sms, max_shared)
-    if algo == "expand":
+        algo = choose_algo(m, nb, rows, cols, num_sms, max_shared, bf16_table=lut_p is not None)
+    if algo == "expand16":
+        if lut_p is None or not nv.E16_MIN_BITS <= m <= nv.EXPAND_MAX_BITS:
+            raise ValueError("the expand16 kernel needs 2 <= mantissa_bits <= 7 and a table whose entries are all "
+                             "normal floats with at most 7 fraction bits (exact in bfloat16); use 'expand'.")
+        bm, bn, threads, shared = nv.E16_BM, nv.E16_BN, nv.E16_THREADS, expand16_shared_bytes(m)
+        kernel, table_arg = f"amsim_gemm_expand16_f32<{m}, {layout}>", lut_p
+    elif algo == "expand":
         if m > nv.EXPAND_MAX_BITS:
             raise ValueError(f"the expand kernel handles mantissa_bits <= {nv.EXPAND_MAX_BITS}, not {m}.")
         bm, bn, threads, shared = nv.EXP_BM, nv.EXP_BN, nv.EXP_THREADS, expand_shared_bytes(m)
@@ -564,7 +604,8 @@ def gemm(a, b, mult, trans_a=False, trans_b=False, out=None, algo=None):
         mult: the :class:`amsim.Multiplier`.
         trans_a, trans_b: use the transpose of the last two axes.
         out: optional C-contiguous output (float32 / int32).
-        algo: significand tables only: "expand", "gather" or None (automatic); for tests and benchmarks.
+        algo: significand tables only: "expand16", "expand", "gather" or None (automatic); for tests and
+            benchmarks.
 
     Returns:
         (M, N) if both operands are 2-D, else (batch, M, N); bit-identical to ``amsim.golden.matmul``.
@@ -623,7 +664,7 @@ def conv2d_nhwc(x, w, mult, stride=1, padding=0, dilation=1, groups=1, *, max_ch
         padding: int, (ph, pw), or ((top, bottom), (left, right)).
         groups: feature groups; Cin and Cout must be multiples.
         max_chunk_bytes: bound on the im2col buffer; the output pixels are processed in chunks that fit.
-        algo: float GEMM kernel ("expand", "gather" or None), for tests and benchmarks.
+        algo: float GEMM kernel ("expand16", "expand", "gather" or None), for tests and benchmarks.
 
     Returns:
         (N, OH, OW, Cout) float32 or int32 CuPy array.

@@ -28,11 +28,19 @@ KERNEL_DEFINES = {
     "AMSIM_EXP_TM": 32,  # expand kernel: rows per thread (block rows = 4 * TM * WARPS)
     "AMSIM_EXP_BK": 4,  # expand kernel: contraction steps per shared-memory stage
     "AMSIM_GAT_BK": 16,  # gather and table kernels: contraction steps per stage
+    "AMSIM_E16_WARPS": 8,  # expand16 kernel: warps per block
+    "AMSIM_E16_TM": 16,  # expand16 kernel: rows per thread (block rows = 4 * TM * WARPS)
+    "AMSIM_E16_BK": 4,  # expand16 kernel: contraction steps per shared-memory stage
 }
 EXP_THREADS = KERNEL_DEFINES["AMSIM_EXP_WARPS"] * 32
 EXP_BM = KERNEL_DEFINES["AMSIM_EXP_WARPS"] * 4 * KERNEL_DEFINES["AMSIM_EXP_TM"]
 EXP_BN = 32
 EXP_BK = KERNEL_DEFINES["AMSIM_EXP_BK"]
+E16_THREADS = KERNEL_DEFINES["AMSIM_E16_WARPS"] * 32
+E16_BM = KERNEL_DEFINES["AMSIM_E16_WARPS"] * 4 * KERNEL_DEFINES["AMSIM_E16_TM"]
+E16_BN = 64
+E16_BK = KERNEL_DEFINES["AMSIM_E16_BK"]
+E16_MIN_BITS = 2
 GAT_THREADS = 256
 GAT_BM = GAT_BN = 64
 GAT_BK = KERNEL_DEFINES["AMSIM_GAT_BK"]
@@ -75,6 +83,8 @@ def float_kernel_names(m: int) -> list[str]:
     for layout in LAYOUTS.values():
         if m <= EXPAND_MAX_BITS:
             names.append(f"amsim_gemm_expand_f32<{m}, {layout}>")
+        if E16_MIN_BITS <= m <= EXPAND_MAX_BITS:
+            names.append(f"amsim_gemm_expand16_f32<{m}, {layout}>")
         names.append(f"amsim_gemm_gather_f32<{m}, {layout}>")
         names.append(f"amsim_gemm_fixup_f32<{m}, {layout}>")
     names.append(f"amsim_multiply_f32<{m}>")

@@ -22,7 +22,8 @@
 // Tile sizes come from _nvrtc.py (KERNEL_DEFINES) so that the launcher and the kernels cannot disagree.
 #include "amsim_product.cuh"
 
-#if !defined(AMSIM_EXP_WARPS) || !defined(AMSIM_EXP_TM) || !defined(AMSIM_EXP_BK) || !defined(AMSIM_GAT_BK)
+#if !defined(AMSIM_EXP_WARPS) || !defined(AMSIM_EXP_TM) || !defined(AMSIM_EXP_BK) || !defined(AMSIM_GAT_BK) || \
+    !defined(AMSIM_E16_WARPS) || !defined(AMSIM_E16_TM) || !defined(AMSIM_E16_BK)
 #error "compile amsim_gemm.cu through amsim.kernels._nvrtc, which defines the tile sizes"
 #endif
 
@@ -31,6 +32,17 @@
 #ifndef AMSIM_DYN_SMEM
 #define AMSIM_DYN_SMEM(name) extern __shared__ __align__(16) unsigned char name[]
 #endif
+
+// Two 16-bit halves into one word: the low halves of x and y (lo = true) or their high halves, x's first.
+// One PRMT on the device; the compiler does not always find it for the shift-and-mask form.
+template <bool LO>
+__device__ __forceinline__ unsigned int amsim_pack_halves(unsigned int x, unsigned int y) {
+#if defined(__CUDA_ARCH__)
+    return __byte_perm(x, y, LO ? 0x5410 : 0x7632);
+#else
+    return LO ? ((x & 0xFFFFu) | (y << 16)) : ((x >> 16) | (y & 0xFFFF0000u));
+#endif
+}
 
 template <int LAYOUT>
 struct amsim_layout {
@@ -91,6 +103,25 @@ struct amsim_tile {
                     amsim_operand_code(amsim_round_bits(amsim_f2u(raw[s]), M, trunc), M, lo, hi, &special);
                 s_codes[k * BR + r] = code;
                 if (special) flag[r0 + r] = 1;  // padding is +0.0, never special, so r0 + r is in range
+            }
+        }
+    }
+
+    // Like store_codes, but hands (k, r, code) to `put`, for kernels that keep more than the code.
+    template <int M, typename Put>
+    static __device__ __forceinline__ void decode(const float (&raw)[PER_THREAD], int* flag, int r0, int tid,
+                                                  bool trunc, int lo, int hi, Put put) {
+#pragma unroll
+        for (int s = 0; s < PER_THREAD; ++s) {
+            const int e = tid + s * THREADS;
+            if (e < ELEMS) {
+                int r, k;
+                coords(e, r, k);
+                bool special;
+                const unsigned int code =
+                    amsim_operand_code(amsim_round_bits(amsim_f2u(raw[s]), M, trunc), M, lo, hi, &special);
+                put(k, r, code);
+                if (special) flag[r0 + r] = 1;
             }
         }
     }
@@ -222,6 +253,172 @@ amsim_gemm_expand_f32(const float* __restrict__ A, const float* __restrict__ B, 
 #pragma unroll
             for (int c = 0; c < 4; ++c) {
                 if (j0 + cq + c < cols) crow[c] = acc[t][c];
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Float GEMM, "expand16" kernel (2 <= m <= 7, tables whose entries are all normal floats with at most 7
+// fraction bits, i.e. exact in bfloat16: MBM, Mitchell and truncated-exact tables are). Same idea as expand,
+// with T stored as bfloat16, which halves the shared-memory bytes per product, the bound of the expand kernel
+// (one 4-byte T read per product against a 128-byte-per-clock shared memory). Unpacking a bf16 into a float
+// is one integer instruction; the fma stays bit-identical because T = lut * scale_b is the same exact value.
+//   - Building T needs no float multiply: the table is staged as bf16 pairs lutp[ib][p] = (lut[2p, ib],
+//     lut[2p+1, ib]), and multiplying a bf16 by a tame power of two is an integer add to its exponent field
+//     (and its sign bit), done for both halves by one add of a * 0x10001 (no carry crosses the halves because
+//     both results are valid bf16 patterns). A zero or subnormal B operand (scale +-0) gives T = 0 by a multiply
+//     with keep = 0: T = word * keep + add * keep, one integer multiply-add per pair.
+//   - T rows are 128 bytes (64 columns), the 16-byte chunks of row r stored at position chunk ^ ((r >> 2) & 7):
+//     the expansion's float4 stores (lanes walk groups of 4 rows) and the main loop's reads (8 lanes read one
+//     row) are both conflict-free. The A code carries that swizzled row offset in its low bits, so a T address
+//     is one logic op: (code & 0x7FFFFF) ^ (16 * chunk).
+// Block: WARPS warps, 64 columns, 4 * TM * WARPS rows; a thread owns TM consecutive rows x 8 columns.
+// ---------------------------------------------------------------------------------------------------------
+template <int M, int LAYOUT>
+__global__ void __launch_bounds__(AMSIM_E16_WARPS * 32, 1)
+amsim_gemm_expand16_f32(const float* __restrict__ A, const float* __restrict__ B, float* __restrict__ C,
+                        const float* __restrict__ lut_p, int* __restrict__ rowflag, int* __restrict__ colflag,
+                        int rows, int cols, int depth, long long lda, long long ldb, long long ldc,
+                        long long stride_a, long long stride_b, long long stride_c, int truncate,
+                        int a_lo, int a_hi, int b_lo, int b_hi) {
+    static_assert(M >= 2 && M <= 7, "the expand16 kernel handles 2 <= m <= 7");
+    constexpr int NL = 1 << M;
+    constexpr unsigned int MASK = NL - 1;
+    constexpr int THREADS = AMSIM_E16_WARPS * 32;
+    constexpr int TM = AMSIM_E16_TM;
+    constexpr int BK = AMSIM_E16_BK;
+    constexpr int BN = 64;
+    constexpr int ROWB = 2 * BN;  // bytes per row of T
+    constexpr int BM = AMSIM_E16_WARPS * 4 * TM;
+    constexpr int RQ = NL / 4;  // groups of four table rows
+    static_assert(TM % 4 == 0, "codes are read four rows at a time");
+    using TileA = amsim_tile<!amsim_layout<LAYOUT>::a_t, BM, BK, THREADS>;
+    using TileB = amsim_tile<amsim_layout<LAYOUT>::b_t, BN, BK, THREADS>;
+
+    AMSIM_DYN_SMEM(smem);
+    unsigned int* s_lutp = reinterpret_cast<unsigned int*>(smem);                 // [NL][NL / 2] bf16 pairs
+    unsigned char* s_t = reinterpret_cast<unsigned char*>(s_lutp + NL * NL / 2);  // [BK][NL] rows of ROWB bytes
+    unsigned int* s_a = reinterpret_cast<unsigned int*>(s_t + BK * NL * ROWB);    // [BK][BM] scale | row offset
+    unsigned int* s_boff = s_a + BK * BM;                                         // [BK][BN] ib * NL * 2
+    unsigned int* s_bkeep = s_boff + BK * BN;                                     // [BK][BN] 0 or 1
+    unsigned int* s_badd = s_bkeep + BK * BN;                                     // [BK][BN] exponent/sign add
+
+    const int tid = threadIdx.x;
+    const long long bat = blockIdx.z;
+    A += bat * stride_a;
+    B += bat * stride_b;
+    C += bat * stride_c;
+    rowflag += bat * rows;
+    colflag += bat * cols;
+    const int i0 = blockIdx.y * BM;
+    const int j0 = blockIdx.x * BN;
+    const bool trunc = truncate != 0;
+    const unsigned int* lutp = reinterpret_cast<const unsigned int*>(lut_p);
+
+    for (int e = tid; e < NL * NL / 2; e += THREADS) s_lutp[e] = amsim_ldg(lutp + e);
+
+    float raw_a[TileA::PER_THREAD];
+    float raw_b[TileB::PER_THREAD];
+    TileA::load(raw_a, A, lda, i0, rows, 0, depth, tid, 0.0f);
+    TileB::load(raw_b, B, ldb, j0, cols, 0, depth, tid, 0.0f);
+
+    float acc[TM][8];
+#pragma unroll
+    for (int t = 0; t < TM; ++t) {
+#pragma unroll
+        for (int c = 0; c < 8; ++c) acc[t][c] = 0.0f;
+    }
+    const int warp = tid >> 5;
+    const int lane = tid & 31;
+    const int rbase = warp * 4 * TM + (lane >> 3) * TM;  // this thread's rows: rbase .. rbase + TM - 1
+    const unsigned int q16 = (unsigned int)(lane & 7) << 4;  // and its 16-byte chunk: columns 8 * (lane & 7) + 0..7
+
+    for (int k0 = 0; k0 < depth; k0 += BK) {
+        TileA::template decode<M>(raw_a, rowflag, i0, tid, trunc, a_lo, a_hi,
+                                  [&](int k, int r, unsigned int code) {
+                                      const unsigned int ia = code & MASK;
+                                      s_a[k * BM + r] = (code & AMSIM_SCALE_MASK) | (ia * ROWB) | (((ia >> 2) & 7u) << 4);
+                                  });
+        TileB::template decode<M>(raw_b, colflag, j0, tid, trunc, b_lo, b_hi,
+                                  [&](int k, int j, unsigned int code) {
+                                      const unsigned int e = (code >> 23) & 0xFFu;
+                                      const unsigned int a = (e - 127u) * 128u + (code >> 31) * 32768u;
+                                      s_boff[k * BN + j] = (code & MASK) * (NL / 2) * 4;  // bytes
+                                      s_bkeep[k * BN + j] = e != 0u;
+                                      s_badd[k * BN + j] = e != 0u ? a * 0x10001u : 0u;
+                                  });
+        __syncthreads();
+        // expansion: unit = (kk, 8-column chunk jq, row group rq), lanes walk rq
+        for (unsigned int u = tid; u < BK * (BN / 8) * RQ; u += THREADS) {
+            const unsigned int rq = u % RQ;  // powers of two: shifts and masks
+            const unsigned int task = u / RQ;
+            const unsigned int jb = task * 8;  // (kk, jq) -> kk * BN + 8 * jq
+            const unsigned char* lrow = reinterpret_cast<const unsigned char*>(s_lutp) + 8 * rq;
+            unsigned int w01[8], w23[8];  // column c: rows (4rq, 4rq+1) and (4rq+2, 4rq+3)
+#pragma unroll
+            for (int c = 0; c < 8; ++c) {
+                const uint2 pw = *reinterpret_cast<const uint2*>(lrow + s_boff[jb + c]);
+                const unsigned int keep = s_bkeep[jb + c], add = s_badd[jb + c];
+                w01[c] = pw.x * keep + add;
+                w23[c] = pw.y * keep + add;
+            }
+            const unsigned int kk = task / (BN / 8), jq = task % (BN / 8);
+            unsigned char* trow = s_t + (kk * NL + 4 * rq) * ROWB + ((jq ^ (rq & 7u)) << 4);
+            *reinterpret_cast<uint4*>(trow) = make_uint4(
+                amsim_pack_halves<true>(w01[0], w01[1]), amsim_pack_halves<true>(w01[2], w01[3]),
+                amsim_pack_halves<true>(w01[4], w01[5]), amsim_pack_halves<true>(w01[6], w01[7]));
+            *reinterpret_cast<uint4*>(trow + ROWB) = make_uint4(
+                amsim_pack_halves<false>(w01[0], w01[1]), amsim_pack_halves<false>(w01[2], w01[3]),
+                amsim_pack_halves<false>(w01[4], w01[5]), amsim_pack_halves<false>(w01[6], w01[7]));
+            *reinterpret_cast<uint4*>(trow + 2 * ROWB) = make_uint4(
+                amsim_pack_halves<true>(w23[0], w23[1]), amsim_pack_halves<true>(w23[2], w23[3]),
+                amsim_pack_halves<true>(w23[4], w23[5]), amsim_pack_halves<true>(w23[6], w23[7]));
+            *reinterpret_cast<uint4*>(trow + 3 * ROWB) = make_uint4(
+                amsim_pack_halves<false>(w23[0], w23[1]), amsim_pack_halves<false>(w23[2], w23[3]),
+                amsim_pack_halves<false>(w23[4], w23[5]), amsim_pack_halves<false>(w23[6], w23[7]));
+        }
+        __syncthreads();
+        if (k0 + BK < depth) {  // fetch the next tile while this one is being multiplied
+            TileA::load(raw_a, A, lda, i0, rows, k0 + BK, depth, tid, 0.0f);
+            TileB::load(raw_b, B, ldb, j0, cols, k0 + BK, depth, tid, 0.0f);
+        }
+#pragma unroll  // constant T offsets per step: the row address is one logic op
+        for (int kk = 0; kk < BK; ++kk) {
+            const unsigned char* tk = s_t + kk * NL * ROWB;
+            const unsigned int* ak = s_a + kk * BM + rbase;
+#pragma unroll
+            for (int t4 = 0; t4 < TM; t4 += 4) {
+                const uint4 w4 = *reinterpret_cast<const uint4*>(ak + t4);
+                const unsigned int ws[4] = {w4.x, w4.y, w4.z, w4.w};
+#pragma unroll
+                for (int q = 0; q < 4; ++q) {
+                    const int t = t4 + q;
+                    const float sa = amsim_u2f(ws[q] & AMSIM_SCALE_MASK);
+                    const uint4 v = *reinterpret_cast<const uint4*>(tk + ((ws[q] & AMSIM_FRAC_MASK) ^ q16));
+                    acc[t][0] = amsim_fma(sa, amsim_u2f(v.x << 16), acc[t][0]);
+                    acc[t][1] = amsim_fma(sa, amsim_u2f(v.x & 0xFFFF0000u), acc[t][1]);
+                    acc[t][2] = amsim_fma(sa, amsim_u2f(v.y << 16), acc[t][2]);
+                    acc[t][3] = amsim_fma(sa, amsim_u2f(v.y & 0xFFFF0000u), acc[t][3]);
+                    acc[t][4] = amsim_fma(sa, amsim_u2f(v.z << 16), acc[t][4]);
+                    acc[t][5] = amsim_fma(sa, amsim_u2f(v.z & 0xFFFF0000u), acc[t][5]);
+                    acc[t][6] = amsim_fma(sa, amsim_u2f(v.w << 16), acc[t][6]);
+                    acc[t][7] = amsim_fma(sa, amsim_u2f(v.w & 0xFFFF0000u), acc[t][7]);
+                }
+            }
+        }
+        __syncthreads();
+    }
+
+    const int jc = j0 + 8 * (lane & 7);
+#pragma unroll
+    for (int t = 0; t < TM; ++t) {
+        const int i = i0 + rbase + t;
+        if (i < rows) {
+            float* crow = C + (long long)i * ldc + jc;
+#pragma unroll
+            for (int c = 0; c < 8; ++c) {
+                if (jc + c < cols) crow[c] = acc[t][c];
             }
         }
     }

@@ -57,6 +57,14 @@ AMSIM_HD float amsim_ldg(const float* p) {
 #endif
 }
 
+AMSIM_HD unsigned int amsim_ldg(const unsigned int* p) {
+#if defined(__CUDA_ARCH__)
+    return __ldg(p);
+#else
+    return *p;
+#endif
+}
+
 AMSIM_HD int amsim_ldg(const int* p) {
 #if defined(__CUDA_ARCH__)
     return __ldg(p);
