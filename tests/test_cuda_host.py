@@ -296,7 +296,15 @@ LUT_BITS = (3, 8)
 LAYOUTS = (0, 1, 2, 3)
 FAMILIES = {
     "amsim_gemm_expand_f32": (_F_GEMM_P, _F_GEMM_A, [f"{m}, {l}" for m in EXPAND_M for l in LAYOUTS]),
-    "amsim_gemm_expand16_f32": (_F_GEMM_P, _F_GEMM_A, [f"{m}, {l}" for m in EXPAND16_M for l in LAYOUTS]),
+    "amsim_gemm_expand16_f32": (
+        "const unsigned int* A, const float* B, float* C, const float* lut, int* cf, int rows, int cols, int depth, "
+        "long long lda, long long ldb, long long ldc, long long sa, long long sb, long long sc, int trunc, int blo, "
+        "int bhi", "A, B, C, lut, cf, rows, cols, depth, lda, ldb, ldc, sa, sb, sc, trunc, blo, bhi",
+        [f"{m}, {t}" for m in EXPAND16_M for t in (0, 1)]),
+    "amsim_encode16_a": (
+        "const float* A, unsigned int* codes, int* rf, int rows, int depth, long long lda, long long sa, "
+        "long long sc, int nflag, int trunc, int lo, int hi",
+        "A, codes, rf, rows, depth, lda, sa, sc, nflag, trunc, lo, hi", [f"{m}, {t}" for m in EXPAND16_M for t in (0, 1)]),
     "amsim_gemm_gather_f32": (_F_GEMM_P, _F_GEMM_A, [f"{m}, {l}" for m in GATHER_M for l in LAYOUTS]),
     "amsim_gemm_fixup_f32": (_FIXUP_P, _FIXUP_A,
                              [f"{m}, {l}" for m in sorted(set(EXPAND_M + EXPAND16_M + GATHER_M)) for l in LAYOUTS]),
@@ -384,7 +392,10 @@ def emu_gemm_f32(lib, a3, b3, mult, algo, layout=0):
     av, bv = _stored(a3, layout & 2), _stored(b3, layout & 1)
     tables = cuda.float_host_tables(mult.table.values)
     plan = cuda.plan_gemm_f32(av, bv, out, mult.mantissa_bits, mult.rounding == "truncate", tables, np, algo)
-    assert plan and plan[0].kernel.endswith(f", {layout}>"), plan[0].kernel
+    if algo == "expand16":  # the A encoder (A's layout bit), then the GEMM (B's)
+        assert plan[0].kernel.endswith(f", {layout >> 1}>") and plan[1].kernel.endswith(f", {layout & 1}>"), plan
+    else:
+        assert plan and plan[0].kernel.endswith(f", {layout}>"), plan[0].kernel
     emu_run(lib, plan)
     return out
 
@@ -483,6 +494,28 @@ def test_expand16_eligibility_and_choice():
     a, b, c = np.ones((1, 8, 4), F), np.ones((1, 4, 8), F), np.zeros((1, 8, 8), F)
     with pytest.raises(ValueError, match="exact in bfloat16"):
         cuda.plan_gemm_f32(a, b, c, 7, False, tables, np, "expand16")
+
+
+@pytest.mark.parametrize("layout", [0, 2])
+def test_emulated_expand16_broadcast_a_flags_every_batch(emu_lib, layout, rng):
+    """A broadcast over the batch is encoded once; a special operand in it must flag its row in every batch."""
+    mult = amsim.multipliers.mbm(7)
+    a = rng.standard_normal((1, 300, 7)).astype(F)
+    a[0, 5, 3], a[0, 299, 0] = np.inf, np.nan
+    b = rng.standard_normal((3, 7, 70)).astype(F)
+    a3 = np.broadcast_to(_stored(a, layout & 2), (3, 300, 7))  # batch stride 0, read in place
+    out = np.full((3, 300, 70), np.nan, F)
+    tables = cuda.float_host_tables(mult.table.values)
+    plan = cuda.plan_gemm_f32(a3, b, out, 7, False, tables, np, "expand16")
+    assert plan[0].grid[1] == 1  # encoded once
+    emu_run(emu_lib, plan)
+    want = golden.matmul(a3, b, mult)
+    assert np.isinf(want[:, 5]).all() and np.isnan(want[:, 299]).all()
+    assert_bits_equal(out, want)
+    empty = np.full((1, 4, 5), np.nan, F)
+    emu_run(emu_lib, cuda.plan_gemm_f32(np.zeros((1, 4, 0), F), np.zeros((1, 0, 5), F), empty, 7, False, tables,
+                                        np, "expand16"))
+    assert_bits_equal(empty, np.zeros((1, 4, 5), F))
 
 
 def test_emulated_gemm_f32_broadcast_batch_and_empty_k(emu_lib, rng):

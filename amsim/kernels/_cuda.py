@@ -247,7 +247,7 @@ def plan_gemm_f32(a3, b3, c3, m, truncate, tables, xp, algo=None, num_sms=_DEFAU
             raise ValueError("the expand16 kernel needs 2 <= mantissa_bits <= 7 and a table whose entries are all "
                              "normal floats with at most 7 fraction bits (exact in bfloat16); use 'expand'.")
         bm, bn, threads, shared = nv.E16_BM, nv.E16_BN, nv.E16_THREADS, expand16_shared_bytes(m)
-        kernel, table_arg = f"amsim_gemm_expand16_f32<{m}, {layout}>", lut_p
+        kernel, table_arg = f"amsim_gemm_expand16_f32<{m}, {int(b_t)}>", lut_p
     elif algo == "expand":
         if m > nv.EXPAND_MAX_BITS:
             raise ValueError(f"the expand kernel handles mantissa_bits <= {nv.EXPAND_MAX_BITS}, not {m}.")
@@ -274,9 +274,22 @@ def plan_gemm_f32(a3, b3, c3, m, truncate, tables, xp, algo=None, num_sms=_DEFAU
             common = (av, bv, cv)
             dims = (i32(rn), i32(cols), i32(depth), i64(lda), i64(ldb), i64(ldc), i64(sa), i64(sb), i64(sc),
                     i32(bool(truncate)))
-            launches.append(Launch(kernel, (_ceil(cols, bn), _ceil(rn, bm), bn_), (threads, 1, 1), shared,
-                                   common + (table_arg, rowflag, colflag) + dims
-                                   + (i32(a_lo), i32(a_hi), i32(b_lo), i32(b_hi))))
+            if algo == "expand16":  # A is encoded once (not once per column block), then multiplied
+                nenc = 1 if sa == 0 else bn_  # a batch-broadcast A is encoded once and flags every batch
+                codes = xp.empty((nenc, depth, rn), np.uint32)
+                launches.append(Launch(f"amsim_encode16_a<{m}, {int(a_t)}>", (_ceil(rn * depth, 256), nenc, 1),
+                                       (256, 1, 1), 0,
+                                       (av, codes, rowflag, i32(rn), i32(depth), i64(lda), i64(sa),
+                                        i64(0 if sa == 0 else depth * rn), i32(bn_ if sa == 0 else 1),
+                                        i32(bool(truncate)), i32(a_lo), i32(a_hi))))
+                launches.append(Launch(kernel, (_ceil(cols, bn), _ceil(rn, bm), bn_), (threads, 1, 1), shared,
+                                       (codes, bv, cv, table_arg, colflag, i32(rn), i32(cols), i32(depth), i64(rn),
+                                        i64(ldb), i64(ldc), i64(0 if sa == 0 else depth * rn), i64(sb), i64(sc),
+                                        i32(bool(truncate)), i32(b_lo), i32(b_hi))))
+            else:
+                launches.append(Launch(kernel, (_ceil(cols, bn), _ceil(rn, bm), bn_), (threads, 1, 1), shared,
+                                       common + (table_arg, rowflag, colflag) + dims
+                                       + (i32(a_lo), i32(a_hi), i32(b_lo), i32(b_hi))))
             launches.append(Launch(fixup, (_ceil(cols, nv.FIXUP_THREADS), min(rn, 1024), bn_),
                                    (nv.FIXUP_THREADS, 1, 1), 0, common + (lut, rowflag, colflag) + dims))
     return launches

@@ -83,10 +83,12 @@ def float_kernel_names(m: int) -> list[str]:
     for layout in LAYOUTS.values():
         if m <= EXPAND_MAX_BITS:
             names.append(f"amsim_gemm_expand_f32<{m}, {layout}>")
-        if E16_MIN_BITS <= m <= EXPAND_MAX_BITS:
-            names.append(f"amsim_gemm_expand16_f32<{m}, {layout}>")
+
         names.append(f"amsim_gemm_gather_f32<{m}, {layout}>")
         names.append(f"amsim_gemm_fixup_f32<{m}, {layout}>")
+    if E16_MIN_BITS <= m <= EXPAND_MAX_BITS:  # only B's layout matters: A arrives as k-major codes
+        names += [f"amsim_gemm_expand16_f32<{m}, {t}>" for t in (0, 1)]
+        names += [f"amsim_encode16_a<{m}, {t}>" for t in (0, 1)]
     names.append(f"amsim_multiply_f32<{m}>")
     return names
 

@@ -126,7 +126,8 @@ struct amsim_tile {
         }
     }
 
-    static __device__ __forceinline__ void store_raw(const int (&raw)[PER_THREAD], int* s_idx, int tid) {
+    template <typename T>
+    static __device__ __forceinline__ void store_raw(const T (&raw)[PER_THREAD], T* s_idx, int tid) {
 #pragma unroll
         for (int s = 0; s < PER_THREAD; ++s) {
             const int e = tid + s * THREADS;
@@ -275,13 +276,18 @@ amsim_gemm_expand_f32(const float* __restrict__ A, const float* __restrict__ B, 
 //     is one logic op: (code & 0x7FFFFF) ^ (16 * chunk).
 // Block: WARPS warps, 64 columns, 4 * TM * WARPS rows; a thread owns TM consecutive rows x 8 columns.
 // ---------------------------------------------------------------------------------------------------------
-template <int M, int LAYOUT>
+// The A operand arrives as codes from amsim_encode16_a (below), stored k-major ([depth][rows] per batch): each
+// code is decoded once instead of once per column block, and the row flags are already set.
+__host__ __device__ __forceinline__ unsigned int amsim_e16_row(unsigned int ia) {
+    return ia * 128u | (((ia >> 2) & 7u) << 4);  // byte offset of T row ia | its chunk swizzle, see below
+}
+
+template <int M, int B_T>
 __global__ void __launch_bounds__(AMSIM_E16_WARPS * 32, 1)
-amsim_gemm_expand16_f32(const float* __restrict__ A, const float* __restrict__ B, float* __restrict__ C,
-                        const float* __restrict__ lut_p, int* __restrict__ rowflag, int* __restrict__ colflag,
-                        int rows, int cols, int depth, long long lda, long long ldb, long long ldc,
-                        long long stride_a, long long stride_b, long long stride_c, int truncate,
-                        int a_lo, int a_hi, int b_lo, int b_hi) {
+amsim_gemm_expand16_f32(const unsigned int* __restrict__ Acode, const float* __restrict__ B, float* __restrict__ C,
+                        const float* __restrict__ lut_p, int* __restrict__ colflag, int rows, int cols, int depth,
+                        long long ldac, long long ldb, long long ldc, long long stride_ac, long long stride_b,
+                        long long stride_c, int truncate, int b_lo, int b_hi) {
     static_assert(M >= 2 && M <= 7, "the expand16 kernel handles 2 <= m <= 7");
     constexpr int NL = 1 << M;
     constexpr unsigned int MASK = NL - 1;
@@ -293,8 +299,8 @@ amsim_gemm_expand16_f32(const float* __restrict__ A, const float* __restrict__ B
     constexpr int BM = AMSIM_E16_WARPS * 4 * TM;
     constexpr int RQ = NL / 4;  // groups of four table rows
     static_assert(TM % 4 == 0, "codes are read four rows at a time");
-    using TileA = amsim_tile<!amsim_layout<LAYOUT>::a_t, BM, BK, THREADS>;
-    using TileB = amsim_tile<amsim_layout<LAYOUT>::b_t, BN, BK, THREADS>;
+    using TileA = amsim_tile<false, BM, BK, THREADS>;  // codes: rows contiguous
+    using TileB = amsim_tile<B_T != 0, BN, BK, THREADS>;
 
     AMSIM_DYN_SMEM(smem);
     unsigned int* s_lutp = reinterpret_cast<unsigned int*>(smem);                 // [NL][NL / 2] bf16 pairs
@@ -306,10 +312,9 @@ amsim_gemm_expand16_f32(const float* __restrict__ A, const float* __restrict__ B
 
     const int tid = threadIdx.x;
     const long long bat = blockIdx.z;
-    A += bat * stride_a;
+    Acode += bat * stride_ac;
     B += bat * stride_b;
     C += bat * stride_c;
-    rowflag += bat * rows;
     colflag += bat * cols;
     const int i0 = blockIdx.y * BM;
     const int j0 = blockIdx.x * BN;
@@ -318,9 +323,9 @@ amsim_gemm_expand16_f32(const float* __restrict__ A, const float* __restrict__ B
 
     for (int e = tid; e < NL * NL / 2; e += THREADS) s_lutp[e] = amsim_ldg(lutp + e);
 
-    float raw_a[TileA::PER_THREAD];
+    unsigned int raw_a[TileA::PER_THREAD];
     float raw_b[TileB::PER_THREAD];
-    TileA::load(raw_a, A, lda, i0, rows, 0, depth, tid, 0.0f);
+    TileA::load(raw_a, Acode, ldac, i0, rows, 0, depth, tid, 0u);  // padding: code 0 = scale +0
     TileB::load(raw_b, B, ldb, j0, cols, 0, depth, tid, 0.0f);
 
     float acc[TM][8];
@@ -335,11 +340,7 @@ amsim_gemm_expand16_f32(const float* __restrict__ A, const float* __restrict__ B
     const unsigned int q16 = (unsigned int)(lane & 7) << 4;  // and its 16-byte chunk: columns 8 * (lane & 7) + 0..7
 
     for (int k0 = 0; k0 < depth; k0 += BK) {
-        TileA::template decode<M>(raw_a, rowflag, i0, tid, trunc, a_lo, a_hi,
-                                  [&](int k, int r, unsigned int code) {
-                                      const unsigned int ia = code & MASK;
-                                      s_a[k * BM + r] = (code & AMSIM_SCALE_MASK) | (ia * ROWB) | (((ia >> 2) & 7u) << 4);
-                                  });
+        TileA::store_raw(raw_a, s_a, tid);
         TileB::template decode<M>(raw_b, colflag, j0, tid, trunc, b_lo, b_hi,
                                   [&](int k, int j, unsigned int code) {
                                       const unsigned int e = (code >> 23) & 0xFFu;
@@ -380,7 +381,7 @@ amsim_gemm_expand16_f32(const float* __restrict__ A, const float* __restrict__ B
         }
         __syncthreads();
         if (k0 + BK < depth) {  // fetch the next tile while this one is being multiplied
-            TileA::load(raw_a, A, lda, i0, rows, k0 + BK, depth, tid, 0.0f);
+            TileA::load(raw_a, Acode, ldac, i0, rows, k0 + BK, depth, tid, 0u);
             TileB::load(raw_b, B, ldb, j0, cols, k0 + BK, depth, tid, 0.0f);
         }
 #pragma unroll  // constant T offsets per step: the row address is one logic op
@@ -421,6 +422,36 @@ amsim_gemm_expand16_f32(const float* __restrict__ A, const float* __restrict__ B
                 if (jc + c < cols) crow[c] = acc[t][c];
             }
         }
+    }
+}
+
+// A's codes for amsim_gemm_expand16_f32: codes[k * rows + i] = scale(a) | amsim_e16_row(ia) per batch (grid.y),
+// reading A in its stored layout (A_T: stored K x M) with consecutive threads on the contiguous axis. A special
+// operand gets code 0 and flags its row in every one of `nflag` batches (more than one when A is broadcast
+// over the batch and encoded once).
+template <int M, int A_T>
+__global__ void __launch_bounds__(256)
+amsim_encode16_a(const float* __restrict__ A, unsigned int* __restrict__ codes, int* __restrict__ rowflag,
+                 int rows, int depth, long long lda, long long stride_a, long long stride_codes, int nflag,
+                 int truncate, int lo, int hi) {
+    const long long e = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (e >= (long long)rows * depth) return;
+    const long long bat = blockIdx.y;
+    int i, k;
+    if (A_T) {
+        i = (int)(e % rows);
+        k = (int)(e / rows);
+    } else {
+        k = (int)(e % depth);
+        i = (int)(e / depth);
+    }
+    const float a = A[bat * stride_a + (A_T ? (long long)k * lda + i : (long long)i * lda + k)];
+    bool special;
+    const unsigned int code = amsim_operand_code(amsim_round_bits(amsim_f2u(a), M, truncate != 0), M, lo, hi, &special);
+    codes[bat * stride_codes + (long long)k * rows + i] =
+        (code & AMSIM_SCALE_MASK) | amsim_e16_row(code & ((1u << M) - 1u));
+    if (special) {
+        for (int b = 0; b < nflag; ++b) rowflag[(bat + b) * rows + i] = 1;
     }
 }
 
