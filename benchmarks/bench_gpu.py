@@ -112,8 +112,9 @@ def main(argv=None):
     parser.add_argument("--size", type=int, default=4096, help="M = N = K")
     parser.add_argument("--reps", type=int, default=5)
     parser.add_argument("--mults", default="mbm7,mbm10", help="comma-separated names for amsim.multipliers.get")
-    parser.add_argument("--algos", default="auto,expand16,expand,gather",
-                        help="float kernels to time (expand: m <= 7; expand16: 2 <= m <= 7, bf16-exact tables)")
+    parser.add_argument("--algos", default="auto,expand16,expand,wide,gather",
+                        help="float kernels to time (expand: m <= 7; expand16: 2 <= m <= 7 with a bf16-exact table; "
+                             "wide: m >= 8)")
     parser.add_argument("--no-check", action="store_true", help="skip the golden spot check")
     parser.add_argument("--jax", action="store_true", help="also time LeNet-5/ResNet-20 training steps vs plain JAX")
     parser.add_argument("--jax-only", action="store_true", help="only the training-step comparison")
@@ -156,7 +157,8 @@ def main(argv=None):
         m = mult.mantissa_bits
         bf16_table = _cuda.bf16_pair_table(mult.table.values) is not None
         for algo in args.algos.split(","):
-            if (algo == "expand" and m > 7) or (algo == "expand16" and not bf16_table):
+            unusable = {"expand": m > 7, "expand16": not bf16_table, "wide": m < 8}
+            if unusable.get(algo, False):
                 continue
             kw = {} if algo == "auto" else {"algo": algo}
             chosen = algo if algo != "auto" else _cuda.choose_algo(m, 1, n, n, *_cuda.device_limits(),

@@ -105,7 +105,7 @@ def test_matmul_random_against_golden(shape, name, m, rng):
 @pytest.mark.parametrize("m,rounding", [(7, "nearest"), (3, "truncate"), (1, "nearest")])
 def test_gemm_layouts_algos_special_values(cuda, algo, trans, m, rounding, rng):
     if algo == "expand16" and m == 1:
-        pytest.skip("expand16 starts at m = 2 (test_expand16_eligibility_and_choice checks the refusal)")
+        pytest.skip("expand16 starts at m = 2 (test_kernel_eligibility_and_choice checks the refusal)")
     mult = _mult("mbm", m, rounding)
     m_rows, k, n = (1100, 23, 70) if algo.startswith("expand") else (130, 45, 67)
     a = mixed_matrix(rng, (m_rows, k), 0.002)  # a few special operands: fast path and fix-up both run
@@ -115,6 +115,29 @@ def test_gemm_layouts_algos_special_values(cuda, algo, trans, m, rounding, rng):
     db = _dev(np.ascontiguousarray(b.T)) if trans[1] else _dev(b)
     got = cuda.gemm(da, db, mult, trans_a=trans[0], trans_b=trans[1], algo=algo)
     assert_bits_equal(_host(got), golden.matmul(a, b, mult))
+
+
+@pytest.mark.parametrize("trans", LAYOUTS, ids=lambda t: "".join("T" if x else "N" for x in t))
+@pytest.mark.parametrize("m,rounding", [(8, "nearest"), (10, "truncate"), (11, "nearest")])
+def test_gemm_wide_layouts_special_values(cuda, trans, m, rounding, rng):
+    mult = _mult("mitchell", m, rounding)
+    a = mixed_matrix(rng, (2100, 19), 0.002)  # two row blocks, the second partial
+    b = mixed_matrix(rng, (19, 40), 0.002)
+    da = _dev(np.ascontiguousarray(a.T)) if trans[0] else _dev(a)
+    db = _dev(np.ascontiguousarray(b.T)) if trans[1] else _dev(b)
+    got = cuda.gemm(da, db, mult, trans_a=trans[0], trans_b=trans[1], algo="wide")
+    assert_bits_equal(_host(got), golden.matmul(a, b, mult))
+
+
+def test_large_m10_problem_takes_wide_and_is_exact(cuda, rng):
+    mult = _mult("mbm", 10)
+    a = mixed_matrix(rng, (4096, 24), 0.0005)
+    b = mixed_matrix(rng, (24, 1024), 0.0005)
+    sms, max_shared = cuda.device_limits()
+    assert cuda.choose_algo(10, 1, 4096, 1024, sms, max_shared) == "wide"
+    got = _host(amsim.matmul(_dev(a), _dev(b), mult))
+    rows = np.r_[0:3, 2046:2050, 4093:4096]
+    assert_bits_equal(got[rows], golden.matmul(a[rows], b, mult))
 
 
 def test_gemm_gather_large_m(cuda, rng):
@@ -160,9 +183,9 @@ def test_subnormal_sums_are_kept(cuda, algo, rng):
     assert_bits_equal(_host(cuda.gemm(_dev(a), _dev(b), mult, algo=algo)), golden.matmul(a, b, mult))
 
 
-@pytest.mark.parametrize("algo", ["expand16", "expand"])
-def test_expand_kernels_exponent_edges(cuda, algo, rng):
-    mult = _mult("mitchell", 7)
+@pytest.mark.parametrize("algo,m", [("expand16", 7), ("expand", 7), ("wide", 10)])
+def test_expand_kernels_exponent_edges(cuda, algo, m, rng):
+    mult = _mult("mitchell", m)
     with np.errstate(over="ignore"):
         a = np.ldexp(rng.uniform(1, 2, (1100, 9)), rng.integers(-80, 81, (1100, 9))).astype(F)
         b = np.ldexp(rng.uniform(1, 2, (9, 130)), rng.integers(-80, 81, (9, 130))).astype(F)

@@ -29,7 +29,7 @@ _I32_MAX = 2**31 - 1
 _GRID_YZ_MAX = 65535
 _DEFAULT_SMS = 132
 _DEFAULT_MAX_SHARED = 227 * 1024
-ALGOS = ("expand16", "expand", "gather")
+ALGOS = ("expand16", "expand", "wide", "gather")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -192,14 +192,22 @@ def expand16_shared_bytes(m: int) -> int:
     return 2 * nl * nl + nv.E16_BK * nl * 2 * nv.E16_BN + 4 * nv.E16_BK * (nv.E16_BM + 3 * nv.E16_BN)
 
 
+def wide_shared_bytes(m: int) -> int:
+    nl = 1 << m
+    bk = 2 if nl <= 512 else 1  # as in amsim_gemm_wide_f32
+    return bk * nl * 4 * nv.WIDE_BN + 4 * bk * (nv.WIDE_BM + 2 * nv.WIDE_BN)
+
+
 def choose_algo(m, nbatch, rows, cols, num_sms=_DEFAULT_SMS, max_shared=_DEFAULT_MAX_SHARED,
                 bf16_table=False) -> str:
-    """Which float GEMM kernel to use. "expand16" and "expand" read one expanded table value per product from
-    shared memory (2 and 4 bytes) where "gather" reads a table entry and both scales, but they need tall blocks;
-    "expand16" needs a table that is exact in bfloat16 (``bf16_table``). (Heuristic: see docs/gpu.md; to be
-    tuned on a GPU.)"""
+    """Which float GEMM kernel to use. "expand16" and "expand" (m <= 7) and "wide" (m >= 8) read one expanded
+    table value per product from shared memory (2, 4 and 4 bytes) where "gather" reads a table entry per product
+    (from L2 for m >= 8), but they need tall blocks; "expand16" needs a table that is exact in bfloat16
+    (``bf16_table``). (Heuristic from the kernels' design, see docs/gpu.md; to be tuned on a GPU.)"""
     if m > nv.EXPAND_MAX_BITS:
-        return "gather"
+        blocks = nbatch * _ceil(cols, nv.WIDE_BN) * _ceil(rows, nv.WIDE_BM)
+        fits = wide_shared_bytes(m) <= max_shared
+        return "wide" if fits and rows >= nv.WIDE_BM // 2 and blocks >= num_sms else "gather"
     if bf16_table and m >= nv.E16_MIN_BITS and expand16_shared_bytes(m) <= max_shared:
         blocks = nbatch * _ceil(cols, nv.E16_BN) * _ceil(rows, nv.E16_BM)
         if rows >= nv.E16_BM // 2 and blocks >= num_sms:
@@ -224,7 +232,7 @@ def plan_gemm_f32(a3, b3, c3, m, truncate, tables, xp, algo=None, num_sms=_DEFAU
         m, truncate: the multiplier's mantissa width and rounding (truncate: bool).
         tables: (lut, lut_t, ranges, lut_p) as from :func:`float_host_tables`, arrays of ``xp``.
         xp: numpy or cupy (allocates the special-operand flags).
-        algo: "expand16", "expand", "gather" or None (choose).
+        algo: "expand16", "expand", "wide", "gather" or None (choose).
         num_sms, max_shared: the device's SM count and opt-in shared memory per block.
 
     Returns:
@@ -253,6 +261,12 @@ def plan_gemm_f32(a3, b3, c3, m, truncate, tables, xp, algo=None, num_sms=_DEFAU
             raise ValueError(f"the expand kernel handles mantissa_bits <= {nv.EXPAND_MAX_BITS}, not {m}.")
         bm, bn, threads, shared = nv.EXP_BM, nv.EXP_BN, nv.EXP_THREADS, expand_shared_bytes(m)
         kernel, table_arg = f"amsim_gemm_expand_f32<{m}, {layout}>", lut_t
+    elif algo == "wide":
+        if m < nv.WIDE_MIN_BITS:
+            raise ValueError(f"the wide kernel handles mantissa_bits >= {nv.WIDE_MIN_BITS}, not {m}; use 'expand16' "
+                             "or 'expand'.")
+        bm, bn, threads, shared = nv.WIDE_BM, nv.WIDE_BN, nv.WIDE_THREADS, wide_shared_bytes(m)
+        kernel, table_arg = f"amsim_gemm_wide_f32<{m}, {int(b_t)}>", lut_t
     elif algo == "gather":
         bm, bn, threads, shared = nv.GAT_BM, nv.GAT_BN, nv.GAT_THREADS, gather_shared_bytes(m)
         kernel, table_arg = f"amsim_gemm_gather_f32<{m}, {layout}>", lut
@@ -274,10 +288,11 @@ def plan_gemm_f32(a3, b3, c3, m, truncate, tables, xp, algo=None, num_sms=_DEFAU
             common = (av, bv, cv)
             dims = (i32(rn), i32(cols), i32(depth), i64(lda), i64(ldb), i64(ldc), i64(sa), i64(sb), i64(sc),
                     i32(bool(truncate)))
-            if algo == "expand16":  # A is encoded once (not once per column block), then multiplied
+            if algo in ("expand16", "wide"):  # A is encoded once (not once per column block), then multiplied
                 nenc = 1 if sa == 0 else bn_  # a batch-broadcast A is encoded once and flags every batch
                 codes = xp.empty((nenc, depth, rn), np.uint32)
-                launches.append(Launch(f"amsim_encode16_a<{m}, {int(a_t)}>", (_ceil(rn * depth, 256), nenc, 1),
+                fmt = 0 if algo == "expand16" else 1
+                launches.append(Launch(f"amsim_encode_a<{m}, {int(a_t)}, {fmt}>", (_ceil(rn * depth, 256), nenc, 1),
                                        (256, 1, 1), 0,
                                        (av, codes, rowflag, i32(rn), i32(depth), i64(lda), i64(sa),
                                         i64(0 if sa == 0 else depth * rn), i32(bn_ if sa == 0 else 1),
@@ -617,7 +632,7 @@ def gemm(a, b, mult, trans_a=False, trans_b=False, out=None, algo=None):
         mult: the :class:`amsim.Multiplier`.
         trans_a, trans_b: use the transpose of the last two axes.
         out: optional C-contiguous output (float32 / int32).
-        algo: significand tables only: "expand16", "expand", "gather" or None (automatic); for tests and
+        algo: significand tables only: "expand16", "expand", "wide", "gather" or None (automatic); for tests and
             benchmarks.
 
     Returns:
@@ -677,7 +692,7 @@ def conv2d_nhwc(x, w, mult, stride=1, padding=0, dilation=1, groups=1, *, max_ch
         padding: int, (ph, pw), or ((top, bottom), (left, right)).
         groups: feature groups; Cin and Cout must be multiples.
         max_chunk_bytes: bound on the im2col buffer; the output pixels are processed in chunks that fit.
-        algo: float GEMM kernel ("expand16", "expand", "gather" or None), for tests and benchmarks.
+        algo: float GEMM kernel ("expand16", "expand", "wide", "gather" or None), for tests and benchmarks.
 
     Returns:
         (N, OH, OW, Cout) float32 or int32 CuPy array.

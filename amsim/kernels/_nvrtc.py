@@ -31,6 +31,7 @@ KERNEL_DEFINES = {
     "AMSIM_E16_WARPS": 8,  # expand16 kernel: warps per block
     "AMSIM_E16_TM": 16,  # expand16 kernel: rows per thread (block rows = 4 * TM * WARPS)
     "AMSIM_E16_BK": 4,  # expand16 kernel: contraction steps per shared-memory stage
+    "AMSIM_WIDE_TM": 32,  # wide kernel: rows per thread (block rows = 64 * TM)
 }
 EXP_THREADS = KERNEL_DEFINES["AMSIM_EXP_WARPS"] * 32
 EXP_BM = KERNEL_DEFINES["AMSIM_EXP_WARPS"] * 4 * KERNEL_DEFINES["AMSIM_EXP_TM"]
@@ -41,6 +42,10 @@ E16_BM = KERNEL_DEFINES["AMSIM_E16_WARPS"] * 4 * KERNEL_DEFINES["AMSIM_E16_TM"]
 E16_BN = 64
 E16_BK = KERNEL_DEFINES["AMSIM_E16_BK"]
 E16_MIN_BITS = 2
+WIDE_THREADS = 256
+WIDE_BM = 64 * KERNEL_DEFINES["AMSIM_WIDE_TM"]
+WIDE_BN = 16
+WIDE_MIN_BITS = 8  # below, the table fits shared memory and expand / expand16 do better
 GAT_THREADS = 256
 GAT_BM = GAT_BN = 64
 GAT_BK = KERNEL_DEFINES["AMSIM_GAT_BK"]
@@ -86,9 +91,13 @@ def float_kernel_names(m: int) -> list[str]:
 
         names.append(f"amsim_gemm_gather_f32<{m}, {layout}>")
         names.append(f"amsim_gemm_fixup_f32<{m}, {layout}>")
-    if E16_MIN_BITS <= m <= EXPAND_MAX_BITS:  # only B's layout matters: A arrives as k-major codes
+    # expand16 and wide: only B's layout matters (A arrives as k-major codes from amsim_encode_a)
+    if E16_MIN_BITS <= m <= EXPAND_MAX_BITS:
         names += [f"amsim_gemm_expand16_f32<{m}, {t}>" for t in (0, 1)]
-        names += [f"amsim_encode16_a<{m}, {t}>" for t in (0, 1)]
+        names += [f"amsim_encode_a<{m}, {t}, 0>" for t in (0, 1)]
+    if m >= WIDE_MIN_BITS:
+        names += [f"amsim_gemm_wide_f32<{m}, {t}>" for t in (0, 1)]
+        names += [f"amsim_encode_a<{m}, {t}, 1>" for t in (0, 1)]
     names.append(f"amsim_multiply_f32<{m}>")
     return names
 

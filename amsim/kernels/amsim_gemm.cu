@@ -23,7 +23,7 @@
 #include "amsim_product.cuh"
 
 #if !defined(AMSIM_EXP_WARPS) || !defined(AMSIM_EXP_TM) || !defined(AMSIM_EXP_BK) || !defined(AMSIM_GAT_BK) || \
-    !defined(AMSIM_E16_WARPS) || !defined(AMSIM_E16_TM) || !defined(AMSIM_E16_BK)
+    !defined(AMSIM_E16_WARPS) || !defined(AMSIM_E16_TM) || !defined(AMSIM_E16_BK) || !defined(AMSIM_WIDE_TM)
 #error "compile amsim_gemm.cu through amsim.kernels._nvrtc, which defines the tile sizes"
 #endif
 
@@ -276,7 +276,7 @@ amsim_gemm_expand_f32(const float* __restrict__ A, const float* __restrict__ B, 
 //     is one logic op: (code & 0x7FFFFF) ^ (16 * chunk).
 // Block: WARPS warps, 64 columns, 4 * TM * WARPS rows; a thread owns TM consecutive rows x 8 columns.
 // ---------------------------------------------------------------------------------------------------------
-// The A operand arrives as codes from amsim_encode16_a (below), stored k-major ([depth][rows] per batch): each
+// The A operand arrives as codes from amsim_encode_a<M, A_T, 0> (below), stored k-major ([depth][rows] per batch): each
 // code is decoded once instead of once per column block, and the row flags are already set.
 __host__ __device__ __forceinline__ unsigned int amsim_e16_row(unsigned int ia) {
     return ia * 128u | (((ia >> 2) & 7u) << 4);  // byte offset of T row ia | its chunk swizzle, see below
@@ -425,15 +425,164 @@ amsim_gemm_expand16_f32(const unsigned int* __restrict__ Acode, const float* __r
     }
 }
 
-// A's codes for amsim_gemm_expand16_f32: codes[k * rows + i] = scale(a) | amsim_e16_row(ia) per batch (grid.y),
-// reading A in its stored layout (A_T: stored K x M) with consecutive threads on the contiguous axis. A special
-// operand gets code 0 and flags its row in every one of `nflag` batches (more than one when A is broadcast
-// over the batch and encoded once).
-template <int M, int A_T>
+// ---------------------------------------------------------------------------------------------------------
+// Float GEMM, "wide" kernel (8 <= m <= 11): the expand scheme for tables too large for shared memory (m = 10:
+// 4 MiB). For each contraction step the block reads, for each of its BN = 16 columns, the column of the table
+// that the column's B operand selects (lut_t[ib], 2**m floats, contiguous, from L2), scales it by scale_b and
+// stores it as T[r][j]; then every output update is a 16-byte shared load of four T values and four fmas, as
+// in expand. Table traffic is 4 * 2**m bytes per (k, column) for BM = 2048 rows, i.e. 2**m / 512 bytes per
+// product (2 bytes at m = 10, against ~32 bytes of a sector per product for the gather kernel's random reads).
+//   - T rows are 64 bytes (16 columns, chunks of 4); row r lives in 64-byte slot r ^ ((r >> 4) & 1) with its
+//     chunks swizzled by (r >> 2) & 3, which makes the expansion's float4 stores conflict-free (lanes walk
+//     groups of 4 rows) and the address one logic op, (code & 0x7FFFFF) ^ (16 * chunk), as in expand16.
+//   - A arrives as codes from amsim_encode_a<M, A_T, 1>: with 16 columns per block, decoding A in the GEMM would
+//     cost more than the products.
+// Block: 256 threads; 4 lanes share a row (one chunk each); a thread owns TM consecutive rows x 4 columns.
+// ---------------------------------------------------------------------------------------------------------
+__host__ __device__ __forceinline__ unsigned int amsim_wide_row(unsigned int ia) {
+    return ((ia ^ ((ia >> 4) & 1u)) * 64u) | (((ia >> 2) & 3u) << 4);
+}
+
+template <int M, int B_T>
+__global__ void __launch_bounds__(256, 1)
+amsim_gemm_wide_f32(const unsigned int* __restrict__ Acode, const float* __restrict__ B, float* __restrict__ C,
+                    const float* __restrict__ lut_t, int* __restrict__ colflag, int rows, int cols, int depth,
+                    long long ldac, long long ldb, long long ldc, long long stride_ac, long long stride_b,
+                    long long stride_c, int truncate, int b_lo, int b_hi) {
+    static_assert(M >= 2 && M <= 11, "the wide kernel handles 2 <= m <= 11 (it is meant for m >= 8)");
+    constexpr int NL = 1 << M;
+    constexpr unsigned int MASK = NL - 1;
+    constexpr int THREADS = 256;
+    constexpr int TM = AMSIM_WIDE_TM;
+    constexpr int BN = 16;
+    constexpr int ROWB = 4 * BN;
+    constexpr int BM = THREADS / 4 * TM;
+    constexpr int BK = NL <= 512 ? 2 : 1;  // T: 32 / 64 / 64 / 128 KiB for m = 8 / 9 / 10 / 11
+    constexpr int RQ = NL / 4;
+    static_assert(TM % 4 == 0, "codes are read four rows at a time");
+    using TileA = amsim_tile<false, BM, BK, THREADS>;
+    using TileB = amsim_tile<B_T != 0, BN, BK, THREADS>;
+
+    AMSIM_DYN_SMEM(smem);
+    unsigned char* s_t = smem;                                                 // [BK][NL] rows of ROWB bytes
+    unsigned int* s_a = reinterpret_cast<unsigned int*>(s_t + BK * NL * ROWB);  // [BK][BM] scale | row offset
+    unsigned int* s_boff = s_a + BK * BM;                                       // [BK][BN] ib * NL * 4
+    float* s_bs = reinterpret_cast<float*>(s_boff + BK * BN);                   // [BK][BN] scale_b
+
+    const int tid = threadIdx.x;
+    const long long bat = blockIdx.z;
+    Acode += bat * stride_ac;
+    B += bat * stride_b;
+    C += bat * stride_c;
+    colflag += bat * cols;
+    const int i0 = blockIdx.y * BM;
+    const int j0 = blockIdx.x * BN;
+    const bool trunc = truncate != 0;
+    const unsigned char* lut_bytes = reinterpret_cast<const unsigned char*>(lut_t);
+
+    unsigned int raw_a[TileA::PER_THREAD];
+    float raw_b[TileB::PER_THREAD];
+    TileA::load(raw_a, Acode, ldac, i0, rows, 0, depth, tid, 0u);  // padding: code 0 = scale +0
+    TileB::load(raw_b, B, ldb, j0, cols, 0, depth, tid, 0.0f);
+
+    float acc[TM][4];
+#pragma unroll
+    for (int t = 0; t < TM; ++t) {
+#pragma unroll
+        for (int c = 0; c < 4; ++c) acc[t][c] = 0.0f;
+    }
+    const int rbase = (tid >> 2) * TM;                      // this thread's rows: rbase .. rbase + TM - 1
+    const unsigned int q16 = (unsigned int)(tid & 3) << 4;  // and its chunk: columns 4 * (tid & 3) + 0..3
+
+    for (int k0 = 0; k0 < depth; k0 += BK) {
+        TileA::store_raw(raw_a, s_a, tid);
+        TileB::template decode<M>(raw_b, colflag, j0, tid, trunc, b_lo, b_hi,
+                                  [&](int k, int j, unsigned int code) {
+                                      s_boff[k * BN + j] = (code & MASK) * (NL * 4);
+                                      s_bs[k * BN + j] = amsim_u2f(code & AMSIM_SCALE_MASK);
+                                  });
+        __syncthreads();
+        // expansion: unit = (kk, 4-column chunk jq, row group rq), lanes walk rq (coalesced table reads)
+#pragma unroll 2
+        for (unsigned int u = tid; u < BK * (BN / 4) * RQ; u += THREADS) {
+            const unsigned int rq = u % RQ;
+            const unsigned int task = u / RQ;  // kk * (BN / 4) + jq
+            const unsigned int jb = task * 4;
+            float4 v[4];
+            float sb[4];
+#pragma unroll
+            for (int c = 0; c < 4; ++c) {
+                v[c] = *reinterpret_cast<const float4*>(lut_bytes + s_boff[jb + c] + 16 * rq);
+                sb[c] = s_bs[jb + c];
+            }
+            const unsigned int kk = task / (BN / 4), jq = task % (BN / 4);
+            unsigned char* tk = s_t + kk * NL * ROWB;
+            const unsigned int j16 = jq << 4;
+            *reinterpret_cast<float4*>(tk + (amsim_wide_row(4 * rq) ^ j16)) =
+                make_float4(amsim_fmul(v[0].x, sb[0]), amsim_fmul(v[1].x, sb[1]), amsim_fmul(v[2].x, sb[2]),
+                            amsim_fmul(v[3].x, sb[3]));
+            *reinterpret_cast<float4*>(tk + (amsim_wide_row(4 * rq + 1) ^ j16)) =
+                make_float4(amsim_fmul(v[0].y, sb[0]), amsim_fmul(v[1].y, sb[1]), amsim_fmul(v[2].y, sb[2]),
+                            amsim_fmul(v[3].y, sb[3]));
+            *reinterpret_cast<float4*>(tk + (amsim_wide_row(4 * rq + 2) ^ j16)) =
+                make_float4(amsim_fmul(v[0].z, sb[0]), amsim_fmul(v[1].z, sb[1]), amsim_fmul(v[2].z, sb[2]),
+                            amsim_fmul(v[3].z, sb[3]));
+            *reinterpret_cast<float4*>(tk + (amsim_wide_row(4 * rq + 3) ^ j16)) =
+                make_float4(amsim_fmul(v[0].w, sb[0]), amsim_fmul(v[1].w, sb[1]), amsim_fmul(v[2].w, sb[2]),
+                            amsim_fmul(v[3].w, sb[3]));
+        }
+        __syncthreads();
+        if (k0 + BK < depth) {  // fetch the next tile while this one is being multiplied
+            TileA::load(raw_a, Acode, ldac, i0, rows, k0 + BK, depth, tid, 0u);
+            TileB::load(raw_b, B, ldb, j0, cols, k0 + BK, depth, tid, 0.0f);
+        }
+#pragma unroll
+        for (int kk = 0; kk < BK; ++kk) {
+            const unsigned char* tk = s_t + kk * NL * ROWB;
+            const unsigned int* ak = s_a + kk * BM + rbase;
+#pragma unroll
+            for (int t4 = 0; t4 < TM; t4 += 4) {
+                const uint4 w4 = *reinterpret_cast<const uint4*>(ak + t4);
+                const unsigned int ws[4] = {w4.x, w4.y, w4.z, w4.w};
+#pragma unroll
+                for (int q = 0; q < 4; ++q) {
+                    const int t = t4 + q;
+                    const float sa = amsim_u2f(ws[q] & AMSIM_SCALE_MASK);
+                    const float4 v = *reinterpret_cast<const float4*>(tk + ((ws[q] & AMSIM_FRAC_MASK) ^ q16));
+                    acc[t][0] = amsim_fma(sa, v.x, acc[t][0]);
+                    acc[t][1] = amsim_fma(sa, v.y, acc[t][1]);
+                    acc[t][2] = amsim_fma(sa, v.z, acc[t][2]);
+                    acc[t][3] = amsim_fma(sa, v.w, acc[t][3]);
+                }
+            }
+        }
+        __syncthreads();
+    }
+
+    const int jc = j0 + 4 * (tid & 3);
+#pragma unroll
+    for (int t = 0; t < TM; ++t) {
+        const int i = i0 + rbase + t;
+        if (i < rows) {
+            float* crow = C + (long long)i * ldc + jc;
+#pragma unroll
+            for (int c = 0; c < 4; ++c) {
+                if (jc + c < cols) crow[c] = acc[t][c];
+            }
+        }
+    }
+}
+
+// A's codes for the expand16 and wide kernels: codes[k * rows + i] = scale(a) | row(ia) per batch (grid.y), with
+// row() the kernel's T-row byte offset and swizzle (FMT 0: amsim_e16_row, 1: amsim_wide_row). A is read in its
+// stored layout (A_T: stored K x M), consecutive threads on the contiguous axis. A special operand gets code 0
+// and flags its row in every one of `nflag` batches (more than one when A is broadcast over the batch and
+// encoded once).
+template <int M, int A_T, int FMT>
 __global__ void __launch_bounds__(256)
-amsim_encode16_a(const float* __restrict__ A, unsigned int* __restrict__ codes, int* __restrict__ rowflag,
-                 int rows, int depth, long long lda, long long stride_a, long long stride_codes, int nflag,
-                 int truncate, int lo, int hi) {
+amsim_encode_a(const float* __restrict__ A, unsigned int* __restrict__ codes, int* __restrict__ rowflag,
+               int rows, int depth, long long lda, long long stride_a, long long stride_codes, int nflag,
+               int truncate, int lo, int hi) {
     const long long e = (long long)blockIdx.x * blockDim.x + threadIdx.x;
     if (e >= (long long)rows * depth) return;
     const long long bat = blockIdx.y;
@@ -448,8 +597,9 @@ amsim_encode16_a(const float* __restrict__ A, unsigned int* __restrict__ codes, 
     const float a = A[bat * stride_a + (A_T ? (long long)k * lda + i : (long long)i * lda + k)];
     bool special;
     const unsigned int code = amsim_operand_code(amsim_round_bits(amsim_f2u(a), M, truncate != 0), M, lo, hi, &special);
+    const unsigned int ia = code & ((1u << M) - 1u);
     codes[bat * stride_codes + (long long)k * rows + i] =
-        (code & AMSIM_SCALE_MASK) | amsim_e16_row(code & ((1u << M) - 1u));
+        (code & AMSIM_SCALE_MASK) | (FMT == 0 ? amsim_e16_row(ia) : amsim_wide_row(ia));
     if (special) {
         for (int b = 0; b < nflag; ++b) rowflag[(bat + b) * rows + i] = 1;
     }
