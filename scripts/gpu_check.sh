@@ -5,11 +5,11 @@
 #
 # 1. card, driver and library versions;
 # 2. fills CuPy's kernel cache in parallel (every instantiation, fully optimised; minutes saved below);
-# 3. pytest -m gpu (tests/test_gpu.py: CuPy results bit for bit against the golden model);
-# 4. the GPU-free CUDA tests (NVRTC compile of every instantiation, host emulation of the kernels);
-# 5. registers / spills per kernel for this card's architecture;
-# 6. benchmarks/bench_gpu.py (4096^3 approximate GEMM vs cuBLAS FP32);
-# 7. LeNet-5 / ResNet-20 training step, every product approximate, vs plain JAX FP32 (bench_gpu.py --jax-only).
+# 3. pytest -m gpu (tests/test_gpu.py: CuPy results bit for bit against the golden model, JAX bridge on the GPU);
+# 4. benchmarks/bench_gpu.py (4096^3 approximate GEMM, every kernel, vs cuBLAS FP32);
+# 5. LeNet-5 / ResNet-20 training step, every product approximate, vs plain JAX FP32 (bench_gpu.py --jax-only);
+# 6. registers / spills per kernel for this card's architecture;
+# 7. the NVRTC compile tests with this image's NVRTC (every instantiation, sm_80 and sm_90).
 # Logs go to $OUT. Every step has its own time limit; the whole run stays under 5 minutes. The exit status is
 # non-zero if any step failed. (Limits add up to 300 s; a step that runs out leaves its partial log.)
 set -u
@@ -44,11 +44,15 @@ p[\"sharedMemPerBlockOptin\"], \"B smem/block\")'"
 step precompile 50 "$PY" -c "import os, time; from amsim.kernels import _cuda; t = time.time(); \
 n = _cuda.precompile(workers=min(16, os.cpu_count() or 1)); print(n, 'kernels in', round(time.time() - t, 1), 's')"
 step pytest_gpu 80 "${PYTEST[@]}" -m gpu -q tests/test_gpu.py
-step pytest_cuda_cpu 35 "${PYTEST[@]}" -q tests/test_cuda_compile.py tests/test_cuda_host.py
+step bench_gpu 60 "$PY" benchmarks/bench_gpu.py --json "$OUT/bench_gpu.json"
+step bench_jax 50 "$PY" benchmarks/bench_gpu.py --jax-only --json "$OUT/bench_jax.json"
 step resources 20 bash -c "set -e; $PY -m amsim.kernels._nvrtc --arch \$($PY -c 'import cupy; \
 p = cupy.cuda.runtime.getDeviceProperties(0); print(\"sm_%d%d\" % (p[\"major\"], p[\"minor\"]))') \
 --filter '<7, 0>'; $PY -m amsim.kernels._nvrtc --arch sm_90 --filter '<11, 1>'"
-step bench_gpu 60 "$PY" benchmarks/bench_gpu.py --json "$OUT/bench_gpu.json"
-step bench_jax 40 "$PY" benchmarks/bench_gpu.py --jax-only --json "$OUT/bench_jax.json"
+# the NVRTC compile tests once more, with this image's NVRTC (CI runs them, and the host emulation, on every
+# push); in parallel where pytest-xdist is installed
+XDIST=()
+"$PY" -c "import xdist" 2>/dev/null && XDIST=(-n 6)
+step nvrtc_compile 25 "${PYTEST[@]}" "${XDIST[@]}" -q tests/test_cuda_compile.py
 echo "logs in $OUT; overall exit $status"
 exit $status
