@@ -292,7 +292,7 @@ _IM2COL_A = "x, col, pad, h, w, c, oh, ow, kh, kw, sh, sw, ph, pw, dh, dw, group
 
 EXPAND_M = (1, 4, 7)
 EXPAND16_M = (2, 4, 7)
-WIDE_M = (8, 11)
+WIDE_M = (2, 7, 8, 11)
 GATHER_M = (2, 4, 8, 11)
 LUT_BITS = (3, 8)
 LAYOUTS = (0, 1, 2, 3)
@@ -415,6 +415,8 @@ GEMM_CASES = [  # algo, multiplier, (nb, M, K, N)
     ("expand16", ("mitchell", 4), (1, 300, 13, 129)),
     ("expand16", ("exact_truncated", 2), (1, 40, 6, 33)),
     ("wide", ("mbm", 8), (2, 1100, 9, 37)),
+    ("wide", ("exact", 7), (1, 2100, 7, 16)),
+    ("wide", ("mitchell", 2), (1, 30, 11, 5)),
     ("wide", ("mitchell", 11), (1, 70, 5, 17)),
     ("expand", ("mbm", 7), (2, 1030, 9, 37)),
     ("expand", ("mitchell", 4), (1, 300, 13, 70)),
@@ -504,14 +506,20 @@ def test_kernel_eligibility_and_choice():
     assert cuda.choose_algo(7, 1, 64, 64, bf16_table=True) == "gather"
     assert cuda.choose_algo(10, 1, 4096, 4096, bf16_table=True) == "wide"
     assert cuda.choose_algo(11, 1, 4096, 4096) == "wide"
-    assert cuda.choose_algo(10, 1, 300, 4096) == "gather"  # too few rows for its 2048-row blocks
     assert cuda.choose_algo(11, 1, 4096, 4096, max_shared=100 * 1024) == "gather"  # T does not fit
     tables = cuda.float_host_tables(amsim.multipliers.exact(7).table.values)
     a, b, c = np.ones((1, 8, 4), F), np.ones((1, 4, 8), F), np.zeros((1, 8, 8), F)
     with pytest.raises(ValueError, match="exact in bfloat16"):
         cuda.plan_gemm_f32(a, b, c, 7, False, tables, np, "expand16")
-    with pytest.raises(ValueError, match="mantissa_bits >= 8"):
-        cuda.plan_gemm_f32(a, b, c, 7, False, tables, np, "wide")
+    with pytest.raises(ValueError, match="mantissa_bits >= 2"):
+        cuda.plan_gemm_f32(a, b, c, 1, False, cuda.float_host_tables(amsim.multipliers.mbm(1).table.values), np,
+                           "wide")
+    # the estimates behind the choice: every usable kernel, best first for a narrow problem too
+    assert set(cuda.usable_algos(7, bf16_table=True)) == {"expand16", "expand", "wide", "gather"}
+    assert cuda.usable_algos(10) == ["wide", "gather"] and cuda.usable_algos(1) == ["expand", "gather"]
+    narrow = {a: cuda.algo_estimate(a, 7, 1, 131072, 16) for a in cuda.usable_algos(7, bf16_table=True)}
+    assert narrow["expand16"] < 0.3 * cuda.algo_estimate("expand16", 7, 1, 131072, 64)  # 16 of 64 columns used
+    assert cuda.choose_algo(7, 1, 131072, 16, bf16_table=True) == max(narrow, key=narrow.get)
 
 
 @pytest.mark.parametrize("layout", [0, 2])

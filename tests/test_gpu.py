@@ -118,11 +118,12 @@ def test_gemm_layouts_algos_special_values(cuda, algo, trans, m, rounding, rng):
 
 
 @pytest.mark.parametrize("trans", LAYOUTS, ids=lambda t: "".join("T" if x else "N" for x in t))
-@pytest.mark.parametrize("m,rounding", [(8, "nearest"), (10, "truncate"), (11, "nearest")])
+@pytest.mark.parametrize("m,rounding", [(3, "truncate"), (7, "nearest"), (8, "nearest"), (10, "truncate"),
+                                        (11, "nearest")])
 def test_gemm_wide_layouts_special_values(cuda, trans, m, rounding, rng):
     mult = _mult("mitchell", m, rounding)
     a = mixed_matrix(rng, (2100, 19), 0.002)  # two row blocks, the second partial
-    b = mixed_matrix(rng, (19, 40), 0.002)
+    b = mixed_matrix(rng, (19, 40), 0.002)  # two full column blocks and a partial one
     da = _dev(np.ascontiguousarray(a.T)) if trans[0] else _dev(a)
     db = _dev(np.ascontiguousarray(b.T)) if trans[1] else _dev(b)
     got = cuda.gemm(da, db, mult, trans_a=trans[0], trans_b=trans[1], algo="wide")

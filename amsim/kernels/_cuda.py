@@ -198,24 +198,65 @@ def wide_shared_bytes(m: int) -> int:
     return bk * nl * 4 * nv.WIDE_BN + 4 * bk * (nv.WIDE_BM + 2 * nv.WIDE_BN)
 
 
+# Products per clock per SM at full tiles, from each kernel's design (docs/gpu.md, "What the instruction counts
+# say"); for m >= 8 the wide kernel is bound by L2 (4 * 2**m / 2048 bytes per product, ~21 bytes per clock per SM)
+# and the gather kernel by one 32-byte L2 sector per product. Estimates, to be replaced by measurements.
+_RATE = {"expand16": 40.0, "expand": 26.0, "wide": 23.0, "gather": 9.0}
+_L2_BYTES_PER_CLOCK = 21.0
+
+
+def _rate(algo, m):
+    if m <= nv.EXPAND_MAX_BITS:
+        return _RATE[algo]
+    if algo == "wide":
+        return min(_RATE["wide"], _L2_BYTES_PER_CLOCK / (4 * 2**m / nv.WIDE_BM))  # 4-byte table entries
+    return _L2_BYTES_PER_CLOCK / 32.0
+
+
+def _tile(algo):
+    return {"expand16": (nv.E16_BM, nv.E16_BN), "expand": (nv.EXP_BM, nv.EXP_BN), "wide": (nv.WIDE_BM, nv.WIDE_BN),
+            "gather": (nv.GAT_BM, nv.GAT_BN)}[algo]
+
+
+def _shared_bytes(algo, m):
+    return {"expand16": expand16_shared_bytes, "expand": expand_shared_bytes, "wide": wide_shared_bytes,
+            "gather": gather_shared_bytes}[algo](m)
+
+
+def algo_estimate(algo, m, nbatch, rows, cols, num_sms=_DEFAULT_SMS) -> float:
+    """Estimated products per clock per SM of a float GEMM kernel on this problem: the kernel's full-tile rate
+    times the used fraction of its row and column tiles and of its last wave of blocks."""
+    bm, bn = _tile(algo)
+    brows, bcols = _ceil(rows, bm), _ceil(cols, bn)
+    blocks = nbatch * brows * bcols
+    waves = _ceil(blocks, num_sms)
+    return _rate(algo, m) * rows / (brows * bm) * cols / (bcols * bn) * blocks / (waves * num_sms)
+
+
+def usable_algos(m, max_shared=_DEFAULT_MAX_SHARED, bf16_table=False) -> list[str]:
+    """The float GEMM kernels that can run mantissa width m with this table on this device."""
+    algos = []
+    if bf16_table and nv.E16_MIN_BITS <= m <= nv.EXPAND_MAX_BITS:
+        algos.append("expand16")
+    if m <= nv.EXPAND_MAX_BITS:
+        algos.append("expand")
+    if m >= nv.WIDE_MIN_BITS:
+        algos.append("wide")
+    algos.append("gather")
+    return [a for a in algos if _shared_bytes(a, m) <= max_shared]
+
+
 def choose_algo(m, nbatch, rows, cols, num_sms=_DEFAULT_SMS, max_shared=_DEFAULT_MAX_SHARED,
                 bf16_table=False) -> str:
-    """Which float GEMM kernel to use. "expand16" and "expand" (m <= 7) and "wide" (m >= 8) read one expanded
-    table value per product from shared memory (2, 4 and 4 bytes) where "gather" reads a table entry per product
-    (from L2 for m >= 8), but they need tall blocks; "expand16" needs a table that is exact in bfloat16
-    (``bf16_table``). (Heuristic from the kernels' design, see docs/gpu.md; to be tuned on a GPU.)"""
-    if m > nv.EXPAND_MAX_BITS:
-        blocks = nbatch * _ceil(cols, nv.WIDE_BN) * _ceil(rows, nv.WIDE_BM)
-        fits = wide_shared_bytes(m) <= max_shared
-        return "wide" if fits and rows >= nv.WIDE_BM // 2 and blocks >= num_sms else "gather"
-    if bf16_table and m >= nv.E16_MIN_BITS and expand16_shared_bytes(m) <= max_shared:
-        blocks = nbatch * _ceil(cols, nv.E16_BN) * _ceil(rows, nv.E16_BM)
-        if rows >= nv.E16_BM // 2 and blocks >= num_sms:
-            return "expand16"
-    if expand_shared_bytes(m) > max_shared:
-        return "gather"
-    blocks = nbatch * _ceil(cols, nv.EXP_BN) * _ceil(rows, nv.EXP_BM)
-    return "expand" if rows >= nv.EXP_BM // 2 and blocks >= num_sms else "gather"
+    """Which float GEMM kernel to use: the one with the best :func:`algo_estimate`.
+
+    "expand16", "expand" and "wide" read one expanded table value per product from shared memory (2, 4 and 4
+    bytes) where "gather" gathers a table entry per product (from L2 for m >= 8), but they need tall blocks
+    (512, 1024 and 2048 rows) and 64, 32 and 16 columns; "expand16" needs a table that is exact in bfloat16
+    (``bf16_table``). The rates are design estimates (docs/gpu.md), to be tuned on a GPU.
+    """
+    algos = usable_algos(m, max_shared, bf16_table)
+    return max(algos, key=lambda a: algo_estimate(a, m, nbatch, rows, cols, num_sms))
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -263,8 +304,8 @@ def plan_gemm_f32(a3, b3, c3, m, truncate, tables, xp, algo=None, num_sms=_DEFAU
         kernel, table_arg = f"amsim_gemm_expand_f32<{m}, {layout}>", lut_t
     elif algo == "wide":
         if m < nv.WIDE_MIN_BITS:
-            raise ValueError(f"the wide kernel handles mantissa_bits >= {nv.WIDE_MIN_BITS}, not {m}; use 'expand16' "
-                             "or 'expand'.")
+            raise ValueError(f"the wide kernel handles mantissa_bits >= {nv.WIDE_MIN_BITS}, not {m}; use 'expand' "
+                             "or 'gather'.")
         bm, bn, threads, shared = nv.WIDE_BM, nv.WIDE_BN, nv.WIDE_THREADS, wide_shared_bytes(m)
         kernel, table_arg = f"amsim_gemm_wide_f32<{m}, {int(b_t)}>", lut_t
     elif algo == "gather":

@@ -45,7 +45,7 @@ E16_MIN_BITS = 2
 WIDE_THREADS = 256
 WIDE_BM = 64 * KERNEL_DEFINES["AMSIM_WIDE_TM"]
 WIDE_BN = 16
-WIDE_MIN_BITS = 8  # below, the table fits shared memory and expand / expand16 do better
+WIDE_MIN_BITS = 2  # the wide kernel's row groups of 4 need 2**m >= 4
 GAT_THREADS = 256
 GAT_BM = GAT_BN = 64
 GAT_BK = KERNEL_DEFINES["AMSIM_GAT_BK"]
