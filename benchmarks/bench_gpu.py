@@ -114,7 +114,7 @@ def main(argv=None):
     parser.add_argument("--mults", default="mbm7,mbm10", help="comma-separated names for amsim.multipliers.get")
     parser.add_argument("--algos", default="auto,expand16,expand,wide,gather",
                         help="float kernels to time (expand: m <= 7; expand16: 2 <= m <= 7 with a bf16-exact table; "
-                             "wide: m >= 8)")
+                             "wide: any m >= 2)")
     parser.add_argument("--no-check", action="store_true", help="skip the golden spot check")
     parser.add_argument("--jax", action="store_true", help="also time LeNet-5/ResNet-20 training steps vs plain JAX")
     parser.add_argument("--jax-only", action="store_true", help="only the training-step comparison")
@@ -157,7 +157,7 @@ def main(argv=None):
         m = mult.mantissa_bits
         bf16_table = _cuda.bf16_pair_table(mult.table.values) is not None
         for algo in args.algos.split(","):
-            unusable = {"expand": m > 7, "expand16": not bf16_table, "wide": m < 8}
+            unusable = {"expand": m > 7, "expand16": not bf16_table, "wide": m < 2}
             if unusable.get(algo, False):
                 continue
             kw = {} if algo == "auto" else {"algo": algo}
