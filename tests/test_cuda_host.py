@@ -293,6 +293,7 @@ _IM2COL_A = "x, col, pad, h, w, c, oh, ow, kh, kw, sh, sw, ph, pw, dh, dw, group
 EXPAND_M = (1, 4, 7)
 EXPAND16_M = (2, 4, 7)
 WIDE_M = (2, 7, 8, 11)
+DOT_M = (1, 7, 8, 11)
 GATHER_M = (2, 4, 8, 11)
 LUT_BITS = (3, 8)
 LAYOUTS = (0, 1, 2, 3)
@@ -312,10 +313,15 @@ FAMILIES = {
         "const float* A, unsigned int* codes, int* rf, int rows, int depth, long long lda, long long sa, "
         "long long sc, int nflag, int trunc, int lo, int hi",
         "A, codes, rf, rows, depth, lda, sa, sc, nflag, trunc, lo, hi",
-        [f"{m}, {t}, 0" for m in EXPAND16_M for t in (0, 1)] + [f"{m}, {t}, 1" for m in WIDE_M for t in (0, 1)]),
+        [f"{m}, {t}, 0" for m in EXPAND16_M for t in (0, 1)] + [f"{m}, {t}, 1" for m in WIDE_M for t in (0, 1)]
+        + [f"{m}, {t}, {f}" for m in DOT_M for t in (0, 1) for f in (2, 3)]),
+    "amsim_gemm_dot_f32": (
+        "const unsigned int* A, const unsigned int* B, float* C, const float* lut, int rows, int cols, int depth, "
+        "long long ldc, long long sa, long long sb, long long sc",
+        "A, B, C, lut, rows, cols, depth, ldc, sa, sb, sc", [f"{m}" for m in DOT_M]),
     "amsim_gemm_gather_f32": (_F_GEMM_P, _F_GEMM_A, [f"{m}, {l}" for m in GATHER_M for l in LAYOUTS]),
     "amsim_gemm_fixup_f32": (_FIXUP_P, _FIXUP_A,
-                             [f"{m}, {l}" for m in sorted(set(EXPAND_M + EXPAND16_M + WIDE_M + GATHER_M))
+                             [f"{m}, {l}" for m in sorted(set(EXPAND_M + EXPAND16_M + WIDE_M + GATHER_M + DOT_M))
                               for l in LAYOUTS]),
     "amsim_gemm_lut_int": (_LUT_GEMM_P.format(T="int"), _LUT_GEMM_A,
                            [f"int, {b}, {l}" for b in LUT_BITS for l in LAYOUTS]),
@@ -404,6 +410,9 @@ def emu_gemm_f32(lib, a3, b3, mult, algo, layout=0):
     if algo in ("expand16", "wide"):  # the A encoder (A's layout bit), then the GEMM (B's)
         assert plan[0].kernel.endswith(f", {layout >> 1}, {int(algo == 'wide')}>"), plan[0].kernel
         assert plan[1].kernel.endswith(f", {layout & 1}>"), plan[1].kernel
+    elif algo == "dot":  # the A encoder, the B^T encoder (B stored K x N is B^T stored transposed), the GEMM
+        assert plan[0].kernel.endswith(f", {layout >> 1}, 2>"), plan[0].kernel
+        assert plan[1].kernel.endswith(f", {1 - (layout & 1)}, 3>"), plan[1].kernel
     else:
         assert plan and plan[0].kernel.endswith(f", {layout}>"), plan[0].kernel
     emu_run(lib, plan)
@@ -417,6 +426,10 @@ GEMM_CASES = [  # algo, multiplier, (nb, M, K, N)
     ("wide", ("mbm", 8), (2, 1100, 9, 37)),
     ("wide", ("exact", 7), (1, 2100, 7, 16)),
     ("wide", ("mitchell", 2), (1, 30, 11, 5)),
+    ("dot", ("mbm", 7), (2, 25, 700, 6)),
+    ("dot", ("exact", 1), (1, 9, 40, 130)),
+    ("dot", ("mitchell", 11), (1, 150, 90, 3)),
+    ("dot", ("mbm", 8), (1, 3, 33, 2)),
     ("wide", ("mitchell", 11), (1, 70, 5, 17)),
     ("expand", ("mbm", 7), (2, 1030, 9, 37)),
     ("expand", ("mitchell", 4), (1, 300, 13, 70)),
@@ -458,7 +471,7 @@ def _scaled_table(m, rng, zeros=True):
 @pytest.mark.parametrize("algo,kind,m", [("expand", "odd", 4), ("gather", "odd", 4), ("expand", "scaled", 4),
                                          ("gather", "scaled", 4), ("expand", "mbm", 7), ("gather", "mbm", 8),
                                          ("expand16", "scaled", 4), ("expand16", "mbm", 7), ("wide", "odd", 8),
-                                         ("wide", "scaled", 11)])
+                                         ("wide", "scaled", 11), ("dot", "odd", 7), ("dot", "scaled", 8)])
 def test_emulated_gemm_f32_exponent_edges(emu_lib, algo, kind, m, rng):
     """Operand exponents around the tame range and the fp32 limits: fast path, fix-up, over/underflow."""
     if kind == "mbm":
@@ -503,7 +516,7 @@ def test_kernel_eligibility_and_choice():
     assert cuda.bf16_pair_table(amsim.multipliers.mbm(1).table.values) is None  # m = 1: no groups of 4 rows
     assert cuda.choose_algo(7, 1, 4096, 4096, bf16_table=True) == "expand16"
     assert cuda.choose_algo(7, 1, 4096, 4096, bf16_table=False) == "expand"
-    assert cuda.choose_algo(7, 1, 64, 64, bf16_table=True) == "gather"
+    assert cuda.choose_algo(7, 1, 64, 64, bf16_table=True) == "dot"  # 32 blocks beat one 64 x 64 tile
     assert cuda.choose_algo(10, 1, 4096, 4096, bf16_table=True) == "wide"
     assert cuda.choose_algo(11, 1, 4096, 4096) == "wide"
     assert cuda.choose_algo(11, 1, 4096, 4096, max_shared=100 * 1024) == "gather"  # T does not fit
@@ -515,15 +528,18 @@ def test_kernel_eligibility_and_choice():
         cuda.plan_gemm_f32(a, b, c, 1, False, cuda.float_host_tables(amsim.multipliers.mbm(1).table.values), np,
                            "wide")
     # the estimates behind the choice: every usable kernel, best first for a narrow problem too
-    assert set(cuda.usable_algos(7, bf16_table=True)) == {"expand16", "expand", "wide", "gather"}
-    assert cuda.usable_algos(10) == ["wide", "gather"] and cuda.usable_algos(1) == ["expand", "gather"]
+    assert set(cuda.usable_algos(7, bf16_table=True)) == {"expand16", "expand", "wide", "gather", "dot"}
+    assert cuda.usable_algos(10) == ["wide", "gather", "dot"] and cuda.usable_algos(1) == ["expand", "gather", "dot"]
+    # a weight gradient: few outputs, a long contraction -> one thread per output
+    assert cuda.choose_algo(7, 1, 25, 6, bf16_table=True) == "dot"
+    assert cuda.choose_algo(7, 8, 256, 256, bf16_table=True) == "gather"
     narrow = {a: cuda.algo_estimate(a, 7, 1, 131072, 16) for a in cuda.usable_algos(7, bf16_table=True)}
     assert narrow["expand16"] < 0.3 * cuda.algo_estimate("expand16", 7, 1, 131072, 64)  # 16 of 64 columns used
     assert cuda.choose_algo(7, 1, 131072, 16, bf16_table=True) == max(narrow, key=narrow.get)
 
 
 @pytest.mark.parametrize("layout", [0, 2])
-@pytest.mark.parametrize("algo,m", [("expand16", 7), ("wide", 8)])
+@pytest.mark.parametrize("algo,m", [("expand16", 7), ("wide", 8), ("dot", 7)])
 def test_emulated_encoded_a_broadcast_flags_every_batch(emu_lib, algo, m, layout, rng):
     """A broadcast over the batch is encoded once; a special operand in it must flag its row in every batch."""
     mult = amsim.multipliers.mbm(m)

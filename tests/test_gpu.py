@@ -141,6 +141,19 @@ def test_large_m10_problem_takes_wide_and_is_exact(cuda, rng):
     assert_bits_equal(got[rows], golden.matmul(a[rows], b, mult))
 
 
+@pytest.mark.parametrize("m", [3, 7, 10])
+def test_gemm_dot_weight_gradient_shapes(cuda, m, rng):
+    """Few outputs, long contraction (a conv weight gradient): the dot kernel, and the automatic choice."""
+    mult = _mult("mbm", m)
+    a = mixed_matrix(rng, (25, 5000), 0.0005)
+    b = mixed_matrix(rng, (5000, 6), 0.0005)
+    want = golden.matmul(a, b, mult)
+    assert_bits_equal(_host(cuda.gemm(_dev(a), _dev(b), mult, algo="dot")), want)
+    assert_bits_equal(_host(cuda.gemm(_dev(np.ascontiguousarray(a.T)), _dev(b), mult, trans_a=True)), want)
+    sms, max_shared = cuda.device_limits()
+    assert cuda.choose_algo(m, 1, 25, 6, sms, max_shared) == "dot"
+
+
 def test_gemm_gather_large_m(cuda, rng):
     for m in (8, 10, 11):
         mult = _mult("mitchell", m)

@@ -29,7 +29,7 @@ _I32_MAX = 2**31 - 1
 _GRID_YZ_MAX = 65535
 _DEFAULT_SMS = 132
 _DEFAULT_MAX_SHARED = 227 * 1024
-ALGOS = ("expand16", "expand", "wide", "gather")
+ALGOS = ("expand16", "expand", "wide", "gather", "dot")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -201,7 +201,8 @@ def wide_shared_bytes(m: int) -> int:
 # Products per clock per SM at full tiles, from each kernel's design (docs/gpu.md, "What the instruction counts
 # say"); for m >= 8 the wide kernel is bound by L2 (4 * 2**m / 2048 bytes per product, ~21 bytes per clock per SM)
 # and the gather kernel by one 32-byte L2 sector per product. Estimates, to be replaced by measurements.
-_RATE = {"expand16": 40.0, "expand": 26.0, "wide": 23.0, "gather": 9.0}
+_RATE = {"expand16": 40.0, "expand": 26.0, "wide": 23.0, "gather": 9.0, "dot": 8.0}
+_DOT_BLOCKS_PER_SM = 8  # 128-thread blocks of ~30 registers: the dot kernel needs many in flight
 _L2_BYTES_PER_CLOCK = 21.0
 
 
@@ -210,7 +211,7 @@ def _rate(algo, m):
         return _RATE[algo]
     if algo == "wide":
         return min(_RATE["wide"], _L2_BYTES_PER_CLOCK / (4 * 2**m / nv.WIDE_BM))  # 4-byte table entries
-    return _L2_BYTES_PER_CLOCK / 32.0
+    return _L2_BYTES_PER_CLOCK / 32.0 * (_RATE[algo] / _RATE["gather"])
 
 
 def _tile(algo):
@@ -218,14 +219,23 @@ def _tile(algo):
             "gather": (nv.GAT_BM, nv.GAT_BN)}[algo]
 
 
+def dot_shared_bytes(m: int) -> int:
+    return 4 << (2 * m) if m <= nv.MAX_SHARED_LUT_BITS else 0
+
+
 def _shared_bytes(algo, m):
     return {"expand16": expand16_shared_bytes, "expand": expand_shared_bytes, "wide": wide_shared_bytes,
-            "gather": gather_shared_bytes}[algo](m)
+            "gather": gather_shared_bytes, "dot": dot_shared_bytes}[algo](m)
 
 
 def algo_estimate(algo, m, nbatch, rows, cols, num_sms=_DEFAULT_SMS) -> float:
     """Estimated products per clock per SM of a float GEMM kernel on this problem: the kernel's full-tile rate
     times the used fraction of its row and column tiles and of its last wave of blocks."""
+    if algo == "dot":  # one output per thread: only the last block is partial, many blocks per SM
+        outputs = nbatch * rows * cols
+        blocks = nbatch * _ceil(rows * cols, nv.DOT_THREADS)
+        slots = num_sms * _DOT_BLOCKS_PER_SM
+        return _rate(algo, m) * outputs / (blocks * nv.DOT_THREADS) * blocks / (_ceil(blocks, slots) * slots)
     bm, bn = _tile(algo)
     brows, bcols = _ceil(rows, bm), _ceil(cols, bn)
     blocks = nbatch * brows * bcols
@@ -242,7 +252,7 @@ def usable_algos(m, max_shared=_DEFAULT_MAX_SHARED, bf16_table=False) -> list[st
         algos.append("expand")
     if m >= nv.WIDE_MIN_BITS:
         algos.append("wide")
-    algos.append("gather")
+    algos += ["gather", "dot"]
     return [a for a in algos if _shared_bytes(a, m) <= max_shared]
 
 
@@ -273,7 +283,7 @@ def plan_gemm_f32(a3, b3, c3, m, truncate, tables, xp, algo=None, num_sms=_DEFAU
         m, truncate: the multiplier's mantissa width and rounding (truncate: bool).
         tables: (lut, lut_t, ranges, lut_p) as from :func:`float_host_tables`, arrays of ``xp``.
         xp: numpy or cupy (allocates the special-operand flags).
-        algo: "expand16", "expand", "wide", "gather" or None (choose).
+        algo: "expand16", "expand", "wide", "gather", "dot" or None (choose).
         num_sms, max_shared: the device's SM count and opt-in shared memory per block.
 
     Returns:
@@ -311,6 +321,9 @@ def plan_gemm_f32(a3, b3, c3, m, truncate, tables, xp, algo=None, num_sms=_DEFAU
     elif algo == "gather":
         bm, bn, threads, shared = nv.GAT_BM, nv.GAT_BN, nv.GAT_THREADS, gather_shared_bytes(m)
         kernel, table_arg = f"amsim_gemm_gather_f32<{m}, {layout}>", lut
+    elif algo == "dot":
+        bm, bn, threads, shared = 2048, 1, nv.DOT_THREADS, dot_shared_bytes(m)  # bm: rows per chunk / 65535
+        kernel, table_arg = f"amsim_gemm_dot_f32<{m}>", lut
     else:
         raise ValueError(f"algo must be one of {ALGOS} or None, got {algo!r}.")
     if shared > max_shared:
@@ -329,7 +342,24 @@ def plan_gemm_f32(a3, b3, c3, m, truncate, tables, xp, algo=None, num_sms=_DEFAU
             common = (av, bv, cv)
             dims = (i32(rn), i32(cols), i32(depth), i64(lda), i64(ldb), i64(ldc), i64(sa), i64(sb), i64(sc),
                     i32(bool(truncate)))
-            if algo in ("expand16", "wide"):  # A is encoded once (not once per column block), then multiplied
+            if algo == "dot":  # both operands encoded once (B as B^T, flagging columns), then one thread per output
+                nenc_a = 1 if sa == 0 else bn_
+                nenc_b = 1 if sb == 0 else bn_
+                codes_a = xp.empty((nenc_a, depth, rn), np.uint32)
+                codes_b = xp.empty((nenc_b, depth, cols), np.uint32)
+                for x, codes, flag, n_, ld_, st_, nenc, transposed, lo, hi, fmt in (
+                        (av, codes_a, rowflag, rn, lda, sa, nenc_a, a_t, a_lo, a_hi, 2),
+                        (bv.swapaxes(1, 2), codes_b, colflag, cols, ldb, sb, nenc_b, not b_t, b_lo, b_hi, 3)):
+                    launches.append(Launch(f"amsim_encode_a<{m}, {int(transposed)}, {fmt}>",
+                                           (_ceil(n_ * depth, 256), nenc, 1), (256, 1, 1), 0,
+                                           (x, codes, flag, i32(n_), i32(depth), i64(ld_), i64(st_),
+                                            i64(0 if st_ == 0 else depth * n_), i32(bn_ if st_ == 0 else 1),
+                                            i32(bool(truncate)), i32(lo), i32(hi))))
+                launches.append(Launch(kernel, (_ceil(rn * cols, threads), 1, bn_), (threads, 1, 1), shared,
+                                       (codes_a, codes_b, cv, table_arg, i32(rn), i32(cols), i32(depth), i64(ldc),
+                                        i64(0 if sa == 0 else depth * rn), i64(0 if sb == 0 else depth * cols),
+                                        i64(sc))))
+            elif algo in ("expand16", "wide"):  # A is encoded once (not once per column block), then multiplied
                 nenc = 1 if sa == 0 else bn_  # a batch-broadcast A is encoded once and flags every batch
                 codes = xp.empty((nenc, depth, rn), np.uint32)
                 fmt = 0 if algo == "expand16" else 1
@@ -673,8 +703,8 @@ def gemm(a, b, mult, trans_a=False, trans_b=False, out=None, algo=None):
         mult: the :class:`amsim.Multiplier`.
         trans_a, trans_b: use the transpose of the last two axes.
         out: optional C-contiguous output (float32 / int32).
-        algo: significand tables only: "expand16", "expand", "wide", "gather" or None (automatic); for tests and
-            benchmarks.
+        algo: significand tables only: "expand16", "expand", "wide", "gather", "dot" or None (automatic); for
+            tests and benchmarks.
 
     Returns:
         (M, N) if both operands are 2-D, else (batch, M, N); bit-identical to ``amsim.golden.matmul``.
@@ -733,7 +763,7 @@ def conv2d_nhwc(x, w, mult, stride=1, padding=0, dilation=1, groups=1, *, max_ch
         padding: int, (ph, pw), or ((top, bottom), (left, right)).
         groups: feature groups; Cin and Cout must be multiples.
         max_chunk_bytes: bound on the im2col buffer; the output pixels are processed in chunks that fit.
-        algo: float GEMM kernel ("expand16", "expand", "wide", "gather" or None), for tests and benchmarks.
+        algo: float GEMM kernel ("expand16", "expand", "wide", "gather", "dot" or None), for tests and benchmarks.
 
     Returns:
         (N, OH, OW, Cout) float32 or int32 CuPy array.

@@ -50,6 +50,7 @@ GAT_THREADS = 256
 GAT_BM = GAT_BN = 64
 GAT_BK = KERNEL_DEFINES["AMSIM_GAT_BK"]
 FIXUP_THREADS = 128
+DOT_THREADS = 128
 MAX_SHARED_LUT_BITS = 7  # tables up to 2**14 entries (64 KiB) are staged in shared memory
 EXPAND_MAX_BITS = 7
 
@@ -98,6 +99,8 @@ def float_kernel_names(m: int) -> list[str]:
     if m >= WIDE_MIN_BITS:
         names += [f"amsim_gemm_wide_f32<{m}, {t}>" for t in (0, 1)]
         names += [f"amsim_encode_a<{m}, {t}, 1>" for t in (0, 1)]
+    names.append(f"amsim_gemm_dot_f32<{m}>")  # A and B as k-major codes
+    names += [f"amsim_encode_a<{m}, {t}, {fmt}>" for fmt in (2, 3) for t in (0, 1)]
     names.append(f"amsim_multiply_f32<{m}>")
     return names
 

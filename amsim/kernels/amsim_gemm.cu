@@ -573,8 +573,50 @@ amsim_gemm_wide_f32(const unsigned int* __restrict__ Acode, const float* __restr
     }
 }
 
-// A's codes for the expand16 and wide kernels: codes[k * rows + i] = scale(a) | row(ia) per batch (grid.y), with
-// row() the kernel's T-row byte offset and swizzle (FMT 0: amsim_e16_row, 1: amsim_wide_row). A is read in its
+// ---------------------------------------------------------------------------------------------------------
+// Float GEMM, "dot" kernel (any m): one output per thread, for problems with few outputs and long contractions
+// (weight gradients: M x N of a few hundred, K = batch x pixels), where the tiled kernels leave most of the GPU
+// idle and give each busy thread 16 to 128 outputs to run through K in sequence. Both operands arrive as
+// codes from amsim_encode_a (A: FMT 2, B as B^T: FMT 3), k-major, so a product is two loads, one logic op for
+// the table index (ia << m) | ib, the table read (shared memory for m <= 7, L1/L2 beyond), a multiply and an fma.
+// Threads walk i fastest: A's codes load coalesced, B's are broadcast.
+// ---------------------------------------------------------------------------------------------------------
+template <int M>
+__global__ void __launch_bounds__(128)
+amsim_gemm_dot_f32(const unsigned int* __restrict__ Acode, const unsigned int* __restrict__ Bcode,
+                   float* __restrict__ C, const float* __restrict__ lut, int rows, int cols, int depth,
+                   long long ldc, long long stride_ac, long long stride_bc, long long stride_c) {
+    constexpr int NL = 1 << M;
+    constexpr bool LUT_SHARED = M <= 7;
+    AMSIM_DYN_SMEM(smem);
+    float* s_lut = reinterpret_cast<float*>(smem);
+    const long long bat = blockIdx.z;
+    if (LUT_SHARED) {
+        for (int e = threadIdx.x; e < NL * NL; e += blockDim.x) s_lut[e] = amsim_ldg(lut + e);
+        __syncthreads();
+    }
+    const long long o = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (o >= (long long)rows * cols) return;
+    const int i = (int)(o % rows);
+    const int j = (int)(o / rows);
+    const unsigned int* ap = Acode + bat * stride_ac + i;
+    const unsigned int* bp = Bcode + bat * stride_bc + j;
+    float acc = 0.0f;
+#pragma unroll 4
+    for (int k = 0; k < depth; ++k) {
+        const unsigned int ca = *ap, cb = *bp;
+        ap += rows;
+        bp += cols;
+        const unsigned int idx = (ca | cb) & AMSIM_FRAC_MASK;
+        const float p = LUT_SHARED ? s_lut[idx] : amsim_ldg(lut + idx);
+        acc = amsim_fma(amsim_u2f(ca & AMSIM_SCALE_MASK), amsim_fmul(p, amsim_u2f(cb & AMSIM_SCALE_MASK)), acc);
+    }
+    C[bat * stride_c + (long long)i * ldc + j] = acc;
+}
+
+// Operand codes for the expand16, wide and dot kernels: codes[k * rows + i] = scale(a) | low(ia) per batch
+// (grid.y), with low() the kernel's T-row byte offset and swizzle (FMT 0: amsim_e16_row, 1: amsim_wide_row) or
+// the table-index part (FMT 2: ia << m for A, 3: ib for B, which is encoded as B^T). The operand is read in its
 // stored layout (A_T: stored K x M), consecutive threads on the contiguous axis. A special operand gets code 0
 // and flags its row in every one of `nflag` batches (more than one when A is broadcast over the batch and
 // encoded once).
@@ -598,8 +640,17 @@ amsim_encode_a(const float* __restrict__ A, unsigned int* __restrict__ codes, in
     bool special;
     const unsigned int code = amsim_operand_code(amsim_round_bits(amsim_f2u(a), M, truncate != 0), M, lo, hi, &special);
     const unsigned int ia = code & ((1u << M) - 1u);
-    codes[bat * stride_codes + (long long)k * rows + i] =
-        (code & AMSIM_SCALE_MASK) | (FMT == 0 ? amsim_e16_row(ia) : amsim_wide_row(ia));
+    unsigned int low;
+    if (FMT == 0) {
+        low = amsim_e16_row(ia);
+    } else if (FMT == 1) {
+        low = amsim_wide_row(ia);
+    } else if (FMT == 2) {
+        low = ia << M;  // dot kernel, A side: (ia << m) | ib is the table index
+    } else {
+        low = ia;  // dot kernel, B side
+    }
+    codes[bat * stride_codes + (long long)k * rows + i] = (code & AMSIM_SCALE_MASK) | low;
     if (special) {
         for (int b = 0; b < nflag; ++b) rowflag[(bat + b) * rows + i] = 1;
     }
