@@ -16,6 +16,7 @@ from jax.experimental.buffer_callback import buffer_callback
 
 from .._multiplier import Multiplier
 
+
 def _as_cupy(buf):
     import cupy
 
