@@ -290,7 +290,7 @@ _IM2COL_P = ("const {T}* x, {T}* col, {T} pad, int h, int w, int c, int oh, int 
              "int ph, int pw, int dh, int dw, int groups, int cg, long long p0, long long npix")
 _IM2COL_A = "x, col, pad, h, w, c, oh, ow, kh, kw, sh, sw, ph, pw, dh, dw, groups, cg, p0, npix"
 
-EXPAND_M = (1, 4, 7)
+EXPAND_M = (2, 4, 7)
 EXPAND16_M = (2, 4, 7)
 WIDE_M = (2, 7, 8, 11)
 DOT_M = (1, 7, 8, 11)
@@ -298,7 +298,11 @@ GATHER_M = (2, 4, 8, 11)
 LUT_BITS = (3, 8)
 LAYOUTS = (0, 1, 2, 3)
 FAMILIES = {
-    "amsim_gemm_expand_f32": (_F_GEMM_P, _F_GEMM_A, [f"{m}, {l}" for m in EXPAND_M for l in LAYOUTS]),
+    "amsim_gemm_expand_f32": (
+        "const unsigned int* A, const float* B, float* C, const float* lut, int* cf, int rows, int cols, int depth, "
+        "long long lda, long long ldb, long long ldc, long long sa, long long sb, long long sc, int trunc, int blo, "
+        "int bhi", "A, B, C, lut, cf, rows, cols, depth, lda, ldb, ldc, sa, sb, sc, trunc, blo, bhi",
+        [f"{m}, {t}" for m in EXPAND_M for t in (0, 1)]),
     "amsim_gemm_expand16_f32": (
         "const unsigned int* A, const float* B, float* C, const float* lut, int* cf, int rows, int cols, int depth, "
         "long long lda, long long ldb, long long ldc, long long sa, long long sb, long long sc, int trunc, int blo, "
@@ -407,7 +411,7 @@ def emu_gemm_f32(lib, a3, b3, mult, algo, layout=0):
     av, bv = _stored(a3, layout & 2), _stored(b3, layout & 1)
     tables = cuda.float_host_tables(mult.table.values)
     plan = cuda.plan_gemm_f32(av, bv, out, mult.mantissa_bits, mult.rounding == "truncate", tables, np, algo)
-    if algo in ("expand16", "wide"):  # the A encoder (A's layout bit), then the GEMM (B's)
+    if algo in ("expand16", "expand", "wide"):  # the A encoder (A's layout bit), then the GEMM (B's)
         assert plan[0].kernel.endswith(f", {layout >> 1}, {int(algo == 'wide')}>"), plan[0].kernel
         assert plan[1].kernel.endswith(f", {layout & 1}>"), plan[1].kernel
     elif algo == "dot":  # the A encoder, the B^T encoder (B stored K x N is B^T stored transposed), the GEMM
@@ -433,7 +437,7 @@ GEMM_CASES = [  # algo, multiplier, (nb, M, K, N)
     ("wide", ("mitchell", 11), (1, 70, 5, 17)),
     ("expand", ("mbm", 7), (2, 1030, 9, 37)),
     ("expand", ("mitchell", 4), (1, 300, 13, 70)),
-    ("expand", ("exact", 1), (1, 40, 6, 33)),
+    ("expand", ("exact", 2), (1, 40, 6, 33)),
     ("gather", ("mbm", 8), (2, 70, 37, 65)),
     ("gather", ("mitchell", 11), (1, 65, 20, 3)),
     ("gather", ("exact", 2), (3, 5, 17, 66)),
@@ -529,7 +533,7 @@ def test_kernel_eligibility_and_choice():
                            "wide")
     # the estimates behind the choice: every usable kernel, best first for a narrow problem too
     assert set(cuda.usable_algos(7, bf16_table=True)) == {"expand16", "expand", "wide", "gather", "dot"}
-    assert cuda.usable_algos(10) == ["wide", "gather", "dot"] and cuda.usable_algos(1) == ["expand", "gather", "dot"]
+    assert cuda.usable_algos(10) == ["wide", "gather", "dot"] and cuda.usable_algos(1) == ["gather", "dot"]
     # a weight gradient: few outputs, a long contraction -> one thread per output
     assert cuda.choose_algo(7, 1, 25, 6, bf16_table=True) == "dot"
     assert cuda.choose_algo(7, 8, 256, 256, bf16_table=True) == "gather"
@@ -539,7 +543,7 @@ def test_kernel_eligibility_and_choice():
 
 
 @pytest.mark.parametrize("layout", [0, 2])
-@pytest.mark.parametrize("algo,m", [("expand16", 7), ("wide", 8), ("dot", 7)])
+@pytest.mark.parametrize("algo,m", [("expand16", 7), ("expand", 4), ("wide", 8), ("dot", 7)])
 def test_emulated_encoded_a_broadcast_flags_every_batch(emu_lib, algo, m, layout, rng):
     """A broadcast over the batch is encoded once; a special operand in it must flag its row in every batch."""
     mult = amsim.multipliers.mbm(m)

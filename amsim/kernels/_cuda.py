@@ -179,7 +179,7 @@ def _ceil(a, b):
 # ---------------------------------------------------------------------------------------------------------
 def expand_shared_bytes(m: int) -> int:
     nl = 1 << m
-    return 4 * (nl * nl + nv.EXP_BK * nl * (nv.EXP_BN + 4) + nv.EXP_BK * (nv.EXP_BM + nv.EXP_BN))
+    return 4 * (nl * nl + nv.EXP_BK * nl * nv.EXP_BN + nv.EXP_BK * (nv.EXP_BM + 2 * nv.EXP_BN))
 
 
 def gather_shared_bytes(bits: int) -> int:
@@ -248,7 +248,7 @@ def usable_algos(m, max_shared=_DEFAULT_MAX_SHARED, bf16_table=False) -> list[st
     algos = []
     if bf16_table and nv.E16_MIN_BITS <= m <= nv.EXPAND_MAX_BITS:
         algos.append("expand16")
-    if m <= nv.EXPAND_MAX_BITS:
+    if nv.EXPAND_MIN_BITS <= m <= nv.EXPAND_MAX_BITS:
         algos.append("expand")
     if m >= nv.WIDE_MIN_BITS:
         algos.append("wide")
@@ -308,10 +308,11 @@ def plan_gemm_f32(a3, b3, c3, m, truncate, tables, xp, algo=None, num_sms=_DEFAU
         bm, bn, threads, shared = nv.E16_BM, nv.E16_BN, nv.E16_THREADS, expand16_shared_bytes(m)
         kernel, table_arg = f"amsim_gemm_expand16_f32<{m}, {int(b_t)}>", lut_p
     elif algo == "expand":
-        if m > nv.EXPAND_MAX_BITS:
-            raise ValueError(f"the expand kernel handles mantissa_bits <= {nv.EXPAND_MAX_BITS}, not {m}.")
+        if not nv.EXPAND_MIN_BITS <= m <= nv.EXPAND_MAX_BITS:
+            raise ValueError(f"the expand kernel handles {nv.EXPAND_MIN_BITS} <= mantissa_bits <= "
+                             f"{nv.EXPAND_MAX_BITS}, not {m}.")
         bm, bn, threads, shared = nv.EXP_BM, nv.EXP_BN, nv.EXP_THREADS, expand_shared_bytes(m)
-        kernel, table_arg = f"amsim_gemm_expand_f32<{m}, {layout}>", lut_t
+        kernel, table_arg = f"amsim_gemm_expand_f32<{m}, {int(b_t)}>", lut_t
     elif algo == "wide":
         if m < nv.WIDE_MIN_BITS:
             raise ValueError(f"the wide kernel handles mantissa_bits >= {nv.WIDE_MIN_BITS}, not {m}; use 'expand' "
@@ -359,10 +360,10 @@ def plan_gemm_f32(a3, b3, c3, m, truncate, tables, xp, algo=None, num_sms=_DEFAU
                                        (codes_a, codes_b, cv, table_arg, i32(rn), i32(cols), i32(depth), i64(ldc),
                                         i64(0 if sa == 0 else depth * rn), i64(0 if sb == 0 else depth * cols),
                                         i64(sc))))
-            elif algo in ("expand16", "wide"):  # A is encoded once (not once per column block), then multiplied
+            elif algo in ("expand16", "expand", "wide"):  # A encoded once (not per column block), then multiplied
                 nenc = 1 if sa == 0 else bn_  # a batch-broadcast A is encoded once and flags every batch
                 codes = xp.empty((nenc, depth, rn), np.uint32)
-                fmt = 0 if algo == "expand16" else 1
+                fmt = 1 if algo == "wide" else 0
                 launches.append(Launch(f"amsim_encode_a<{m}, {int(a_t)}, {fmt}>", (_ceil(rn * depth, 256), nenc, 1),
                                        (256, 1, 1), 0,
                                        (av, codes, rowflag, i32(rn), i32(depth), i64(lda), i64(sa),

@@ -41,7 +41,7 @@ E16_THREADS = KERNEL_DEFINES["AMSIM_E16_WARPS"] * 32
 E16_BM = KERNEL_DEFINES["AMSIM_E16_WARPS"] * 4 * KERNEL_DEFINES["AMSIM_E16_TM"]
 E16_BN = 64
 E16_BK = KERNEL_DEFINES["AMSIM_E16_BK"]
-E16_MIN_BITS = 2
+E16_MIN_BITS = 2  # = EXPAND_MIN_BITS
 WIDE_THREADS = 256
 WIDE_BM = 64 * KERNEL_DEFINES["AMSIM_WIDE_TM"]
 WIDE_BN = 16
@@ -52,6 +52,7 @@ GAT_BK = KERNEL_DEFINES["AMSIM_GAT_BK"]
 FIXUP_THREADS = 128
 DOT_THREADS = 128
 MAX_SHARED_LUT_BITS = 7  # tables up to 2**14 entries (64 KiB) are staged in shared memory
+EXPAND_MIN_BITS = 2  # expand and expand16 build T four table rows at a time
 EXPAND_MAX_BITS = 7
 
 # -fmad=false: no contraction of a * b + c into an fma anywhere (the kernels call __fmaf_rn explicitly only
@@ -87,13 +88,11 @@ def float_kernel_names(m: int) -> list[str]:
     """Every float kernel instantiation for mantissa width m (GEMM kernels for all layouts, elementwise)."""
     names = []
     for layout in LAYOUTS.values():
-        if m <= EXPAND_MAX_BITS:
-            names.append(f"amsim_gemm_expand_f32<{m}, {layout}>")
-
         names.append(f"amsim_gemm_gather_f32<{m}, {layout}>")
         names.append(f"amsim_gemm_fixup_f32<{m}, {layout}>")
-    # expand16 and wide: only B's layout matters (A arrives as k-major codes from amsim_encode_a)
-    if E16_MIN_BITS <= m <= EXPAND_MAX_BITS:
+    # expand, expand16 and wide: only B's layout matters (A arrives as k-major codes from amsim_encode_a)
+    if EXPAND_MIN_BITS <= m <= EXPAND_MAX_BITS:
+        names += [f"amsim_gemm_expand_f32<{m}, {t}>" for t in (0, 1)]
         names += [f"amsim_gemm_expand16_f32<{m}, {t}>" for t in (0, 1)]
         names += [f"amsim_encode_a<{m}, {t}, 0>" for t in (0, 1)]
     if m >= WIDE_MIN_BITS:

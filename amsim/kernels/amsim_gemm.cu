@@ -140,48 +140,57 @@ struct amsim_tile {
     }
 };
 
+// Byte offset of row ia of a 128-byte-row expanded table (expand, expand16) | the XOR swizzle of its 16-byte
+// chunks, (ia >> 2) & 7: rows written four at a time by consecutive lanes land in distinct banks.
+__host__ __device__ __forceinline__ unsigned int amsim_e16_row(unsigned int ia) {
+    return ia * 128u | (((ia >> 2) & 7u) << 4);
+}
+
 // ---------------------------------------------------------------------------------------------------------
-// Float GEMM, "expand" kernel (m <= 7): for each contraction step k of a tile, the table is expanded against
-// the decoded B operand, T[k][r][j] = lut[r, ib(k, j)] * scale_b(k, j) (exact), so that every output update
-// is one conflict-free 128-bit shared load of four T values plus four fmas:
+// Float GEMM, "expand" kernel (2 <= m <= 7, any table): for each contraction step k of a tile, the table is
+// expanded against the decoded B operand, T[k][r][j] = lut[r, ib(k, j)] * scale_b(k, j) (exact), so that every
+// output update is one 16-byte shared load of four T values plus four fmas:
 //     C[i, j..j+3] = fma(scale_a(i, k), T[k][ia(i, k)][j..j+3], C[i, j..j+3]).
-// Block: WARPS warps, 32 columns (BN) and 4 * TM * WARPS rows (BM). Within a warp, 8 lanes share a row and
-// cover 32 contiguous columns with float4s, so each quarter-warp of a 128-bit load reads one 128-byte row
-// of T: no bank conflicts. Building T costs ~2**m / BM of the main loop, hence the tall block.
-// Shared memory: the transposed table (2**2m floats), T (BK * 2**m * (BN + 4) floats; the padding spreads
-// the float4 stores of the expansion over all banks), the A and B codes.
+// Block: WARPS warps, 32 columns (BN) and 4 * TM * WARPS rows (BM); 8 lanes share a row (a 128-byte row of T,
+// one 16-byte chunk each), a thread owns TM consecutive rows. T rows are swizzled like expand16's (chunk
+// position ^= (r >> 2) & 7) and A arrives pre-encoded in the same format (amsim_encode_a<M, A_T, 0>), so the
+// expansion's stores and the main loop's loads are conflict-free and a T address is one logic op. Building T:
+// a unit is 4 rows x 4 columns, four 16-byte reads of the staged transposed table (lanes walk groups of four
+// rows: contiguous) and 16 multiplies; it costs ~2**m / BM of the main loop, hence the tall block.
+// Shared memory: the transposed table (2**2m floats), T (BK * 2**m rows of 128 bytes), the codes.
 // ---------------------------------------------------------------------------------------------------------
-template <int M, int LAYOUT>
+template <int M, int B_T>
 __global__ void __launch_bounds__(AMSIM_EXP_WARPS * 32, 1)
-amsim_gemm_expand_f32(const float* __restrict__ A, const float* __restrict__ B, float* __restrict__ C,
-                      const float* __restrict__ lut_t, int* __restrict__ rowflag, int* __restrict__ colflag,
-                      int rows, int cols, int depth, long long lda, long long ldb, long long ldc,
-                      long long stride_a, long long stride_b, long long stride_c, int truncate,
-                      int a_lo, int a_hi, int b_lo, int b_hi) {
-    static_assert(M >= 1 && M <= 7, "the expand kernel keeps the whole table in shared memory: m <= 7");
+amsim_gemm_expand_f32(const unsigned int* __restrict__ Acode, const float* __restrict__ B, float* __restrict__ C,
+                      const float* __restrict__ lut_t, int* __restrict__ colflag, int rows, int cols, int depth,
+                      long long ldac, long long ldb, long long ldc, long long stride_ac, long long stride_b,
+                      long long stride_c, int truncate, int b_lo, int b_hi) {
+    static_assert(M >= 2 && M <= 7, "the expand kernel keeps the whole table in shared memory: 2 <= m <= 7");
     constexpr int NL = 1 << M;
     constexpr unsigned int MASK = NL - 1;
     constexpr int THREADS = AMSIM_EXP_WARPS * 32;
     constexpr int TM = AMSIM_EXP_TM;
     constexpr int BK = AMSIM_EXP_BK;
     constexpr int BN = 32;
-    constexpr int TS = BN + 4;
+    constexpr int ROWB = 4 * BN;
     constexpr int BM = AMSIM_EXP_WARPS * 4 * TM;
-    using TileA = amsim_tile<!amsim_layout<LAYOUT>::a_t, BM, BK, THREADS>;
-    using TileB = amsim_tile<amsim_layout<LAYOUT>::b_t, BN, BK, THREADS>;
+    constexpr int RQ = NL / 4;
+    static_assert(TM % 4 == 0, "codes are read four rows at a time");
+    using TileA = amsim_tile<false, BM, BK, THREADS>;  // codes: rows contiguous
+    using TileB = amsim_tile<B_T != 0, BN, BK, THREADS>;
 
     AMSIM_DYN_SMEM(smem);
-    float* s_lut_t = reinterpret_cast<float*>(smem);    // [NL][NL], s_lut_t[ib * NL + ia] = lut[ia, ib]
-    float* s_t = s_lut_t + NL * NL;                      // [BK][NL][TS]
-    unsigned int* s_a = reinterpret_cast<unsigned int*>(s_t + BK * NL * TS);  // [BK][BM]
-    unsigned int* s_b = s_a + BK * BM;                                        // [BK][BN]
+    float* s_lut_t = reinterpret_cast<float*>(smem);                             // [NL][NL]: [ib][r] = lut[r, ib]
+    unsigned char* s_t = reinterpret_cast<unsigned char*>(s_lut_t + NL * NL);    // [BK][NL] rows of ROWB bytes
+    unsigned int* s_a = reinterpret_cast<unsigned int*>(s_t + BK * NL * ROWB);   // [BK][BM] scale | row offset
+    unsigned int* s_boff = s_a + BK * BM;                                        // [BK][BN] ib * NL * 4
+    float* s_bs = reinterpret_cast<float*>(s_boff + BK * BN);                    // [BK][BN] scale_b
 
     const int tid = threadIdx.x;
     const long long bat = blockIdx.z;
-    A += bat * stride_a;
+    Acode += bat * stride_ac;
     B += bat * stride_b;
     C += bat * stride_c;
-    rowflag += bat * rows;
     colflag += bat * cols;
     const int i0 = blockIdx.y * BM;
     const int j0 = blockIdx.x * BN;
@@ -189,9 +198,9 @@ amsim_gemm_expand_f32(const float* __restrict__ A, const float* __restrict__ B, 
 
     for (int e = tid; e < NL * NL; e += THREADS) s_lut_t[e] = amsim_ldg(lut_t + e);
 
-    float raw_a[TileA::PER_THREAD];
+    unsigned int raw_a[TileA::PER_THREAD];
     float raw_b[TileB::PER_THREAD];
-    TileA::load(raw_a, A, lda, i0, rows, 0, depth, tid, 0.0f);
+    TileA::load(raw_a, Acode, ldac, i0, rows, 0, depth, tid, 0u);  // padding: code 0 = scale +0
     TileB::load(raw_b, B, ldb, j0, cols, 0, depth, tid, 0.0f);
 
     float acc[TM][4];
@@ -202,58 +211,83 @@ amsim_gemm_expand_f32(const float* __restrict__ A, const float* __restrict__ B, 
     }
     const int warp = tid >> 5;
     const int lane = tid & 31;
-    const int rbase = warp * 4 * TM + (lane >> 3);  // this thread's rows: rbase + 4 t
-    const int cq = 4 * (lane & 7);                  // and columns cq .. cq + 3
+    const int rbase = warp * 4 * TM + (lane >> 3) * TM;      // this thread's rows: rbase .. rbase + TM - 1
+    const unsigned int q16 = (unsigned int)(lane & 7) << 4;  // and its chunk: columns 4 * (lane & 7) + 0..3
 
     for (int k0 = 0; k0 < depth; k0 += BK) {
-        TileA::template store_codes<M>(raw_a, s_a, rowflag, i0, tid, trunc, a_lo, a_hi);
-        TileB::template store_codes<M>(raw_b, s_b, colflag, j0, tid, trunc, b_lo, b_hi);
+        TileA::store_raw(raw_a, s_a, tid);
+        TileB::template decode<M>(raw_b, colflag, j0, tid, trunc, b_lo, b_hi,
+                                  [&](int k, int j, unsigned int code) {
+                                      s_boff[k * BN + j] = (code & MASK) * (NL * 4);
+                                      s_bs[k * BN + j] = amsim_u2f(code & AMSIM_SCALE_MASK);
+                                  });
         __syncthreads();
-        // expansion: lanes walk r, so the table reads are contiguous and the float4 stores (row stride
-        // TS = 36 words) land in distinct banks within each quarter-warp
-        for (int it = tid; it < BK * (BN / 4) * NL; it += THREADS) {
-            const int r = it & (NL - 1);
-            const int jq = (it >> M) % (BN / 4);
-            const int kk = (it >> M) / (BN / 4);
-            const uint4 bw = *reinterpret_cast<const uint4*>(s_b + kk * BN + 4 * jq);
-            float4 v;
-            v.x = amsim_fmul(s_lut_t[(bw.x & MASK) * NL + r], amsim_u2f(bw.x & AMSIM_SCALE_MASK));
-            v.y = amsim_fmul(s_lut_t[(bw.y & MASK) * NL + r], amsim_u2f(bw.y & AMSIM_SCALE_MASK));
-            v.z = amsim_fmul(s_lut_t[(bw.z & MASK) * NL + r], amsim_u2f(bw.z & AMSIM_SCALE_MASK));
-            v.w = amsim_fmul(s_lut_t[(bw.w & MASK) * NL + r], amsim_u2f(bw.w & AMSIM_SCALE_MASK));
-            *reinterpret_cast<float4*>(s_t + (kk * NL + r) * TS + 4 * jq) = v;
+        // expansion: unit = (kk, 4-column chunk jq, row group rq), lanes walk rq
+        for (unsigned int u = tid; u < BK * (BN / 4) * RQ; u += THREADS) {
+            const unsigned int rq = u % RQ;
+            const unsigned int task = u / RQ;  // kk * (BN / 4) + jq
+            const unsigned int jb = task * 4;
+            const unsigned char* lrow = reinterpret_cast<const unsigned char*>(s_lut_t) + 16 * rq;
+            float4 v[4];
+            float sb[4];
+#pragma unroll
+            for (int c = 0; c < 4; ++c) {
+                v[c] = *reinterpret_cast<const float4*>(lrow + s_boff[jb + c]);
+                sb[c] = s_bs[jb + c];
+            }
+            const unsigned int kk = task / (BN / 4), jq = task % (BN / 4);
+            unsigned char* tk = s_t + kk * NL * ROWB;
+            const unsigned int j16 = jq << 4;
+            *reinterpret_cast<float4*>(tk + (amsim_e16_row(4 * rq) ^ j16)) =
+                make_float4(amsim_fmul(v[0].x, sb[0]), amsim_fmul(v[1].x, sb[1]), amsim_fmul(v[2].x, sb[2]),
+                            amsim_fmul(v[3].x, sb[3]));
+            *reinterpret_cast<float4*>(tk + (amsim_e16_row(4 * rq + 1) ^ j16)) =
+                make_float4(amsim_fmul(v[0].y, sb[0]), amsim_fmul(v[1].y, sb[1]), amsim_fmul(v[2].y, sb[2]),
+                            amsim_fmul(v[3].y, sb[3]));
+            *reinterpret_cast<float4*>(tk + (amsim_e16_row(4 * rq + 2) ^ j16)) =
+                make_float4(amsim_fmul(v[0].z, sb[0]), amsim_fmul(v[1].z, sb[1]), amsim_fmul(v[2].z, sb[2]),
+                            amsim_fmul(v[3].z, sb[3]));
+            *reinterpret_cast<float4*>(tk + (amsim_e16_row(4 * rq + 3) ^ j16)) =
+                make_float4(amsim_fmul(v[0].w, sb[0]), amsim_fmul(v[1].w, sb[1]), amsim_fmul(v[2].w, sb[2]),
+                            amsim_fmul(v[3].w, sb[3]));
         }
         __syncthreads();
         if (k0 + BK < depth) {  // fetch the next tile while this one is being multiplied
-            TileA::load(raw_a, A, lda, i0, rows, k0 + BK, depth, tid, 0.0f);
+            TileA::load(raw_a, Acode, ldac, i0, rows, k0 + BK, depth, tid, 0u);
             TileB::load(raw_b, B, ldb, j0, cols, k0 + BK, depth, tid, 0.0f);
         }
-#pragma unroll 1  // the inner loop over rows is unrolled; unrolling both only slows compilation
+#pragma unroll  // constant T offsets per step: the row address is one logic op
         for (int kk = 0; kk < BK; ++kk) {
-            const float* tk = s_t + kk * NL * TS + cq;
+            const unsigned char* tk = s_t + kk * NL * ROWB;
             const unsigned int* ak = s_a + kk * BM + rbase;
 #pragma unroll
-            for (int t = 0; t < TM; ++t) {
-                const unsigned int w = ak[4 * t];
-                const float sa = amsim_u2f(w & AMSIM_SCALE_MASK);
-                const float4 v = *reinterpret_cast<const float4*>(tk + (w & MASK) * TS);
-                acc[t][0] = amsim_fma(sa, v.x, acc[t][0]);
-                acc[t][1] = amsim_fma(sa, v.y, acc[t][1]);
-                acc[t][2] = amsim_fma(sa, v.z, acc[t][2]);
-                acc[t][3] = amsim_fma(sa, v.w, acc[t][3]);
+            for (int t4 = 0; t4 < TM; t4 += 4) {
+                const uint4 w4 = *reinterpret_cast<const uint4*>(ak + t4);
+                const unsigned int ws[4] = {w4.x, w4.y, w4.z, w4.w};
+#pragma unroll
+                for (int q = 0; q < 4; ++q) {
+                    const int t = t4 + q;
+                    const float sa = amsim_u2f(ws[q] & AMSIM_SCALE_MASK);
+                    const float4 v = *reinterpret_cast<const float4*>(tk + ((ws[q] & AMSIM_FRAC_MASK) ^ q16));
+                    acc[t][0] = amsim_fma(sa, v.x, acc[t][0]);
+                    acc[t][1] = amsim_fma(sa, v.y, acc[t][1]);
+                    acc[t][2] = amsim_fma(sa, v.z, acc[t][2]);
+                    acc[t][3] = amsim_fma(sa, v.w, acc[t][3]);
+                }
             }
         }
         __syncthreads();
     }
 
+    const int jc = j0 + 4 * (lane & 7);
 #pragma unroll
     for (int t = 0; t < TM; ++t) {
-        const int i = i0 + rbase + 4 * t;
+        const int i = i0 + rbase + t;
         if (i < rows) {
-            float* crow = C + (long long)i * ldc + j0 + cq;
+            float* crow = C + (long long)i * ldc + jc;
 #pragma unroll
             for (int c = 0; c < 4; ++c) {
-                if (j0 + cq + c < cols) crow[c] = acc[t][c];
+                if (jc + c < cols) crow[c] = acc[t][c];
             }
         }
     }
@@ -278,9 +312,6 @@ amsim_gemm_expand_f32(const float* __restrict__ A, const float* __restrict__ B, 
 // ---------------------------------------------------------------------------------------------------------
 // The A operand arrives as codes from amsim_encode_a<M, A_T, 0> (below), stored k-major ([depth][rows] per batch): each
 // code is decoded once instead of once per column block, and the row flags are already set.
-__host__ __device__ __forceinline__ unsigned int amsim_e16_row(unsigned int ia) {
-    return ia * 128u | (((ia >> 2) & 7u) << 4);  // byte offset of T row ia | its chunk swizzle, see below
-}
 
 template <int M, int B_T>
 __global__ void __launch_bounds__(AMSIM_E16_WARPS * 32, 1)
