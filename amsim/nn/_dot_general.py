@@ -21,7 +21,8 @@ F32 = jnp.float32
 
 def _norm_dn(dimension_numbers):
     (lc, rc), (lb, rb) = dimension_numbers
-    return (tuple(int(d) for d in lc), tuple(int(d) for d in rc)), (tuple(int(d) for d in lb), tuple(int(d) for d in rb))
+    ints = lambda ds: tuple(int(d) for d in ds)  # noqa: E731
+    return (ints(lc), ints(rc)), (ints(lb), ints(rb))
 
 
 def _free(ndim, *used):
