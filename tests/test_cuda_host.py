@@ -315,14 +315,14 @@ FAMILIES = {
         [f"{m}, {t}" for m in WIDE_M for t in (0, 1)]),
     "amsim_encode_a": (
         "const float* A, unsigned int* codes, int* rf, int rows, int depth, long long lda, long long sa, "
-        "long long sc, int nflag, int trunc, int lo, int hi",
-        "A, codes, rf, rows, depth, lda, sa, sc, nflag, trunc, lo, hi",
+        "long long ldcodes, long long sc, int nflag, int trunc, int lo, int hi",
+        "A, codes, rf, rows, depth, lda, sa, ldcodes, sc, nflag, trunc, lo, hi",
         [f"{m}, {t}, 0" for m in EXPAND16_M for t in (0, 1)] + [f"{m}, {t}, 1" for m in WIDE_M for t in (0, 1)]
         + [f"{m}, {t}, {f}" for m in DOT_M for t in (0, 1) for f in (2, 3)]),
     "amsim_gemm_dot_f32": (
-        "const unsigned int* A, const unsigned int* B, float* C, const float* lut, int rows, int cols, int depth, "
+        "const unsigned int* A, const unsigned int* B, float* C, const float* lut, int rows, int cols, int ldk, "
         "long long ldc, long long sa, long long sb, long long sc",
-        "A, B, C, lut, rows, cols, depth, ldc, sa, sb, sc", [f"{m}" for m in DOT_M]),
+        "A, B, C, lut, rows, cols, ldk, ldc, sa, sb, sc", [f"{m}" for m in DOT_M]),
     "amsim_gemm_gather_f32": (_F_GEMM_P, _F_GEMM_A, [f"{m}, {l}" for m in GATHER_M for l in LAYOUTS]),
     "amsim_gemm_fixup_f32": (_FIXUP_P, _FIXUP_A,
                              [f"{m}, {l}" for m in sorted(set(EXPAND_M + EXPAND16_M + WIDE_M + GATHER_M + DOT_M))

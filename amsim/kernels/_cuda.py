@@ -344,21 +344,22 @@ def plan_gemm_f32(a3, b3, c3, m, truncate, tables, xp, algo=None, num_sms=_DEFAU
             dims = (i32(rn), i32(cols), i32(depth), i64(lda), i64(ldb), i64(ldc), i64(sa), i64(sb), i64(sc),
                     i32(bool(truncate)))
             if algo == "dot":  # both operands encoded once (B as B^T, flagging columns), then one thread per output
+                ldk = _ceil(depth, 4) * 4  # rows of codes padded with code 0 (adds +0) to whole 16-byte loads
                 nenc_a = 1 if sa == 0 else bn_
                 nenc_b = 1 if sb == 0 else bn_
-                codes_a = xp.empty((nenc_a, depth, rn), np.uint32)
-                codes_b = xp.empty((nenc_b, depth, cols), np.uint32)
+                codes_a = xp.zeros((nenc_a, rn, ldk), np.uint32)
+                codes_b = xp.zeros((nenc_b, cols, ldk), np.uint32)
                 for x, codes, flag, n_, ld_, st_, nenc, transposed, lo, hi, fmt in (
                         (av, codes_a, rowflag, rn, lda, sa, nenc_a, a_t, a_lo, a_hi, 2),
                         (bv.swapaxes(1, 2), codes_b, colflag, cols, ldb, sb, nenc_b, not b_t, b_lo, b_hi, 3)):
                     launches.append(Launch(f"amsim_encode_a<{m}, {int(transposed)}, {fmt}>",
                                            (_ceil(n_ * depth, 256), nenc, 1), (256, 1, 1), 0,
-                                           (x, codes, flag, i32(n_), i32(depth), i64(ld_), i64(st_),
-                                            i64(0 if st_ == 0 else depth * n_), i32(bn_ if st_ == 0 else 1),
+                                           (x, codes, flag, i32(n_), i32(depth), i64(ld_), i64(st_), i64(ldk),
+                                            i64(0 if st_ == 0 else ldk * n_), i32(bn_ if st_ == 0 else 1),
                                             i32(bool(truncate)), i32(lo), i32(hi))))
                 launches.append(Launch(kernel, (_ceil(rn * cols, threads), 1, bn_), (threads, 1, 1), shared,
-                                       (codes_a, codes_b, cv, table_arg, i32(rn), i32(cols), i32(depth), i64(ldc),
-                                        i64(0 if sa == 0 else depth * rn), i64(0 if sb == 0 else depth * cols),
+                                       (codes_a, codes_b, cv, table_arg, i32(rn), i32(cols), i32(ldk), i64(ldc),
+                                        i64(0 if sa == 0 else ldk * rn), i64(0 if sb == 0 else ldk * cols),
                                         i64(sc))))
             elif algo in ("expand16", "expand", "wide"):  # A encoded once (not per column block), then multiplied
                 nenc = 1 if sa == 0 else bn_  # a batch-broadcast A is encoded once and flags every batch
@@ -366,7 +367,7 @@ def plan_gemm_f32(a3, b3, c3, m, truncate, tables, xp, algo=None, num_sms=_DEFAU
                 fmt = 1 if algo == "wide" else 0
                 launches.append(Launch(f"amsim_encode_a<{m}, {int(a_t)}, {fmt}>", (_ceil(rn * depth, 256), nenc, 1),
                                        (256, 1, 1), 0,
-                                       (av, codes, rowflag, i32(rn), i32(depth), i64(lda), i64(sa),
+                                       (av, codes, rowflag, i32(rn), i32(depth), i64(lda), i64(sa), i64(rn),
                                         i64(0 if sa == 0 else depth * rn), i32(bn_ if sa == 0 else 1),
                                         i32(bool(truncate)), i32(a_lo), i32(a_hi))))
                 launches.append(Launch(kernel, (_ceil(cols, bn), _ceil(rn, bm), bn_), (threads, 1, 1), shared,

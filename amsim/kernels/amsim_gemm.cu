@@ -604,21 +604,26 @@ amsim_gemm_wide_f32(const unsigned int* __restrict__ Acode, const float* __restr
     }
 }
 
+// The dot kernel's codes carry the table offset in bytes (shift 2) when (2**2m - 1) * 4 fits below the exponent
+// field, i.e. m <= 10; for m = 11 they carry the index.
+__host__ __device__ constexpr int amsim_dot_shift(int m) { return 2 * m + 2 <= 23 ? 2 : 0; }
+
 // ---------------------------------------------------------------------------------------------------------
 // Float GEMM, "dot" kernel (any m): one output per thread, for problems with few outputs and long contractions
 // (weight gradients: M x N of a few hundred, K = batch x pixels), where the tiled kernels leave most of the GPU
 // idle and give each busy thread 16 to 128 outputs to run through K in sequence. Both operands arrive as
-// codes from amsim_encode_a (A: FMT 2, B as B^T: FMT 3), k-major, so a product is two loads, one logic op for
-// the table index (ia << m) | ib, the table read (shared memory for m <= 7, L1/L2 beyond), a multiply and an fma.
-// Threads walk i fastest: A's codes load coalesced, B's are broadcast.
+// codes from amsim_encode_a (A: FMT 2, B as B^T: FMT 3), row-major, so four products take two 16-byte loads,
+// and each then one logic op for the table offset, the table read (shared memory for m <= 7, L1/L2 beyond),
+// two masks, a multiply and an fma. Threads walk i fastest; a warp's B codes are mostly one row (broadcast).
 // ---------------------------------------------------------------------------------------------------------
 template <int M>
 __global__ void __launch_bounds__(128)
 amsim_gemm_dot_f32(const unsigned int* __restrict__ Acode, const unsigned int* __restrict__ Bcode,
-                   float* __restrict__ C, const float* __restrict__ lut, int rows, int cols, int depth,
+                   float* __restrict__ C, const float* __restrict__ lut, int rows, int cols, int ldk,
                    long long ldc, long long stride_ac, long long stride_bc, long long stride_c) {
     constexpr int NL = 1 << M;
     constexpr bool LUT_SHARED = M <= 7;
+    constexpr int SHIFT = amsim_dot_shift(M);
     AMSIM_DYN_SMEM(smem);
     float* s_lut = reinterpret_cast<float*>(smem);
     const long long bat = blockIdx.z;
@@ -630,32 +635,41 @@ amsim_gemm_dot_f32(const unsigned int* __restrict__ Acode, const unsigned int* _
     if (o >= (long long)rows * cols) return;
     const int i = (int)(o % rows);
     const int j = (int)(o / rows);
-    const unsigned int* ap = Acode + bat * stride_ac + i;
-    const unsigned int* bp = Bcode + bat * stride_bc + j;
+    // rows of ldk codes (a multiple of 4, padded with code 0, which adds +0): 16-byte loads of four steps
+    const uint4* ap = reinterpret_cast<const uint4*>(Acode + bat * stride_ac + (long long)i * ldk);
+    const uint4* bp = reinterpret_cast<const uint4*>(Bcode + bat * stride_bc + (long long)j * ldk);
+    const unsigned char* table = LUT_SHARED ? reinterpret_cast<const unsigned char*>(s_lut)
+                                            : reinterpret_cast<const unsigned char*>(lut);
     float acc = 0.0f;
-#pragma unroll 4
-    for (int k = 0; k < depth; ++k) {
-        const unsigned int ca = *ap, cb = *bp;
-        ap += rows;
-        bp += cols;
-        const unsigned int idx = (ca | cb) & AMSIM_FRAC_MASK;
-        const float p = LUT_SHARED ? s_lut[idx] : amsim_ldg(lut + idx);
+    auto step = [&](unsigned int ca, unsigned int cb) {
+        const unsigned int off = (ca | cb) & AMSIM_FRAC_MASK;  // (ia << m | ib) << SHIFT
+        const float* pp = reinterpret_cast<const float*>(table + (SHIFT == 2 ? off : off * 4u));
+        const float p = LUT_SHARED ? *pp : amsim_ldg(pp);
         acc = amsim_fma(amsim_u2f(ca & AMSIM_SCALE_MASK), amsim_fmul(p, amsim_u2f(cb & AMSIM_SCALE_MASK)), acc);
+    };
+#pragma unroll 2
+    for (int k4 = 0; k4 < ldk / 4; ++k4) {
+        const uint4 a4 = ap[k4], b4 = bp[k4];
+        step(a4.x, b4.x);
+        step(a4.y, b4.y);
+        step(a4.z, b4.z);
+        step(a4.w, b4.w);
     }
     C[bat * stride_c + (long long)i * ldc + j] = acc;
 }
 
-// Operand codes for the expand16, wide and dot kernels: codes[k * rows + i] = scale(a) | low(ia) per batch
-// (grid.y), with low() the kernel's T-row byte offset and swizzle (FMT 0: amsim_e16_row, 1: amsim_wide_row) or
-// the table-index part (FMT 2: ia << m for A, 3: ib for B, which is encoded as B^T). The operand is read in its
+// Operand codes for the expand, expand16, wide and dot kernels: scale(a) | low(ia) per batch (grid.y), with
+// low() the kernel's T-row byte offset and swizzle (FMT 0: amsim_e16_row, 1: amsim_wide_row, stored k-major) or
+// the table-offset part (FMT 2: A's ia << m, 3: B's ib, B encoded as B^T; both scaled to bytes where that fits
+// below the exponent, stored row-major so the dot kernel reads four steps at once). The operand is read in its
 // stored layout (A_T: stored K x M), consecutive threads on the contiguous axis. A special operand gets code 0
 // and flags its row in every one of `nflag` batches (more than one when A is broadcast over the batch and
 // encoded once).
 template <int M, int A_T, int FMT>
 __global__ void __launch_bounds__(256)
 amsim_encode_a(const float* __restrict__ A, unsigned int* __restrict__ codes, int* __restrict__ rowflag,
-               int rows, int depth, long long lda, long long stride_a, long long stride_codes, int nflag,
-               int truncate, int lo, int hi) {
+               int rows, int depth, long long lda, long long stride_a, long long ldcodes, long long stride_codes,
+               int nflag, int truncate, int lo, int hi) {
     const long long e = (long long)blockIdx.x * blockDim.x + threadIdx.x;
     if (e >= (long long)rows * depth) return;
     const long long bat = blockIdx.y;
@@ -677,11 +691,13 @@ amsim_encode_a(const float* __restrict__ A, unsigned int* __restrict__ codes, in
     } else if (FMT == 1) {
         low = amsim_wide_row(ia);
     } else if (FMT == 2) {
-        low = ia << M;  // dot kernel, A side: (ia << m) | ib is the table index
+        low = ia << (M + amsim_dot_shift(M));  // dot kernel, A side: (ia << m | ib) << shift is the table offset
     } else {
-        low = ia;  // dot kernel, B side
+        low = ia << amsim_dot_shift(M);  // dot kernel, B side
     }
-    codes[bat * stride_codes + (long long)k * rows + i] = (code & AMSIM_SCALE_MASK) | low;
+    // expand, expand16, wide: k-major (codes[k * ldcodes + i]); dot: row-major (codes[i * ldcodes + k])
+    const long long at = FMT < 2 ? (long long)k * ldcodes + i : (long long)i * ldcodes + k;
+    codes[bat * stride_codes + at] = (code & AMSIM_SCALE_MASK) | low;
     if (special) {
         for (int b = 0; b < nflag; ++b) rowflag[(bat + b) * rows + i] = 1;
     }
