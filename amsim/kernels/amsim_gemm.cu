@@ -140,6 +140,72 @@ struct amsim_tile {
     }
 };
 
+// ---------------------------------------------------------------------------------------------------------
+// Shared by the expanded-table kernels (expand, expand16, wide): one contraction step over a thread's TM rows,
+// whose codes (scale | T-row offset) are at ak, reading its 16-byte chunk (q16) of each row's T row in tk:
+// acc[t][c] = fma(scale_a, T[ia][c], acc[t][c]). Float32 T: 4 columns per chunk; bfloat16 T: 8, unpacked by one
+// integer op each (the low half shifted up, the high half masked).
+// ---------------------------------------------------------------------------------------------------------
+template <int TM>
+__device__ __forceinline__ void amsim_t_step(float (&acc)[TM][4], const unsigned char* tk, const unsigned int* ak,
+                                             unsigned int q16) {
+    static_assert(TM % 4 == 0, "codes are read four rows at a time");
+#pragma unroll
+    for (int t4 = 0; t4 < TM; t4 += 4) {
+        const uint4 w4 = *reinterpret_cast<const uint4*>(ak + t4);
+        const unsigned int ws[4] = {w4.x, w4.y, w4.z, w4.w};
+#pragma unroll
+        for (int q = 0; q < 4; ++q) {
+            float* a = acc[t4 + q];
+            const float sa = amsim_u2f(ws[q] & AMSIM_SCALE_MASK);
+            const float4 v = *reinterpret_cast<const float4*>(tk + ((ws[q] & AMSIM_FRAC_MASK) ^ q16));
+            a[0] = amsim_fma(sa, v.x, a[0]);
+            a[1] = amsim_fma(sa, v.y, a[1]);
+            a[2] = amsim_fma(sa, v.z, a[2]);
+            a[3] = amsim_fma(sa, v.w, a[3]);
+        }
+    }
+}
+
+template <int TM>
+__device__ __forceinline__ void amsim_t_step(float (&acc)[TM][8], const unsigned char* tk, const unsigned int* ak,
+                                             unsigned int q16) {
+    static_assert(TM % 4 == 0, "codes are read four rows at a time");
+#pragma unroll
+    for (int t4 = 0; t4 < TM; t4 += 4) {
+        const uint4 w4 = *reinterpret_cast<const uint4*>(ak + t4);
+        const unsigned int ws[4] = {w4.x, w4.y, w4.z, w4.w};
+#pragma unroll
+        for (int q = 0; q < 4; ++q) {
+            float* a = acc[t4 + q];
+            const float sa = amsim_u2f(ws[q] & AMSIM_SCALE_MASK);
+            const uint4 v = *reinterpret_cast<const uint4*>(tk + ((ws[q] & AMSIM_FRAC_MASK) ^ q16));
+            const unsigned int w[4] = {v.x, v.y, v.z, v.w};
+#pragma unroll
+            for (int c = 0; c < 4; ++c) {
+                a[2 * c] = amsim_fma(sa, amsim_u2f(w[c] << 16), a[2 * c]);
+                a[2 * c + 1] = amsim_fma(sa, amsim_u2f(w[c] & 0xFFFF0000u), a[2 * c + 1]);
+            }
+        }
+    }
+}
+
+// Rows r0 .. r0 + TM - 1 and columns jc .. jc + NC - 1 of the accumulators to C, where inside the matrix.
+template <int TM, int NC>
+__device__ __forceinline__ void amsim_store_rows(const float (&acc)[TM][NC], float* C, long long ldc, int r0,
+                                                 int rows, int jc, int cols) {
+#pragma unroll
+    for (int t = 0; t < TM; ++t) {
+        if (r0 + t < rows) {
+            float* crow = C + (long long)(r0 + t) * ldc + jc;
+#pragma unroll
+            for (int c = 0; c < NC; ++c) {
+                if (jc + c < cols) crow[c] = acc[t][c];
+            }
+        }
+    }
+}
+
 // Byte offset of row ia of a 128-byte-row expanded table (expand, expand16) | the XOR swizzle of its 16-byte
 // chunks, (ia >> 2) & 7: rows written four at a time by consecutive lanes land in distinct banks.
 __host__ __device__ __forceinline__ unsigned int amsim_e16_row(unsigned int ia) {
@@ -260,37 +326,12 @@ amsim_gemm_expand_f32(const unsigned int* __restrict__ Acode, const float* __res
         for (int kk = 0; kk < BK; ++kk) {
             const unsigned char* tk = s_t + kk * NL * ROWB;
             const unsigned int* ak = s_a + kk * BM + rbase;
-#pragma unroll
-            for (int t4 = 0; t4 < TM; t4 += 4) {
-                const uint4 w4 = *reinterpret_cast<const uint4*>(ak + t4);
-                const unsigned int ws[4] = {w4.x, w4.y, w4.z, w4.w};
-#pragma unroll
-                for (int q = 0; q < 4; ++q) {
-                    const int t = t4 + q;
-                    const float sa = amsim_u2f(ws[q] & AMSIM_SCALE_MASK);
-                    const float4 v = *reinterpret_cast<const float4*>(tk + ((ws[q] & AMSIM_FRAC_MASK) ^ q16));
-                    acc[t][0] = amsim_fma(sa, v.x, acc[t][0]);
-                    acc[t][1] = amsim_fma(sa, v.y, acc[t][1]);
-                    acc[t][2] = amsim_fma(sa, v.z, acc[t][2]);
-                    acc[t][3] = amsim_fma(sa, v.w, acc[t][3]);
-                }
-            }
+            amsim_t_step(acc, tk, ak, q16);
         }
         __syncthreads();
     }
 
-    const int jc = j0 + 4 * (lane & 7);
-#pragma unroll
-    for (int t = 0; t < TM; ++t) {
-        const int i = i0 + rbase + t;
-        if (i < rows) {
-            float* crow = C + (long long)i * ldc + jc;
-#pragma unroll
-            for (int c = 0; c < 4; ++c) {
-                if (jc + c < cols) crow[c] = acc[t][c];
-            }
-        }
-    }
+    amsim_store_rows(acc, C, ldc, i0 + rbase, rows, j0 + 4 * (lane & 7), cols);
 }
 
 // ---------------------------------------------------------------------------------------------------------
@@ -419,41 +460,12 @@ amsim_gemm_expand16_f32(const unsigned int* __restrict__ Acode, const float* __r
         for (int kk = 0; kk < BK; ++kk) {
             const unsigned char* tk = s_t + kk * NL * ROWB;
             const unsigned int* ak = s_a + kk * BM + rbase;
-#pragma unroll
-            for (int t4 = 0; t4 < TM; t4 += 4) {
-                const uint4 w4 = *reinterpret_cast<const uint4*>(ak + t4);
-                const unsigned int ws[4] = {w4.x, w4.y, w4.z, w4.w};
-#pragma unroll
-                for (int q = 0; q < 4; ++q) {
-                    const int t = t4 + q;
-                    const float sa = amsim_u2f(ws[q] & AMSIM_SCALE_MASK);
-                    const uint4 v = *reinterpret_cast<const uint4*>(tk + ((ws[q] & AMSIM_FRAC_MASK) ^ q16));
-                    acc[t][0] = amsim_fma(sa, amsim_u2f(v.x << 16), acc[t][0]);
-                    acc[t][1] = amsim_fma(sa, amsim_u2f(v.x & 0xFFFF0000u), acc[t][1]);
-                    acc[t][2] = amsim_fma(sa, amsim_u2f(v.y << 16), acc[t][2]);
-                    acc[t][3] = amsim_fma(sa, amsim_u2f(v.y & 0xFFFF0000u), acc[t][3]);
-                    acc[t][4] = amsim_fma(sa, amsim_u2f(v.z << 16), acc[t][4]);
-                    acc[t][5] = amsim_fma(sa, amsim_u2f(v.z & 0xFFFF0000u), acc[t][5]);
-                    acc[t][6] = amsim_fma(sa, amsim_u2f(v.w << 16), acc[t][6]);
-                    acc[t][7] = amsim_fma(sa, amsim_u2f(v.w & 0xFFFF0000u), acc[t][7]);
-                }
-            }
+            amsim_t_step(acc, tk, ak, q16);
         }
         __syncthreads();
     }
 
-    const int jc = j0 + 8 * (lane & 7);
-#pragma unroll
-    for (int t = 0; t < TM; ++t) {
-        const int i = i0 + rbase + t;
-        if (i < rows) {
-            float* crow = C + (long long)i * ldc + jc;
-#pragma unroll
-            for (int c = 0; c < 8; ++c) {
-                if (jc + c < cols) crow[c] = acc[t][c];
-            }
-        }
-    }
+    amsim_store_rows(acc, C, ldc, i0 + rbase, rows, j0 + 8 * (lane & 7), cols);
 }
 
 // ---------------------------------------------------------------------------------------------------------
@@ -571,37 +583,12 @@ amsim_gemm_wide_f32(const unsigned int* __restrict__ Acode, const float* __restr
         for (int kk = 0; kk < BK; ++kk) {
             const unsigned char* tk = s_t + kk * NL * ROWB;
             const unsigned int* ak = s_a + kk * BM + rbase;
-#pragma unroll
-            for (int t4 = 0; t4 < TM; t4 += 4) {
-                const uint4 w4 = *reinterpret_cast<const uint4*>(ak + t4);
-                const unsigned int ws[4] = {w4.x, w4.y, w4.z, w4.w};
-#pragma unroll
-                for (int q = 0; q < 4; ++q) {
-                    const int t = t4 + q;
-                    const float sa = amsim_u2f(ws[q] & AMSIM_SCALE_MASK);
-                    const float4 v = *reinterpret_cast<const float4*>(tk + ((ws[q] & AMSIM_FRAC_MASK) ^ q16));
-                    acc[t][0] = amsim_fma(sa, v.x, acc[t][0]);
-                    acc[t][1] = amsim_fma(sa, v.y, acc[t][1]);
-                    acc[t][2] = amsim_fma(sa, v.z, acc[t][2]);
-                    acc[t][3] = amsim_fma(sa, v.w, acc[t][3]);
-                }
-            }
+            amsim_t_step(acc, tk, ak, q16);
         }
         __syncthreads();
     }
 
-    const int jc = j0 + 4 * (tid & 3);
-#pragma unroll
-    for (int t = 0; t < TM; ++t) {
-        const int i = i0 + rbase + t;
-        if (i < rows) {
-            float* crow = C + (long long)i * ldc + jc;
-#pragma unroll
-            for (int c = 0; c < 4; ++c) {
-                if (jc + c < cols) crow[c] = acc[t][c];
-            }
-        }
-    }
+    amsim_store_rows(acc, C, ldc, i0 + rbase, rows, j0 + 4 * (tid & 3), cols);
 }
 
 // The dot kernel's codes carry the table offset in bytes (shift 2) when (2**2m - 1) * 4 fits below the exponent
