@@ -292,7 +292,7 @@ _IM2COL_A = "x, col, pad, h, w, c, oh, ow, kh, kw, sh, sw, ph, pw, dh, dw, group
 
 EXPAND_M = (2, 4, 7)
 EXPAND16_M = (2, 4, 7)
-WIDE_M = (2, 7, 8, 11)
+WIDE_M = (2, 7, 8, 10, 11)
 DOT_M = (1, 7, 8, 11)
 GATHER_M = (2, 4, 8, 11)
 LUT_BITS = (3, 8)
@@ -312,7 +312,7 @@ FAMILIES = {
         "const unsigned int* A, const float* B, float* C, const float* lut, int* cf, int rows, int cols, int depth, "
         "long long lda, long long ldb, long long ldc, long long sa, long long sb, long long sc, int trunc, int blo, "
         "int bhi", "A, B, C, lut, cf, rows, cols, depth, lda, ldb, ldc, sa, sb, sc, trunc, blo, bhi",
-        [f"{m}, {t}" for m in WIDE_M for t in (0, 1)]),
+        [f"{m}, {t}, 0" for m in WIDE_M for t in (0, 1)] + [f"{m}, {t}, 1" for m in (8, 10) for t in (0, 1)]),
     "amsim_encode_a": (
         "const float* A, unsigned int* codes, int* rf, int rows, int depth, long long lda, long long sa, "
         "long long ldcodes, long long sc, int nflag, int trunc, int lo, int hi",
@@ -413,7 +413,10 @@ def emu_gemm_f32(lib, a3, b3, mult, algo, layout=0):
     plan = cuda.plan_gemm_f32(av, bv, out, mult.mantissa_bits, mult.rounding == "truncate", tables, np, algo)
     if algo in ("expand16", "expand", "wide"):  # the A encoder (A's layout bit), then the GEMM (B's)
         assert plan[0].kernel.endswith(f", {layout >> 1}, {int(algo == 'wide')}>"), plan[0].kernel
-        assert plan[1].kernel.endswith(f", {layout & 1}>"), plan[1].kernel
+        b_bit = f"<{mult.mantissa_bits}, {layout & 1}"
+        assert plan[1].kernel.startswith(f"amsim_gemm_{algo}_f32{b_bit}"), plan[1].kernel
+        if algo == "wide":  # the fp16 table wherever the table allows it
+            assert plan[1].kernel.endswith(f", {int(tables[4] is not None)}>"), plan[1].kernel
     elif algo == "dot":  # the A encoder, the B^T encoder (B stored K x N is B^T stored transposed), the GEMM
         assert plan[0].kernel.endswith(f", {layout >> 1}, 2>"), plan[0].kernel
         assert plan[1].kernel.endswith(f", {1 - (layout & 1)}, 3>"), plan[1].kernel
@@ -430,6 +433,8 @@ GEMM_CASES = [  # algo, multiplier, (nb, M, K, N)
     ("wide", ("mbm", 8), (2, 1100, 9, 37)),
     ("wide", ("exact", 7), (1, 2100, 7, 16)),
     ("wide", ("mitchell", 2), (1, 30, 11, 5)),
+    ("wide", ("mbm", 10), (1, 2100, 6, 33)),
+    ("wide", ("exact", 10), (1, 300, 6, 20)),
     ("dot", ("mbm", 7), (2, 25, 700, 6)),
     ("dot", ("exact", 1), (1, 9, 40, 130)),
     ("dot", ("mitchell", 11), (1, 150, 90, 3)),
@@ -475,7 +480,8 @@ def _scaled_table(m, rng, zeros=True):
 @pytest.mark.parametrize("algo,kind,m", [("expand", "odd", 4), ("gather", "odd", 4), ("expand", "scaled", 4),
                                          ("gather", "scaled", 4), ("expand", "mbm", 7), ("gather", "mbm", 8),
                                          ("expand16", "scaled", 4), ("expand16", "mbm", 7), ("wide", "odd", 8),
-                                         ("wide", "scaled", 11), ("dot", "odd", 7), ("dot", "scaled", 8)])
+                                         ("wide", "scaled", 11), ("wide", "mbm", 10), ("dot", "odd", 7),
+                                         ("dot", "scaled", 8)])
 def test_emulated_gemm_f32_exponent_edges(emu_lib, algo, kind, m, rng):
     """Operand exponents around the tame range and the fp32 limits: fast path, fix-up, over/underflow."""
     if kind == "mbm":
@@ -518,6 +524,16 @@ def test_kernel_eligibility_and_choice():
     subnormal = (mbm7 * F(2.0**-127)).astype(F)
     assert cuda.bf16_pair_table(subnormal) is None
     assert cuda.bf16_pair_table(amsim.multipliers.mbm(1).table.values) is None  # m = 1: no groups of 4 rows
+    # the wide kernel's fp16 table: exact fp16 entries, 8 <= m <= 10
+    mbm10 = amsim.multipliers.mbm(10).table.values
+    h = cuda.fp16_table(mbm10)
+    assert h.shape == (1024, 1024) and h.dtype == np.uint16
+    np.testing.assert_array_equal(h.T.view(np.float16).astype(F), mbm10)
+    assert cuda.fp16_table(amsim.multipliers.exact(10).table.values) is None  # 21 fraction bits
+    assert cuda.fp16_table((mbm10 * F(2.0**-20)).astype(F)) is None  # below fp16's normal range
+    assert cuda.fp16_table(amsim.multipliers.mitchell(11).table.values) is None  # m = 11: not used
+    assert cuda.algo_estimate("wide", 10, 1, 4096, 4096, fp16_table=True) > 1.9 * cuda.algo_estimate(
+        "wide", 10, 1, 4096, 4096)  # L2-bound: half the bytes
     assert cuda.choose_algo(7, 1, 4096, 4096, bf16_table=True) == "expand16"
     assert cuda.choose_algo(7, 1, 4096, 4096, bf16_table=False) == "expand"
     assert cuda.choose_algo(7, 1, 64, 64, bf16_table=True) == "dot"  # 32 blocks beat one 64 x 64 tile

@@ -86,13 +86,30 @@ def bf16_pair_table(lut: np.ndarray):
     return np.ascontiguousarray(hi[:, 0::2] | (hi[:, 1::2] << 16)).astype(np.uint32)
 
 
+def fp16_table(lut: np.ndarray):
+    """The wide kernel's half-size table (m in nv.WIDE_H16_BITS), or None if the table does not qualify.
+
+    It qualifies when every entry is exactly a positive normal fp16 value (at most 10 fraction bits, exponent
+    in [-14, 15]): MBM, Mitchell and truncated tables do. Layout: uint16 [ib, r] = fp16 bits of lut[r, ib].
+    """
+    m = lut.shape[0].bit_length() - 1
+    if m not in nv.WIDE_H16_BITS:
+        return None
+    u = np.ascontiguousarray(lut, dtype=np.float32).view(np.uint32)
+    exp_field = (u >> 23) & 0xFF
+    if (u & 0x1FFF).any() or (u >> 31).any() or (exp_field < 127 - 14).any() or (exp_field > 127 + 15).any():
+        return None
+    return np.ascontiguousarray(((u - np.uint32(0x38000000)) >> 13).astype(np.uint16).T)
+
+
 def float_host_tables(values: np.ndarray):
-    """(lut, lut_t, ranges, lut_p) on the host: the table with -0.0 entries made +0.0 (a zero product's sign
-    comes from the operands, and the fast path multiplies the entry's sign in), its transpose,
-    :func:`tame_ranges`, and :func:`bf16_pair_table` (None when the expand16 kernel cannot take the table)."""
+    """(lut, lut_t, ranges, lut_p, lut_h) on the host: the table with -0.0 entries made +0.0 (a zero product's
+    sign comes from the operands, and the fast path multiplies the entry's sign in), its transpose,
+    :func:`tame_ranges`, :func:`bf16_pair_table` (None when the expand16 kernel cannot take the table) and
+    :func:`fp16_table` (None when the wide kernel reads it as float32)."""
     lut = np.ascontiguousarray(values, dtype=np.float32)
     lut = np.where(lut == 0, np.float32(0.0), lut).astype(np.float32)
-    return lut, np.ascontiguousarray(lut.T), tame_ranges(lut), bf16_pair_table(lut)
+    return lut, np.ascontiguousarray(lut.T), tame_ranges(lut), bf16_pair_table(lut), fp16_table(lut)
 
 
 _DEVICE_TABLES: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
@@ -100,7 +117,7 @@ _DEVICE_TABLES_LOCK = threading.Lock()
 
 
 def device_tables(table):
-    """A table on the current CUDA device, cached per table and device: (lut, lut_t, ranges, lut_p) for float
+    """A table on the current CUDA device, cached per table and device: (lut, lut_t, ranges, lut_p, lut_h) for float
     tables (see :func:`float_host_tables`); the table itself (int32 for integer multipliers, float32 for
     full-operand tables) otherwise."""
     dev = cupy.cuda.Device().id
@@ -108,9 +125,10 @@ def device_tables(table):
         per_dev = _DEVICE_TABLES.setdefault(table, {})
         if dev not in per_dev:
             if table.kind == "float":
-                lut, lut_t, ranges, lut_p = float_host_tables(table.values)
+                lut, lut_t, ranges, lut_p, lut_h = float_host_tables(table.values)
                 per_dev[dev] = (cupy.asarray(lut), cupy.asarray(lut_t), ranges,
-                                None if lut_p is None else cupy.asarray(lut_p))
+                                None if lut_p is None else cupy.asarray(lut_p),
+                                None if lut_h is None else cupy.asarray(lut_h))
             else:
                 per_dev[dev] = cupy.asarray(np.ascontiguousarray(table.values))
         return per_dev[dev]
@@ -195,7 +213,7 @@ def expand16_shared_bytes(m: int) -> int:
 def wide_shared_bytes(m: int) -> int:
     nl = 1 << m
     bk = 2 if nl <= 512 else 1  # as in amsim_gemm_wide_f32
-    return bk * nl * 4 * nv.WIDE_BN + 4 * bk * (nv.WIDE_BM + 2 * nv.WIDE_BN)
+    return bk * nl * 4 * nv.WIDE_BN + 4 * bk * (nv.WIDE_BM + 3 * nv.WIDE_BN)
 
 
 # Products per clock per SM at full tiles, from each kernel's design (docs/gpu.md, "What the instruction counts
@@ -206,11 +224,12 @@ _DOT_BLOCKS_PER_SM = 8  # 128-thread blocks of ~30 registers: the dot kernel nee
 _L2_BYTES_PER_CLOCK = 21.0
 
 
-def _rate(algo, m):
+def _rate(algo, m, fp16_table=False):
     if m <= nv.EXPAND_MAX_BITS:
         return _RATE[algo]
     if algo == "wide":
-        return min(_RATE["wide"], _L2_BYTES_PER_CLOCK / (4 * 2**m / nv.WIDE_BM))  # 4-byte table entries
+        entry = 2 if fp16_table and m in nv.WIDE_H16_BITS else 4  # bytes per table entry
+        return min(_RATE["wide"], _L2_BYTES_PER_CLOCK / (entry * 2**m / nv.WIDE_BM))
     return _L2_BYTES_PER_CLOCK / 32.0 * (_RATE[algo] / _RATE["gather"])
 
 
@@ -228,7 +247,7 @@ def _shared_bytes(algo, m):
             "gather": gather_shared_bytes, "dot": dot_shared_bytes}[algo](m)
 
 
-def algo_estimate(algo, m, nbatch, rows, cols, num_sms=_DEFAULT_SMS) -> float:
+def algo_estimate(algo, m, nbatch, rows, cols, num_sms=_DEFAULT_SMS, fp16_table=False) -> float:
     """Estimated products per clock per SM of a float GEMM kernel on this problem: the kernel's full-tile rate
     times the used fraction of its row and column tiles and of its last wave of blocks."""
     if algo == "dot":  # one output per thread: only the last block is partial, many blocks per SM
@@ -240,7 +259,7 @@ def algo_estimate(algo, m, nbatch, rows, cols, num_sms=_DEFAULT_SMS) -> float:
     brows, bcols = _ceil(rows, bm), _ceil(cols, bn)
     blocks = nbatch * brows * bcols
     waves = _ceil(blocks, num_sms)
-    return _rate(algo, m) * rows / (brows * bm) * cols / (bcols * bn) * blocks / (waves * num_sms)
+    return _rate(algo, m, fp16_table) * rows / (brows * bm) * cols / (bcols * bn) * blocks / (waves * num_sms)
 
 
 def usable_algos(m, max_shared=_DEFAULT_MAX_SHARED, bf16_table=False) -> list[str]:
@@ -257,16 +276,17 @@ def usable_algos(m, max_shared=_DEFAULT_MAX_SHARED, bf16_table=False) -> list[st
 
 
 def choose_algo(m, nbatch, rows, cols, num_sms=_DEFAULT_SMS, max_shared=_DEFAULT_MAX_SHARED,
-                bf16_table=False) -> str:
+                bf16_table=False, fp16_table=False) -> str:
     """Which float GEMM kernel to use: the one with the best :func:`algo_estimate`.
 
     "expand16", "expand" and "wide" read one expanded table value per product from shared memory (2, 4 and 4
     bytes) where "gather" gathers a table entry per product (from L2 for m >= 8), but they need tall blocks
     (512, 1024 and 2048 rows) and 64, 32 and 16 columns; "expand16" needs a table that is exact in bfloat16
-    (``bf16_table``). The rates are design estimates (docs/gpu.md), to be tuned on a GPU.
+    (``bf16_table``); for 8 <= m <= 10 the wide kernel reads an fp16 copy of a table that allows it
+    (``fp16_table``), half the L2 traffic. The rates are design estimates (docs/gpu.md), to be tuned on a GPU.
     """
     algos = usable_algos(m, max_shared, bf16_table)
-    return max(algos, key=lambda a: algo_estimate(a, m, nbatch, rows, cols, num_sms))
+    return max(algos, key=lambda a: algo_estimate(a, m, nbatch, rows, cols, num_sms, fp16_table))
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -281,7 +301,7 @@ def plan_gemm_f32(a3, b3, c3, m, truncate, tables, xp, algo=None, num_sms=_DEFAU
             read in place), anything else is copied once.
         c3: (nb, M, N) output view with unit stride along N.
         m, truncate: the multiplier's mantissa width and rounding (truncate: bool).
-        tables: (lut, lut_t, ranges, lut_p) as from :func:`float_host_tables`, arrays of ``xp``.
+        tables: (lut, lut_t, ranges, lut_p, lut_h) as from :func:`float_host_tables`, arrays of ``xp``.
         xp: numpy or cupy (allocates the special-operand flags).
         algo: "expand16", "expand", "wide", "gather", "dot" or None (choose).
         num_sms, max_shared: the device's SM count and opt-in shared memory per block.
@@ -294,13 +314,14 @@ def plan_gemm_f32(a3, b3, c3, m, truncate, tables, xp, algo=None, num_sms=_DEFAU
     if c3.size == 0:
         return []
     _check_sizes(M=rows, N=cols, K=depth)
-    lut, lut_t, (a_lo, a_hi, b_lo, b_hi), lut_p = tables
+    lut, lut_t, (a_lo, a_hi, b_lo, b_hi), lut_p, lut_h = tables
     a3, (a_t, lda, sa) = _prepare(a3, xp, "a")
     b3, (b_t, ldb, sb) = _prepare(b3, xp, "b")
     ldc, sc = _out_layout(c3)
     layout = (int(a_t) << 1) | int(b_t)
     if algo is None:
-        algo = choose_algo(m, nb, rows, cols, num_sms, max_shared, bf16_table=lut_p is not None)
+        algo = choose_algo(m, nb, rows, cols, num_sms, max_shared, bf16_table=lut_p is not None,
+                           fp16_table=lut_h is not None)
     if algo == "expand16":
         if lut_p is None or not nv.E16_MIN_BITS <= m <= nv.EXPAND_MAX_BITS:
             raise ValueError("the expand16 kernel needs 2 <= mantissa_bits <= 7 and a table whose entries are all "
@@ -318,7 +339,8 @@ def plan_gemm_f32(a3, b3, c3, m, truncate, tables, xp, algo=None, num_sms=_DEFAU
             raise ValueError(f"the wide kernel handles mantissa_bits >= {nv.WIDE_MIN_BITS}, not {m}; use 'expand' "
                              "or 'gather'.")
         bm, bn, threads, shared = nv.WIDE_BM, nv.WIDE_BN, nv.WIDE_THREADS, wide_shared_bytes(m)
-        kernel, table_arg = f"amsim_gemm_wide_f32<{m}, {int(b_t)}>", lut_t
+        h16 = lut_h is not None  # half the table traffic; the kernel rebuilds float32 values exactly
+        kernel, table_arg = f"amsim_gemm_wide_f32<{m}, {int(b_t)}, {int(h16)}>", lut_h if h16 else lut_t
     elif algo == "gather":
         bm, bn, threads, shared = nv.GAT_BM, nv.GAT_BN, nv.GAT_THREADS, gather_shared_bytes(m)
         kernel, table_arg = f"amsim_gemm_gather_f32<{m}, {layout}>", lut

@@ -46,6 +46,7 @@ WIDE_THREADS = 256
 WIDE_BM = 64 * KERNEL_DEFINES["AMSIM_WIDE_TM"]
 WIDE_BN = 16
 WIDE_MIN_BITS = 2  # the wide kernel's row groups of 4 need 2**m >= 4
+WIDE_H16_BITS = (8, 9, 10)  # fp16 tables for the wide kernel: where L2 traffic matters and fp16 can be exact
 GAT_THREADS = 256
 GAT_BM = GAT_BN = 64
 GAT_BK = KERNEL_DEFINES["AMSIM_GAT_BK"]
@@ -96,7 +97,9 @@ def float_kernel_names(m: int) -> list[str]:
         names += [f"amsim_gemm_expand16_f32<{m}, {t}>" for t in (0, 1)]
         names += [f"amsim_encode_a<{m}, {t}, 0>" for t in (0, 1)]
     if m >= WIDE_MIN_BITS:
-        names += [f"amsim_gemm_wide_f32<{m}, {t}>" for t in (0, 1)]
+        names += [f"amsim_gemm_wide_f32<{m}, {t}, 0>" for t in (0, 1)]
+        if m in WIDE_H16_BITS:
+            names += [f"amsim_gemm_wide_f32<{m}, {t}, 1>" for t in (0, 1)]
         names += [f"amsim_encode_a<{m}, {t}, 1>" for t in (0, 1)]
     names.append(f"amsim_gemm_dot_f32<{m}>")  # A and B as k-major codes
     names += [f"amsim_encode_a<{m}, {t}, {fmt}>" for fmt in (2, 3) for t in (0, 1)]

@@ -480,13 +480,17 @@ amsim_gemm_expand16_f32(const unsigned int* __restrict__ Acode, const float* __r
 //     groups of 4 rows) and the address one logic op, (code & 0x7FFFFF) ^ (16 * chunk), as in expand16.
 //   - A arrives as codes from amsim_encode_a<M, A_T, 1>: with 16 columns per block, decoding A in the GEMM would
 //     cost more than the products.
+//   - H16: tables whose entries are all exact normal fp16 values (MBM, Mitchell, truncated tables up to m = 10)
+//     are read as fp16, half the L2 traffic. A positive normal fp16 h becomes float32 bits (h << 13) + (112 << 23);
+//     times a tame power of two 2**eb with sign s that is h * 8192 + 0x38000000 + (eb << 23) + (s << 31), one
+//     integer multiply-add, with keep = 0 (multiplier 0, add 0) giving T = 0 for a zero B operand.
 // Block: 256 threads; 4 lanes share a row (one chunk each); a thread owns TM consecutive rows x 4 columns.
 // ---------------------------------------------------------------------------------------------------------
 __host__ __device__ __forceinline__ unsigned int amsim_wide_row(unsigned int ia) {
     return ((ia ^ ((ia >> 4) & 1u)) * 64u) | (((ia >> 2) & 3u) << 4);
 }
 
-template <int M, int B_T>
+template <int M, int B_T, int H16>
 __global__ void __launch_bounds__(256, 1)
 amsim_gemm_wide_f32(const unsigned int* __restrict__ Acode, const float* __restrict__ B, float* __restrict__ C,
                     const float* __restrict__ lut_t, int* __restrict__ colflag, int rows, int cols, int depth,
@@ -509,8 +513,9 @@ amsim_gemm_wide_f32(const unsigned int* __restrict__ Acode, const float* __restr
     AMSIM_DYN_SMEM(smem);
     unsigned char* s_t = smem;                                                 // [BK][NL] rows of ROWB bytes
     unsigned int* s_a = reinterpret_cast<unsigned int*>(s_t + BK * NL * ROWB);  // [BK][BM] scale | row offset
-    unsigned int* s_boff = s_a + BK * BM;                                       // [BK][BN] ib * NL * 4
-    float* s_bs = reinterpret_cast<float*>(s_boff + BK * BN);                   // [BK][BN] scale_b
+    unsigned int* s_boff = s_a + BK * BM;                                       // [BK][BN] table column offset
+    float* s_bs = reinterpret_cast<float*>(s_boff + BK * BN);                   // [BK][BN] scale_b (H16: keep)
+    unsigned int* s_badd = reinterpret_cast<unsigned int*>(s_bs + BK * BN);     // [BK][BN] H16: exponent add
 
     const int tid = threadIdx.x;
     const long long bat = blockIdx.z;
@@ -541,8 +546,17 @@ amsim_gemm_wide_f32(const unsigned int* __restrict__ Acode, const float* __restr
         TileA::store_raw(raw_a, s_a, tid);
         TileB::template decode<M>(raw_b, colflag, j0, tid, trunc, b_lo, b_hi,
                                   [&](int k, int j, unsigned int code) {
-                                      s_boff[k * BN + j] = (code & MASK) * (NL * 4);
-                                      s_bs[k * BN + j] = amsim_u2f(code & AMSIM_SCALE_MASK);
+                                      if (H16) {  // T = h * keep + add * keep, h an fp16 table entry (see above)
+                                          const unsigned int e = (code >> 23) & 0xFFu;
+                                          const unsigned int add =
+                                              0x38000000u + ((e - 127u) << 23) + (code & 0x80000000u);
+                                          s_boff[k * BN + j] = (code & MASK) * (NL * 2);
+                                          s_bs[k * BN + j] = amsim_u2f(e != 0u ? 8192u : 0u);
+                                          s_badd[k * BN + j] = e != 0u ? add : 0u;
+                                      } else {
+                                          s_boff[k * BN + j] = (code & MASK) * (NL * 4);
+                                          s_bs[k * BN + j] = amsim_u2f(code & AMSIM_SCALE_MASK);
+                                      }
                                   });
         __syncthreads();
         // expansion: unit = (kk, 4-column chunk jq, row group rq), lanes walk rq (coalesced table reads)
@@ -551,28 +565,32 @@ amsim_gemm_wide_f32(const unsigned int* __restrict__ Acode, const float* __restr
             const unsigned int rq = u % RQ;
             const unsigned int task = u / RQ;  // kk * (BN / 4) + jq
             const unsigned int jb = task * 4;
-            float4 v[4];
-            float sb[4];
+            float4 v[4];  // column c of T, rows 4rq .. 4rq + 3: table entries times scale_b
 #pragma unroll
             for (int c = 0; c < 4; ++c) {
-                v[c] = *reinterpret_cast<const float4*>(lut_bytes + s_boff[jb + c] + 16 * rq);
-                sb[c] = s_bs[jb + c];
+                if (H16) {  // four fp16 entries, rebuilt as the float32 bits of entry * scale_b by integer ops
+                    const uint2 h = *reinterpret_cast<const uint2*>(lut_bytes + s_boff[jb + c] + 8 * rq);
+                    const unsigned int keep = amsim_f2u(s_bs[jb + c]), add = s_badd[jb + c];
+                    v[c] = make_float4(amsim_u2f((h.x & 0xFFFFu) * keep + add), amsim_u2f((h.x >> 16) * keep + add),
+                                       amsim_u2f((h.y & 0xFFFFu) * keep + add), amsim_u2f((h.y >> 16) * keep + add));
+                } else {
+                    const float4 t = *reinterpret_cast<const float4*>(lut_bytes + s_boff[jb + c] + 16 * rq);
+                    const float sb = s_bs[jb + c];
+                    v[c] = make_float4(amsim_fmul(t.x, sb), amsim_fmul(t.y, sb), amsim_fmul(t.z, sb),
+                                       amsim_fmul(t.w, sb));
+                }
             }
             const unsigned int kk = task / (BN / 4), jq = task % (BN / 4);
             unsigned char* tk = s_t + kk * NL * ROWB;
             const unsigned int j16 = jq << 4;
             *reinterpret_cast<float4*>(tk + (amsim_wide_row(4 * rq) ^ j16)) =
-                make_float4(amsim_fmul(v[0].x, sb[0]), amsim_fmul(v[1].x, sb[1]), amsim_fmul(v[2].x, sb[2]),
-                            amsim_fmul(v[3].x, sb[3]));
+                make_float4(v[0].x, v[1].x, v[2].x, v[3].x);
             *reinterpret_cast<float4*>(tk + (amsim_wide_row(4 * rq + 1) ^ j16)) =
-                make_float4(amsim_fmul(v[0].y, sb[0]), amsim_fmul(v[1].y, sb[1]), amsim_fmul(v[2].y, sb[2]),
-                            amsim_fmul(v[3].y, sb[3]));
+                make_float4(v[0].y, v[1].y, v[2].y, v[3].y);
             *reinterpret_cast<float4*>(tk + (amsim_wide_row(4 * rq + 2) ^ j16)) =
-                make_float4(amsim_fmul(v[0].z, sb[0]), amsim_fmul(v[1].z, sb[1]), amsim_fmul(v[2].z, sb[2]),
-                            amsim_fmul(v[3].z, sb[3]));
+                make_float4(v[0].z, v[1].z, v[2].z, v[3].z);
             *reinterpret_cast<float4*>(tk + (amsim_wide_row(4 * rq + 3) ^ j16)) =
-                make_float4(amsim_fmul(v[0].w, sb[0]), amsim_fmul(v[1].w, sb[1]), amsim_fmul(v[2].w, sb[2]),
-                            amsim_fmul(v[3].w, sb[3]));
+                make_float4(v[0].w, v[1].w, v[2].w, v[3].w);
         }
         __syncthreads();
         if (k0 + BK < depth) {  // fetch the next tile while this one is being multiplied
