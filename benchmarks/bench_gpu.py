@@ -196,8 +196,9 @@ def main(argv=None):
             if unusable.get(algo, False):
                 continue
             kw = {} if algo == "auto" else {"algo": algo}
+            fp16_table = _cuda.fp16_table(mult.table.values) is not None
             chosen = algo if algo != "auto" else _cuda.choose_algo(m, 1, n, n, *_cuda.device_limits(),
-                                                                   bf16_table=bf16_table)
+                                                                   bf16_table=bf16_table, fp16_table=fp16_table)
             out = cp.empty((n, n), np.float32)
             t = _time_it(lambda: _cuda.gemm(a, b, mult, out=out, **kw), args.reps, cp)
             ok = None if args.no_check else _spot_check(a, b, out, mult, cp)

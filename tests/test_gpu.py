@@ -118,10 +118,11 @@ def test_gemm_layouts_algos_special_values(cuda, algo, trans, m, rounding, rng):
 
 
 @pytest.mark.parametrize("trans", LAYOUTS, ids=lambda t: "".join("T" if x else "N" for x in t))
-@pytest.mark.parametrize("m,rounding", [(3, "truncate"), (7, "nearest"), (8, "nearest"), (10, "truncate"),
-                                        (11, "nearest")])
-def test_gemm_wide_layouts_special_values(cuda, trans, m, rounding, rng):
-    mult = _mult("mitchell", m, rounding)
+@pytest.mark.parametrize("name,m,rounding", [("mitchell", 3, "truncate"), ("mitchell", 7, "nearest"),
+                                             ("mitchell", 8, "nearest"), ("mitchell", 10, "truncate"),
+                                             ("exact", 10, "nearest"), ("mitchell", 11, "nearest")])
+def test_gemm_wide_layouts_special_values(cuda, trans, name, m, rounding, rng):
+    mult = _mult(name, m, rounding)  # mitchell 8 and 10: the fp16-table variant; exact 10: float32 table
     a = mixed_matrix(rng, (2100, 19), 0.002)  # two row blocks, the second partial
     b = mixed_matrix(rng, (19, 40), 0.002)  # two full column blocks and a partial one
     da = _dev(np.ascontiguousarray(a.T)) if trans[0] else _dev(a)
@@ -135,7 +136,8 @@ def test_large_m10_problem_takes_wide_and_is_exact(cuda, rng):
     a = mixed_matrix(rng, (4096, 24), 0.0005)
     b = mixed_matrix(rng, (24, 1024), 0.0005)
     sms, max_shared = cuda.device_limits()
-    assert cuda.choose_algo(10, 1, 4096, 1024, sms, max_shared) == "wide"
+    assert cuda.choose_algo(10, 1, 4096, 1024, sms, max_shared, fp16_table=True) == "wide"
+    assert cuda.fp16_table(mult.table.values) is not None  # so the fp16-table variant runs
     got = _host(amsim.matmul(_dev(a), _dev(b), mult))
     rows = np.r_[0:3, 2046:2050, 4093:4096]
     assert_bits_equal(got[rows], golden.matmul(a[rows], b, mult))
