@@ -131,18 +131,6 @@ def test_gemm_wide_layouts_special_values(cuda, trans, name, m, rounding, rng):
     assert_bits_equal(_host(got), golden.matmul(a, b, mult))
 
 
-def test_large_m10_problem_takes_wide_and_is_exact(cuda, rng):
-    mult = _mult("mbm", 10)
-    a = mixed_matrix(rng, (4096, 24), 0.0005)
-    b = mixed_matrix(rng, (24, 1024), 0.0005)
-    sms, max_shared = cuda.device_limits()
-    assert cuda.choose_algo(10, 1, 4096, 1024, sms, max_shared, fp16_table=True) == "wide"
-    assert cuda.fp16_table(mult.table.values) is not None  # so the fp16-table variant runs
-    got = _host(amsim.matmul(_dev(a), _dev(b), mult))
-    rows = np.r_[0:3, 2046:2050, 4093:4096]
-    assert_bits_equal(got[rows], golden.matmul(a[rows], b, mult))
-
-
 @pytest.mark.parametrize("m", [3, 7, 10])
 def test_gemm_dot_weight_gradient_shapes(cuda, m, rng):
     """Few outputs, long contraction (a conv weight gradient): the dot kernel, and the automatic choice."""
@@ -210,16 +198,24 @@ def test_expand_kernels_exponent_edges(cuda, algo, m, rng):
     assert_bits_equal(_host(cuda.gemm(_dev(a), _dev(b), mult, algo=algo)), golden.matmul(a, b, mult))
 
 
-def test_large_problem_takes_expand16_and_is_exact(cuda, rng):
-    """A problem large enough for the automatic choice to pick expand16 (checked), spot-checked on rows."""
-    mult = _mult("mbm", 7)
-    a = mixed_matrix(rng, (4096, 40), 0.0005)
-    b = mixed_matrix(rng, (40, 2048), 0.0005)
+@pytest.mark.parametrize("name,m,shape,kernel", [("mbm", 7, (4096, 40, 2048), "expand16"),
+                                                 ("mbm", 10, (4096, 24, 1024), "wide")])
+def test_large_problem_auto_choice_and_exact(cuda, name, m, shape, kernel, rng):
+    """Problems large enough for the automatic choice to pick the fast kernels (checked; for mbm10 the wide
+    kernel's fp16-table variant), spot-checked on rows at block edges."""
+    mult = _mult(name, m)
+    rows, k, cols = shape
+    a = mixed_matrix(rng, (rows, k), 0.0005)
+    b = mixed_matrix(rng, (k, cols), 0.0005)
+    values = mult.table.values
     sms, max_shared = cuda.device_limits()
-    assert cuda.choose_algo(7, 1, 4096, 2048, sms, max_shared, bf16_table=True) == "expand16"
+    assert cuda.choose_algo(m, 1, rows, cols, sms, max_shared, bf16_table=cuda.bf16_pair_table(values) is not None,
+                            fp16_table=cuda.fp16_table(values) is not None) == kernel
+    if kernel == "wide":
+        assert cuda.fp16_table(values) is not None  # the fp16-table variant is the one that runs
     got = _host(amsim.matmul(_dev(a), _dev(b), mult))
-    rows = np.r_[0:3, 511:514, 2000:2003, 4093:4096]
-    assert_bits_equal(got[rows], golden.matmul(a[rows], b, mult))
+    check = np.r_[0:3, 511:514, 2046:2050, rows - 3 : rows]
+    assert_bits_equal(got[check], golden.matmul(a[check], b, mult))
 
 
 def test_subnormal_table_entries(rng):

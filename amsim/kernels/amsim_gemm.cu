@@ -190,6 +190,15 @@ __device__ __forceinline__ void amsim_t_step(float (&acc)[TM][8], const unsigned
     }
 }
 
+template <int TM, int NC>
+__device__ __forceinline__ void amsim_zero(float (&acc)[TM][NC]) {
+#pragma unroll
+    for (int t = 0; t < TM; ++t) {
+#pragma unroll
+        for (int c = 0; c < NC; ++c) acc[t][c] = 0.0f;
+    }
+}
+
 // Rows r0 .. r0 + TM - 1 and columns jc .. jc + NC - 1 of the accumulators to C, where inside the matrix.
 template <int TM, int NC>
 __device__ __forceinline__ void amsim_store_rows(const float (&acc)[TM][NC], float* C, long long ldc, int r0,
@@ -270,11 +279,7 @@ amsim_gemm_expand_f32(const unsigned int* __restrict__ Acode, const float* __res
     TileB::load(raw_b, B, ldb, j0, cols, 0, depth, tid, 0.0f);
 
     float acc[TM][4];
-#pragma unroll
-    for (int t = 0; t < TM; ++t) {
-#pragma unroll
-        for (int c = 0; c < 4; ++c) acc[t][c] = 0.0f;
-    }
+    amsim_zero(acc);
     const int warp = tid >> 5;
     const int lane = tid & 31;
     const int rbase = warp * 4 * TM + (lane >> 3) * TM;      // this thread's rows: rbase .. rbase + TM - 1
@@ -401,11 +406,7 @@ amsim_gemm_expand16_f32(const unsigned int* __restrict__ Acode, const float* __r
     TileB::load(raw_b, B, ldb, j0, cols, 0, depth, tid, 0.0f);
 
     float acc[TM][8];
-#pragma unroll
-    for (int t = 0; t < TM; ++t) {
-#pragma unroll
-        for (int c = 0; c < 8; ++c) acc[t][c] = 0.0f;
-    }
+    amsim_zero(acc);
     const int warp = tid >> 5;
     const int lane = tid & 31;
     const int rbase = warp * 4 * TM + (lane >> 3) * TM;  // this thread's rows: rbase .. rbase + TM - 1
@@ -534,11 +535,7 @@ amsim_gemm_wide_f32(const unsigned int* __restrict__ Acode, const float* __restr
     TileB::load(raw_b, B, ldb, j0, cols, 0, depth, tid, 0.0f);
 
     float acc[TM][4];
-#pragma unroll
-    for (int t = 0; t < TM; ++t) {
-#pragma unroll
-        for (int c = 0; c < 4; ++c) acc[t][c] = 0.0f;
-    }
+    amsim_zero(acc);
     const int rbase = (tid >> 2) * TM;                      // this thread's rows: rbase .. rbase + TM - 1
     const unsigned int q16 = (unsigned int)(tid & 3) << 4;  // and its chunk: columns 4 * (tid & 3) + 0..3
 
