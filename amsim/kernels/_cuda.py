@@ -292,6 +292,27 @@ def choose_algo(m, nbatch, rows, cols, num_sms=_DEFAULT_SMS, max_shared=_DEFAULT
 # ---------------------------------------------------------------------------------------------------------
 # plans
 # ---------------------------------------------------------------------------------------------------------
+def _batch_stride(codes):
+    """Elements between batches of an operand-code array; 0 when one encoding serves every batch."""
+    return 0 if codes.shape[0] == 1 else codes[0].size
+
+
+def _encode(m, fmt, x3, transposed, ld, stride, codes, ldcodes, flag, truncate, lo, hi) -> Launch:
+    """The amsim_encode_a launch that fills ``codes`` (n_enc, ., .) from the operand view ``x3`` (nb, n, depth).
+
+    ``x3``'s element (b, i, k) is at b * stride + (k * ld + i if transposed else i * ld + k); the codes are
+    k-major (fmt 0, 1: ldcodes = n) or row-major (fmt 2, 3: ldcodes = padded depth). A batch-broadcast operand
+    (stride 0) is encoded once (n_enc = 1) and a special value in it flags its row in every one of the nb
+    batches of ``flag`` (nb, n).
+    """
+    nb, n, depth = x3.shape
+    return Launch(f"amsim_encode_a<{m}, {int(transposed)}, {fmt}>", (_ceil(n * depth, 256), codes.shape[0], 1),
+                  (256, 1, 1), 0,
+                  (x3, codes, flag, np.int32(n), np.int32(depth), np.int64(ld), np.int64(stride), np.int64(ldcodes),
+                   np.int64(_batch_stride(codes)), np.int32(nb if codes.shape[0] == 1 else 1),
+                   np.int32(bool(truncate)), np.int32(lo), np.int32(hi)))
+
+
 def plan_gemm_f32(a3, b3, c3, m, truncate, tables, xp, algo=None, num_sms=_DEFAULT_SMS,
                   max_shared=_DEFAULT_MAX_SHARED) -> list[Launch]:
     """Launches for c3[b] = a3[b] @ b3[b] (float32, 3-D views, batch already broadcast, stride 0 allowed).
@@ -367,35 +388,22 @@ def plan_gemm_f32(a3, b3, c3, m, truncate, tables, xp, algo=None, num_sms=_DEFAU
                     i32(bool(truncate)))
             if algo == "dot":  # both operands encoded once (B as B^T, flagging columns), then one thread per output
                 ldk = _ceil(depth, 4) * 4  # rows of codes padded with code 0 (adds +0) to whole 16-byte loads
-                nenc_a = 1 if sa == 0 else bn_
-                nenc_b = 1 if sb == 0 else bn_
-                codes_a = xp.zeros((nenc_a, rn, ldk), np.uint32)
-                codes_b = xp.zeros((nenc_b, cols, ldk), np.uint32)
-                for x, codes, flag, n_, ld_, st_, nenc, transposed, lo, hi, fmt in (
-                        (av, codes_a, rowflag, rn, lda, sa, nenc_a, a_t, a_lo, a_hi, 2),
-                        (bv.swapaxes(1, 2), codes_b, colflag, cols, ldb, sb, nenc_b, not b_t, b_lo, b_hi, 3)):
-                    launches.append(Launch(f"amsim_encode_a<{m}, {int(transposed)}, {fmt}>",
-                                           (_ceil(n_ * depth, 256), nenc, 1), (256, 1, 1), 0,
-                                           (x, codes, flag, i32(n_), i32(depth), i64(ld_), i64(st_), i64(ldk),
-                                            i64(0 if st_ == 0 else ldk * n_), i32(bn_ if st_ == 0 else 1),
-                                            i32(bool(truncate)), i32(lo), i32(hi))))
-                launches.append(Launch(kernel, (_ceil(rn * cols, threads), 1, bn_), (threads, 1, 1), shared,
-                                       (codes_a, codes_b, cv, table_arg, i32(rn), i32(cols), i32(ldk), i64(ldc),
-                                        i64(0 if sa == 0 else ldk * rn), i64(0 if sb == 0 else ldk * cols),
-                                        i64(sc))))
+                codes_a = xp.zeros((1 if sa == 0 else bn_, rn, ldk), np.uint32)
+                codes_b = xp.zeros((1 if sb == 0 else bn_, cols, ldk), np.uint32)
+                launches += [
+                    _encode(m, 2, av, a_t, lda, sa, codes_a, ldk, rowflag, truncate, a_lo, a_hi),
+                    _encode(m, 3, bv.swapaxes(1, 2), not b_t, ldb, sb, codes_b, ldk, colflag, truncate, b_lo, b_hi),
+                    Launch(kernel, (_ceil(rn * cols, threads), 1, bn_), (threads, 1, 1), shared,
+                           (codes_a, codes_b, cv, table_arg, i32(rn), i32(cols), i32(ldk), i64(ldc),
+                            i64(_batch_stride(codes_a)), i64(_batch_stride(codes_b)), i64(sc)))]
             elif algo in ("expand16", "expand", "wide"):  # A encoded once (not per column block), then multiplied
-                nenc = 1 if sa == 0 else bn_  # a batch-broadcast A is encoded once and flags every batch
-                codes = xp.empty((nenc, depth, rn), np.uint32)
-                fmt = 1 if algo == "wide" else 0
-                launches.append(Launch(f"amsim_encode_a<{m}, {int(a_t)}, {fmt}>", (_ceil(rn * depth, 256), nenc, 1),
-                                       (256, 1, 1), 0,
-                                       (av, codes, rowflag, i32(rn), i32(depth), i64(lda), i64(sa), i64(rn),
-                                        i64(0 if sa == 0 else depth * rn), i32(bn_ if sa == 0 else 1),
-                                        i32(bool(truncate)), i32(a_lo), i32(a_hi))))
-                launches.append(Launch(kernel, (_ceil(cols, bn), _ceil(rn, bm), bn_), (threads, 1, 1), shared,
-                                       (codes, bv, cv, table_arg, colflag, i32(rn), i32(cols), i32(depth), i64(rn),
-                                        i64(ldb), i64(ldc), i64(0 if sa == 0 else depth * rn), i64(sb), i64(sc),
-                                        i32(bool(truncate)), i32(b_lo), i32(b_hi))))
+                codes = xp.empty((1 if sa == 0 else bn_, depth, rn), np.uint32)
+                launches += [
+                    _encode(m, 1 if algo == "wide" else 0, av, a_t, lda, sa, codes, rn, rowflag, truncate, a_lo, a_hi),
+                    Launch(kernel, (_ceil(cols, bn), _ceil(rn, bm), bn_), (threads, 1, 1), shared,
+                           (codes, bv, cv, table_arg, colflag, i32(rn), i32(cols), i32(depth), i64(rn), i64(ldb),
+                            i64(ldc), i64(_batch_stride(codes)), i64(sb), i64(sc), i32(bool(truncate)), i32(b_lo),
+                            i32(b_hi)))]
             else:
                 launches.append(Launch(kernel, (_ceil(cols, bn), _ceil(rn, bm), bn_), (threads, 1, 1), shared,
                                        common + (table_arg, rowflag, colflag) + dims
