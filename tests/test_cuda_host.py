@@ -331,6 +331,10 @@ FAMILIES = {
                            [f"int, {b}, {l}" for b in LUT_BITS for l in LAYOUTS]),
     "amsim_gemm_lut_float": (_LUT_GEMM_P.format(T="float"), _LUT_GEMM_A,
                              [f"float, {b}, {l}" for b in LUT_BITS for l in LAYOUTS]),
+    "amsim_gemm_lutw_int": (_LUT_GEMM_P.format(T="int"), _LUT_GEMM_A,
+                            [f"int, {b}, {l}" for b in LUT_BITS for l in LAYOUTS]),
+    "amsim_gemm_lutw_float": (_LUT_GEMM_P.format(T="float"), _LUT_GEMM_A,
+                              [f"float, {b}, {l}" for b in LUT_BITS for l in LAYOUTS]),
     "amsim_multiply_f32": ("const float* a, const float* b, float* out, const float* lut, long long n, int trunc",
                            "a, b, out, lut, n, trunc", ["7", "11"]),
     "amsim_multiply_lut_int": ("const int* a, const int* b, int* out, const int* lut, long long n",
@@ -385,7 +389,7 @@ def emu_run(lib, launches):
         dims = [ctypes.c_uint(v) for v in la.grid] + [ctypes.c_uint(la.block[0]), ctypes.c_longlong(la.shared)]
         if fam == "amsim_im2col_nhwc":
             rc = getattr(lib, f"emu_amsim_im2col_nhwc_{targs}")(*dims, *[_c_arg(v) for v in la.args])
-        elif fam in ("amsim_gemm_lut", "amsim_multiply_lut"):
+        elif fam in ("amsim_gemm_lut", "amsim_gemm_lutw", "amsim_multiply_lut"):
             rc = getattr(lib, f"emu_{fam}_{targs.split(',')[0]}")(targs.encode(), *dims, *[_c_arg(v) for v in la.args])
         else:
             rc = getattr(lib, f"emu_{fam}")(targs.encode(), *dims, *[_c_arg(v) for v in la.args])
@@ -553,6 +557,11 @@ def test_kernel_eligibility_and_choice():
     # a weight gradient: few outputs, a long contraction -> one thread per output
     assert cuda.choose_algo(7, 1, 25, 6, bf16_table=True) == "dot"
     assert cuda.choose_algo(7, 8, 256, 256, bf16_table=True) == "gather"
+    # table GEMMs: the wide scheme for large problems, 64 x 64 tiles for small ones
+    assert cuda.choose_lut_algo(8, 1, 4096, 4096) == "lutw" and cuda.choose_lut_algo(3, 1, 64, 64) == "lut"
+    with pytest.raises(ValueError, match="'lut', 'lutw'"):
+        cuda.plan_gemm_lut(np.zeros((1, 4, 3), np.int32), np.zeros((1, 3, 4), np.int32), np.zeros((1, 4, 4), np.int32),
+                           3, np.zeros((8, 8), np.int32), np, algo="gather")
     narrow = {a: cuda.algo_estimate(a, 7, 1, 131072, 16) for a in cuda.usable_algos(7, bf16_table=True)}
     assert narrow["expand16"] < 0.3 * cuda.algo_estimate("expand16", 7, 1, 131072, 64)  # 16 of 64 columns used
     assert cuda.choose_algo(7, 1, 131072, 16, bf16_table=True) == max(narrow, key=narrow.get)
@@ -598,8 +607,10 @@ def test_emulated_gemm_f32_broadcast_batch_and_empty_k(emu_lib, rng):
 
 
 @pytest.mark.parametrize("layout", LAYOUTS)
-@pytest.mark.parametrize("bits,signed,shape", [(3, True, (2, 70, 37, 65)), (8, False, (1, 33, 20, 70))])
-def test_emulated_gemm_i32(emu_lib, bits, signed, shape, layout, rng):
+@pytest.mark.parametrize("algo", ["lut", "lutw"])
+@pytest.mark.parametrize("bits,signed,shape", [(3, True, (2, 70, 37, 65)), (8, False, (1, 33, 21, 70)),
+                                               (8, True, (1, 2100, 5, 17))])
+def test_emulated_gemm_i32(emu_lib, bits, signed, shape, algo, layout, rng):
     mult = amsim.multipliers.exact_int(bits, signed=signed)
     lo, hi = mult.int_range
     nb, m_rows, k, n = shape
@@ -608,13 +619,16 @@ def test_emulated_gemm_i32(emu_lib, bits, signed, shape, layout, rng):
     out = np.full((nb, m_rows, n), -12345, np.int32)
     ia = _stored((a - lo).astype(np.int32), layout & 2)
     ib = _stored((b - lo).astype(np.int32), layout & 1)
-    emu_run(emu_lib, cuda.plan_gemm_lut(ia, ib, out, bits, mult.table.values, np))
+    plan = cuda.plan_gemm_lut(ia, ib, out, bits, mult.table.values, np, algo=algo)
+    assert plan[0].kernel.startswith(f"amsim_gemm_{algo}<int, {bits}, {layout}>")
+    emu_run(emu_lib, plan)
     np.testing.assert_array_equal(out, golden.matmul(a, b, mult))
 
 
 @pytest.mark.parametrize("layout", LAYOUTS)
-@pytest.mark.parametrize("bits,shape", [(3, (2, 70, 37, 65)), (8, (1, 33, 20, 70))])
-def test_emulated_gemm_float_table(emu_lib, bits, shape, layout, rng):
+@pytest.mark.parametrize("algo", ["lut", "lutw"])
+@pytest.mark.parametrize("bits,shape", [(3, (2, 70, 37, 65)), (8, (1, 33, 21, 70))])
+def test_emulated_gemm_float_table(emu_lib, bits, shape, algo, layout, rng):
     """Full-operand float tables (narrow formats): float32 sums of table entries, NaN and Inf included."""
     n_l = 1 << bits
     table = rng.standard_normal((n_l, n_l)).astype(F) * F(2.0) ** rng.integers(-5, 6, (n_l, n_l)).astype(F)
@@ -625,7 +639,8 @@ def test_emulated_gemm_float_table(emu_lib, bits, shape, layout, rng):
     ia = rng.integers(0, n_l, (nb, m_rows, k)).astype(np.int32)
     ib = rng.integers(0, n_l, (nb, k, n)).astype(np.int32)
     out = np.full((nb, m_rows, n), np.nan, F)
-    emu_run(emu_lib, cuda.plan_gemm_lut(_stored(ia, layout & 2), _stored(ib, layout & 1), out, bits, table, np))
+    emu_run(emu_lib, cuda.plan_gemm_lut(_stored(ia, layout & 2), _stored(ib, layout & 1), out, bits, table, np,
+                                        algo=algo))
     want = np.zeros((nb, m_rows, n), F)
     with np.errstate(invalid="ignore"):
         for kk in range(k):  # float32 adds in k order from +0.0

@@ -244,6 +244,20 @@ def test_matmul_int(bits, signed, rng):
     np.testing.assert_array_equal(_host(got), golden.matmul(a, b, mult))
 
 
+@pytest.mark.parametrize("algo", ["lut", "lutw"])
+@pytest.mark.parametrize("trans", LAYOUTS, ids=lambda t: "".join("T" if x else "N" for x in t))
+def test_gemm_int8_table_kernels(cuda, algo, trans, rng):
+    mult = amsim.multipliers.exact_int(8, signed=True)
+    a = rng.integers(-128, 128, (2100, 37))
+    b = rng.integers(-128, 128, (37, 40))
+    da = _dev(np.ascontiguousarray(a.T).astype(np.int32)) if trans[0] else _dev(a.astype(np.int32))
+    db = _dev(np.ascontiguousarray(b.T).astype(np.int32)) if trans[1] else _dev(b.astype(np.int32))
+    got = cuda.gemm(da, db, mult, trans_a=trans[0], trans_b=trans[1], algo=algo)
+    np.testing.assert_array_equal(_host(got), golden.matmul(a, b, mult))
+    sms, max_shared = cuda.device_limits()
+    assert cuda.choose_lut_algo(8, 1, 4096, 4096, sms, max_shared) == "lutw"
+
+
 def test_matmul_full_operand_table(rng):
     from amsim import formats
 

@@ -413,12 +413,35 @@ def plan_gemm_f32(a3, b3, c3, m, truncate, tables, xp, algo=None, num_sms=_DEFAU
     return launches
 
 
-def plan_gemm_lut(ia3, ib3, c3, bits, lut, xp, max_shared=_DEFAULT_MAX_SHARED) -> list[Launch]:
+def lutw_shared_bytes(bits: int) -> int:
+    return 2 * (1 << bits) * 4 * nv.WIDE_BN + 4 * 2 * (nv.WIDE_BM + nv.WIDE_BN)
+
+
+def choose_lut_algo(bits, nbatch, rows, cols, num_sms=_DEFAULT_SMS, max_shared=_DEFAULT_MAX_SHARED) -> str:
+    """"lutw" (the wide scheme: table columns expanded per step, shared-memory reads without conflicts) or "lut"
+    (64 x 64 tiles, a table gather per product: from shared memory up to 7 bits, through L1 at 8), by the same
+    kind of estimate as :func:`choose_algo` (rates: lutw 23, lut 9 or 3 at 8 bits; to be measured)."""
+    if lutw_shared_bytes(bits) > max_shared:
+        return "lut"
+
+    def estimate(rate, bm, bn, per_sm):
+        brows, bcols = _ceil(rows, bm), _ceil(cols, bn)
+        blocks = nbatch * brows * bcols
+        slots = num_sms * per_sm
+        return rate * rows / (brows * bm) * cols / (bcols * bn) * blocks / (_ceil(blocks, slots) * slots)
+
+    wide = estimate(_RATE["wide"], nv.WIDE_BM, nv.WIDE_BN, 1)
+    gathered = estimate(_RATE["gather"] if bits <= nv.MAX_SHARED_LUT_BITS else 3.0, nv.GAT_BM, nv.GAT_BN, 2)
+    return "lutw" if wide > gathered else "lut"
+
+
+def plan_gemm_lut(ia3, ib3, c3, bits, lut, xp, max_shared=_DEFAULT_MAX_SHARED, algo=None,
+                  num_sms=_DEFAULT_SMS) -> list[Launch]:
     """Launches for a table GEMM on int32 operand codes: ``c3[b, i, j] = sum_k lut[ia3[b, i, k], ib3[b, k, j]]``.
 
     An int32 table (integer multipliers, codes = operand - lowest value) sums exactly in int32; a float32 table
     (full-operand tables of narrow formats) sums in float32 in k order from +0.0. Views as in
-    :func:`plan_gemm_f32`.
+    :func:`plan_gemm_f32`; ``algo``: "lut", "lutw" or None (:func:`choose_lut_algo`).
     """
     nb, rows, depth = ia3.shape
     cols = ib3.shape[2]
@@ -432,18 +455,26 @@ def plan_gemm_lut(ia3, ib3, c3, bits, lut, xp, max_shared=_DEFAULT_MAX_SHARED) -
     ldc, sc = _out_layout(c3)
     layout = (int(a_t) << 1) | int(b_t)
     ctype = _lut_ctype(lut, c3)
-    shared = gather_shared_bytes(bits)
+    if algo is None:
+        algo = choose_lut_algo(bits, nb, rows, cols, num_sms, max_shared)
+    if algo == "lutw":
+        bm, bn, threads, shared, table = nv.WIDE_BM, nv.WIDE_BN, nv.WIDE_THREADS, lutw_shared_bytes(bits), None
+        table = xp.ascontiguousarray(lut.T)  # [ib, ia]: the columns the kernel streams
+    elif algo == "lut":
+        bm, bn, threads, shared, table = nv.GAT_BM, nv.GAT_BN, nv.GAT_THREADS, gather_shared_bytes(bits), lut
+    else:
+        raise ValueError(f"algo must be 'lut', 'lutw' or None, got {algo!r}.")
     if shared > max_shared:
         raise UnsupportedError(f"the table GEMM for {bits}-bit codes needs {shared} bytes of shared memory per block; "
                                f"this GPU allows {max_shared}.")
     i32, i64 = np.int32, np.int64
     launches = []
     for b0, bn_ in _chunks(nb, _GRID_YZ_MAX):
-        for r0, rn in _chunks(rows, nv.GAT_BM * _GRID_YZ_MAX):
+        for r0, rn in _chunks(rows, bm * _GRID_YZ_MAX):
             launches.append(Launch(
-                f"amsim_gemm_lut<{ctype}, {bits}, {layout}>", (_ceil(cols, nv.GAT_BN), _ceil(rn, nv.GAT_BM), bn_),
-                (nv.GAT_THREADS, 1, 1), shared,
-                (ia3[b0 : b0 + bn_, r0 : r0 + rn], ib3[b0 : b0 + bn_], c3[b0 : b0 + bn_, r0 : r0 + rn], lut,
+                f"amsim_gemm_{algo}<{ctype}, {bits}, {layout}>", (_ceil(cols, bn), _ceil(rn, bm), bn_),
+                (threads, 1, 1), shared,
+                (ia3[b0 : b0 + bn_, r0 : r0 + rn], ib3[b0 : b0 + bn_], c3[b0 : b0 + bn_, r0 : r0 + rn], table,
                  i32(rn), i32(cols), i32(depth), i64(lda), i64(ldb), i64(ldc), i64(sa), i64(sb), i64(sc))))
     return launches
 
@@ -655,12 +686,12 @@ def _table_bits(mult) -> int:
     return int(mult.table.values.shape[0]).bit_length() - 1  # codes index a (2**bits, 2**bits) table
 
 
-def _lut_planner(mult):
-    _, max_shared = device_limits()
+def _lut_planner(mult, algo=None):
+    sms, max_shared = device_limits()
     lut = device_tables(mult.table)
 
     def planner(a3, b3, c3):
-        return plan_gemm_lut(a3, b3, c3, _table_bits(mult), lut, cupy, max_shared)
+        return plan_gemm_lut(a3, b3, c3, _table_bits(mult), lut, cupy, max_shared, algo, sms)
 
     return planner
 
@@ -713,16 +744,16 @@ def _int_indices(x, mult):
     return (x.astype(np.int64) - lo).astype(np.int32)  # order="K": a transposed view stays transposed
 
 
-def _operands(mult, xs):
+def _operands(mult, xs, algo=None):
     """Kernel operands and planner for a multiplier: int32 codes for table multipliers (integer, full-operand),
     float32 values (converted to the operand format, if the multiplier has one) for significand tables."""
     from .._ops import _codes, _convert
 
     if mult.is_int:
-        return [_int_indices(x, mult) for x in xs], _lut_planner(mult)
+        return [_int_indices(x, mult) for x in xs], _lut_planner(mult, algo)
     xs = [_convert(x, mult, cupy) for x in xs]
     if mult.is_code:
-        return [_codes(x, mult, cupy).astype(np.int32, copy=False) for x in xs], _lut_planner(mult)
+        return [_codes(x, mult, cupy).astype(np.int32, copy=False) for x in xs], _lut_planner(mult, algo)
     return xs, None
 
 
@@ -735,8 +766,8 @@ def gemm(a, b, mult, trans_a=False, trans_b=False, out=None, algo=None):
         mult: the :class:`amsim.Multiplier`.
         trans_a, trans_b: use the transpose of the last two axes.
         out: optional C-contiguous output (float32 / int32).
-        algo: significand tables only: "expand16", "expand", "wide", "gather", "dot" or None (automatic); for
-            tests and benchmarks.
+        algo: the kernel, for tests and benchmarks: significand tables "expand16", "expand", "wide", "gather"
+            or "dot"; integer and full-operand tables "lut" or "lutw"; None chooses.
 
     Returns:
         (M, N) if both operands are 2-D, else (batch, M, N); bit-identical to ``amsim.golden.matmul``.
@@ -768,7 +799,7 @@ def gemm(a, b, mult, trans_a=False, trans_b=False, out=None, algo=None):
         return res
     if mult.is_int:
         _check_int_accumulator(mult, depth)
-    (a3, b3), planner = _operands(mult, [a3, b3])
+    (a3, b3), planner = _operands(mult, [a3, b3], algo)
     a3 = cupy.broadcast_to(a3, (nb, rows, depth))  # batch stride 0: broadcast without copying
     b3 = cupy.broadcast_to(b3, (nb, depth, cols))
     run((planner or _float_planner(mult, algo))(a3, b3, c3))

@@ -112,6 +112,7 @@ def lut_kernel_names(bits: int) -> list[str]:
     names = []
     for t in ("int", "float"):
         names += [f"amsim_gemm_lut<{t}, {bits}, {layout}>" for layout in LAYOUTS.values()]
+        names += [f"amsim_gemm_lutw<{t}, {bits}, {layout}>" for layout in LAYOUTS.values()]
         names.append(f"amsim_multiply_lut<{t}, {bits}>")
     return names
 

@@ -190,23 +190,23 @@ __device__ __forceinline__ void amsim_t_step(float (&acc)[TM][8], const unsigned
     }
 }
 
-template <int TM, int NC>
-__device__ __forceinline__ void amsim_zero(float (&acc)[TM][NC]) {
+template <typename T, int TM, int NC>
+__device__ __forceinline__ void amsim_zero(T (&acc)[TM][NC]) {
 #pragma unroll
     for (int t = 0; t < TM; ++t) {
 #pragma unroll
-        for (int c = 0; c < NC; ++c) acc[t][c] = 0.0f;
+        for (int c = 0; c < NC; ++c) acc[t][c] = T(0);
     }
 }
 
 // Rows r0 .. r0 + TM - 1 and columns jc .. jc + NC - 1 of the accumulators to C, where inside the matrix.
-template <int TM, int NC>
-__device__ __forceinline__ void amsim_store_rows(const float (&acc)[TM][NC], float* C, long long ldc, int r0,
-                                                 int rows, int jc, int cols) {
+template <typename T, int TM, int NC>
+__device__ __forceinline__ void amsim_store_rows(const T (&acc)[TM][NC], T* C, long long ldc, int r0, int rows,
+                                                 int jc, int cols) {
 #pragma unroll
     for (int t = 0; t < TM; ++t) {
         if (r0 + t < rows) {
-            float* crow = C + (long long)(r0 + t) * ldc + jc;
+            T* crow = C + (long long)(r0 + t) * ldc + jc;
 #pragma unroll
             for (int c = 0; c < NC; ++c) {
                 if (jc + c < cols) crow[c] = acc[t][c];
@@ -946,6 +946,115 @@ amsim_gemm_lut(const int* __restrict__ A, const int* __restrict__ B, T* __restri
             }
         }
     }
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Table GEMM, "wide" scheme (integer multipliers and full-operand tables, 2..8-bit codes): the float wide
+// kernel's structure without scales. For each contraction step the block copies, for each of its 16 columns,
+// the table column its B code selects (lut_t[ib], contiguous) into T[r][j]; every output update is then a
+// 16-byte shared load of four T values and four adds (int32, exact; or float32 in k order). A codes become
+// T-row offsets when their tile is stored. The last stage stops at K (code 0 would add lut[0, .]).
+// ---------------------------------------------------------------------------------------------------------
+template <typename T>
+struct alignas(16) amsim_vec4 {
+    T x, y, z, w;
+};
+
+template <typename T, int BITS, int LAYOUT>
+__global__ void __launch_bounds__(256, 1)
+amsim_gemm_lutw(const int* __restrict__ A, const int* __restrict__ B, T* __restrict__ C,
+                const T* __restrict__ lut_t, int rows, int cols, int depth, long long lda, long long ldb,
+                long long ldc, long long stride_a, long long stride_b, long long stride_c) {
+    static_assert(BITS >= 2 && BITS <= 8, "table codes of 2..8 bits");
+    static_assert(sizeof(T) == 4, "int32 or float32 tables");
+    constexpr int NL = 1 << BITS;
+    constexpr int THREADS = 256;
+    constexpr int TM = AMSIM_WIDE_TM;
+    constexpr int BN = 16;
+    constexpr int ROWB = 4 * BN;
+    constexpr int BM = THREADS / 4 * TM;
+    constexpr int BK = 2;
+    constexpr int RQ = NL / 4;
+    using TileA = amsim_tile<!amsim_layout<LAYOUT>::a_t, BM, BK, THREADS>;
+    using TileB = amsim_tile<amsim_layout<LAYOUT>::b_t, BN, BK, THREADS>;
+
+    AMSIM_DYN_SMEM(smem);
+    unsigned char* s_t = smem;                                  // [BK][NL] rows of ROWB bytes
+    int* s_a = reinterpret_cast<int*>(s_t + BK * NL * ROWB);    // [BK][BM] T-row offsets
+    int* s_boff = s_a + BK * BM;                                // [BK][BN] ib * NL * 4
+
+    const int tid = threadIdx.x;
+    const long long bat = blockIdx.z;
+    A += bat * stride_a;
+    B += bat * stride_b;
+    C += bat * stride_c;
+    const int i0 = blockIdx.y * BM;
+    const int j0 = blockIdx.x * BN;
+    const unsigned char* lut_bytes = reinterpret_cast<const unsigned char*>(lut_t);
+
+    int raw_a[TileA::PER_THREAD];
+    int raw_b[TileB::PER_THREAD];
+    TileA::load(raw_a, A, lda, i0, rows, 0, depth, tid, 0);
+    TileB::load(raw_b, B, ldb, j0, cols, 0, depth, tid, 0);
+
+    T acc[TM][4];
+    amsim_zero(acc);
+    const int rbase = (tid >> 2) * TM;
+    const unsigned int q16 = (unsigned int)(tid & 3) << 4;
+
+    for (int k0 = 0; k0 < depth; k0 += BK) {
+#pragma unroll
+        for (int q = 0; q < TileA::PER_THREAD; ++q) raw_a[q] = (int)amsim_wide_row((unsigned int)raw_a[q]);
+#pragma unroll
+        for (int q = 0; q < TileB::PER_THREAD; ++q) raw_b[q] *= NL * 4;
+        TileA::store_raw(raw_a, s_a, tid);
+        TileB::store_raw(raw_b, s_boff, tid);
+        __syncthreads();
+        for (unsigned int u = tid; u < BK * (BN / 4) * RQ; u += THREADS) {
+            const unsigned int rq = u % RQ;
+            const unsigned int task = u / RQ;
+            const unsigned int jb = task * 4;
+            using V = amsim_vec4<T>;
+            V v[4];
+#pragma unroll
+            for (int c = 0; c < 4; ++c) v[c] = *reinterpret_cast<const V*>(lut_bytes + s_boff[jb + c] + 16 * rq);
+            const unsigned int kk = task / (BN / 4), jq = task % (BN / 4);
+            unsigned char* tk = s_t + kk * NL * ROWB;
+            const unsigned int j16 = jq << 4;
+            *reinterpret_cast<V*>(tk + (amsim_wide_row(4 * rq) ^ j16)) = V{v[0].x, v[1].x, v[2].x, v[3].x};
+            *reinterpret_cast<V*>(tk + (amsim_wide_row(4 * rq + 1) ^ j16)) = V{v[0].y, v[1].y, v[2].y, v[3].y};
+            *reinterpret_cast<V*>(tk + (amsim_wide_row(4 * rq + 2) ^ j16)) = V{v[0].z, v[1].z, v[2].z, v[3].z};
+            *reinterpret_cast<V*>(tk + (amsim_wide_row(4 * rq + 3) ^ j16)) = V{v[0].w, v[1].w, v[2].w, v[3].w};
+        }
+        __syncthreads();
+        if (k0 + BK < depth) {
+            TileA::load(raw_a, A, lda, i0, rows, k0 + BK, depth, tid, 0);
+            TileB::load(raw_b, B, ldb, j0, cols, k0 + BK, depth, tid, 0);
+        }
+#pragma unroll
+        for (int kk = 0; kk < BK; ++kk) {
+            if (k0 + kk < depth) {
+                const unsigned char* tk = s_t + kk * NL * ROWB;
+                const int* ak = s_a + kk * BM + rbase;
+#pragma unroll
+                for (int t4 = 0; t4 < TM; t4 += 4) {
+                    const int4 w4 = *reinterpret_cast<const int4*>(ak + t4);
+                    const int ws[4] = {w4.x, w4.y, w4.z, w4.w};
+#pragma unroll
+                    for (int q = 0; q < 4; ++q) {
+                        T* a = acc[t4 + q];
+                        const auto v = *reinterpret_cast<const amsim_vec4<T>*>(tk + ((unsigned int)ws[q] ^ q16));
+                        a[0] = amsim_add(a[0], v.x);
+                        a[1] = amsim_add(a[1], v.y);
+                        a[2] = amsim_add(a[2], v.z);
+                        a[3] = amsim_add(a[3], v.w);
+                    }
+                }
+            }
+        }
+        __syncthreads();
+    }
+    amsim_store_rows(acc, C, ldc, i0 + rbase, rows, j0 + 4 * (tid & 3), cols);
 }
 
 // ---------------------------------------------------------------------------------------------------------
