@@ -81,6 +81,33 @@ def weight_gradient_shapes(reps, cp, check=True):
     return rows
 
 
+def int8_gemm(n, reps, cp, check=True):
+    """An int8 multiplier (exact_int(8), a 256 x 256 int32 table) at n^3 with both table kernels, against
+    cupy.matmul in float32 on the same values."""
+    import amsim
+    from amsim import golden
+    from amsim.kernels import _cuda
+
+    mult = amsim.multipliers.exact_int(8, signed=True)
+    rng = np.random.default_rng(2)
+    a_h = rng.integers(-128, 128, (n, n)).astype(np.int32)
+    b_h = rng.integers(-128, 128, (n, n)).astype(np.int32)
+    a, b = cp.asarray(a_h), cp.asarray(b_h)
+    af, bf = a.astype(np.float32), b.astype(np.float32)
+    t_ref = _time_it(lambda: cp.matmul(af, bf), reps, cp)
+    want = golden.matmul(a_h[[0, n - 1]], b_h, mult) if check else None
+    rows = []
+    for algo in ("auto", "lut", "lutw"):
+        out = cp.empty((n, n), np.int32)
+        kw = {} if algo == "auto" else {"algo": algo}
+        t = _time_it(lambda: _cuda.gemm(a, b, mult, out=out, **kw), reps, cp)
+        ok = bool((cp.asnumpy(out[[0, n - 1]]) == want).all()) if check else None
+        rows.append({"algo": algo, "seconds": t, "cublas_fp32_seconds": t_ref, "ratio_vs_cublas": t_ref / t,
+                     "golden_rows_match": ok})
+        print(f"int8 {n}^3 {algo:5s}: {t * 1e3:8.2f} ms  {100 * t_ref / t:6.1f}% of cuBLAS fp32  golden rows: {ok}")
+    return rows
+
+
 def jax_training_step_comparison(steps: int = 10, batch: int = 128):
     """Training-step time of LeNet-5 and ResNet-20 with every product through MBM (forward and both gradient
     GEMMs, amsim kernels on XLA's stream) against the same model in plain JAX float32, same device, same run.
@@ -151,6 +178,7 @@ def main(argv=None):
                              "wide: any m >= 2)")
     parser.add_argument("--no-check", action="store_true", help="skip the golden spot check")
     parser.add_argument("--no-wgrad", action="store_true", help="skip the weight-gradient shapes")
+    parser.add_argument("--no-int8", action="store_true", help="skip the int8 table GEMM")
     parser.add_argument("--jax", action="store_true", help="also time LeNet-5/ResNet-20 training steps vs plain JAX")
     parser.add_argument("--jax-only", action="store_true", help="only the training-step comparison")
     parser.add_argument("--json", help="write the results here")
@@ -209,12 +237,15 @@ def main(argv=None):
                   f"{100 * row['ratio_vs_cublas']:6.1f}% of cuBLAS  golden rows: {ok}")
     if not args.no_wgrad:
         report["wgrad"] = weight_gradient_shapes(args.reps, cp, not args.no_check)
+    if not args.no_int8:
+        report["int8"] = int8_gemm(args.size, args.reps, cp, not args.no_check)
     if args.jax:
         report["jax"] = jax_training_step_comparison()
     if args.json:
         with open(args.json, "w") as fh:
             json.dump(report, fh, indent=2)
-    bad = [r for r in report["results"] + report.get("wgrad", []) if r["golden_rows_match"] is False]
+    bad = [r for r in report["results"] + report.get("wgrad", []) + report.get("int8", [])
+           if r["golden_rows_match"] is False]
     return 1 if bad else 0
 
 

@@ -36,7 +36,7 @@ step() {  # step NAME TIMEOUT_S CMD...: run, log to $OUT/NAME.log, remember fail
     [ "$rc" -eq 0 ] || status=1
 }
 
-step env 15 bash -c "nvidia-smi; date -u; git rev-parse HEAD 2>/dev/null; $PY -c 'import cupy, sys; \
+step env 10 bash -c "nvidia-smi; date -u; git rev-parse HEAD 2>/dev/null; $PY -c 'import cupy, sys; \
 print(sys.version); print(\"cupy\", cupy.__version__, \"runtime\", cupy.cuda.runtime.runtimeGetVersion(), \
 \"driver\", cupy.cuda.runtime.driverGetVersion()); p = cupy.cuda.runtime.getDeviceProperties(0); \
 print(p[\"name\"], \"sm_%d%d\" % (p[\"major\"], p[\"minor\"]), p[\"multiProcessorCount\"], \"SMs\", \
@@ -44,9 +44,9 @@ p[\"sharedMemPerBlockOptin\"], \"B smem/block\")'"
 step precompile 50 "$PY" -c "import os, time; from amsim.kernels import _cuda; t = time.time(); \
 n = _cuda.precompile(workers=min(16, os.cpu_count() or 1)); print(n, 'kernels in', round(time.time() - t, 1), 's')"
 step pytest_gpu 80 "${PYTEST[@]}" -m gpu -q tests/test_gpu.py
-step bench_gpu 60 "$PY" benchmarks/bench_gpu.py --json "$OUT/bench_gpu.json"
+step bench_gpu 70 "$PY" benchmarks/bench_gpu.py --json "$OUT/bench_gpu.json"
 step bench_jax 50 "$PY" benchmarks/bench_gpu.py --jax-only --json "$OUT/bench_jax.json"
-step resources 20 bash -c "set -e; $PY -m amsim.kernels._nvrtc --arch \$($PY -c 'import cupy; \
+step resources 15 bash -c "set -e; $PY -m amsim.kernels._nvrtc --arch \$($PY -c 'import cupy; \
 p = cupy.cuda.runtime.getDeviceProperties(0); print(\"sm_%d%d\" % (p[\"major\"], p[\"minor\"]))') \
 --filter '<7, 0>'; $PY -m amsim.kernels._nvrtc --arch sm_90 --filter '<11, 1>'"
 # the NVRTC compile tests once more, with this image's NVRTC (CI runs them, and the host emulation, on every
