@@ -458,10 +458,11 @@ def plan_gemm_lut(ia3, ib3, c3, bits, lut, xp, max_shared=_DEFAULT_MAX_SHARED, a
     if algo is None:
         algo = choose_lut_algo(bits, nb, rows, cols, num_sms, max_shared)
     if algo == "lutw":
-        bm, bn, threads, shared, table = nv.WIDE_BM, nv.WIDE_BN, nv.WIDE_THREADS, lutw_shared_bytes(bits), None
+        bm, bn, threads, shared = nv.WIDE_BM, nv.WIDE_BN, nv.WIDE_THREADS, lutw_shared_bytes(bits)
         table = xp.ascontiguousarray(lut.T)  # [ib, ia]: the columns the kernel streams
     elif algo == "lut":
-        bm, bn, threads, shared, table = nv.GAT_BM, nv.GAT_BN, nv.GAT_THREADS, gather_shared_bytes(bits), lut
+        bm, bn, threads, shared = nv.GAT_BM, nv.GAT_BN, nv.GAT_THREADS, gather_shared_bytes(bits)
+        table = lut
     else:
         raise ValueError(f"algo must be 'lut', 'lutw' or None, got {algo!r}.")
     if shared > max_shared:
