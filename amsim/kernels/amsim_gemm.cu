@@ -141,34 +141,39 @@ struct amsim_tile {
 };
 
 // ---------------------------------------------------------------------------------------------------------
-// Shared by the expanded-table kernels (expand, expand16, wide): one contraction step over a thread's TM rows,
-// whose codes (scale | T-row offset) are at ak, reading its 16-byte chunk (q16) of each row's T row in tk:
-// acc[t][c] = fma(scale_a, T[ia][c], acc[t][c]). Float32 T: 4 columns per chunk; bfloat16 T: 8, unpacked by one
-// integer op each (the low half shifted up, the high half masked).
+// Shared by the expanded-table kernels (expand, expand16, wide, lutw): one contraction step over a thread's TM
+// rows, whose codes (scale | T-row offset) are at ak, reading its 16-byte chunk (q16) of each row's T row in tk
+// and folding it into the row's accumulators (amsim_fold below).
 // ---------------------------------------------------------------------------------------------------------
-template <int TM>
-__device__ __forceinline__ void amsim_t_step(float (&acc)[TM][4], const unsigned char* tk, const unsigned int* ak,
-                                             unsigned int q16) {
-    static_assert(TM % 4 == 0, "codes are read four rows at a time");
+__device__ __forceinline__ int amsim_add(int acc, int v) { return acc + v; }
+__device__ __forceinline__ float amsim_add(float acc, float v) { return amsim_fadd(acc, v); }
+template <typename T>
+__device__ __forceinline__ T amsim_bits_as(unsigned int u);
+template <>
+__device__ __forceinline__ int amsim_bits_as<int>(unsigned int u) { return (int)u; }
+template <>
+__device__ __forceinline__ float amsim_bits_as<float>(unsigned int u) { return amsim_u2f(u); }
+
+// Float32 T, 4 columns per chunk: acc[c] = fma(scale_a, T[c], acc[c]).
+__device__ __forceinline__ void amsim_fold(float (&a)[4], float sa, uint4 v) {
+    const unsigned int w[4] = {v.x, v.y, v.z, v.w};
 #pragma unroll
-    for (int t4 = 0; t4 < TM; t4 += 4) {
-        const uint4 w4 = *reinterpret_cast<const uint4*>(ak + t4);
-        const unsigned int ws[4] = {w4.x, w4.y, w4.z, w4.w};
+    for (int c = 0; c < 4; ++c) a[c] = amsim_fma(sa, amsim_u2f(w[c]), a[c]);
+}
+
+// Bfloat16 T, 8 columns per chunk, each unpacked by one integer op (low half shifted up, high half masked).
+__device__ __forceinline__ void amsim_fold(float (&a)[8], float sa, uint4 v) {
+    const unsigned int w[4] = {v.x, v.y, v.z, v.w};
 #pragma unroll
-        for (int q = 0; q < 4; ++q) {
-            float* a = acc[t4 + q];
-            const float sa = amsim_u2f(ws[q] & AMSIM_SCALE_MASK);
-            const float4 v = *reinterpret_cast<const float4*>(tk + ((ws[q] & AMSIM_FRAC_MASK) ^ q16));
-            a[0] = amsim_fma(sa, v.x, a[0]);
-            a[1] = amsim_fma(sa, v.y, a[1]);
-            a[2] = amsim_fma(sa, v.z, a[2]);
-            a[3] = amsim_fma(sa, v.w, a[3]);
-        }
+    for (int c = 0; c < 4; ++c) {
+        a[2 * c] = amsim_fma(sa, amsim_u2f(w[c] << 16), a[2 * c]);
+        a[2 * c + 1] = amsim_fma(sa, amsim_u2f(w[c] & 0xFFFF0000u), a[2 * c + 1]);
     }
 }
 
-template <int TM>
-__device__ __forceinline__ void amsim_t_step(float (&acc)[TM][8], const unsigned char* tk, const unsigned int* ak,
+// SCALED = false (table GEMMs, lutw): acc[c] = acc[c] + T[c], int32 or float32 in k order.
+template <typename T, int TM, int NC, bool SCALED = true>
+__device__ __forceinline__ void amsim_t_step(T (&acc)[TM][NC], const unsigned char* tk, const unsigned int* ak,
                                              unsigned int q16) {
     static_assert(TM % 4 == 0, "codes are read four rows at a time");
 #pragma unroll
@@ -177,14 +182,14 @@ __device__ __forceinline__ void amsim_t_step(float (&acc)[TM][8], const unsigned
         const unsigned int ws[4] = {w4.x, w4.y, w4.z, w4.w};
 #pragma unroll
         for (int q = 0; q < 4; ++q) {
-            float* a = acc[t4 + q];
-            const float sa = amsim_u2f(ws[q] & AMSIM_SCALE_MASK);
             const uint4 v = *reinterpret_cast<const uint4*>(tk + ((ws[q] & AMSIM_FRAC_MASK) ^ q16));
-            const unsigned int w[4] = {v.x, v.y, v.z, v.w};
+            if constexpr (SCALED) {
+                amsim_fold(acc[t4 + q], amsim_u2f(ws[q] & AMSIM_SCALE_MASK), v);
+            } else {
+                T* a = acc[t4 + q];
+                const unsigned int w[4] = {v.x, v.y, v.z, v.w};
 #pragma unroll
-            for (int c = 0; c < 4; ++c) {
-                a[2 * c] = amsim_fma(sa, amsim_u2f(w[c] << 16), a[2 * c]);
-                a[2 * c + 1] = amsim_fma(sa, amsim_u2f(w[c] & 0xFFFF0000u), a[2 * c + 1]);
+                for (int c = 0; c < NC; ++c) a[c] = amsim_add(a[c], amsim_bits_as<T>(w[c]));
             }
         }
     }
@@ -355,10 +360,9 @@ amsim_gemm_expand_f32(const unsigned int* __restrict__ Acode, const float* __res
 //     row) are both conflict-free. The A code carries that swizzled row offset in its low bits, so a T address
 //     is one logic op: (code & 0x7FFFFF) ^ (16 * chunk).
 // Block: WARPS warps, 64 columns, 4 * TM * WARPS rows; a thread owns TM consecutive rows x 8 columns.
+// A arrives as codes from amsim_encode_a<M, A_T, 0> (below), k-major ([depth][rows] per batch): each code is
+// decoded once instead of once per column block, and the row flags are already set.
 // ---------------------------------------------------------------------------------------------------------
-// The A operand arrives as codes from amsim_encode_a<M, A_T, 0> (below), stored k-major ([depth][rows] per batch): each
-// code is decoded once instead of once per column block, and the row flags are already set.
-
 template <int M, int B_T>
 __global__ void __launch_bounds__(AMSIM_E16_WARPS * 32, 1)
 amsim_gemm_expand16_f32(const unsigned int* __restrict__ Acode, const float* __restrict__ B, float* __restrict__ C,
@@ -857,8 +861,6 @@ amsim_gemm_fixup_f32(const float* __restrict__ A, const float* __restrict__ B, f
 // Same tiling as the float gather kernel; the table is in shared memory for BITS <= 7 and read through __ldg
 // for 8 bits. The contraction tail is cut off by the loop bound: padding with code 0 would add lut[0, 0].
 // ---------------------------------------------------------------------------------------------------------
-__device__ __forceinline__ int amsim_add(int acc, int v) { return acc + v; }
-__device__ __forceinline__ float amsim_add(float acc, float v) { return amsim_fadd(acc, v); }
 
 template <typename T, int BITS, int LAYOUT>
 __global__ void __launch_bounds__(256, 2)
@@ -1034,22 +1036,8 @@ amsim_gemm_lutw(const int* __restrict__ A, const int* __restrict__ B, T* __restr
 #pragma unroll
         for (int kk = 0; kk < BK; ++kk) {
             if (k0 + kk < depth) {
-                const unsigned char* tk = s_t + kk * NL * ROWB;
-                const int* ak = s_a + kk * BM + rbase;
-#pragma unroll
-                for (int t4 = 0; t4 < TM; t4 += 4) {
-                    const int4 w4 = *reinterpret_cast<const int4*>(ak + t4);
-                    const int ws[4] = {w4.x, w4.y, w4.z, w4.w};
-#pragma unroll
-                    for (int q = 0; q < 4; ++q) {
-                        T* a = acc[t4 + q];
-                        const auto v = *reinterpret_cast<const amsim_vec4<T>*>(tk + ((unsigned int)ws[q] ^ q16));
-                        a[0] = amsim_add(a[0], v.x);
-                        a[1] = amsim_add(a[1], v.y);
-                        a[2] = amsim_add(a[2], v.z);
-                        a[3] = amsim_add(a[3], v.w);
-                    }
-                }
+                amsim_t_step<T, TM, 4, false>(acc, s_t + kk * NL * ROWB,
+                                              reinterpret_cast<const unsigned int*>(s_a + kk * BM + rbase), q16);
             }
         }
         __syncthreads();
