@@ -54,17 +54,18 @@ def _spot_check(a, b, c, mult, cp):
     return bool(same.all())
 
 
-def weight_gradient_shapes(reps, cp, check=True):
-    """LeNet-5's convolution weight gradients at batch 128 (few outputs, K = batch x pixels): every float kernel
-    and the automatic choice against cupy.matmul, mbm7. The contraction is sequential per output (no split-K),
-    so these shapes cannot use the GPU the way cuBLAS does; this shows how close the kernels get."""
+def weight_gradient_shapes(reps, cp, check=True, batch=128):
+    """LeNet-5's convolution weight gradients (few outputs, K = batch x output pixels): every float kernel and
+    the automatic choice against cupy.matmul, mbm7. The contraction is sequential per output (no split-K), so
+    these shapes cannot use the GPU the way cuBLAS does; this shows how close the kernels get."""
     import amsim
     from amsim.kernels import _cuda
 
     mult = amsim.multipliers.mbm(7)
     rng = np.random.default_rng(1)
     rows = []
-    for m_, k_, n_ in [(25, 73728, 6), (150, 8192, 16)]:
+    for m_, pixels, n_ in [(25, 24 * 24, 6), (150, 8 * 8, 16)]:  # conv1 (5x5x1 -> 6), conv2 (5x5x6 -> 16)
+        k_ = batch * pixels
         a = cp.asarray(rng.standard_normal((m_, k_)).astype(np.float32))
         b = cp.asarray(rng.standard_normal((k_, n_)).astype(np.float32))
         t_ref = _time_it(lambda: cp.matmul(a, b), reps, cp)
@@ -178,6 +179,7 @@ def main(argv=None):
                              "wide: any m >= 2)")
     parser.add_argument("--no-check", action="store_true", help="skip the golden spot check")
     parser.add_argument("--no-wgrad", action="store_true", help="skip the weight-gradient shapes")
+    parser.add_argument("--wgrad-batch", type=int, default=128, help="batch size behind the weight-gradient shapes")
     parser.add_argument("--no-int8", action="store_true", help="skip the int8 table GEMM")
     parser.add_argument("--jax", action="store_true", help="also time LeNet-5/ResNet-20 training steps vs plain JAX")
     parser.add_argument("--jax-only", action="store_true", help="only the training-step comparison")
@@ -236,7 +238,7 @@ def main(argv=None):
             print(f"{name:8s} {algo:8s} ({chosen:8s}): {t * 1e3:9.2f} ms  {row['tflops']:7.2f} TFLOP/s  "
                   f"{100 * row['ratio_vs_cublas']:6.1f}% of cuBLAS  golden rows: {ok}")
     if not args.no_wgrad:
-        report["wgrad"] = weight_gradient_shapes(args.reps, cp, not args.no_check)
+        report["wgrad"] = weight_gradient_shapes(args.reps, cp, not args.no_check, args.wgrad_batch)
     if not args.no_int8:
         report["int8"] = int8_gemm(args.size, args.reps, cp, not args.no_check)
     if args.jax:

@@ -2,11 +2,11 @@
 
 1. ``amsim_product.cuh`` compiled by the host C++ compiler: the scalar semantics (rounding, decode, table
    lookup, exponent assembly, special values) on random operands and on a special-value matrix.
-2. ``amsim_gemm.cu`` compiled by the host compiler with a small emulation of the CUDA execution model (CUDA
-   threads as fibers, ``__syncthreads`` as a barrier, blocks one after another, shared memory poisoned before
-   every block), running the launch plans of ``amsim/kernels/_cuda.py`` on NumPy arrays: tile loading,
-   decoding, the expand and gather GEMMs in every layout, the exact fix-up, the integer GEMM, the elementwise
-   kernels and the im2col convolution.
+2. ``amsim_gemm.cu`` compiled by the host compiler with a small emulation of the CUDA execution model
+   (tests/emulated_cuda.py: CUDA threads as fibers, ``__syncthreads`` as a barrier, blocks one after another,
+   shared memory poisoned before every block), running the launch plans of ``amsim/kernels/_cuda.py`` on
+   NumPy arrays: tile loading, decoding, the expand and gather GEMMs in every layout, the exact fix-up, the
+   integer GEMM, the elementwise kernels and the im2col convolution.
 
 Warp-level behaviour (bank conflicts, speed) is not emulated; tests/test_gpu.py checks the real thing.
 """
@@ -14,36 +14,27 @@ Warp-level behaviour (bank conflicts, speed) is not emulated; tests/test_gpu.py 
 from __future__ import annotations
 
 import ctypes
-import re
-import shutil
-import subprocess
 
 import numpy as np
 import pytest
 
 import amsim
 from amsim import golden
-from amsim.kernels import _nvrtc as nv
 
+from . import emulated_cuda as emu
 from .conftest import assert_bits_equal, special_values
 
 cuda = pytest.importorskip("amsim.kernels._cuda", reason="the launch plans live in _cuda.py, which needs CuPy")
 
 F = np.float32
-CXX = shutil.which("g++") or shutil.which("clang++")
-pytestmark = pytest.mark.skipif(CXX is None, reason="no host C++ compiler (g++ or clang++) on PATH")
+pytestmark = pytest.mark.skipif(emu.CXX is None, reason="no host C++ compiler (g++ or clang++) on PATH")
 
 
-def _compile(tmp_dir, name, source, std="c++17", extra=()):
-    src = tmp_dir / f"{name}.cpp"
-    lib = tmp_dir / f"lib{name}.so"
-    src.write_text(source)
-    cmd = [CXX, f"-std={std}", "-O1", "-ffp-contract=off", "-fno-fast-math", "-shared", "-fPIC", "-pthread",
-           f"-I{nv.KERNEL_DIR}", *nv.define_options(), *extra, str(src), "-o", str(lib)]
-    proc = subprocess.run(cmd, capture_output=True, text=True)
-    if proc.returncode != 0:
-        pytest.fail(f"host compilation of {name} failed:\n{' '.join(cmd)}\n{proc.stderr[-6000:]}")
-    return ctypes.CDLL(str(lib))
+def _lib_or_fail(build):
+    try:
+        return build()
+    except RuntimeError as err:  # a compile error in the kernel sources: a failure, not an error in set-up
+        pytest.fail(str(err))
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -63,7 +54,8 @@ extern "C" void host_round(const unsigned int* u, unsigned int* out, long long n
 
 @pytest.fixture(scope="module")
 def product_lib(tmp_path_factory):
-    lib = _compile(tmp_path_factory.mktemp("amsim_product"), "amsim_product", PRODUCT_SRC)
+    lib = _lib_or_fail(lambda: emu.compile_host(tmp_path_factory.mktemp("amsim_product"), "amsim_product",
+                                                PRODUCT_SRC))
     ptr = ctypes.c_void_p
     lib.host_multiply.argtypes = [ptr, ptr, ptr, ctypes.c_longlong, ctypes.c_int, ctypes.c_int, ptr]
     lib.host_round.argtypes = [ptr, ptr, ctypes.c_longlong, ctypes.c_int, ctypes.c_int]
@@ -176,120 +168,7 @@ def test_tame_ranges_keep_every_intermediate_normal(rng):
 # ---------------------------------------------------------------------------------------------------------
 # 2. the kernels under a host emulation of CUDA
 # ---------------------------------------------------------------------------------------------------------
-EMU_PRELUDE = r"""
-#include <cmath>
-#include <cstdio>
-#include <cstdlib>
-#include <cstring>
-#include <memory>
-#include <new>
-#include <ucontext.h>
-#include <vector>
-
-struct dim3 { unsigned x, y, z; };
-struct alignas(16) float4 { float x, y, z, w; };
-struct alignas(16) uint4 { unsigned int x, y, z, w; };
-struct alignas(8) uint2 { unsigned int x, y; };
-inline uint4 make_uint4(unsigned x, unsigned y, unsigned z, unsigned w) { return uint4{x, y, z, w}; }
-inline float4 make_float4(float x, float y, float z, float w) { return float4{x, y, z, w}; }
-struct alignas(16) int4 { int x, y, z, w; };
-
-// CUDA threads as fibers on one OS thread: a fiber runs until __syncthreads() or its end, and a barrier is
-// released once every fiber of the block has reached it. Deterministic, and a missing barrier shows up
-// reliably: fiber 0 then runs ahead and reads shared memory the others have not written yet (poisoned).
-namespace emu {
-dim3 thread_idx, block_idx, block_dim, grid_dim;
-unsigned char* smem = nullptr;
-ucontext_t scheduler;
-std::vector<ucontext_t> fibers;
-std::vector<int> finished;
-unsigned current = 0;
-void (*trampoline_body)(void*) = nullptr;
-void* trampoline_arg = nullptr;
-constexpr std::size_t STACK = 256 * 1024;
-std::vector<std::unique_ptr<unsigned char[]>> stacks;
-
-inline void fiber_main() {
-    trampoline_body(trampoline_arg);
-    finished[current] = 1;
-    swapcontext(&fibers[current], &scheduler);
-}
-}  // namespace emu
-#define threadIdx (emu::thread_idx)
-#define blockIdx (emu::block_idx)
-#define blockDim (emu::block_dim)
-#define gridDim (emu::grid_dim)
-#define __global__
-#define __device__
-#define __host__
-#define __forceinline__ inline
-#define __launch_bounds__(...)
-#define __align__(n) alignas(n)
-#define AMSIM_DYN_SMEM(name) unsigned char* name = emu::smem
-inline void __syncthreads() { swapcontext(&emu::fibers[emu::current], &emu::scheduler); }
-
-// Run body() as every thread of every block, blocks one after another.
-template <class F>
-void emu_launch(unsigned gx, unsigned gy, unsigned gz, unsigned bx, long long shared, F body) {
-    const std::size_t bytes = (std::size_t)shared + 64;
-    std::unique_ptr<unsigned char[]> buf(new (std::align_val_t(64)) unsigned char[bytes]);
-    emu::grid_dim = {gx, gy, gz};
-    emu::block_dim = {bx, 1, 1};
-    while (emu::stacks.size() < bx) emu::stacks.emplace_back(new unsigned char[emu::STACK]);
-    emu::fibers.assign(bx, ucontext_t{});
-    emu::finished.assign(bx, 0);
-    emu::trampoline_body = [](void* p) { (*static_cast<F*>(p))(); };
-    emu::trampoline_arg = &body;
-    for (unsigned z = 0; z < gz; ++z)
-        for (unsigned y = 0; y < gy; ++y)
-            for (unsigned x = 0; x < gx; ++x) {
-                std::memset(buf.get(), 0xFF, bytes);  // poison: unwritten shared memory reads as NaN / -1
-                emu::smem = buf.get();
-                emu::block_idx = {x, y, z};
-                for (unsigned t = 0; t < bx; ++t) {
-                    emu::finished[t] = 0;
-                    getcontext(&emu::fibers[t]);
-                    emu::fibers[t].uc_stack.ss_sp = emu::stacks[t].get();
-                    emu::fibers[t].uc_stack.ss_size = emu::STACK;
-                    emu::fibers[t].uc_link = nullptr;
-                    makecontext(&emu::fibers[t], emu::fiber_main, 0);
-                }
-                for (;;) {  // one pass = every live fiber runs up to its next barrier (or its end)
-                    unsigned live = 0;
-                    for (unsigned t = 0; t < bx; ++t) {
-                        if (emu::finished[t]) continue;
-                        emu::current = t;
-                        emu::thread_idx = {t, 0, 0};
-                        swapcontext(&emu::scheduler, &emu::fibers[t]);
-                        live += !emu::finished[t];
-                    }
-                    if (live == 0) break;
-                    if (live != bx) {
-                        std::fprintf(stderr, "emu: __syncthreads reached by %u of %u threads\n", live, bx);
-                        std::abort();
-                    }
-                }
-            }
-}
-#include "amsim_gemm.cu"
-"""
-
-# (family, parameter list, argument list, instantiations as template-argument strings)
-_F_GEMM_P = ("const float* A, const float* B, float* C, const float* lut, int* rf, int* cf, int rows, int cols, "
-             "int depth, long long lda, long long ldb, long long ldc, long long sa, long long sb, long long sc, "
-             "int trunc, int alo, int ahi, int blo, int bhi")
-_F_GEMM_A = "A, B, C, lut, rf, cf, rows, cols, depth, lda, ldb, ldc, sa, sb, sc, trunc, alo, ahi, blo, bhi"
-_FIXUP_P = ("const float* A, const float* B, float* C, const float* lut, const int* rf, const int* cf, int rows, "
-            "int cols, int depth, long long lda, long long ldb, long long ldc, long long sa, long long sb, "
-            "long long sc, int trunc")
-_FIXUP_A = "A, B, C, lut, rf, cf, rows, cols, depth, lda, ldb, ldc, sa, sb, sc, trunc"
-_LUT_GEMM_P = ("const int* A, const int* B, {T}* C, const {T}* lut, int rows, int cols, int depth, long long lda, "
-               "long long ldb, long long ldc, long long sa, long long sb, long long sc")
-_LUT_GEMM_A = "A, B, C, lut, rows, cols, depth, lda, ldb, ldc, sa, sb, sc"
-_IM2COL_P = ("const {T}* x, {T}* col, {T} pad, int h, int w, int c, int oh, int ow, int kh, int kw, int sh, int sw, "
-             "int ph, int pw, int dh, int dw, int groups, int cg, long long p0, long long npix")
-_IM2COL_A = "x, col, pad, h, w, c, oh, ow, kh, kw, sh, sw, ph, pw, dh, dw, groups, cg, p0, npix"
-
+# the instantiations the host tests use (compiling all of them takes longer; tests/test_gpu_emulated.py does)
 EXPAND_M = (2, 4, 7)
 EXPAND16_M = (2, 4, 7)
 WIDE_M = (2, 7, 8, 10, 11)
@@ -297,103 +176,31 @@ DOT_M = (1, 7, 8, 11)
 GATHER_M = (2, 4, 8, 11)
 LUT_BITS = (3, 8)
 LAYOUTS = (0, 1, 2, 3)
-FAMILIES = {
-    "amsim_gemm_expand_f32": (
-        "const unsigned int* A, const float* B, float* C, const float* lut, int* cf, int rows, int cols, int depth, "
-        "long long lda, long long ldb, long long ldc, long long sa, long long sb, long long sc, int trunc, int blo, "
-        "int bhi", "A, B, C, lut, cf, rows, cols, depth, lda, ldb, ldc, sa, sb, sc, trunc, blo, bhi",
-        [f"{m}, {t}" for m in EXPAND_M for t in (0, 1)]),
-    "amsim_gemm_expand16_f32": (
-        "const unsigned int* A, const float* B, float* C, const float* lut, int* cf, int rows, int cols, int depth, "
-        "long long lda, long long ldb, long long ldc, long long sa, long long sb, long long sc, int trunc, int blo, "
-        "int bhi", "A, B, C, lut, cf, rows, cols, depth, lda, ldb, ldc, sa, sb, sc, trunc, blo, bhi",
-        [f"{m}, {t}" for m in EXPAND16_M for t in (0, 1)]),
-    "amsim_gemm_wide_f32": (
-        "const unsigned int* A, const float* B, float* C, const float* lut, int* cf, int rows, int cols, int depth, "
-        "long long lda, long long ldb, long long ldc, long long sa, long long sb, long long sc, int trunc, int blo, "
-        "int bhi", "A, B, C, lut, cf, rows, cols, depth, lda, ldb, ldc, sa, sb, sc, trunc, blo, bhi",
-        [f"{m}, {t}, 0" for m in WIDE_M for t in (0, 1)] + [f"{m}, {t}, 1" for m in (8, 10) for t in (0, 1)]),
-    "amsim_encode_a": (
-        "const float* A, unsigned int* codes, int* rf, int rows, int depth, long long lda, long long sa, "
-        "long long ldcodes, long long sc, int nflag, int trunc, int lo, int hi",
-        "A, codes, rf, rows, depth, lda, sa, ldcodes, sc, nflag, trunc, lo, hi",
-        [f"{m}, {t}, 0" for m in EXPAND16_M for t in (0, 1)] + [f"{m}, {t}, 1" for m in WIDE_M for t in (0, 1)]
-        + [f"{m}, {t}, {f}" for m in DOT_M for t in (0, 1) for f in (2, 3)]),
-    "amsim_gemm_dot_f32": (
-        "const unsigned int* A, const unsigned int* B, float* C, const float* lut, int rows, int cols, int ldk, "
-        "long long ldc, long long sa, long long sb, long long sc",
-        "A, B, C, lut, rows, cols, ldk, ldc, sa, sb, sc", [f"{m}" for m in DOT_M]),
-    "amsim_gemm_gather_f32": (_F_GEMM_P, _F_GEMM_A, [f"{m}, {l}" for m in GATHER_M for l in LAYOUTS]),
-    "amsim_gemm_fixup_f32": (_FIXUP_P, _FIXUP_A,
-                             [f"{m}, {l}" for m in sorted(set(EXPAND_M + EXPAND16_M + WIDE_M + GATHER_M + DOT_M))
-                              for l in LAYOUTS]),
-    "amsim_gemm_lut_int": (_LUT_GEMM_P.format(T="int"), _LUT_GEMM_A,
-                           [f"int, {b}, {l}" for b in LUT_BITS for l in LAYOUTS]),
-    "amsim_gemm_lut_float": (_LUT_GEMM_P.format(T="float"), _LUT_GEMM_A,
-                             [f"float, {b}, {l}" for b in LUT_BITS for l in LAYOUTS]),
-    "amsim_gemm_lutw_int": (_LUT_GEMM_P.format(T="int"), _LUT_GEMM_A,
-                            [f"int, {b}, {l}" for b in LUT_BITS for l in LAYOUTS]),
-    "amsim_gemm_lutw_float": (_LUT_GEMM_P.format(T="float"), _LUT_GEMM_A,
-                              [f"float, {b}, {l}" for b in LUT_BITS for l in LAYOUTS]),
-    "amsim_multiply_f32": ("const float* a, const float* b, float* out, const float* lut, long long n, int trunc",
-                           "a, b, out, lut, n, trunc", ["7", "11"]),
-    "amsim_multiply_lut_int": ("const int* a, const int* b, int* out, const int* lut, long long n",
-                               "a, b, out, lut, n", ["int, 3", "int, 8"]),
-    "amsim_multiply_lut_float": ("const int* a, const int* b, float* out, const float* lut, long long n",
-                                 "a, b, out, lut, n", ["float, 8"]),
-}
-
-
-def _emu_source():
-    parts = [EMU_PRELUDE]
-    for fam, (params, args, insts) in FAMILIES.items():
-        kernel = fam.removesuffix("_int").removesuffix("_float")
-        parts.append(f"extern \"C\" int emu_{fam}(const char* targs, unsigned gx, unsigned gy, unsigned gz, "
-                     f"unsigned bx, long long shared, {params}) {{")
-        for t in insts:
-            parts.append(f"    if (!std::strcmp(targs, \"{t}\")) {{ emu_launch(gx, gy, gz, bx, shared, [&] {{ "
-                         f"{kernel}<{t}>({args}); }}); return 0; }}")
-        parts.append("    return -1;\n}")
-    for t in ("float", "int"):
-        parts.append(f"extern \"C\" int emu_amsim_im2col_nhwc_{t}(unsigned gx, unsigned gy, unsigned gz, unsigned bx, "
-                     f"long long shared, {_IM2COL_P.format(T=t)}) {{ emu_launch(gx, gy, gz, bx, shared, [&] {{ "
-                     f"amsim_im2col_nhwc<{t}>({_IM2COL_A}); }}); return 0; }}")
-    return "\n".join(parts)
+HOST_TEST_KERNELS = (
+    [f"amsim_gemm_{a}_f32<{m}, {t}>" for a, ms in (("expand", EXPAND_M), ("expand16", EXPAND16_M)) for m in ms
+     for t in (0, 1)]
+    + [f"amsim_gemm_wide_f32<{m}, {t}, 0>" for m in WIDE_M for t in (0, 1)]
+    + [f"amsim_gemm_wide_f32<{m}, {t}, 1>" for m in (8, 10) for t in (0, 1)]
+    + [f"amsim_encode_a<{m}, {t}, 0>" for m in EXPAND16_M for t in (0, 1)]
+    + [f"amsim_encode_a<{m}, {t}, 1>" for m in WIDE_M for t in (0, 1)]
+    + [f"amsim_encode_a<{m}, {t}, {f}>" for m in DOT_M for t in (0, 1) for f in (2, 3)]
+    + [f"amsim_gemm_dot_f32<{m}>" for m in DOT_M]
+    + [f"amsim_gemm_gather_f32<{m}, {l}>" for m in GATHER_M for l in LAYOUTS]
+    + [f"amsim_gemm_fixup_f32<{m}, {l}>" for m in sorted(set(EXPAND_M + EXPAND16_M + WIDE_M + GATHER_M + DOT_M))
+       for l in LAYOUTS]
+    + [f"amsim_gemm_{k}<{t}, {b}, {l}>" for k in ("lut", "lutw") for t in ("int", "float") for b in LUT_BITS
+       for l in LAYOUTS]
+    + ["amsim_multiply_f32<7>", "amsim_multiply_f32<11>", "amsim_multiply_lut<int, 3>", "amsim_multiply_lut<int, 8>",
+       "amsim_multiply_lut<float, 8>", "amsim_im2col_nhwc<float>", "amsim_im2col_nhwc<int>"]
+)
 
 
 @pytest.fixture(scope="module")
 def emu_lib(tmp_path_factory):
-    return _compile(tmp_path_factory.mktemp("amsim_emu"), "amsim_emu", _emu_source())
+    return _lib_or_fail(lambda: emu.build(tmp_path_factory.mktemp("amsim_emu"), HOST_TEST_KERNELS))
 
 
-def _c_arg(v):
-    if isinstance(v, np.ndarray):
-        return ctypes.c_void_p(v.ctypes.data)
-    if isinstance(v, np.int32):
-        return ctypes.c_int32(int(v))
-    if isinstance(v, np.int64):
-        return ctypes.c_int64(int(v))
-    if isinstance(v, np.float32):
-        return ctypes.c_float(float(v))
-    raise TypeError(f"launch argument of unexpected type {type(v).__name__}: the plans pass numpy scalars")
-
-
-_KERNEL_RE = re.compile(r"(\w+)<(.*)>$")
-
-
-def emu_run(lib, launches):
-    """Run a launch plan of _cuda.py on NumPy arrays through the emulated kernels."""
-    for la in launches:
-        fam, targs = _KERNEL_RE.match(la.kernel).groups()
-        assert la.block[1:] == (1, 1)
-        dims = [ctypes.c_uint(v) for v in la.grid] + [ctypes.c_uint(la.block[0]), ctypes.c_longlong(la.shared)]
-        if fam == "amsim_im2col_nhwc":
-            rc = getattr(lib, f"emu_amsim_im2col_nhwc_{targs}")(*dims, *[_c_arg(v) for v in la.args])
-        elif fam in ("amsim_gemm_lut", "amsim_gemm_lutw", "amsim_multiply_lut"):
-            rc = getattr(lib, f"emu_{fam}_{targs.split(',')[0]}")(targs.encode(), *dims, *[_c_arg(v) for v in la.args])
-        else:
-            rc = getattr(lib, f"emu_{fam}")(targs.encode(), *dims, *[_c_arg(v) for v in la.args])
-        assert rc == 0, f"{la.kernel} is not instantiated in the emulation library"
+emu_run = emu.emu_run
 
 
 def _stored(x, transposed):

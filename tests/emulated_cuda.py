@@ -1,0 +1,276 @@
+"""A host emulation of the CUDA execution model for the kernels of ``amsim/kernels/amsim_gemm.cu``.
+
+The kernel source is compiled by the host C++ compiler with CUDA threads as fibers (``__syncthreads`` a
+barrier, blocks one after another, shared memory poisoned before every block). :func:`emu_run` runs the
+launch plans of ``amsim/kernels/_cuda.py`` on NumPy arrays through it. Used by tests/test_cuda_host.py (the
+plans, kernel by kernel) and by the emulated CuPy in tests/emulated_gpu/ (tests/test_gpu.py end to end).
+Warp-level behaviour and speed are not emulated.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import os
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+
+from amsim.kernels import _nvrtc as nv
+
+CXX = shutil.which("g++") or shutil.which("clang++")
+
+
+def _cxx(opt, *args):
+    if CXX is None:
+        raise RuntimeError("no host C++ compiler (g++ or clang++) on PATH")
+    return [CXX, "-std=c++17", opt, "-ffp-contract=off", "-fno-fast-math", "-fPIC", "-pthread",
+            f"-I{nv.KERNEL_DIR}", *nv.define_options(), *args]
+
+
+def _check(procs):
+    for cmd, proc in procs:
+        err = proc.communicate()[1]
+        if proc.returncode != 0:
+            raise RuntimeError(f"host compilation failed:\n{' '.join(cmd)}\n{err[-6000:]}")
+
+
+def _start(cmd):
+    return cmd, subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+
+
+def compile_host(tmp_dir, name, source, opt="-O1"):
+    """Compile ``source`` (which may include the kernel headers) into a shared library and load it."""
+    src, lib = Path(tmp_dir) / f"{name}.cpp", Path(tmp_dir) / f"lib{name}.so"
+    src.write_text(source)
+    _check([_start(_cxx(opt, "-shared", str(src), "-o", str(lib)))])
+    return ctypes.CDLL(str(lib))
+
+
+EMU_PRELUDE = r"""
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <memory>
+#include <new>
+#include <ucontext.h>
+#include <vector>
+
+struct dim3 { unsigned x, y, z; };
+struct alignas(16) float4 { float x, y, z, w; };
+struct alignas(16) uint4 { unsigned int x, y, z, w; };
+struct alignas(8) uint2 { unsigned int x, y; };
+inline uint4 make_uint4(unsigned x, unsigned y, unsigned z, unsigned w) { return uint4{x, y, z, w}; }
+inline float4 make_float4(float x, float y, float z, float w) { return float4{x, y, z, w}; }
+struct alignas(16) int4 { int x, y, z, w; };
+
+// CUDA threads as fibers on one OS thread: a fiber runs until __syncthreads() or its end, and a barrier is
+// released once every fiber of the block has reached it. Deterministic, and a missing barrier shows up
+// reliably: fiber 0 then runs ahead and reads shared memory the others have not written yet (poisoned).
+namespace emu {
+inline dim3 thread_idx, block_idx, block_dim, grid_dim;
+inline unsigned char* smem = nullptr;
+inline ucontext_t scheduler;
+inline std::vector<ucontext_t> fibers;
+inline std::vector<int> finished;
+inline unsigned current = 0;
+inline void (*trampoline_body)(void*) = nullptr;
+inline void* trampoline_arg = nullptr;
+inline constexpr std::size_t STACK = 256 * 1024;
+inline std::vector<std::unique_ptr<unsigned char[]>> stacks;
+
+inline void fiber_main() {
+    trampoline_body(trampoline_arg);
+    finished[current] = 1;
+    swapcontext(&fibers[current], &scheduler);
+}
+}  // namespace emu
+#define threadIdx (emu::thread_idx)
+#define blockIdx (emu::block_idx)
+#define blockDim (emu::block_dim)
+#define gridDim (emu::grid_dim)
+#define __global__
+#define __device__
+#define __host__
+#define __forceinline__ inline
+#define __launch_bounds__(...)
+#define __align__(n) alignas(n)
+#define AMSIM_DYN_SMEM(name) unsigned char* name = emu::smem
+inline void __syncthreads() { swapcontext(&emu::fibers[emu::current], &emu::scheduler); }
+
+// Run body() as every thread of every block, blocks one after another.
+template <class F>
+void emu_launch(unsigned gx, unsigned gy, unsigned gz, unsigned bx, long long shared, F body) {
+    const std::size_t bytes = (std::size_t)shared + 64;
+    std::unique_ptr<unsigned char[]> buf(new (std::align_val_t(64)) unsigned char[bytes]);
+    emu::grid_dim = {gx, gy, gz};
+    emu::block_dim = {bx, 1, 1};
+    while (emu::stacks.size() < bx) emu::stacks.emplace_back(new unsigned char[emu::STACK]);
+    emu::fibers.assign(bx, ucontext_t{});
+    emu::finished.assign(bx, 0);
+    emu::trampoline_body = [](void* p) { (*static_cast<F*>(p))(); };
+    emu::trampoline_arg = &body;
+    for (unsigned z = 0; z < gz; ++z)
+        for (unsigned y = 0; y < gy; ++y)
+            for (unsigned x = 0; x < gx; ++x) {
+                std::memset(buf.get(), 0xFF, bytes);  // poison: unwritten shared memory reads as NaN / -1
+                emu::smem = buf.get();
+                emu::block_idx = {x, y, z};
+                for (unsigned t = 0; t < bx; ++t) {
+                    emu::finished[t] = 0;
+                    getcontext(&emu::fibers[t]);
+                    emu::fibers[t].uc_stack.ss_sp = emu::stacks[t].get();
+                    emu::fibers[t].uc_stack.ss_size = emu::STACK;
+                    emu::fibers[t].uc_link = nullptr;
+                    makecontext(&emu::fibers[t], emu::fiber_main, 0);
+                }
+                for (;;) {  // one pass = every live fiber runs up to its next barrier (or its end)
+                    unsigned live = 0;
+                    for (unsigned t = 0; t < bx; ++t) {
+                        if (emu::finished[t]) continue;
+                        emu::current = t;
+                        emu::thread_idx = {t, 0, 0};
+                        swapcontext(&emu::scheduler, &emu::fibers[t]);
+                        live += !emu::finished[t];
+                    }
+                    if (live == 0) break;
+                    if (live != bx) {
+                        std::fprintf(stderr, "emu: __syncthreads reached by %u of %u threads\n", live, bx);
+                        std::abort();
+                    }
+                }
+            }
+}
+#include "amsim_gemm.cu"
+"""
+
+_F_GEMM_P = ("const float* A, const float* B, float* C, const float* lut, int* rf, int* cf, int rows, int cols, "
+             "int depth, long long lda, long long ldb, long long ldc, long long sa, long long sb, long long sc, "
+             "int trunc, int alo, int ahi, int blo, int bhi")
+_F_GEMM_A = "A, B, C, lut, rf, cf, rows, cols, depth, lda, ldb, ldc, sa, sb, sc, trunc, alo, ahi, blo, bhi"
+_FIXUP_P = ("const float* A, const float* B, float* C, const float* lut, const int* rf, const int* cf, int rows, "
+            "int cols, int depth, long long lda, long long ldb, long long ldc, long long sa, long long sb, "
+            "long long sc, int trunc")
+_FIXUP_A = "A, B, C, lut, rf, cf, rows, cols, depth, lda, ldb, ldc, sa, sb, sc, trunc"
+_LUT_GEMM_P = ("const int* A, const int* B, {T}* C, const {T}* lut, int rows, int cols, int depth, long long lda, "
+               "long long ldb, long long ldc, long long sa, long long sb, long long sc")
+_LUT_GEMM_A = "A, B, C, lut, rows, cols, depth, lda, ldb, ldc, sa, sb, sc"
+_IM2COL_P = ("const {T}* x, {T}* col, {T} pad, int h, int w, int c, int oh, int ow, int kh, int kw, int sh, int sw, "
+             "int ph, int pw, int dh, int dw, int groups, int cg, long long p0, long long npix")
+_IM2COL_A = "x, col, pad, h, w, c, oh, ow, kh, kw, sh, sw, ph, pw, dh, dw, groups, cg, p0, npix"
+
+_CODED_GEMM_P = (
+    "const unsigned int* A, const float* B, float* C, const float* lut, int* cf, int rows, int cols, int depth, "
+    "long long lda, long long ldb, long long ldc, long long sa, long long sb, long long sc, int trunc, int blo, "
+    "int bhi")
+_CODED_GEMM_A = "A, B, C, lut, cf, rows, cols, depth, lda, ldb, ldc, sa, sb, sc, trunc, blo, bhi"
+
+# kernel family: (parameter list, argument list); {T} is the family's first template argument where it is a type
+SIGNATURES = {
+    "amsim_gemm_expand_f32": (_CODED_GEMM_P, _CODED_GEMM_A),
+    "amsim_gemm_expand16_f32": (_CODED_GEMM_P, _CODED_GEMM_A),
+    "amsim_gemm_wide_f32": (_CODED_GEMM_P, _CODED_GEMM_A),
+    "amsim_encode_a": (
+        ("const float* A, unsigned int* codes, int* rf, int rows, int depth, long long lda, long long sa, "
+         "long long ldcodes, long long sc, int nflag, int trunc, int lo, int hi"),
+        "A, codes, rf, rows, depth, lda, sa, ldcodes, sc, nflag, trunc, lo, hi"),
+    "amsim_gemm_dot_f32": (
+        ("const unsigned int* A, const unsigned int* B, float* C, const float* lut, int rows, int cols, int ldk, "
+         "long long ldc, long long sa, long long sb, long long sc"),
+        "A, B, C, lut, rows, cols, ldk, ldc, sa, sb, sc"),
+    "amsim_gemm_gather_f32": (_F_GEMM_P, _F_GEMM_A),
+    "amsim_gemm_fixup_f32": (_FIXUP_P, _FIXUP_A),
+    "amsim_gemm_lut": (_LUT_GEMM_P, _LUT_GEMM_A),
+    "amsim_gemm_lutw": (_LUT_GEMM_P, _LUT_GEMM_A),
+    "amsim_multiply_f32": ("const float* a, const float* b, float* out, const float* lut, long long n, int trunc",
+                           "a, b, out, lut, n, trunc"),
+    "amsim_multiply_lut": ("const int* a, const int* b, {T}* out, const {T}* lut, long long n", "a, b, out, lut, n"),
+    "amsim_im2col_nhwc": (_IM2COL_P, _IM2COL_A),
+}
+_KERNEL_RE = re.compile(r"(\w+)<(.*)>$")
+
+
+def emu_sources(names, parts=1) -> list:
+    """C++ sources of the emulation library, ``parts`` translation units: one C entry point ``emu_k<i>`` per
+    instantiation ``names[i]`` (name expressions as in ``_nvrtc``) that runs it as a grid of fibers."""
+    units = [[EMU_PRELUDE] for _ in range(parts)]
+    for i, name in enumerate(names):
+        fam, targs = _KERNEL_RE.match(name).groups()
+        params, args = SIGNATURES[fam]
+        t = targs.split(",")[0].strip()  # the type, for the families that take one first
+        units[i % parts].append(
+            f"extern \"C\" void emu_k{i}(unsigned gx, unsigned gy, unsigned gz, unsigned bx, long long shared, "
+            f"{params.format(T=t)}) {{ emu_launch(gx, gy, gz, bx, shared, [&] {{ {fam}<{targs}>({args}); }}); }}")
+    return ["\n".join(u) for u in units]
+
+
+class EmuLibrary:
+    """The compiled emulation library and the instantiations it holds."""
+
+    def __init__(self, path):
+        self.path = Path(path)
+        self.names = (self.path.parent / "kernels.txt").read_text().splitlines()
+        self._index = {name: i for i, name in enumerate(self.names)}
+        self._cdll = ctypes.CDLL(str(self.path))
+
+    def launch(self, kernel, grid, block, shared, args):
+        """One launch of the name expression ``kernel`` (grid and block as 3-tuples) on NumPy arrays."""
+        if kernel not in self._index:
+            raise LookupError(f"{kernel} is not instantiated in the emulation library")
+        if tuple(block[1:]) != (1, 1):
+            raise ValueError(f"{kernel}: the emulation runs 1-D blocks only, got {block}")
+        dims = [ctypes.c_uint(v) for v in grid] + [ctypes.c_uint(block[0]), ctypes.c_longlong(shared)]
+        getattr(self._cdll, f"emu_k{self._index[kernel]}")(*dims, *[_c_arg(v) for v in args])
+
+
+def build(out_dir, names=None, opt="-O1", jobs=None) -> EmuLibrary:
+    """Compile the emulation library for ``names`` (default: every instantiation the backend can launch) in
+    ``out_dir``, ``jobs`` translation units in parallel (default: one per CPU)."""
+    names = nv.all_kernel_names() if names is None else list(names)
+    out = Path(out_dir)
+    jobs = max(1, min(jobs or os.cpu_count() or 1, len(names)))
+    procs, objs = [], []
+    for i, source in enumerate(emu_sources(names, jobs)):
+        src, obj = out / f"amsim_emu{i}.cpp", out / f"amsim_emu{i}.o"
+        src.write_text(source)
+        procs.append(_start(_cxx(opt, "-c", str(src), "-o", str(obj))))
+        objs.append(str(obj))
+    _check(procs)
+    _check([_start(_cxx(opt, "-shared", *objs, "-o", str(out / "libamsim_emu.so")))])
+    (out / "kernels.txt").write_text("\n".join(names))
+    return EmuLibrary(out / "libamsim_emu.so")
+
+
+def cached_build(cache_dir, opt="-O2") -> Path:
+    """:func:`build` of every instantiation into ``cache_dir``, reused while the kernel sources and the
+    instantiation list are unchanged. Returns the library's path (load it with :class:`EmuLibrary`)."""
+    names = nv.all_kernel_names()
+    deps = "".join(p.read_text() for p in sorted(Path(nv.KERNEL_DIR).glob("*.cu*")))
+    key = hashlib.sha256("".join([*emu_sources(names), deps, opt, *nv.define_options()]).encode()).hexdigest()[:16]
+    out = Path(cache_dir) / key
+    if not (out / "kernels.txt").exists():  # written last
+        out.mkdir(parents=True, exist_ok=True)
+        build(out, names, opt)
+    return out / "libamsim_emu.so"
+
+
+def _c_arg(v):
+    if isinstance(v, np.ndarray):
+        return ctypes.c_void_p(v.ctypes.data)
+    if isinstance(v, np.int32):
+        return ctypes.c_int32(int(v))
+    if isinstance(v, np.int64):
+        return ctypes.c_int64(int(v))
+    if isinstance(v, np.float32):
+        return ctypes.c_float(float(v))
+    raise TypeError(f"launch argument of unexpected type {type(v).__name__}: the plans pass numpy scalars")
+
+
+def emu_run(lib, launches):
+    """Run a launch plan of _cuda.py on NumPy arrays through the emulated kernels."""
+    for la in launches:
+        lib.launch(la.kernel, la.grid, la.block, la.shared, la.args)

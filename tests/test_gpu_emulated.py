@@ -1,0 +1,98 @@
+"""The GPU path end to end on a machine without a GPU: tests/test_gpu.py and benchmarks/bench_gpu.py, each in a
+subprocess in which ``import cupy`` gives the emulated CuPy of tests/emulated_gpu (NumPy memory, the kernels of
+amsim_gemm.cu under the host emulation of tests/emulated_cuda.py, a device's launch limits).
+
+This runs every GPU test except the JAX bridge's (JAX has no GPU here), the benchmark script at a small size,
+and checks that every CuPy name they used exists in the real CuPy. It cannot tell whether CuPy itself behaves
+as the emulation does, nor anything about speed: tests/test_gpu.py on a real GPU (scripts/gpu_check.sh) does.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from . import emulated_cuda as emu
+
+ROOT = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.skipif(emu.CXX is None, reason="no host C++ compiler (g++ or clang++) on PATH")
+
+
+@pytest.fixture(scope="module")
+def emulated(request, tmp_path_factory):
+    """Environment for a subprocess on the emulated GPU. The emulation library is kept in pytest's cache
+    directory, keyed by the kernel sources, so only a change to them recompiles it (half a minute)."""
+    cache = getattr(request.config, "cache", None)
+    where = cache.mkdir("emulated_gpu") if cache is not None else tmp_path_factory.mktemp("emulated_gpu")
+    try:
+        lib = emu.cached_build(where)
+    except RuntimeError as err:  # the kernel sources do not compile for the host
+        pytest.fail(str(err))
+    env = dict(os.environ)
+    env.update(PYTHONPATH=os.pathsep.join([str(ROOT / "tests" / "emulated_gpu"), str(ROOT)]),
+               AMSIM_EMULATED_GPU_LIB=str(lib), AMSIM_REQUIRE_GPU="1", PYTHONUNBUFFERED="1")
+    return env
+
+
+def _run(env, log, *args, timeout=600):
+    env = dict(env, AMSIM_EMULATED_GPU_LOG=str(log))
+    proc = subprocess.run([sys.executable, *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout,
+                          check=False)
+    output = proc.stdout + proc.stderr
+    assert proc.returncode == 0, f"{' '.join(args)} failed on the emulated GPU:\n{output[-8000:]}"
+    _check_names_exist_in_cupy(log)
+    return output
+
+
+def _check_names_exist_in_cupy(log):
+    """Every ``cupy.*`` name the run used (logged by the emulation) must exist in the real CuPy."""
+    cupy = pytest.importorskip("cupy", reason="the real CuPy is needed to check the names used")
+    names = set(Path(log).read_text().split())
+    assert "asarray" in names and "RawModule" in names  # the log is being written
+    missing = []
+    for name in sorted(names):
+        obj, path = cupy, "cupy"
+        for part in name.split("."):
+            path += "." + part
+            if hasattr(obj, part):
+                obj = getattr(obj, part)
+            else:
+                try:
+                    obj = importlib.import_module(path)
+                except ImportError:
+                    missing.append(name)
+                    break
+    assert not missing, f"used under the emulation but not in CuPy {cupy.__version__}: {missing}"
+
+
+def test_gpu_tests_pass_on_emulated_gpu(emulated, tmp_path):
+    out = _run(emulated, tmp_path / "names.txt", "-m", "pytest", "-p", "no:cacheprovider", "-q",
+               "-o", "addopts=-ra --strict-markers --strict-config", "tests/test_gpu.py",
+               "--deselect", "tests/test_gpu.py::test_jax_bridge_on_gpu_forward_and_gradients")
+    summary = out.strip().splitlines()[-1]
+    counts = {k: int(v) for v, k in re.findall(r"(\d+) (\w+)", summary)}
+    # all of them ran (none skipped) and passed; the number is the collection's, which grows with the tests
+    assert set(counts) == {"passed", "deselected"} and counts["deselected"] == 1, summary
+    assert counts["passed"] > 100, summary
+
+
+def test_gpu_benchmark_runs_on_emulated_gpu(emulated, tmp_path):
+    report_file = tmp_path / "bench.json"
+    out = _run(emulated, tmp_path / "names.txt", "benchmarks/bench_gpu.py", "--size", "128", "--reps", "1",
+               "--wgrad-batch", "1", "--json", str(report_file))
+    report = json.loads(report_file.read_text())
+    assert report["card"].startswith("Emulated") and report["size"] == 128, out
+    rows = report["results"] + report["wgrad"] + report["int8"]
+    assert all(r["golden_rows_match"] is True and r["ratio_vs_cublas"] > 0 for r in rows), out
+    assert {(r["mult"], r["algo"]) for r in report["results"]} == {
+        ("mbm7", a) for a in ("auto", "expand16", "expand", "wide", "gather")} | {
+        ("mbm10", a) for a in ("auto", "wide", "gather")}
+    assert [r["shape"] for r in report["wgrad"]] == [[25, 576, 6]] * 4 + [[150, 64, 16]] * 4
+    assert [r["algo"] for r in report["int8"]] == ["auto", "lut", "lutw"]
