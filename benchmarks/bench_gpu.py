@@ -39,6 +39,28 @@ def _time_it(fn, reps, cp):
 _GOLDEN_ROWS: dict = {}
 
 
+def _device(cp):
+    """(card name, SM count, clock in Hz) of the current device."""
+    dev = cp.cuda.Device().id
+    props = cp.cuda.runtime.getDeviceProperties(dev)
+    name = props["name"].decode() if isinstance(props["name"], bytes) else str(props["name"])
+    khz = cp.cuda.runtime.deviceGetAttribute(cp.cuda.runtime.cudaDevAttrClockRate, dev)  # the boost clock
+    return name, int(props["multiProcessorCount"]), 1e3 * khz
+
+
+def _rates(shape, algo, mult, seconds, cp):
+    """Measured products per clock per SM (at the boost clock) and what ``_cuda.algo_estimate`` (the model
+    behind the automatic choice) expected for this shape: their ratio is how far off the model is."""
+    from amsim.kernels import _cuda
+
+    rows, depth, cols = shape
+    _, sms, hz = _device(cp)
+    fp16 = _cuda.fp16_table(mult.table.values) is not None
+    estimate = _cuda.algo_estimate(algo, mult.mantissa_bits, 1, rows, cols, sms, fp16)
+    return {"products_per_clock_per_sm": rows * depth * cols / (seconds * hz * sms),
+            "estimated_products_per_clock_per_sm": estimate}
+
+
 def _spot_check(a, b, c, mult, cp):
     """Rows 0 and M-1 of the approximate product, bit for bit against amsim.golden (on the CPU; computed once
     per operands and multiplier, seconds at 4096^3)."""
@@ -75,8 +97,10 @@ def weight_gradient_shapes(reps, cp, check=True, batch=128):
             kw = {} if algo == "auto" else {"algo": algo}
             t = _time_it(lambda: _cuda.gemm(a, b, mult, out=out, **kw), reps, cp)
             ok = _spot_check(a, b, out, mult, cp) if check else None
-            rows.append({"shape": [m_, k_, n_], "algo": algo, "kernel": chosen if algo == "auto" else algo,
-                         "seconds": t, "cublas_seconds": t_ref, "ratio_vs_cublas": t_ref / t, "golden_rows_match": ok})
+            kernel = chosen if algo == "auto" else algo
+            rows.append({"shape": [m_, k_, n_], "algo": algo, "kernel": kernel, "seconds": t, "cublas_seconds": t_ref,
+                         "ratio_vs_cublas": t_ref / t, "golden_rows_match": ok,
+                         **_rates((m_, k_, n_), kernel, mult, t, cp)})
             print(f"wgrad {m_}x{k_}x{n_} {algo:6s} ({rows[-1]['kernel']:6s}): {t * 1e3:8.3f} ms  cuBLAS "
                   f"{t_ref * 1e3:7.3f} ms  golden rows: {ok}")
     return rows
@@ -109,7 +133,7 @@ def int8_gemm(n, reps, cp, check=True):
     return rows
 
 
-def jax_training_step_comparison(steps: int = 10, batch: int = 128):
+def jax_training_step_comparison(steps: int = 10, batch: int = 128, names=("lenet5", "resnet20")):
     """Training-step time of LeNet-5 and ResNet-20 with every product through MBM (forward and both gradient
     GEMMs, amsim kernels on XLA's stream) against the same model in plain JAX float32, same device, same run.
 
@@ -126,7 +150,9 @@ def jax_training_step_comparison(steps: int = 10, batch: int = 128):
 
     report = {"backend": jax.default_backend(), "batch": batch, "steps": steps}
     rng = np.random.default_rng(0)
-    for name, shape in [("lenet5", (batch, 28, 28, 1)), ("resnet20", (batch, 32, 32, 3))]:
+    shapes = {"lenet5": (batch, 28, 28, 1), "resnet20": (batch, 32, 32, 3)}
+    for name in names:
+        shape = shapes[name]
         x = jnp.asarray(rng.random(shape, dtype=np.float32))
         y = jnp.asarray(rng.integers(0, 10, batch).astype(np.int32))
         row = {}
@@ -183,10 +209,13 @@ def main(argv=None):
     parser.add_argument("--no-int8", action="store_true", help="skip the int8 table GEMM")
     parser.add_argument("--jax", action="store_true", help="also time LeNet-5/ResNet-20 training steps vs plain JAX")
     parser.add_argument("--jax-only", action="store_true", help="only the training-step comparison")
+    parser.add_argument("--jax-models", default="lenet5,resnet20", help="models for the training-step comparison")
+    parser.add_argument("--jax-batch", type=int, default=128)
+    parser.add_argument("--jax-steps", type=int, default=10)
     parser.add_argument("--json", help="write the results here")
     args = parser.parse_args(argv)
     if args.jax_only:
-        rep = jax_training_step_comparison()
+        rep = jax_training_step_comparison(args.jax_steps, args.jax_batch, args.jax_models.split(","))
         if args.json:
             with open(args.json, "w") as fh:
                 json.dump(rep, fh, indent=2)
@@ -197,15 +226,17 @@ def main(argv=None):
     import amsim
     from amsim.kernels import _cuda
 
-    dev = cp.cuda.Device()
-    props = cp.cuda.runtime.getDeviceProperties(dev.id)
-    card = props["name"].decode() if isinstance(props["name"], bytes) else str(props["name"])
+    card, sms, hz = _device(cp)
     report = {
         "card": card,
+        "sms": sms,
+        "boost_clock_mhz": hz / 1e6,
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "cuda_runtime": cp.cuda.runtime.runtimeGetVersion(),
         "cupy": cp.__version__,
         "size": args.size,
+        "reps": args.reps,
+        "wgrad_batch": args.wgrad_batch,
         "results": [],
     }
     print(f"{card}  {report['date']}  CUDA runtime {report['cuda_runtime']}  CuPy {cp.__version__}")
@@ -233,7 +264,7 @@ def main(argv=None):
             t = _time_it(lambda: _cuda.gemm(a, b, mult, out=out, **kw), args.reps, cp)
             ok = None if args.no_check else _spot_check(a, b, out, mult, cp)
             row = {"mult": name, "algo": algo, "kernel": chosen, "seconds": t, "tflops": flops / t / 1e12,
-                   "ratio_vs_cublas": t_ref / t, "golden_rows_match": ok}
+                   "ratio_vs_cublas": t_ref / t, "golden_rows_match": ok, **_rates((n, n, n), chosen, mult, t, cp)}
             report["results"].append(row)
             print(f"{name:8s} {algo:8s} ({chosen:8s}): {t * 1e3:9.2f} ms  {row['tflops']:7.2f} TFLOP/s  "
                   f"{100 * row['ratio_vs_cublas']:6.1f}% of cuBLAS  golden rows: {ok}")
@@ -242,7 +273,7 @@ def main(argv=None):
     if not args.no_int8:
         report["int8"] = int8_gemm(args.size, args.reps, cp, not args.no_check)
     if args.jax:
-        report["jax"] = jax_training_step_comparison()
+        report["jax"] = jax_training_step_comparison(args.jax_steps, args.jax_batch, args.jax_models.split(","))
     if args.json:
         with open(args.json, "w") as fh:
             json.dump(report, fh, indent=2)

@@ -9,7 +9,8 @@
 # 4. benchmarks/bench_gpu.py (4096^3 approximate GEMM, every kernel, vs cuBLAS FP32);
 # 5. LeNet-5 / ResNet-20 training step, every product approximate, vs plain JAX FP32 (bench_gpu.py --jax-only);
 # 6. registers / spills per kernel for this card's architecture;
-# 7. the NVRTC compile tests with this image's NVRTC (every instantiation, sm_80 and sm_90).
+# 7. the NVRTC compile tests with this image's NVRTC (every instantiation, sm_80 and sm_90);
+# 8. $OUT/performance.md: steps 4 and 5 as a Markdown section for docs/performance.md (benchmarks/gpu_report.py).
 # Logs go to $OUT. Every step has its own time limit; the whole run stays under 5 minutes. The exit status is
 # non-zero if any step failed. (Limits add up to 300 s; a step that runs out leaves its partial log.)
 set -u
@@ -46,7 +47,7 @@ n = _cuda.precompile(workers=min(16, os.cpu_count() or 1)); print(n, 'kernels in
 step pytest_gpu 80 "${PYTEST[@]}" -m gpu -q tests/test_gpu.py
 step bench_gpu 70 "$PY" benchmarks/bench_gpu.py --json "$OUT/bench_gpu.json"
 step bench_jax 50 "$PY" benchmarks/bench_gpu.py --jax-only --json "$OUT/bench_jax.json"
-step resources 15 bash -c "set -e; $PY -m amsim.kernels._nvrtc --arch \$($PY -c 'import cupy; \
+step resources 10 bash -c "set -e; $PY -m amsim.kernels._nvrtc --arch \$($PY -c 'import cupy; \
 p = cupy.cuda.runtime.getDeviceProperties(0); print(\"sm_%d%d\" % (p[\"major\"], p[\"minor\"]))') \
 --filter '<7, 0>'; $PY -m amsim.kernels._nvrtc --arch sm_90 --filter '<11, 1>'"
 # the NVRTC compile tests once more, with this image's NVRTC (CI runs them, and the host emulation, on every
@@ -54,5 +55,6 @@ p = cupy.cuda.runtime.getDeviceProperties(0); print(\"sm_%d%d\" % (p[\"major\"],
 XDIST=()
 "$PY" -c "import xdist" 2>/dev/null && XDIST=(-n 6)
 step nvrtc_compile 25 "${PYTEST[@]}" "${XDIST[@]}" -q tests/test_cuda_compile.py
+step report 5 bash -c "$PY benchmarks/gpu_report.py '$OUT' > '$OUT/performance.md' && cat '$OUT/performance.md'"
 echo "logs in $OUT; overall exit $status"
 exit $status

@@ -2,8 +2,9 @@
 subprocess in which ``import cupy`` gives the emulated CuPy of tests/emulated_gpu (NumPy memory, the kernels of
 amsim_gemm.cu under the host emulation of tests/emulated_cuda.py, a device's launch limits).
 
-This runs every GPU test except the JAX bridge's (JAX has no GPU here), the benchmark script at a small size,
-and checks that every CuPy name they used exists in the real CuPy. It cannot tell whether CuPy itself behaves
+This runs every GPU test except the JAX bridge's (JAX has no GPU here) and the benchmark script at a small size
+(with the Markdown report scripts/gpu_check.sh writes), and checks that every CuPy name they used exists in the
+real CuPy. It cannot tell whether CuPy itself behaves
 as the emulation does, nor anything about speed: tests/test_gpu.py on a real GPU (scripts/gpu_check.sh) does.
 """
 
@@ -42,12 +43,14 @@ def emulated(request, tmp_path_factory):
 
 
 def _run(env, log, *args, timeout=600):
-    env = dict(env, AMSIM_EMULATED_GPU_LOG=str(log))
+    """Run ``python *args`` on the emulated GPU; with a ``log`` file, check the CuPy names it used."""
+    env = dict(env, AMSIM_EMULATED_GPU_LOG=str(log or ""))
     proc = subprocess.run([sys.executable, *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout,
                           check=False)
     output = proc.stdout + proc.stderr
     assert proc.returncode == 0, f"{' '.join(args)} failed on the emulated GPU:\n{output[-8000:]}"
-    _check_names_exist_in_cupy(log)
+    if log:
+        _check_names_exist_in_cupy(log)
     return output
 
 
@@ -83,11 +86,11 @@ def test_gpu_tests_pass_on_emulated_gpu(emulated, tmp_path):
     assert counts["passed"] > 100, summary
 
 
-def test_gpu_benchmark_runs_on_emulated_gpu(emulated, tmp_path):
-    report_file = tmp_path / "bench.json"
+def test_gpu_benchmark_and_report_on_emulated_gpu(emulated, tmp_path):
+    """bench_gpu.py as scripts/gpu_check.sh runs it (small sizes), then the Markdown report of both runs."""
     out = _run(emulated, tmp_path / "names.txt", "benchmarks/bench_gpu.py", "--size", "128", "--reps", "1",
-               "--wgrad-batch", "1", "--json", str(report_file))
-    report = json.loads(report_file.read_text())
+               "--wgrad-batch", "1", "--json", str(tmp_path / "bench_gpu.json"))
+    report = json.loads((tmp_path / "bench_gpu.json").read_text())
     assert report["card"].startswith("Emulated") and report["size"] == 128, out
     rows = report["results"] + report["wgrad"] + report["int8"]
     assert all(r["golden_rows_match"] is True and r["ratio_vs_cublas"] > 0 for r in rows), out
@@ -96,3 +99,15 @@ def test_gpu_benchmark_runs_on_emulated_gpu(emulated, tmp_path):
         ("mbm10", a) for a in ("auto", "wide", "gather")}
     assert [r["shape"] for r in report["wgrad"]] == [[25, 576, 6]] * 4 + [[150, 64, 16]] * 4
     assert [r["algo"] for r in report["int8"]] == ["auto", "lut", "lutw"]
+    assert all(r["products_per_clock_per_sm"] > 0 and r["estimated_products_per_clock_per_sm"] > 0
+               for r in report["results"] + report["wgrad"])
+    # the training-step comparison (JAX on the CPU here: the script, not the GPU path)
+    _run(emulated, None, "benchmarks/bench_gpu.py", "--jax-only", "--jax-models", "lenet5", "--jax-batch", "2",
+         "--jax-steps", "1", "--json", str(tmp_path / "bench_jax.json"))
+    jax_rep = json.loads((tmp_path / "bench_jax.json").read_text())
+    assert jax_rep["lenet5"]["ratio"] > 0 and "resnet20" not in jax_rep
+    md = _run(emulated, None, "benchmarks/gpu_report.py", str(tmp_path))
+    table_rows = [line for line in md.splitlines() if line.startswith("| ") and not line.startswith("| ---")]
+    assert len(table_rows) == 4 + len(rows) + 1, md  # a header per table, a row per result, LeNet-5's step
+    assert md.count("| match |") == len(rows) and "MISMATCH" not in md, md
+    assert f"| lenet5 | {jax_rep['lenet5']['fp32_s_per_step'] * 1e3:.2f} |" in md, md

@@ -236,8 +236,18 @@ def _properties(device):
             "totalGlobalMem": 80 * 2**30}
 
 
+_CLOCK_ATTR = 13  # cudaDevAttrClockRate
+
+
+def _attribute(attr, device):
+    if attr != _CLOCK_ATTR:
+        raise NotImplementedError(f"emulated CuPy: device attribute {attr}")
+    return 1980000  # kHz, an H100's boost clock
+
+
 _runtime = _submodule("cuda.runtime", getDeviceCount=lambda: 1, getDeviceProperties=_properties,
-                      runtimeGetVersion=lambda: 13000, driverGetVersion=lambda: 13000)
+                      runtimeGetVersion=lambda: 13000, driverGetVersion=lambda: 13000,
+                      deviceGetAttribute=_attribute, cudaDevAttrClockRate=_CLOCK_ATTR)
 cuda = _submodule("cuda", Device=_Device, Stream=_Stream, ExternalStream=_Stream, Event=_Event,
                   get_elapsed_time=_elapsed_ms, get_current_stream=lambda device=None: _Stream(), runtime=_runtime)
 lib = _submodule("lib", stride_tricks=_submodule(
