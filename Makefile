@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 DATA := $(VENV)/.data
 
-.PHONY: demo test bench gpu-check clean
+.PHONY: demo test bench gpu-check gpu-check-emulated clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -31,7 +31,11 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_bridge.py
 
 gpu-check: $(STAMP)
-	bash scripts/gpu_check.sh
+	PYTHON=$(BIN)/python bash scripts/gpu_check.sh
+
+# the same script without a GPU: emulated CuPy, small benchmarks (checks the script and code paths, not speed)
+gpu-check-emulated: $(STAMP)
+	AMSIM_EMULATED_GPU=1 PYTHON=$(BIN)/python OUT=gpu_out_emulated bash scripts/gpu_check.sh
 
 clean:
 	rm -rf $(VENV) .pytest_cache results

@@ -15,6 +15,7 @@ import os
 import re
 import shutil
 import subprocess
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -252,9 +253,14 @@ def cached_build(cache_dir, opt="-O2") -> Path:
     deps = "".join(p.read_text() for p in sorted(Path(nv.KERNEL_DIR).glob("*.cu*")))
     key = hashlib.sha256("".join([*emu_sources(names), deps, opt, *nv.define_options()]).encode()).hexdigest()[:16]
     out = Path(cache_dir) / key
-    if not (out / "kernels.txt").exists():  # written last
-        out.mkdir(parents=True, exist_ok=True)
-        build(out, names, opt)
+    if not out.exists():  # built aside and renamed: processes building at once never see half a library
+        Path(cache_dir).mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(dir=cache_dir, prefix=f".{key}-"))
+        build(tmp, names, opt)
+        try:
+            tmp.rename(out)
+        except OSError:  # another process got there first
+            shutil.rmtree(tmp)
     return out / "libamsim_emu.so"
 
 
