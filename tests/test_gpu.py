@@ -314,6 +314,38 @@ def _jax_gpu():
         return []
 
 
+class _XlaBuffer:
+    """Stands in for the device buffers buffer_callback hands over: only ``__cuda_array_interface__``."""
+
+    def __init__(self, iface):
+        self.__cuda_array_interface__ = iface
+
+
+def test_jax_bridge_callback_on_device_buffers(rng):
+    """The bridge's GPU callback, called as buffer_callback calls it: views of the buffers, XLA's stream."""
+    from amsim.nn._callback import _as_cupy, _host_fn
+
+    mult = amsim.multipliers.mbm(7)
+    a = rng.standard_normal((2, 30, 17)).astype(F)
+    b = rng.standard_normal((2, 17, 9)).astype(F)
+    da, db = _dev(a), _dev(b)
+    out = cp.full((2, 30, 9), cp.nan, F)
+
+    class Ctx:
+        stream = cp.cuda.Stream().ptr  # XLA's stream: not CuPy's current one
+
+    _host_fn(mult)(Ctx(), *(_XlaBuffer(x.__cuda_array_interface__) for x in (out, da, db)))
+    cp.cuda.Device().synchronize()
+    assert_bits_equal(_host(out), golden.matmul(a, b, mult))
+    view = _as_cupy(_XlaBuffer(da.__cuda_array_interface__))
+    view[1, 2, 3] = 5.0  # a view of the buffer, not a copy
+    assert float(_host(da)[1, 2, 3]) == 5.0
+    empty = _as_cupy(_XlaBuffer({"shape": (0, 4), "typestr": "<f4", "data": (0, False), "version": 3}))
+    assert empty.shape == (0, 4) and empty.dtype == F
+    with pytest.raises(amsim.UnsupportedError, match="row-major"):
+        _as_cupy(_XlaBuffer(da.swapaxes(1, 2).__cuda_array_interface__))
+
+
 def test_jax_bridge_on_gpu_forward_and_gradients(rng):
     devs = _jax_gpu()
     if not devs:

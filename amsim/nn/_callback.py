@@ -14,15 +14,25 @@ import jax.numpy as jnp
 import numpy as np
 from jax.experimental.buffer_callback import buffer_callback
 
+from .._errors import UnsupportedError
 from .._multiplier import Multiplier
 
 
 def _as_cupy(buf):
+    """A CuPy view of a device buffer (``__cuda_array_interface__``), which must be dense and row-major."""
     import cupy
 
     iface = buf.__cuda_array_interface__
     shape, dtype = tuple(iface["shape"]), np.dtype(iface["typestr"])
+    strides = iface.get("strides")
+    if strides is not None:
+        dense = np.cumprod((1,) + shape[:0:-1])[::-1] * dtype.itemsize
+        if any(n > 1 and st != d for n, st, d in zip(shape, strides, dense)):
+            raise UnsupportedError(f"the JAX bridge got a device buffer of shape {shape} with strides {strides}; "
+                                   "the kernels take row-major buffers (XLA's default layout).")
     nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    if nbytes == 0:  # nothing to read or write, and a null pointer has no device to ask CUDA about
+        return cupy.empty(shape, dtype)
     mem = cupy.cuda.UnownedMemory(iface["data"][0], nbytes, buf)
     return cupy.ndarray(shape, dtype, cupy.cuda.MemoryPointer(mem, 0))
 

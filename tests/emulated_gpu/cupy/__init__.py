@@ -18,6 +18,7 @@ Environment:
 from __future__ import annotations
 
 import atexit
+import ctypes
 import os
 import sys
 import time
@@ -37,6 +38,18 @@ def _is_host(x):
 
 class ndarray(_np.ndarray):  # CuPy's name
     """A "device" array: NumPy memory, a distinct type; mixing it with NumPy arrays raises as in CuPy."""
+
+    def __new__(cls, shape, dtype=float, memptr=None, strides=None, order="C"):
+        if memptr is None:
+            return _np.empty(shape, dtype, order=order).view(cls)
+        size = memptr.mem.size - (memptr.ptr - memptr.mem.ptr)
+        buf = (ctypes.c_char * size).from_address(memptr.ptr)
+        return _np.ndarray.__new__(cls, shape, dtype, buffer=buf, strides=strides, order=order)
+
+    @property
+    def __cuda_array_interface__(self):
+        return {"shape": self.shape, "typestr": self.dtype.str, "data": (self.ctypes.data, False), "version": 3,
+                "strides": None if self.flags.c_contiguous else self.strides}
 
     def __getattribute__(self, name):
         if not name.startswith("_"):
@@ -226,6 +239,18 @@ class _Event:
         pass
 
 
+class _UnownedMemory:
+    def __init__(self, ptr, size, owner, device_id=-1):
+        if ptr == 0 and device_id < 0:  # CUDA cannot tell the device of a null pointer
+            raise RuntimeError("cudaErrorInvalidValue: invalid argument (emulated pointer-attribute query)")
+        self.ptr, self.size, self.owner = ptr, size, owner
+
+
+class _MemoryPointer:
+    def __init__(self, mem, offset):
+        self.mem, self.ptr = mem, mem.ptr + offset
+
+
 def _elapsed_ms(start, stop):
     return (stop.t - start.t) * 1e3
 
@@ -249,6 +274,7 @@ _runtime = _submodule("cuda.runtime", getDeviceCount=lambda: 1, getDevicePropert
                       runtimeGetVersion=lambda: 13000, driverGetVersion=lambda: 13000,
                       deviceGetAttribute=_attribute, cudaDevAttrClockRate=_CLOCK_ATTR)
 cuda = _submodule("cuda", Device=_Device, Stream=_Stream, ExternalStream=_Stream, Event=_Event,
+                  UnownedMemory=_UnownedMemory, MemoryPointer=_MemoryPointer,
                   get_elapsed_time=_elapsed_ms, get_current_stream=lambda device=None: _Stream(), runtime=_runtime)
 lib = _submodule("lib", stride_tricks=_submodule(
     "lib.stride_tricks",
