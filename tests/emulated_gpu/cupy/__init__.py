@@ -32,6 +32,11 @@ _MAX_SHARED_OPTIN = 227 * 1024  # an H100/H200's opt-in shared memory per block
 _NUM_SMS = 132
 
 
+def _plain(x):
+    """The NumPy array behind a device array, without going through its logging ``__getattribute__``."""
+    return _np.ndarray.view(x, _np.ndarray)
+
+
 def _is_host(x):
     return isinstance(x, _np.ndarray) and not isinstance(x, ndarray)
 
@@ -48,8 +53,9 @@ class ndarray(_np.ndarray):  # CuPy's name
 
     @property
     def __cuda_array_interface__(self):
-        return {"shape": self.shape, "typestr": self.dtype.str, "data": (self.ctypes.data, False), "version": 3,
-                "strides": None if self.flags.c_contiguous else self.strides}
+        x = _plain(self)
+        return {"shape": x.shape, "typestr": x.dtype.str, "data": (x.ctypes.data, False), "version": 3,
+                "strides": None if x.flags.c_contiguous else x.strides}
 
     def __getattribute__(self, name):
         if not name.startswith("_"):
@@ -60,16 +66,16 @@ class ndarray(_np.ndarray):  # CuPy's name
         args = list(inputs) + list(out or ())
         if any(_is_host(x) and x.ndim > 0 for x in args):
             raise TypeError(f"Unsupported type {_np.ndarray} (emulated CuPy: NumPy and CuPy arrays do not mix)")
-        inputs = tuple(x.view(_np.ndarray) if isinstance(x, ndarray) else x for x in inputs)
+        inputs = tuple(_plain(x) if isinstance(x, ndarray) else x for x in inputs)
         if out is not None:
-            kwargs["out"] = tuple(x.view(_np.ndarray) for x in out)
+            kwargs["out"] = tuple(_plain(x) for x in out)
         res = getattr(ufunc, method)(*inputs, **kwargs)
         if out is not None:
             return out[0] if len(out) == 1 else out
         return _wrap(res)
 
     def get(self, stream=None):
-        return _np.array(self.view(_np.ndarray))
+        return _np.array(_plain(self))
 
     def set(self, arr, stream=None):
         self[...] = arr
@@ -95,7 +101,7 @@ def array(a, dtype=None, copy=True, order="K", ndmin=0):
 
 def asnumpy(a, stream=None, order="C"):
     if isinstance(a, ndarray):
-        return _np.array(a.view(_np.ndarray), order=order)
+        return _np.array(_plain(a), order=order)
     return _np.asarray(a, order=order)
 
 
@@ -175,7 +181,7 @@ class _Function:
             if _is_host(a):
                 raise TypeError(f"{self.name}: argument {i} is a NumPy array; kernels take device arrays")
         _library().launch(self.name, grid, block, shared_mem,
-                          [a.view(_np.ndarray) if isinstance(a, ndarray) else a for a in args])
+                          [_plain(a) if isinstance(a, ndarray) else a for a in args])
 
 
 def _dims(d, what):
