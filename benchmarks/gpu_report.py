@@ -28,11 +28,11 @@ def gemm_section(rep) -> list[str]:
     n = rep["size"]
     ref = rep["cublas_fp32_s"]
     lines = [f"### {rep['card']}, {rep['date'][:10]}", "",
-             f"{rep['sms']} SMs, boost clock {rep['boost_clock_mhz']:.0f} MHz; CUDA runtime {rep['cuda_runtime']}, "
-             f"CuPy {rep['cupy']}; median of {rep['reps']} runs after a warm-up.", "",
-             f"Approximate GEMM at {n}^3 against `cupy.matmul` FP32 (TF32 off: {ref * 1e3:.2f} ms, "
-             f"{2 * n**3 / ref / 1e12:.2f} TFLOP/s). Rate: products per clock per SM, measured "
-             "(the estimate behind the automatic choice).", "",
+             (f"{rep['sms']} SMs, boost clock {rep['boost_clock_mhz']:.0f} MHz; CUDA runtime {rep['cuda_runtime']}, "
+              f"CuPy {rep['cupy']}; median of {rep['reps']} runs after a warm-up."), "",
+             (f"Approximate GEMM at {n}^3 against `cupy.matmul` FP32 (TF32 off: {ref * 1e3:.2f} ms, "
+              f"{2 * n**3 / ref / 1e12:.2f} TFLOP/s). Rate: products per clock per SM, measured "
+              "(the estimate behind the automatic choice)."), "",
              "| multiplier | kernel | ms | TFLOP/s | of cuBLAS FP32 | rate (estimate) | golden rows |",
              "| --- | --- | ---: | ---: | ---: | ---: | --- |"]
     for r in rep["results"]:
@@ -64,8 +64,8 @@ def gemm_section(rep) -> list[str]:
 
 
 def jax_section(rep) -> list[str]:
-    lines = ["", f"Training step, batch {rep['batch']}, every product through mbm7 (forward and both gradients) "
-             f"against plain JAX FP32, {rep['steps']} steps after compilation, JAX backend {rep['backend']}:", "",
+    lines = ["", (f"Training step, batch {rep['batch']}, every product through mbm7 (forward and both gradients) "
+                  f"against plain JAX FP32, {rep['steps']} steps after compilation, JAX backend {rep['backend']}:"), "",
              "| model | FP32 ms/step | mbm7 ms/step | ratio | target <= 3x |", "| --- | ---: | ---: | ---: | --- |"]
     for name in ("lenet5", "resnet20"):
         if name in rep:
