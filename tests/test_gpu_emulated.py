@@ -111,3 +111,47 @@ def test_gpu_benchmark_and_report_on_emulated_gpu(emulated, tmp_path):
     assert len(table_rows) == 4 + len(rows) + 1, md  # a header per table, a row per result, LeNet-5's step
     assert md.count("| match |") == len(rows) and "MISMATCH" not in md, md
     assert f"| lenet5 | {jax_rep['lenet5']['fp32_s_per_step'] * 1e3:.2f} |" in md, md
+
+
+SYNC_PROBE = """
+import json, numpy as np, cupy as cp, amsim
+from amsim import formats
+from amsim.kernels import _cuda
+
+rng, F, res = np.random.default_rng(0), np.float32, {}
+def count(label, fn):
+    fn()  # the first call uploads tables
+    before = cp._synchronizations()
+    fn()
+    res[label] = cp._synchronizations() - before
+
+a = cp.asarray(rng.standard_normal((300, 40)).astype(F))
+b = cp.asarray(rng.standard_normal((40, 70)).astype(F))
+for mult in (amsim.multipliers.mbm(7), amsim.multipliers.mbm(10)):
+    count(f"matmul {mult.name}", lambda: amsim.matmul(a, b, mult))
+    count(f"multiply {mult.name}", lambda: amsim.multiply(a, a, mult))
+    for algo in _cuda.usable_algos(mult.mantissa_bits, bf16_table=True):
+        count(f"gemm {mult.name} {algo}", lambda: _cuda.gemm(a, b, mult, algo=algo))
+x = cp.asarray(rng.standard_normal((2, 9, 9, 4)).astype(F))
+w = cp.asarray(rng.standard_normal((3, 3, 4, 8)).astype(F))
+count("conv2d", lambda: _cuda.conv2d_nhwc(x, w, amsim.multipliers.mbm(7), padding=1))
+i8 = amsim.multipliers.exact_int(8, signed=True)
+ia = cp.asarray(rng.integers(-128, 128, (30, 40)).astype(np.int8))
+count("matmul int8", lambda: amsim.matmul(ia, ia.T, i8))
+count("conv2d int8", lambda: _cuda.conv2d_nhwc(x.astype(np.int8), w.astype(np.int8), i8))
+e4m3 = amsim.Multiplier.from_table(amsim.multipliers.mbm(3).table.values, name="mbm3_e4m3",
+                                  operand_format=formats.e4m3(subnormals="keep"))
+count("matmul e4m3", lambda: amsim.matmul(a, b, e4m3))
+print(json.dumps(res))
+"""
+
+
+def test_gpu_path_never_waits_for_the_device(emulated, tmp_path):
+    """No read of device data by the host (a stream synchronisation on a GPU) in matmul, multiply, gemm with
+    every kernel, conv2d, integer operands of the multiplier's own width, or narrow operand formats. (Integer
+    operands in a wider dtype are range-checked, which reads their min and max.)"""
+    out = _run(emulated, None, "-c", SYNC_PROBE)
+    counts = json.loads(out.strip().splitlines()[-1])
+    assert {"conv2d", "conv2d int8", "matmul int8", "matmul e4m3", "gemm mbm7 expand16", "gemm mbm10 wide"} <= set(
+        counts), counts
+    assert all(v == 0 for v in counts.values()), counts

@@ -200,6 +200,12 @@ def test_bad_operands(rng):
         amsim.matmul(a, a.T, i8)
     with pytest.raises(ValueError, match=r"outside the 8-bit signed operand range \[-128, 127\]"):
         amsim.matmul(np.array([[200]]), np.array([[1]]), i8)
+    # the check is skipped only where the dtype itself keeps values in range (int8 for 8-bit signed)
+    with pytest.raises(ValueError, match=r"\[200, 200\], outside the 8-bit signed"):
+        amsim.matmul(np.array([[200]], np.uint8), np.array([[1]], np.uint8), i8)
+    with pytest.raises(ValueError, match=r"\[-100, -100\], outside the 4-bit signed"):
+        amsim.matmul(np.array([[-100]], np.int8), np.array([[1]], np.int8), amsim.multipliers.exact_int(4))
+    assert amsim.matmul(np.array([[-128]], np.int8), np.array([[127]], np.int8), i8)[0, 0] == -128 * 127
 
 
 def test_int_accumulator_overflow_is_refused():

@@ -745,17 +745,22 @@ def _int_indices(x, mult):
     return (x.astype(np.int64) - lo).astype(np.int32)  # order="K": a transposed view stays transposed
 
 
-def _operands(mult, xs, algo=None):
-    """Kernel operands and planner for a multiplier: int32 codes for table multipliers (integer, full-operand),
+def _kernel_operands(mult, xs, xp):
+    """What the kernels read for operands ``xs``: int32 codes for table multipliers (integer, full-operand),
     float32 values (converted to the operand format, if the multiplier has one) for significand tables."""
     from .._ops import _codes, _convert
 
     if mult.is_int:
-        return [_int_indices(x, mult) for x in xs], _lut_planner(mult, algo)
-    xs = [_convert(x, mult, cupy) for x in xs]
+        return [_int_indices(x, mult) for x in xs]
+    xs = [_convert(x, mult, xp) for x in xs]
     if mult.is_code:
-        return [_codes(x, mult, cupy).astype(np.int32, copy=False) for x in xs], _lut_planner(mult, algo)
-    return xs, None
+        return [_codes(x, mult, xp).astype(np.int32, copy=False) for x in xs]
+    return xs
+
+
+def _operands(mult, xs, algo=None):
+    """Kernel operands (on the device) and the table planner (None: the float planner)."""
+    return _kernel_operands(mult, xs, cupy), _lut_planner(mult, algo) if mult.is_int or mult.is_code else None
 
 
 def gemm(a, b, mult, trans_a=False, trans_b=False, out=None, algo=None):
@@ -851,8 +856,9 @@ def conv2d_nhwc(x, w, mult, stride=1, padding=0, dilation=1, groups=1, *, max_ch
         return out
     if mult.is_int:
         _check_int_accumulator(mult, kdim)
-    (xs, ws, zero), planner = _operands(mult, [x, w, cupy.zeros((1,), x.dtype)])
-    pad = cupy.asnumpy(zero)[0]  # the operand +0.0 (integer 0) as the kernels see it: a value, an index or a code
+    (xs, ws), planner = _operands(mult, [x, w])
+    # the operand +0.0 (integer 0) as the kernels see it, a value, an index or a code: computed on the host
+    pad = _kernel_operands(mult, [np.zeros((1,), x.dtype)], np)[0][0]
     xs = cupy.ascontiguousarray(xs)
     w2 = cupy.ascontiguousarray(ws).reshape(kdim, geo["cout"])
     planner = planner or _float_planner(mult, algo)

@@ -28,6 +28,12 @@ import numpy as _np
 
 __version__ = "0.0.0+emulated"
 _USED: set = set()
+_SYNCS = [0]  # reads of device data by the host (a stream synchronisation on a real GPU)
+
+
+def _synchronizations() -> int:
+    """How many times the host has read device data so far (``int(x)``, ``bool(x)``, ``x.get()``, ...)."""
+    return _SYNCS[0]
 _MAX_SHARED_OPTIN = 227 * 1024  # an H100/H200's opt-in shared memory per block
 _NUM_SMS = 132
 
@@ -72,10 +78,34 @@ class ndarray(_np.ndarray):  # CuPy's name
         res = getattr(ufunc, method)(*inputs, **kwargs)
         if out is not None:
             return out[0] if len(out) == 1 else out
+        if method == "reduce" and not isinstance(res, _np.ndarray):
+            res = _np.asarray(res)  # CuPy's reductions give 0-d device arrays, not host scalars
         return _wrap(res)
 
+    def _to_host(self):
+        _SYNCS[0] += 1
+        return _plain(self)
+
+    def __int__(self):
+        return int(self._to_host())
+
+    def __float__(self):
+        return float(self._to_host())
+
+    def __bool__(self):
+        return bool(self._to_host())
+
+    def __index__(self):
+        return self._to_host().__index__()
+
+    def item(self, *args):
+        return self._to_host().item(*args)
+
+    def tolist(self):
+        return self._to_host().tolist()
+
     def get(self, stream=None):
-        return _np.array(_plain(self))
+        return _np.array(self._to_host())
 
     def set(self, arr, stream=None):
         self[...] = arr
@@ -101,7 +131,7 @@ def array(a, dtype=None, copy=True, order="K", ndmin=0):
 
 def asnumpy(a, stream=None, order="C"):
     if isinstance(a, ndarray):
-        return _np.array(_plain(a), order=order)
+        return _np.array(a._to_host(), order=order)
     return _np.asarray(a, order=order)
 
 
