@@ -76,7 +76,7 @@ def _spot_check(a, b, c, mult, cp):
     return bool(same.all())
 
 
-def weight_gradient_shapes(reps, cp, check=True, batch=128):
+def weight_gradient_shapes(reps, cp, check=True, batch=128, rows=None, save=None):
     """LeNet-5's convolution weight gradients (few outputs, K = batch x output pixels): every float kernel and
     the automatic choice against cupy.matmul, mbm7. The contraction is sequential per output (no split-K), so
     these shapes cannot use the GPU the way cuBLAS does; this shows how close the kernels get."""
@@ -85,7 +85,7 @@ def weight_gradient_shapes(reps, cp, check=True, batch=128):
 
     mult = amsim.multipliers.mbm(7)
     rng = np.random.default_rng(1)
-    rows = []
+    rows = [] if rows is None else rows
     for m_, pixels, n_ in [(25, 24 * 24, 6), (150, 8 * 8, 16)]:  # conv1 (5x5x1 -> 6), conv2 (5x5x6 -> 16)
         k_ = batch * pixels
         a = cp.asarray(rng.standard_normal((m_, k_)).astype(np.float32))
@@ -103,10 +103,12 @@ def weight_gradient_shapes(reps, cp, check=True, batch=128):
                          **_rates((m_, k_, n_), kernel, mult, t, cp)})
             print(f"wgrad {m_}x{k_}x{n_} {algo:6s} ({rows[-1]['kernel']:6s}): {t * 1e3:8.3f} ms  cuBLAS "
                   f"{t_ref * 1e3:7.3f} ms  golden rows: {ok}")
+            if save:
+                save()
     return rows
 
 
-def int8_gemm(n, reps, cp, check=True):
+def int8_gemm(n, reps, cp, check=True, rows=None, save=None):
     """An int8 multiplier (exact_int(8), a 256 x 256 int32 table) at n^3 with both table kernels, against
     cupy.matmul in float32 on the same values."""
     import amsim
@@ -121,7 +123,7 @@ def int8_gemm(n, reps, cp, check=True):
     af, bf = a.astype(np.float32), b.astype(np.float32)
     t_ref = _time_it(lambda: cp.matmul(af, bf), reps, cp)
     want = golden.matmul(a_h[[0, n - 1]], b_h, mult) if check else None
-    rows = []
+    rows = [] if rows is None else rows
     for algo in ("auto", "lut", "lutw"):
         out = cp.empty((n, n), np.int32)
         kw = {} if algo == "auto" else {"algo": algo}
@@ -130,14 +132,18 @@ def int8_gemm(n, reps, cp, check=True):
         rows.append({"algo": algo, "seconds": t, "cublas_fp32_seconds": t_ref, "ratio_vs_cublas": t_ref / t,
                      "golden_rows_match": ok})
         print(f"int8 {n}^3 {algo:5s}: {t * 1e3:8.2f} ms  {100 * t_ref / t:6.1f}% of cuBLAS fp32  golden rows: {ok}")
+        if save:
+            save()
     return rows
 
 
-def jax_training_step_comparison(steps: int = 10, batch: int = 128, names=("lenet5", "resnet20")):
+def jax_training_step_comparison(steps: int = 10, batch: int = 128, names=("lenet5", "resnet20"), report=None,
+                                 save=None):
     """Training-step time of LeNet-5 and ResNet-20 with every product through MBM (forward and both gradient
     GEMMs, amsim kernels on XLA's stream) against the same model in plain JAX float32, same device, same run.
 
-    Returns a dict per model: seconds per step for each and their ratio (target: approximate <= 3x fp32).
+    Returns a dict per model: seconds per step for each and their ratio (target: approximate <= 3x fp32), filled
+    into ``report`` if given; ``save()`` is called after each model.
     """
     import time
 
@@ -148,7 +154,8 @@ def jax_training_step_comparison(steps: int = 10, batch: int = 128, names=("lene
     from amsim import models, multipliers
     from amsim import nn as ann
 
-    report = {"backend": jax.default_backend(), "batch": batch, "steps": steps}
+    report = {} if report is None else report
+    report.update(backend=jax.default_backend(), batch=batch, steps=steps)
     rng = np.random.default_rng(0)
     shapes = {"lenet5": (batch, 28, 28, 1), "resnet20": (batch, 32, 32, 3)}
     for name in names:
@@ -190,6 +197,8 @@ def jax_training_step_comparison(steps: int = 10, batch: int = 128, names=("lene
             row[f"{label}_final_loss"] = float(loss)
         row["ratio"] = row["mbm7_s_per_step"] / row["fp32_s_per_step"]
         report[name] = row
+        if save:
+            save()
         print(f"{name:9s} step: fp32 {row['fp32_s_per_step'] * 1e3:8.2f} ms, mbm7 {row['mbm7_s_per_step'] * 1e3:8.2f} "
               f"ms -> {row['ratio']:.2f}x ({report['backend']})")
     return report
@@ -214,11 +223,17 @@ def main(argv=None):
     parser.add_argument("--jax-steps", type=int, default=10)
     parser.add_argument("--json", help="write the results here")
     args = parser.parse_args(argv)
-    if args.jax_only:
-        rep = jax_training_step_comparison(args.jax_steps, args.jax_batch, args.jax_models.split(","))
+    report = {}
+
+    def save():  # after every measurement: a run stopped by a time limit keeps what it measured
         if args.json:
-            with open(args.json, "w") as fh:
-                json.dump(rep, fh, indent=2)
+            with open(args.json + ".tmp", "w") as fh:
+                json.dump(report, fh, indent=2)
+            os.replace(args.json + ".tmp", args.json)
+
+    jax_models = args.jax_models.split(",")
+    if args.jax_only:
+        jax_training_step_comparison(args.jax_steps, args.jax_batch, jax_models, report, save)
         return 0
 
     import cupy as cp
@@ -227,7 +242,7 @@ def main(argv=None):
     from amsim.kernels import _cuda
 
     card, sms, hz = _device(cp)
-    report = {
+    report.update({
         "card": card,
         "sms": sms,
         "boost_clock_mhz": hz / 1e6,
@@ -238,7 +253,7 @@ def main(argv=None):
         "reps": args.reps,
         "wgrad_batch": args.wgrad_batch,
         "results": [],
-    }
+    })
     print(f"{card}  {report['date']}  CUDA runtime {report['cuda_runtime']}  CuPy {cp.__version__}")
     n = args.size
     rng = np.random.default_rng(0)
@@ -247,6 +262,7 @@ def main(argv=None):
     flops = 2.0 * n * n * n
     t_ref = _time_it(lambda: cp.matmul(a, b), args.reps, cp)
     report["cublas_fp32_s"] = t_ref
+    save()
     print(f"cupy.matmul fp32 (TF32 off): {t_ref * 1e3:9.2f} ms  {flops / t_ref / 1e12:7.2f} TFLOP/s")
     for name in args.mults.split(","):
         mult = amsim.multipliers.get(name)
@@ -266,17 +282,16 @@ def main(argv=None):
             row = {"mult": name, "algo": algo, "kernel": chosen, "seconds": t, "tflops": flops / t / 1e12,
                    "ratio_vs_cublas": t_ref / t, "golden_rows_match": ok, **_rates((n, n, n), chosen, mult, t, cp)}
             report["results"].append(row)
+            save()
             print(f"{name:8s} {algo:8s} ({chosen:8s}): {t * 1e3:9.2f} ms  {row['tflops']:7.2f} TFLOP/s  "
                   f"{100 * row['ratio_vs_cublas']:6.1f}% of cuBLAS  golden rows: {ok}")
     if not args.no_wgrad:
-        report["wgrad"] = weight_gradient_shapes(args.reps, cp, not args.no_check, args.wgrad_batch)
+        weight_gradient_shapes(args.reps, cp, not args.no_check, args.wgrad_batch, report.setdefault("wgrad", []),
+                               save)
     if not args.no_int8:
-        report["int8"] = int8_gemm(args.size, args.reps, cp, not args.no_check)
+        int8_gemm(args.size, args.reps, cp, not args.no_check, report.setdefault("int8", []), save)
     if args.jax:
-        report["jax"] = jax_training_step_comparison(args.jax_steps, args.jax_batch, args.jax_models.split(","))
-    if args.json:
-        with open(args.json, "w") as fh:
-            json.dump(report, fh, indent=2)
+        jax_training_step_comparison(args.jax_steps, args.jax_batch, jax_models, report.setdefault("jax", {}), save)
     bad = [r for r in report["results"] + report.get("wgrad", []) + report.get("int8", [])
            if r["golden_rows_match"] is False]
     return 1 if bad else 0

@@ -25,16 +25,19 @@ def _rate(r):
 
 
 def gemm_section(rep) -> list[str]:
+    """The GEMM tables; a run stopped by its time limit leaves a partial report, and what is missing says so."""
     n = rep["size"]
-    ref = rep["cublas_fp32_s"]
     lines = [f"### {rep['card']}, {rep['date'][:10]}", "",
              (f"{rep['sms']} SMs, boost clock {rep['boost_clock_mhz']:.0f} MHz; CUDA runtime {rep['cuda_runtime']}, "
-              f"CuPy {rep['cupy']}; median of {rep['reps']} runs after a warm-up."), "",
-             (f"Approximate GEMM at {n}^3 against `cupy.matmul` FP32 (TF32 off: {ref * 1e3:.2f} ms, "
-              f"{2 * n**3 / ref / 1e12:.2f} TFLOP/s). Rate: products per clock per SM, measured "
-              "(the estimate behind the automatic choice)."), "",
-             "| multiplier | kernel | ms | TFLOP/s | of cuBLAS FP32 | rate (estimate) | golden rows |",
-             "| --- | --- | ---: | ---: | ---: | ---: | --- |"]
+              f"CuPy {rep['cupy']}; median of {rep['reps']} runs after a warm-up."), ""]
+    if "cublas_fp32_s" not in rep:
+        return [*lines, "The run stopped before the first timing."]
+    ref = rep["cublas_fp32_s"]
+    lines += [(f"Approximate GEMM at {n}^3 against `cupy.matmul` FP32 (TF32 off: {ref * 1e3:.2f} ms, "
+               f"{2 * n**3 / ref / 1e12:.2f} TFLOP/s). Rate: products per clock per SM, measured "
+               "(the estimate behind the automatic choice)."), "",
+              "| multiplier | kernel | ms | TFLOP/s | of cuBLAS FP32 | rate (estimate) | golden rows |",
+              "| --- | --- | ---: | ---: | ---: | ---: | --- |"]
     for r in rep["results"]:
         kernel = r["kernel"] if r["algo"] != "auto" else f"auto: {r['kernel']}"
         lines.append(f"| {r['mult']} | {kernel} | {r['seconds'] * 1e3:.2f} | {r['tflops']:.2f} | "
@@ -45,6 +48,9 @@ def gemm_section(rep) -> list[str]:
     verdicts = [f"{m}: best {100 * v:.1f} % ({'meets' if v >= TARGET_GEMM else 'misses'} the "
                 f"{100 * TARGET_GEMM:.0f} % target)" for m, v in best.items()]
     lines += ["", "; ".join(verdicts) + "."]
+    for part, what in (("wgrad", "weight-gradient shapes"), ("int8", "int8 GEMM")):
+        if part not in rep:
+            lines += ["", f"The {what}: not run (or not reached before the time limit)."]
     if rep.get("wgrad"):
         lines += ["", f"LeNet-5 convolution weight gradients at batch {rep['wgrad_batch']} (M x K x N, mbm7):", "",
                   "| shape | kernel | ms | cuBLAS FP32 ms | of cuBLAS | rate (estimate) | golden rows |",
@@ -77,7 +83,10 @@ def jax_section(rep) -> list[str]:
 
 def report(out_dir) -> str:
     out = Path(out_dir)
-    lines = gemm_section(json.loads((out / "bench_gpu.json").read_text()))
+    if (out / "bench_gpu.json").exists():
+        lines = gemm_section(json.loads((out / "bench_gpu.json").read_text()))
+    else:
+        lines = ["No bench_gpu.json: the GPU benchmark did not get to its first result (see bench_gpu.log)."]
     if (out / "bench_jax.json").exists():
         lines += jax_section(json.loads((out / "bench_jax.json").read_text()))
     return "\n".join(lines) + "\n"

@@ -111,6 +111,13 @@ def test_gpu_benchmark_and_report_on_emulated_gpu(emulated, tmp_path):
     assert len(table_rows) == 4 + len(rows) + 1, md  # a header per table, a row per result, LeNet-5's step
     assert md.count("| match |") == len(rows) and "MISMATCH" not in md, md
     assert f"| lenet5 | {jax_rep['lenet5']['fp32_s_per_step'] * 1e3:.2f} |" in md, md
+    assert "not run" not in md
+    # a run stopped by a time limit: the JSON written so far still gives a report that says what is missing
+    del report["int8"], report["results"][2:]
+    (tmp_path / "bench_gpu.json").write_text(json.dumps(report))
+    (tmp_path / "bench_jax.json").unlink()
+    md = _run(emulated, None, "benchmarks/gpu_report.py", str(tmp_path))
+    assert md.count("| mbm7 |") == 2 and "The int8 GEMM: not run" in md and "lenet5" not in md, md
 
 
 SYNC_PROBE = """
