@@ -229,13 +229,8 @@ def _submodule(name, **attrs):
     return mod
 
 
-class _Device:
-    def __init__(self, device=None):
-        self.id = 0 if device is None else int(device)
-        if self.id != 0:
-            raise RuntimeError("emulated CuPy has one device, 0")
-
-    compute_capability = "90"
+class _Synchronous:
+    """Work is done when a call returns: synchronising is a no-op; usable as a context manager."""
 
     def synchronize(self):
         pass
@@ -250,18 +245,18 @@ class _Device:
         return False
 
 
-class _Stream:
+class _Device(_Synchronous):
+    compute_capability = "90"
+
+    def __init__(self, device=None):
+        self.id = 0 if device is None else int(device)
+        if self.id != 0:
+            raise RuntimeError("emulated CuPy has one device, 0")
+
+
+class _Stream(_Synchronous):
     def __init__(self, ptr=0, *args, **kwargs):
         self.ptr = ptr
-
-    def synchronize(self):
-        pass
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
 
 
 class _Event:
