@@ -108,6 +108,55 @@ def weight_gradient_shapes(reps, cp, check=True, batch=128, rows=None, save=None
     return rows
 
 
+def host_overhead(cp, batch=128, calls=100, rows=None, save=None):
+    """Host time per call of LeNet-5-sized operations (mbm7): the time to enqueue the work (no synchronisation
+    inside the loop) and the wall time per call including the GPU's, for cupy.matmul, amsim with its replayed
+    plan, and amsim planning every call afresh (plan cache cleared). In a training step the host time of each
+    approximate product is on the critical path whenever the GPU work is smaller."""
+    import time
+
+    import amsim
+    from amsim.kernels import _cuda
+
+    mult = amsim.multipliers.mbm(7)
+    rng = np.random.default_rng(3)
+    a = cp.asarray(rng.standard_normal((batch, 400)).astype(np.float32))  # fc1: (batch, 400) @ (400, 120)
+    b = cp.asarray(rng.standard_normal((400, 120)).astype(np.float32))
+    x = cp.asarray(rng.standard_normal((batch, 14, 14, 6)).astype(np.float32))  # conv2: 5x5, 6 -> 16
+    w = cp.asarray(rng.standard_normal((5, 5, 6, 16)).astype(np.float32))
+    out = cp.empty((batch, 120), np.float32)
+
+    def planned(fn):
+        def call():
+            _cuda.clear_plan_cache()
+            fn()
+        return call
+
+    fc1 = lambda: _cuda.gemm(a, b, mult, out=out)  # noqa: E731
+    conv2 = lambda: _cuda.conv2d_nhwc(x, w, mult)  # noqa: E731
+    cases = [("fc1", f"{batch}x400x120", "cupy.matmul", lambda: cp.matmul(a, b, out=out)),
+             ("fc1", f"{batch}x400x120", "replayed", fc1), ("fc1", f"{batch}x400x120", "planned", planned(fc1)),
+             ("conv2", f"{batch}x14x14x6 * 5x5x6x16", "replayed", conv2),
+             ("conv2", f"{batch}x14x14x6 * 5x5x6x16", "planned", planned(conv2))]
+    rows = [] if rows is None else rows
+    for op, shape, how, fn in cases:
+        fn()
+        cp.cuda.Device().synchronize()
+        t0 = time.perf_counter()
+        for _ in range(calls):
+            fn()
+        t1 = time.perf_counter()
+        cp.cuda.Device().synchronize()
+        t2 = time.perf_counter()
+        rows.append({"op": op, "shape": shape, "how": how, "host_us": (t1 - t0) / calls * 1e6,
+                     "wall_us": (t2 - t0) / calls * 1e6})
+        print(f"host time {op:5s} {how:11s}: {rows[-1]['host_us']:8.1f} us/call enqueued, "
+              f"{rows[-1]['wall_us']:8.1f} us/call with the GPU work")
+        if save:
+            save()
+    return rows
+
+
 def int8_gemm(n, reps, cp, check=True, rows=None, save=None):
     """An int8 multiplier (exact_int(8), a 256 x 256 int32 table) at n^3 with both table kernels, against
     cupy.matmul in float32 on the same values."""
@@ -214,7 +263,9 @@ def main(argv=None):
                              "wide: any m >= 2)")
     parser.add_argument("--no-check", action="store_true", help="skip the golden spot check")
     parser.add_argument("--no-wgrad", action="store_true", help="skip the weight-gradient shapes")
-    parser.add_argument("--wgrad-batch", type=int, default=128, help="batch size behind the weight-gradient shapes")
+    parser.add_argument("--wgrad-batch", type=int, default=128,
+                        help="batch size behind the LeNet-5 shapes (weight gradients, host time per call)")
+    parser.add_argument("--overhead-calls", type=int, default=100, help="calls per host-time measurement (0: skip)")
     parser.add_argument("--no-int8", action="store_true", help="skip the int8 table GEMM")
     parser.add_argument("--jax", action="store_true", help="also time LeNet-5/ResNet-20 training steps vs plain JAX")
     parser.add_argument("--jax-only", action="store_true", help="only the training-step comparison")
@@ -288,6 +339,8 @@ def main(argv=None):
     if not args.no_wgrad:
         weight_gradient_shapes(args.reps, cp, not args.no_check, args.wgrad_batch, report.setdefault("wgrad", []),
                                save)
+    if args.overhead_calls:
+        host_overhead(cp, args.wgrad_batch, args.overhead_calls, report.setdefault("host", []), save)
     if not args.no_int8:
         int8_gemm(args.size, args.reps, cp, not args.no_check, report.setdefault("int8", []), save)
     if args.jax:

@@ -60,6 +60,13 @@ def gemm_section(rep) -> list[str]:
             lines.append(f"| {'x'.join(map(str, r['shape']))} | {kernel} | {r['seconds'] * 1e3:.3f} | "
                          f"{r['cublas_seconds'] * 1e3:.3f} | {100 * r['ratio_vs_cublas']:.1f} % | {_rate(r)} | "
                          f"{_golden(r['golden_rows_match'])} |")
+    if rep.get("host"):
+        lines += ["", (f"Host time per call, LeNet-5 shapes at batch {rep['wgrad_batch']} (mbm7): enqueueing the work "
+                       "(no synchronisation), and the wall time per call with the GPU work; \"planned\" clears the "
+                       "plan cache before every call, \"replayed\" is what a training step sees:"), "",
+                  "| operation | shape | how | host us/call | wall us/call |", "| --- | --- | --- | ---: | ---: |"]
+        for r in rep["host"]:
+            lines.append(f"| {r['op']} | {r['shape']} | {r['how']} | {r['host_us']:.1f} | {r['wall_us']:.1f} |")
     if rep.get("int8"):
         lines += ["", f"int8 multiplier (exact_int(8), table GEMM) at {n}^3 against `cupy.matmul` FP32:", "",
                   "| kernel | ms | of cuBLAS FP32 | golden rows |", "| --- | ---: | ---: | --- |"]

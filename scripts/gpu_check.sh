@@ -35,7 +35,7 @@ DESELECT=()
 SMI=nvidia-smi
 if [ "${AMSIM_EMULATED_GPU:-0}" = 1 ]; then
     G=(env "PYTHONPATH=tests/emulated_gpu:$PYTHONPATH")
-    BENCH=(--size 128 --reps 1 --wgrad-batch 1)
+    BENCH=(--size 128 --reps 1 --wgrad-batch 1 --overhead-calls 2)
     JAX_BENCH=(--jax-models lenet5 --jax-batch 2 --jax-steps 1)
     DESELECT=(--deselect tests/test_gpu.py::test_jax_bridge_on_gpu_forward_and_gradients)
     SMI="echo 'emulated GPU (AMSIM_EMULATED_GPU=1): a dry run, no device'"

@@ -267,6 +267,8 @@ def cached_build(cache_dir, opt="-O2") -> Path:
 def _c_arg(v):
     if isinstance(v, np.ndarray):
         return ctypes.c_void_p(v.ctypes.data)
+    if isinstance(v, np.uint64):  # a raw device pointer (replayed plans)
+        return ctypes.c_void_p(int(v))
     if isinstance(v, np.int32):
         return ctypes.c_int32(int(v))
     if isinstance(v, np.int64):

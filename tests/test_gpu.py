@@ -303,6 +303,56 @@ def test_conv2d_nhwc_int(cuda, rng):
     np.testing.assert_array_equal(_host(got), golden_conv2d_nhwc(x, w, mult, stride, padding, dilation, groups))
 
 
+# ---- replayed plans ---------------------------------------------------------------------------------------
+def _replay_case(case, cuda, rng):
+    """(run, want) for one call of a replay case on fresh random data: run() gives the device result."""
+    from .test_cuda_host import golden_conv2d_nhwc
+
+    mbm7 = _mult("mbm", 7)
+    if case == "conv":  # several im2col chunks, each an encode + dot/expand GEMM + fix-up
+        x, w = mixed_matrix(rng, (3, 12, 11, 5), 0.002), rng.standard_normal((3, 3, 5, 8)).astype(F)
+        return (lambda: cuda.conv2d_nhwc(_dev(x), _dev(w), mbm7, 1, 1, max_chunk_bytes=1 << 13),
+                golden_conv2d_nhwc(x, w, mbm7, 1, 1, 1, 1))
+    if case in ("lut", "lutw"):
+        mult = amsim.multipliers.exact_int(8, signed=True)
+        a, b = rng.integers(-128, 128, (300, 37)), rng.integers(-128, 128, (40, 37))
+        return (lambda: cuda.gemm(_dev(a.astype(np.int32)), _dev(b.astype(np.int32)), mult, trans_b=True, algo=case),
+                golden.matmul(a, b.T, mult))
+    if case == "aliased":  # A and B^T are one buffer: not replayable (which operand a view came from is ambiguous)
+        a = mixed_matrix(rng, (70, 45), 0.002)
+        return lambda: (lambda d: cuda.gemm(d, d, mbm7, trans_b=True))(_dev(a)), golden.matmul(a, a.T, mbm7)
+    if case == "strided":  # neither inner axis has unit stride: copied first, so not replayable
+        a, b = mixed_matrix(rng, (140, 90), 0.002), rng.standard_normal((45, 30)).astype(F)
+        return lambda: cuda.gemm(_dev(a)[::2, ::2], _dev(b), mbm7), golden.matmul(a[::2, ::2], b, mbm7)
+    algo, mult, a_shape, b_shape = {
+        "dot": ("dot", mbm7, (25, 3000), (3000, 6)),  # zeroed code padding, two encodes
+        "expand16": ("expand16", mbm7, (1, 600, 23), (3, 23, 70)),  # A broadcast over the batch (stride 0)
+        "wide": ("wide", _mult("mitchell", 10), (2100, 19), (19, 40)),
+        "gather": ("gather", _mult("mbm", 11, "truncate"), (130, 45), (45, 67)),
+    }[case]
+    a, b = mixed_matrix(rng, a_shape, 0.002), mixed_matrix(rng, b_shape, 0.002)
+    return lambda: cuda.gemm(_dev(a), _dev(b), mult, algo=algo), golden.matmul(a, b, mult)
+
+
+@pytest.mark.parametrize("case", ["dot", "expand16", "wide", "gather", "lut", "lutw", "conv", "aliased", "strided"])
+def test_replayed_plans_match_golden(cuda, case, rng, monkeypatch):
+    """A call with a signature seen before replays the recorded plan (raw pointers into its operands and one
+    fresh scratch buffer); fresh data and fresh scratch memory each time, bit for bit against the golden model.
+    Plans that do work outside their launches, or whose operands overlap, are never replayed."""
+    replays = []
+    monkeypatch.setattr(cuda, "_replay", lambda rp, ops, f=cuda._replay: replays.append(1) or f(rp, ops))
+    cuda.clear_plan_cache()
+    replayable = case not in ("aliased", "strided")
+    for call in range(3):
+        run, want = _replay_case(case, cuda, rng)
+        got = run()
+        if want.dtype == np.float32:
+            assert_bits_equal(_host(got), want)
+        else:
+            np.testing.assert_array_equal(_host(got), want)
+        assert len(replays) == (call if replayable else 0)
+
+
 # ---- the JAX bridge on the GPU: buffer_callback hands XLA's device buffers and stream to the CUDA kernels -------
 def _jax_gpu():
     os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")  # JAX shares the card with CuPy

@@ -89,7 +89,7 @@ def test_gpu_tests_pass_on_emulated_gpu(emulated, tmp_path):
 def test_gpu_benchmark_and_report_on_emulated_gpu(emulated, tmp_path):
     """bench_gpu.py as scripts/gpu_check.sh runs it (small sizes), then the Markdown report of both runs."""
     out = _run(emulated, tmp_path / "names.txt", "benchmarks/bench_gpu.py", "--size", "128", "--reps", "1",
-               "--wgrad-batch", "1", "--json", str(tmp_path / "bench_gpu.json"))
+               "--wgrad-batch", "1", "--overhead-calls", "2", "--json", str(tmp_path / "bench_gpu.json"))
     report = json.loads((tmp_path / "bench_gpu.json").read_text())
     assert report["card"].startswith("Emulated") and report["size"] == 128, out
     rows = report["results"] + report["wgrad"] + report["int8"]
@@ -101,6 +101,10 @@ def test_gpu_benchmark_and_report_on_emulated_gpu(emulated, tmp_path):
     assert [r["algo"] for r in report["int8"]] == ["auto", "lut", "lutw"]
     assert all(r["products_per_clock_per_sm"] > 0 and r["estimated_products_per_clock_per_sm"] > 0
                for r in report["results"] + report["wgrad"])
+    host = report["host"]
+    assert [(r["op"], r["how"]) for r in host] == [("fc1", "cupy.matmul"), ("fc1", "replayed"), ("fc1", "planned"),
+                                                   ("conv2", "replayed"), ("conv2", "planned")], out
+    assert all(0 < r["host_us"] <= r["wall_us"] for r in host), out
     # the training-step comparison (JAX on the CPU here: the script, not the GPU path)
     _run(emulated, None, "benchmarks/bench_gpu.py", "--jax-only", "--jax-models", "lenet5", "--jax-batch", "2",
          "--jax-steps", "1", "--json", str(tmp_path / "bench_jax.json"))
@@ -108,7 +112,7 @@ def test_gpu_benchmark_and_report_on_emulated_gpu(emulated, tmp_path):
     assert jax_rep["lenet5"]["ratio"] > 0 and "resnet20" not in jax_rep
     md = _run(emulated, None, "benchmarks/gpu_report.py", str(tmp_path))
     table_rows = [line for line in md.splitlines() if line.startswith("| ") and not line.startswith("| ---")]
-    assert len(table_rows) == 4 + len(rows) + 1, md  # a header per table, a row per result, LeNet-5's step
+    assert len(table_rows) == 5 + len(rows) + len(host) + 1, md  # a header per table, a row per result, LeNet-5
     assert md.count("| match |") == len(rows) and "MISMATCH" not in md, md
     assert f"| lenet5 | {jax_rep['lenet5']['fp32_s_per_step'] * 1e3:.2f} |" in md, md
     assert "not run" not in md

@@ -12,7 +12,9 @@ Nothing here creates CuPy arrays or compiles at import time. Kernels are compile
 
 from __future__ import annotations
 
+import collections
 import dataclasses
+import functools
 import threading
 import weakref
 
@@ -132,6 +134,18 @@ def device_tables(table):
             else:
                 per_dev[dev] = cupy.asarray(np.ascontiguousarray(table.values))
         return per_dev[dev]
+
+
+def device_table_t(table):
+    """An integer or full-operand table transposed ([ib, ia], contiguous) on the current device, as the lutw
+    kernel streams it; cached like :func:`device_tables`."""
+    lut = device_tables(table)
+    dev = cupy.cuda.Device().id
+    with _DEVICE_TABLES_LOCK:
+        per_dev = _DEVICE_TABLES[table]
+        if (dev, "t") not in per_dev:
+            per_dev[(dev, "t")] = cupy.ascontiguousarray(lut.T)
+        return per_dev[(dev, "t")]
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -436,12 +450,13 @@ def choose_lut_algo(bits, nbatch, rows, cols, num_sms=_DEFAULT_SMS, max_shared=_
 
 
 def plan_gemm_lut(ia3, ib3, c3, bits, lut, xp, max_shared=_DEFAULT_MAX_SHARED, algo=None,
-                  num_sms=_DEFAULT_SMS) -> list[Launch]:
+                  num_sms=_DEFAULT_SMS, lut_t=None) -> list[Launch]:
     """Launches for a table GEMM on int32 operand codes: ``c3[b, i, j] = sum_k lut[ia3[b, i, k], ib3[b, k, j]]``.
 
     An int32 table (integer multipliers, codes = operand - lowest value) sums exactly in int32; a float32 table
     (full-operand tables of narrow formats) sums in float32 in k order from +0.0. Views as in
-    :func:`plan_gemm_f32`; ``algo``: "lut", "lutw" or None (:func:`choose_lut_algo`).
+    :func:`plan_gemm_f32`; ``algo``: "lut", "lutw" or None (:func:`choose_lut_algo`); ``lut_t``: the table
+    transposed and contiguous, as the lutw kernel reads it (made from ``lut`` when not given).
     """
     nb, rows, depth = ia3.shape
     cols = ib3.shape[2]
@@ -459,7 +474,7 @@ def plan_gemm_lut(ia3, ib3, c3, bits, lut, xp, max_shared=_DEFAULT_MAX_SHARED, a
         algo = choose_lut_algo(bits, nb, rows, cols, num_sms, max_shared)
     if algo == "lutw":
         bm, bn, threads, shared = nv.WIDE_BM, nv.WIDE_BN, nv.WIDE_THREADS, lutw_shared_bytes(bits)
-        table = xp.ascontiguousarray(lut.T)  # [ib, ia]: the columns the kernel streams
+        table = xp.ascontiguousarray(lut.T) if lut_t is None else lut_t  # [ib, ia]: the columns it streams
     elif algo == "lut":
         bm, bn, threads, shared = nv.GAT_BM, nv.GAT_BN, nv.GAT_THREADS, gather_shared_bytes(bits)
         table = lut
@@ -660,6 +675,149 @@ def run(launches) -> None:
         _function(la.kernel, la.shared)(la.grid, la.block, la.args, shared_mem=la.shared)
 
 
+# A training step calls the same few GEMMs again and again, and planning one (shapes, strides, kernel choice,
+# scratch arrays) costs more host time than launching it. So the first call with a given signature records its
+# plan as a replay: arrays become (slot, byte offset) references to the call's operands or to one scratch
+# buffer, and later calls only allocate that buffer, clear its zeroed part and launch.
+_REPLAY_CACHE_SIZE = 512
+_REPLAYS: "collections.OrderedDict" = collections.OrderedDict()
+_REPLAYS_LOCK = threading.Lock()
+_SCRATCH_ALIGN = 256  # what CuPy's allocator gives each array (the kernels' vector loads need 16)
+
+
+class _Recorder:
+    """The ``xp`` of a recorded plan: allocates through CuPy and notes each scratch array (and whether it must
+    start zeroed); any other use of the module makes the plan unfit for replay."""
+
+    def __init__(self):
+        self.scratch = []
+        self.replayable = True
+
+    def zeros(self, shape, dtype):
+        return self._note(cupy.zeros(shape, dtype), True)
+
+    def empty(self, shape, dtype):
+        return self._note(cupy.empty(shape, dtype), False)
+
+    def _note(self, x, zeroed):
+        self.scratch.append((x, zeroed))
+        return x
+
+    def __getattr__(self, name):
+        self.replayable = False  # e.g. a copy of an operand with unusual strides: work the replay would skip
+        return getattr(cupy, name)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Ref:
+    """A pointer argument of a replay: byte ``offset`` from the data pointer of operand ``slot`` (the scratch
+    buffer is the slot after the operands)."""
+
+    slot: int
+    offset: int
+
+
+@dataclasses.dataclass(frozen=True)
+class _Replay:
+    launches: tuple  # (function, grid, block, shared, args with _Ref for arrays, (index, slot, offset) per _Ref)
+    scratch_bytes: int
+    zeroed_bytes: int  # the scratch buffer's first bytes, cleared before the launches
+
+
+def _extent(x):
+    """Byte range [lo, hi) that an array view can touch, relative to its data pointer."""
+    if x.size == 0:
+        return 0, 0
+    lo = sum((n - 1) * st for n, st in zip(x.shape, x.strides) if st < 0)
+    hi = sum((n - 1) * st for n, st in zip(x.shape, x.strides) if st > 0)
+    return lo, hi + x.dtype.itemsize
+
+
+def _as_replay(launches, operands, rec, persistent):
+    """The replay of a plan just run on ``operands``, or None when it cannot be replayed (work outside the
+    launches, operands that overlap, or an array that is neither an operand, a scratch array nor ``persistent``)."""
+    if not rec.replayable:
+        return None
+    regions = []  # (lo, hi, slot, offset of the region's start in the slot)
+    for slot, x in enumerate(operands):
+        lo, hi = _extent(x)
+        regions.append((x.data.ptr + lo, x.data.ptr + hi, slot, lo))
+    spans = sorted(r[:2] for r in regions if r[1] > r[0])
+    if any(b[0] < a[1] for a, b in zip(spans, spans[1:])):
+        return None  # which operand a view came from would be ambiguous
+    order = [x for x in rec.scratch if x[1]] + [x for x in rec.scratch if not x[1]]  # zeroed ones first
+    nbytes = zeroed = 0
+    for x, is_zeroed in order:
+        lo, hi = _extent(x)
+        regions.append((x.data.ptr + lo, x.data.ptr + hi, len(operands), nbytes))
+        nbytes = _ceil(nbytes + hi - lo, _SCRATCH_ALIGN) * _SCRATCH_ALIGN
+        zeroed = nbytes if is_zeroed else zeroed
+    keep = {id(t) for t in persistent}
+    out = []
+    for la in launches:
+        args = []
+        for a in la.args:
+            if isinstance(a, cupy.ndarray) and id(a) not in keep:
+                ptr = a.data.ptr
+                hit = [r for r in regions if r[0] <= ptr < r[1] or ptr == r[0]]
+                if not hit:
+                    return None
+                lo, _, slot, base = hit[0]
+                a = _Ref(slot, base + ptr - lo) if slot == len(operands) else _Ref(slot, ptr - operands[slot].data.ptr)
+            args.append(a)
+        refs = tuple((i, a.slot, a.offset) for i, a in enumerate(args) if type(a) is _Ref)
+        out.append((_function(la.kernel, la.shared), la.grid, la.block, la.shared, args, refs))
+    return _Replay(tuple(out), nbytes, zeroed)
+
+
+def _replay(rp: _Replay, operands) -> None:
+    ptrs = [x.data.ptr for x in operands]
+    if rp.scratch_bytes:
+        buf = cupy.empty(rp.scratch_bytes, np.uint8)  # freed on return: CuPy reuses it only for later work
+        ptrs.append(buf.data.ptr)                     # on this stream
+        if rp.zeroed_bytes:
+            cupy.cuda.runtime.memsetAsync(buf.data.ptr, 0, rp.zeroed_bytes, cupy.cuda.get_current_stream().ptr)
+    for fn, grid, block, shared, args, refs in rp.launches:
+        args = list(args)
+        for i, slot, offset in refs:
+            args[i] = np.uint64(ptrs[slot] + offset)
+        fn(grid, block, tuple(args), shared_mem=shared)
+
+
+def clear_plan_cache() -> None:
+    """Forget every recorded plan (benchmarks time planning with it; nothing else needs it)."""
+    with _REPLAYS_LOCK:
+        _REPLAYS.clear()
+
+
+def _signature(x):
+    return x.shape, x.strides, x.dtype.char
+
+
+def run_planned(key, make_planner, operands) -> None:
+    """Run the plan ``make_planner()(*operands, xp)`` on the current stream, or replay the plan recorded for
+    ``key``, which together with the operands' shapes, strides and dtypes must determine the plan. The planner's
+    ``persistent`` attribute lists the arrays that outlive the call (device tables) that its plans may pass."""
+    key = (cupy.cuda.Device().id, key) + tuple(_signature(x) for x in operands)
+    with _REPLAYS_LOCK:
+        rp = _REPLAYS.get(key)
+        if rp is not None:
+            _REPLAYS.move_to_end(key)
+    if rp is not None:
+        _replay(rp, operands)
+        return
+    planner = make_planner()
+    rec = _Recorder()
+    launches = planner(*operands, rec)
+    run(launches)
+    rp = _as_replay(launches, operands, rec, planner.persistent)
+    if rp is not None:
+        with _REPLAYS_LOCK:
+            _REPLAYS[key] = rp
+            while len(_REPLAYS) > _REPLAY_CACHE_SIZE:
+                _REPLAYS.popitem(last=False)
+
+
 _PROPS: dict = {}
 
 
@@ -677,9 +835,10 @@ def _float_planner(mult, algo=None):
     tables = device_tables(mult.table)
     truncate = mult.rounding == "truncate"
 
-    def planner(a3, b3, c3):
-        return plan_gemm_f32(a3, b3, c3, mult.mantissa_bits, truncate, tables, cupy, algo, sms, max_shared)
+    def planner(a3, b3, c3, xp=cupy):
+        return plan_gemm_f32(a3, b3, c3, mult.mantissa_bits, truncate, tables, xp, algo, sms, max_shared)
 
+    planner.persistent = tuple(t for t in tables if isinstance(t, cupy.ndarray))
     return planner
 
 
@@ -689,11 +848,12 @@ def _table_bits(mult) -> int:
 
 def _lut_planner(mult, algo=None):
     sms, max_shared = device_limits()
-    lut = device_tables(mult.table)
+    lut, lut_t = device_tables(mult.table), device_table_t(mult.table)
 
-    def planner(a3, b3, c3):
-        return plan_gemm_lut(a3, b3, c3, _table_bits(mult), lut, cupy, max_shared, algo, sms)
+    def planner(a3, b3, c3, xp=cupy):
+        return plan_gemm_lut(a3, b3, c3, _table_bits(mult), lut, xp, max_shared, algo, sms, lut_t)
 
+    planner.persistent = (lut, lut_t)
     return planner
 
 
@@ -711,11 +871,11 @@ class CupyBackend:
     xp = cupy
 
     def gemm_f32(self, a, b, out, mult, algo=None):
-        run(_float_planner(mult, algo)(a, b, out))
+        _run_gemm(mult, algo, a, b, out)
         return out
 
     def gemm_i32(self, ia, ib, out, mult):
-        run(_lut_planner(mult)(ia, ib, out))
+        _run_gemm(mult, None, ia, ib, out)
         return out
 
     def multiply_f32(self, a, b, out, mult):
@@ -729,7 +889,7 @@ class CupyBackend:
 
     def gemm_table(self, ia, ib, out, mult):
         """Full-operand float tables: ``out[b] = sum_k T[ia[b, i, k], ib[b, k, j]]``, float32 in k order."""
-        run(_lut_planner(mult)(ia, ib, out))
+        _run_gemm(mult, None, ia, ib, out)
         return out
 
     def multiply_table(self, ia, ib, out, mult):
@@ -758,9 +918,20 @@ def _kernel_operands(mult, xs, xp):
     return xs
 
 
-def _operands(mult, xs, algo=None):
-    """Kernel operands (on the device) and the table planner (None: the float planner)."""
-    return _kernel_operands(mult, xs, cupy), _lut_planner(mult, algo) if mult.is_int or mult.is_code else None
+def _gemm_planner(mult, algo=None):
+    """``planner(a3, b3, c3, xp)`` for the multiplier: table GEMMs on codes for integer and full-operand
+    tables, significand-table GEMMs on float32 values otherwise."""
+    return _lut_planner(mult, algo) if mult.is_int or mult.is_code else _float_planner(mult, algo)
+
+
+def _plan_key(mult, algo):
+    """What a plan depends on besides the operands: the table (and through it the mantissa width or code
+    bits), the rounding of significand tables, the kernel asked for."""
+    return mult.table, None if mult.is_int or mult.is_code else mult.rounding, algo
+
+
+def _run_gemm(mult, algo, a3, b3, c3):
+    run_planned(("gemm", _plan_key(mult, algo)), lambda: _gemm_planner(mult, algo), (a3, b3, c3))
 
 
 def gemm(a, b, mult, trans_a=False, trans_b=False, out=None, algo=None):
@@ -805,10 +976,10 @@ def gemm(a, b, mult, trans_a=False, trans_b=False, out=None, algo=None):
         return res
     if mult.is_int:
         _check_int_accumulator(mult, depth)
-    (a3, b3), planner = _operands(mult, [a3, b3], algo)
+    a3, b3 = _kernel_operands(mult, [a3, b3], cupy)
     a3 = cupy.broadcast_to(a3, (nb, rows, depth))  # batch stride 0: broadcast without copying
     b3 = cupy.broadcast_to(b3, (nb, depth, cols))
-    run((planner or _float_planner(mult, algo))(a3, b3, c3))
+    _run_gemm(mult, algo, a3, b3, c3)
     return res
 
 
@@ -856,11 +1027,22 @@ def conv2d_nhwc(x, w, mult, stride=1, padding=0, dilation=1, groups=1, *, max_ch
         return out
     if mult.is_int:
         _check_int_accumulator(mult, kdim)
-    (xs, ws), planner = _operands(mult, [x, w])
+    xs, ws = _kernel_operands(mult, [x, w], cupy)
     # the operand +0.0 (integer 0) as the kernels see it, a value, an index or a code: computed on the host
     pad = _kernel_operands(mult, [np.zeros((1,), x.dtype)], np)[0][0]
     xs = cupy.ascontiguousarray(xs)
     w2 = cupy.ascontiguousarray(ws).reshape(kdim, geo["cout"])
-    planner = planner or _float_planner(mult, algo)
-    run(plan_conv2d_nhwc(xs, w2, out, geo, cupy, planner, pad, max_chunk_bytes))
+
+    def make_planner():
+        gemm_planner = _gemm_planner(mult, algo)
+
+        def planner(xs, w2, out, xp):
+            gemm = functools.partial(gemm_planner, xp=xp)
+            return plan_conv2d_nhwc(xs, w2, out, geo, xp, gemm, pad, max_chunk_bytes)
+
+        planner.persistent = gemm_planner.persistent
+        return planner
+
+    key = ("conv", _plan_key(mult, algo), tuple(sorted(geo.items())), pad.tobytes(), max_chunk_bytes)
+    run_planned(key, make_planner, (xs, w2, out))
     return out

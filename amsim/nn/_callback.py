@@ -8,6 +8,7 @@ so no data leaves the device. Every layer op (dot_general, conv, einsum) reduces
 from __future__ import annotations
 
 import functools
+import math
 
 import jax
 import jax.numpy as jnp
@@ -25,12 +26,14 @@ def _as_cupy(buf):
     iface = buf.__cuda_array_interface__
     shape, dtype = tuple(iface["shape"]), np.dtype(iface["typestr"])
     strides = iface.get("strides")
-    if strides is not None:
-        dense = np.cumprod((1,) + shape[:0:-1])[::-1] * dtype.itemsize
-        if any(n > 1 and st != d for n, st, d in zip(shape, strides, dense)):
-            raise UnsupportedError(f"the JAX bridge got a device buffer of shape {shape} with strides {strides}; "
-                                   "the kernels take row-major buffers (XLA's default layout).")
-    nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    if strides is not None:  # (plain Python arithmetic: this runs for every operand of every product)
+        dense = dtype.itemsize
+        for n, st in zip(shape[::-1], strides[::-1]):
+            if n > 1 and st != dense:
+                raise UnsupportedError(f"the JAX bridge got a device buffer of shape {shape} with strides {strides}; "
+                                       "the kernels take row-major buffers (XLA's default layout).")
+            dense *= n
+    nbytes = math.prod(shape) * dtype.itemsize
     if nbytes == 0:  # nothing to read or write, and a null pointer has no device to ask CUDA about
         return cupy.empty(shape, dtype)
     mem = cupy.cuda.UnownedMemory(iface["data"][0], nbytes, buf)

@@ -63,6 +63,10 @@ class ndarray(_np.ndarray):  # CuPy's name
         return {"shape": x.shape, "typestr": x.dtype.str, "data": (x.ctypes.data, False), "version": 3,
                 "strides": None if x.flags.c_contiguous else x.strides}
 
+    @property
+    def data(self):  # CuPy's MemoryPointer: .ptr is the address of the first element
+        return types.SimpleNamespace(ptr=_plain(self).ctypes.data)
+
     def __getattribute__(self, name):
         if not name.startswith("_"):
             _USED.add(f"ndarray.{name}")
@@ -127,6 +131,15 @@ def asarray(a, dtype=None, order=None):
 
 def array(a, dtype=None, copy=True, order="K", ndmin=0):
     return _np.array(_np.asarray(a), dtype=dtype, copy=copy, order=order, ndmin=ndmin).view(ndarray)
+
+
+def empty(shape, dtype=float, order="C"):
+    # fresh device memory holds whatever was there before: poisoned here (all bits set, NaN for floats), so
+    # code that reads memory it never wrote fails the tests
+    x = _np.empty(shape, dtype, order=order)
+    if x.size:
+        x.view(_np.uint8).fill(0xFF)
+    return x.view(ndarray)
 
 
 def asnumpy(a, stream=None, order="C"):
@@ -301,8 +314,12 @@ def _attribute(attr, device):
     return 1980000  # kHz, an H100's boost clock
 
 
+def _memset_async(ptr, value, size, stream):
+    ctypes.memset(ptr, value, size)
+
+
 _runtime = _submodule("cuda.runtime", getDeviceCount=lambda: 1, getDeviceProperties=_properties,
-                      runtimeGetVersion=lambda: 13000, driverGetVersion=lambda: 13000,
+                      runtimeGetVersion=lambda: 13000, driverGetVersion=lambda: 13000, memsetAsync=_memset_async,
                       deviceGetAttribute=_attribute, cudaDevAttrClockRate=_CLOCK_ATTR)
 cuda = _submodule("cuda", Device=_Device, Stream=_Stream, ExternalStream=_Stream, Event=_Event,
                   UnownedMemory=_UnownedMemory, MemoryPointer=_MemoryPointer,
