@@ -396,6 +396,26 @@ def test_jax_bridge_callback_on_device_buffers(rng):
         _as_cupy(_XlaBuffer(da.swapaxes(1, 2).__cuda_array_interface__))
 
 
+def test_jax_bridge_callback_out_of_memory_names_the_fix(rng, monkeypatch):
+    """JAX holds most of the card by default: when the kernels' scratch does not fit, the error says what to set."""
+    from amsim.nn._callback import _host_fn
+
+    def full(*args, **kwargs):
+        raise cp.cuda.memory.OutOfMemoryError(1 << 20, 1 << 30)
+
+    mult = amsim.multipliers.mitchell(6)
+    da, db = _dev(rng.standard_normal((30, 17)).astype(F)), _dev(rng.standard_normal((17, 9)).astype(F))
+    out = cp.empty((30, 9), F)
+    monkeypatch.setattr(cp, "empty", full)
+    monkeypatch.setattr(cp, "zeros", full)
+
+    class Ctx:
+        stream = cp.cuda.Stream().ptr
+
+    with pytest.raises(MemoryError, match="XLA_PYTHON_CLIENT_PREALLOCATE=false"):
+        _host_fn(mult)(Ctx(), *(_XlaBuffer(x.__cuda_array_interface__) for x in (out, da, db)))
+
+
 def test_jax_bridge_on_gpu_forward_and_gradients(rng):
     devs = _jax_gpu()
     if not devs:

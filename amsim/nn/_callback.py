@@ -48,6 +48,11 @@ def _on_gpu(buf) -> bool:
     return True
 
 
+_OUT_OF_MEMORY = ("amsim's GPU kernels ran out of device memory for their scratch arrays ({}). JAX preallocates "
+                  "75 % of the GPU's memory by default; set XLA_PYTHON_CLIENT_PREALLOCATE=false (or a smaller "
+                  "XLA_PYTHON_CLIENT_MEM_FRACTION) before importing JAX, or use a smaller batch.")
+
+
 @functools.lru_cache(maxsize=None)
 def _host_fn(mult: Multiplier):
     from .._ops import matmul
@@ -57,7 +62,10 @@ def _host_fn(mult: Multiplier):
             import cupy
 
             with cupy.cuda.ExternalStream(ctx.stream):
-                matmul(_as_cupy(a), _as_cupy(b), mult, out=_as_cupy(out))
+                try:
+                    matmul(_as_cupy(a), _as_cupy(b), mult, out=_as_cupy(out))
+                except cupy.cuda.memory.OutOfMemoryError as err:
+                    raise MemoryError(_OUT_OF_MEMORY.format(err)) from err
         else:
             matmul(np.asarray(a), np.asarray(b), mult, out=np.asarray(out))
 

@@ -295,6 +295,11 @@ class _MemoryPointer:
         self.mem, self.ptr = mem, mem.ptr + offset
 
 
+class _OutOfMemoryError(MemoryError):
+    def __init__(self, size, total, limit=0):
+        super().__init__(f"Out of memory allocating {size:,} bytes (allocated so far: {total:,} bytes).")
+
+
 def _elapsed_ms(start, stop):
     return (stop.t - start.t) * 1e3
 
@@ -321,7 +326,8 @@ def _memset_async(ptr, value, size, stream):
 _runtime = _submodule("cuda.runtime", getDeviceCount=lambda: 1, getDeviceProperties=_properties,
                       runtimeGetVersion=lambda: 13000, driverGetVersion=lambda: 13000, memsetAsync=_memset_async,
                       deviceGetAttribute=_attribute, cudaDevAttrClockRate=_CLOCK_ATTR)
-cuda = _submodule("cuda", Device=_Device, Stream=_Stream, ExternalStream=_Stream, Event=_Event,
+_memory = _submodule("cuda.memory", OutOfMemoryError=_OutOfMemoryError)
+cuda = _submodule("cuda", memory=_memory, Device=_Device, Stream=_Stream, ExternalStream=_Stream, Event=_Event,
                   UnownedMemory=_UnownedMemory, MemoryPointer=_MemoryPointer,
                   get_elapsed_time=_elapsed_ms, get_current_stream=lambda device=None: _Stream(), runtime=_runtime)
 lib = _submodule("lib", stride_tricks=_submodule(
