@@ -185,11 +185,11 @@ HOST_TEST_KERNELS = (
     + [f"amsim_encode_a<{m}, {t}, 1>" for m in WIDE_M for t in (0, 1)]
     + [f"amsim_encode_a<{m}, {t}, {f}>" for m in DOT_M for t in (0, 1) for f in (2, 3)]
     + [f"amsim_gemm_dot_f32<{m}>" for m in DOT_M]
-    + [f"amsim_gemm_gather_f32<{m}, {l}>" for m in GATHER_M for l in LAYOUTS]
-    + [f"amsim_gemm_fixup_f32<{m}, {l}>" for m in sorted(set(EXPAND_M + EXPAND16_M + WIDE_M + GATHER_M + DOT_M))
-       for l in LAYOUTS]
-    + [f"amsim_gemm_{k}<{t}, {b}, {l}>" for k in ("lut", "lutw") for t in ("int", "float") for b in LUT_BITS
-       for l in LAYOUTS]
+    + [f"amsim_gemm_gather_f32<{m}, {lay}>" for m in GATHER_M for lay in LAYOUTS]
+    + [f"amsim_gemm_fixup_f32<{m}, {lay}>" for m in sorted(set(EXPAND_M + EXPAND16_M + WIDE_M + GATHER_M + DOT_M))
+       for lay in LAYOUTS]
+    + [f"amsim_gemm_{k}<{t}, {b}, {lay}>" for k in ("lut", "lutw") for t in ("int", "float") for b in LUT_BITS
+       for lay in LAYOUTS]
     + ["amsim_multiply_f32<7>", "amsim_multiply_f32<11>", "amsim_multiply_lut<int, 3>", "amsim_multiply_lut<int, 8>",
        "amsim_multiply_lut<float, 8>", "amsim_im2col_nhwc<float>", "amsim_im2col_nhwc<int>"]
 )

@@ -49,8 +49,7 @@ def test_approxtrain_byte_layout_by_hand(tmp_path):
 
 
 def test_approxtrain_matches_exact_truncated_definition(tmp_path):
-    """ApproxTrain's bfloat16 table: exact product truncated to m bits, carry flagged."""
-    m = 7
+    """ApproxTrain's bfloat16 table: exact product truncated to m = 7 bits, carry flagged."""
     ma, mb = np.meshgrid(np.arange(128), np.arange(128), indexing="ij")
     p = (128 + ma) * (128 + mb)  # units of 2**-14
     carry = p >= 2 * 128 * 128

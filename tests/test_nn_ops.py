@@ -35,7 +35,8 @@ def _golden_dot_general(lhs, rhs, dn, mult):
     lf = [d for d in range(lhs.ndim) if d not in lc and d not in lb]
     rf = [d for d in range(rhs.ndim) if d not in rc and d not in rb]
     bs = [lhs.shape[d] for d in lb]
-    a = np.transpose(lhs, list(lb) + lf + list(lc)).reshape(int(np.prod(bs)), -1, int(np.prod([lhs.shape[d] for d in lc])))
+    k = int(np.prod([lhs.shape[d] for d in lc]))
+    a = np.transpose(lhs, list(lb) + lf + list(lc)).reshape(int(np.prod(bs)), -1, k)
     b = np.transpose(rhs, list(rb) + list(rc) + rf).reshape(a.shape[0], a.shape[2], -1)
     out = golden.matmul(a, b, mult)
     return out.reshape(bs + [lhs.shape[d] for d in lf] + [rhs.shape[d] for d in rf])

@@ -61,9 +61,11 @@ def _host_fn(mult: Multiplier):
         if _on_gpu(out):
             import cupy
 
-            with cupy.cuda.ExternalStream(ctx.stream):
+            o, x, y = _as_cupy(out), _as_cupy(a), _as_cupy(b)
+            # the buffers' device, which need not be CuPy's current one when JAX runs on several GPUs
+            with cupy.cuda.Device(o.device.id), cupy.cuda.ExternalStream(ctx.stream):
                 try:
-                    matmul(_as_cupy(a), _as_cupy(b), mult, out=_as_cupy(out))
+                    matmul(x, y, mult, out=o)
                 except cupy.cuda.memory.OutOfMemoryError as err:
                     raise MemoryError(_OUT_OF_MEMORY.format(err)) from err
         else:

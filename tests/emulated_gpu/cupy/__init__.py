@@ -67,6 +67,10 @@ class ndarray(_np.ndarray):  # CuPy's name
     def data(self):  # CuPy's MemoryPointer: .ptr is the address of the first element
         return types.SimpleNamespace(ptr=_plain(self).ctypes.data)
 
+    @property
+    def device(self):  # NumPy's own says "cpu"
+        return _Device(0)
+
     def __getattribute__(self, name):
         if not name.startswith("_"):
             _USED.add(f"ndarray.{name}")
