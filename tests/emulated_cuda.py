@@ -71,7 +71,10 @@ struct alignas(16) int4 { int x, y, z, w; };
 
 // CUDA threads as fibers on one OS thread: a fiber runs until __syncthreads() or its end, and a barrier is
 // released once every fiber of the block has reached it. Deterministic, and a missing barrier shows up
-// reliably: fiber 0 then runs ahead and reads shared memory the others have not written yet (poisoned).
+// reliably: the first fiber then runs ahead and reads shared memory the others have not written yet
+// (poisoned). The fibers of a block run in ascending or descending order, alternating from one barrier
+// interval to the next and from one block to the next, so a read of what another thread writes in the same
+// interval is caught whichever of the two comes first in the code's thread numbering.
 namespace emu {
 inline dim3 thread_idx, block_idx, block_dim, grid_dim;
 inline unsigned char* smem = nullptr;
@@ -129,9 +132,11 @@ void emu_launch(unsigned gx, unsigned gy, unsigned gz, unsigned bx, long long sh
                     emu::fibers[t].uc_link = nullptr;
                     makecontext(&emu::fibers[t], emu::fiber_main, 0);
                 }
-                for (;;) {  // one pass = every live fiber runs up to its next barrier (or its end)
+                unsigned pass = x + y + z;  // the order's parity: changes from block to block and pass to pass
+                for (;; ++pass) {  // one pass = every live fiber runs up to its next barrier (or its end)
                     unsigned live = 0;
-                    for (unsigned t = 0; t < bx; ++t) {
+                    for (unsigned n = 0; n < bx; ++n) {
+                        const unsigned t = pass % 2 ? bx - 1 - n : n;
                         if (emu::finished[t]) continue;
                         emu::current = t;
                         emu::thread_idx = {t, 0, 0};
