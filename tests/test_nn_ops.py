@@ -300,3 +300,17 @@ def test_errors():
     i8 = amsim.multipliers.exact_int(8)
     with pytest.raises(amsim.UnsupportedError, match="overflow"):
         ann.dot_general(i8)(jnp.ones((1, 140000)), jnp.ones((140000, 1)), (((1,), (0,)), ((), ())))
+
+
+def test_gpu_buffers_without_cupy_name_the_fix(monkeypatch, rng):
+    """The callback given device buffers (a JAX with CUDA) where CuPy is missing: an error that says what to install."""
+    import sys
+
+    from amsim.nn._callback import _host_fn
+
+    class DeviceBuffer:  # what buffer_callback hands over on a GPU: a CUDA array interface
+        __cuda_array_interface__ = {"shape": (2, 2), "typestr": "<f4", "data": (1 << 20, False), "version": 3}
+
+    monkeypatch.setitem(sys.modules, "cupy", None)  # "import cupy" raises ImportError
+    with pytest.raises(ImportError, match=r"pip install 'amsim\[gpu\]'"):
+        _host_fn(amsim.multipliers.mbm(7))(None, DeviceBuffer(), DeviceBuffer(), DeviceBuffer())

@@ -40,6 +40,15 @@ def _as_cupy(buf):
     return cupy.ndarray(shape, dtype, cupy.cuda.MemoryPointer(mem, 0))
 
 
+def _cupy():
+    try:
+        import cupy
+    except ImportError as err:
+        raise ImportError("JAX handed amsim GPU buffers, and amsim runs its GPU kernels with CuPy, which is not "
+                          "installed: pip install 'amsim[gpu]' (CUDA 12), or cupy-cuda13x for CUDA 13.") from err
+    return cupy
+
+
 def _on_gpu(buf) -> bool:
     try:  # CPU buffers raise (not AttributeError) when asked for the CUDA interface
         buf.__cuda_array_interface__
@@ -59,8 +68,7 @@ def _host_fn(mult: Multiplier):
 
     def callback(ctx, out, a, b):
         if _on_gpu(out):
-            import cupy
-
+            cupy = _cupy()
             o, x, y = _as_cupy(out), _as_cupy(a), _as_cupy(b)
             # the buffers' device, which need not be CuPy's current one when JAX runs on several GPUs
             with cupy.cuda.Device(o.device.id), cupy.cuda.ExternalStream(ctx.stream):
