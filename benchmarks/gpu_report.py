@@ -93,7 +93,7 @@ def report(out_dir) -> str:
     if (out / "bench_gpu.json").exists():
         lines = gemm_section(json.loads((out / "bench_gpu.json").read_text()))
     else:
-        lines = ["No bench_gpu.json: the GPU benchmark did not get to its first result (see bench_gpu.log)."]
+        lines = ["No bench_gpu.json: the GPU benchmark did not get to its first result (see gpu_check.log)."]
     if (out / "bench_jax.json").exists():
         lines += jax_section(json.loads((out / "bench_jax.json").read_text()))
     return "\n".join(lines) + "\n"

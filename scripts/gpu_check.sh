@@ -11,8 +11,10 @@
 # 6. registers / spills per kernel for this card's architecture;
 # 7. the NVRTC compile tests with this image's NVRTC (every instantiation, sm_80 and sm_90);
 # 8. $OUT/performance.md: steps 4 and 5 as a Markdown section for docs/performance.md (benchmarks/gpu_report.py).
-# Logs go to $OUT. Every step has its own time limit; the whole run stays under 5 minutes. The exit status is
-# non-zero if any step failed. (Limits add up to 300 s; a step that runs out leaves its partial log.)
+# $OUT receives four files (a device run returns at most eight): gpu_check.log (every step's whole output, in
+# order), bench_gpu.json, bench_jax.json and performance.md. Every step has its own time limit; the whole run
+# stays under 5 minutes. The exit status is non-zero if any step failed. (Limits add up to 300 s; a step that
+# runs out leaves its partial output in the log, and the JSON files hold what was measured before.)
 #
 # AMSIM_EMULATED_GPU=1: a dry run on a machine without a GPU (`make gpu-check-emulated`). The GPU steps then use
 # the emulated CuPy of tests/emulated_gpu (kernels under a host emulation, minutes per 4096^3 GEMM), the
@@ -43,14 +45,18 @@ fi
 # pyproject's addopts name plugins of the full test environment (nbmake); a GPU image may lack them
 PYTEST=("$PY" -m pytest -o "addopts=-ra --strict-markers --strict-config" -p no:cacheprovider)
 status=0
-step() {  # step NAME TIMEOUT_S CMD...: run, log to $OUT/NAME.log, remember failures
+LOG="$OUT/gpu_check.log"
+: >"$LOG"
+step() {  # step NAME TIMEOUT_S CMD...: run, append its output to $LOG, show its end, remember failures
     local name=$1 limit=$2
     shift 2
-    echo "== $name ($(date -u +%H:%M:%S), limit ${limit}s)"
-    timeout --kill-after=5 "$limit" "$@" >"$OUT/$name.log" 2>&1
+    echo "== $name ($(date -u +%H:%M:%S), limit ${limit}s)" | tee -a "$LOG"
+    local start
+    start=$(stat -c %s "$LOG")
+    timeout --kill-after=5 "$limit" "$@" >>"$LOG" 2>&1  # straight into the log: kept even if the run is killed
     local rc=$?
-    tail -n 25 "$OUT/$name.log"
-    echo "== $name: exit $rc"
+    tail -c +$((start + 1)) "$LOG" | tail -n 25
+    echo "== $name: exit $rc" | tee -a "$LOG"
     [ "$rc" -eq 0 ] || status=1
 }
 
