@@ -171,9 +171,16 @@ def matmul(a, b, mult, *, out=None):
     dtype = np.int32 if mult.is_int else np.float32
     res = _check_out(out, out_shape, dtype, xp)
     nbatch = int(np.prod(batch, dtype=np.int64))
-    a3 = xp.ascontiguousarray(xp.broadcast_to(a2, batch + (m_rows, k_len))).reshape(nbatch, m_rows, k_len)
-    b3 = xp.ascontiguousarray(xp.broadcast_to(b2, batch + (k_len, n_cols))).reshape(nbatch, k_len, n_cols)
-    c3 = res.reshape(nbatch, m_rows, n_cols)
+    if b2.ndim == 2 and nbatch > 1 and nbatch * m_rows <= _I32_MAX:
+        # one b for every batch (x @ W): one GEMM with the batch folded into the rows, which gives the same sums
+        # (each output row is its own), rather than nbatch copies of b
+        a3 = xp.ascontiguousarray(a2).reshape(1, nbatch * m_rows, k_len)
+        b3 = xp.ascontiguousarray(b2).reshape(1, k_len, n_cols)
+        c3 = res.reshape(1, nbatch * m_rows, n_cols)
+    else:
+        a3 = xp.ascontiguousarray(xp.broadcast_to(a2, batch + (m_rows, k_len))).reshape(nbatch, m_rows, k_len)
+        b3 = xp.ascontiguousarray(xp.broadcast_to(b2, batch + (k_len, n_cols))).reshape(nbatch, k_len, n_cols)
+        c3 = res.reshape(nbatch, m_rows, n_cols)
     if mult.is_int:
         check_int_contraction(k_len, mult, "matmul")
         lo = mult.int_range[0]

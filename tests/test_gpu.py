@@ -230,6 +230,8 @@ def test_matmul_broadcast_batch(rng):
     a = rng.standard_normal((3, 1, 20, 11)).astype(F)
     b = rng.standard_normal((4, 11, 9)).astype(F)
     assert_bits_equal(_host(amsim.matmul(_dev(a), _dev(b), mult)), golden.matmul(a, b, mult))
+    w = rng.standard_normal((11, 9)).astype(F)  # one matrix for every batch: a single GEMM over all rows
+    assert_bits_equal(_host(amsim.matmul(_dev(a), _dev(w), mult)), golden.matmul(a, w, mult))
 
 
 # ---- integer and full-operand tables ------------------------------------------------------------------------

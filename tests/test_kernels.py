@@ -133,6 +133,33 @@ def test_matmul_1d_promotion(rng):
     assert amsim.matmul(a, a, mult).shape == ()
 
 
+@pytest.mark.parametrize("kind", ["float", "int", "full_table"])
+def test_matmul_batched_rows_times_one_matrix(kind, rng):
+    """x (batch..., M, K) @ W (K, N): run as one GEMM over the batch's rows (no copies of W), same bits."""
+    from amsim import formats
+
+    shape_a, shape_w = (3, 2, 70, 23), (23, 40)
+    if kind == "int":
+        mult = amsim.multipliers.exact_int(8, signed=True)
+        a, w = rng.integers(-128, 128, shape_a).astype(np.int8), rng.integers(-128, 128, shape_w).astype(np.int8)
+    else:
+        a, w = mixed_matrix(rng, shape_a, 0.05), mixed_matrix(rng, shape_w, 0.05)
+        mult = MULTS["mbm7"]
+        if kind == "full_table":
+            @amsim.multiplier(operand_format=formats.e4m3(subnormals="keep"), full_table=True)
+            def coarse(x, y):
+                return float(int(x * y * 4.0)) / 4.0
+
+            mult = coarse
+    out = np.full(shape_a[:-1] + shape_w[-1:], -1, np.int32 if kind == "int" else F)  # poisoned
+    amsim.matmul(a, w, mult, out=out)
+    want = golden.matmul(a, w, mult)
+    if kind == "int":
+        np.testing.assert_array_equal(out, want)
+    else:
+        assert_bits_equal(out, want)
+
+
 @pytest.mark.parametrize("shape", [(0, 4, 3), (3, 0, 4), (3, 4, 0), (0, 0, 0), (1, 1, 1)])
 def test_matmul_degenerate(shape, rng):
     mult = MULTS["mbm7"]
