@@ -709,17 +709,10 @@ class _Recorder:
 
 
 @dataclasses.dataclass(frozen=True)
-class _Ref:
-    """A pointer argument of a replay: byte ``offset`` from the data pointer of operand ``slot`` (the scratch
-    buffer is the slot after the operands)."""
-
-    slot: int
-    offset: int
-
-
-@dataclasses.dataclass(frozen=True)
 class _Replay:
-    launches: tuple  # (function, grid, block, shared, args with _Ref for arrays, (index, slot, offset) per _Ref)
+    # per launch: (function, grid, block, shared, args, refs); each ref (index, slot, offset) makes args[index] the
+    # pointer ``offset`` bytes from the data pointer of operand ``slot`` (the scratch buffer is the slot after them)
+    launches: tuple
     scratch_bytes: int
     zeroed_bytes: int  # the scratch buffer's first bytes, cleared before the launches
 
@@ -738,7 +731,7 @@ def _as_replay(launches, operands, rec, persistent):
     launches, operands that overlap, or an array that is neither an operand, a scratch array nor ``persistent``)."""
     if not rec.replayable:
         return None
-    regions = []  # (lo, hi, slot, offset of the region's start in the slot)
+    regions = []  # (lo, hi, slot, offset of lo from the slot's data pointer)
     for slot, x in enumerate(operands):
         lo, hi = _extent(x)
         regions.append((x.data.ptr + lo, x.data.ptr + hi, slot, lo))
@@ -755,18 +748,17 @@ def _as_replay(launches, operands, rec, persistent):
     keep = {id(t) for t in persistent}
     out = []
     for la in launches:
-        args = []
-        for a in la.args:
+        args, refs = list(la.args), []
+        for i, a in enumerate(args):
             if isinstance(a, cupy.ndarray) and id(a) not in keep:
                 ptr = a.data.ptr
                 hit = [r for r in regions if r[0] <= ptr < r[1] or ptr == r[0]]
                 if not hit:
                     return None
                 lo, _, slot, base = hit[0]
-                a = _Ref(slot, base + ptr - lo) if slot == len(operands) else _Ref(slot, ptr - operands[slot].data.ptr)
-            args.append(a)
-        refs = tuple((i, a.slot, a.offset) for i, a in enumerate(args) if type(a) is _Ref)
-        out.append((_function(la.kernel, la.shared), la.grid, la.block, la.shared, args, refs))
+                refs.append((i, slot, base + ptr - lo))
+                args[i] = None  # filled in by each replay
+        out.append((_function(la.kernel, la.shared), la.grid, la.block, la.shared, tuple(args), tuple(refs)))
     return _Replay(tuple(out), nbytes, zeroed)
 
 
