@@ -16,7 +16,7 @@ from ._multiplier import Multiplier, int_multiplier, multiplier
 from ._plots import error_heatmap
 from ._ops import matmul, multiply
 
-__version__ = "0.1.0"
+from ._version import __version__ as __version__
 
 __all__ = [
     "Multiplier",

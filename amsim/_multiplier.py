@@ -3,17 +3,20 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import threading
 
 import numpy as np
 
 from . import _format
-from ._errors import InvalidTableError
-from .lut import Table, build_float_table, build_int_table, code_hash, validate
+from ._errors import InvalidTableError, ModelCompileError
+from ._version import __version__
+from .lut import (Table, build_code_table, build_float_table, build_int_table, fingerprint, validate,
+                  validate_code_table)
 
 __all__ = ["Multiplier", "multiplier", "int_multiplier"]
 
-_TABLES: dict[tuple, Table] = {}  # built tables, keyed by what determines them: a second use costs nothing
+_TABLES: dict[str, Table] = {}  # built tables, keyed by the multiplier's identity: a second use costs nothing
 _TABLES_LOCK = threading.Lock()
 
 
@@ -23,16 +26,17 @@ class Multiplier:
     Float multipliers take float32 operands rounded to ``mantissa_bits`` fraction bits (fp32 exponent range);
     integer multipliers take ``bits``-wide signed or unsigned integers. See docs/semantics.md.
 
-    Multipliers are immutable, hashable and compare equal when they multiply identically in every case that
-    can be decided without building the table (same format, rounding and model code), so they can be static
-    arguments of ``jax.jit``. The table is built on first use and cached.
+    Multipliers are immutable and hashable, so they can be static arguments of ``jax.jit``. Two compare equal
+    when their :attr:`identity` is equal: the same kind, width, signedness, rounding, operand format and source —
+    a model's fingerprint (its code and every value it reads) and the amsim version that tabulates it, or the
+    digest of a table that came from elsewhere. The table is built on first use and cached under that identity.
 
     Create one with :func:`multiplier`, :func:`int_multiplier`, :meth:`from_table`, :meth:`load` or the
     built-ins in :mod:`amsim.multipliers`.
     """
 
     def __init__(self, *, kind, bits, signed=False, rounding="nearest", name, model=None, fields=False,
-                 table: Table | None = None, doc=None, operand_format=None):
+                 table: Table | None = None, doc=None, operand_format=None, builder=None):
         if kind == "float":
             _format.check_mantissa_bits(bits)
             _format.check_rounding(rounding)
@@ -61,19 +65,24 @@ class Multiplier:
             if operand_format.is_fp32_range:
                 operand_format = None  # fp32's exponent: amsim's own rounding step is the conversion
         self._format = operand_format
-        self._hash = table.code_hash if table is not None else code_hash(model, kind, bits, self._signed, fields)
+        if table is not None:
+            self._hash, self._source, self._builder = table.code_hash, table.source, builder
+        else:
+            self._hash, self._builder = fingerprint(model, name), __version__
+            self._source = {"int": "int-model", "code": "code-model"}.get(kind, "bits-model" if fields else "model")
+        self._identity = _identity(kind, bits, self._signed, rounding, self._format, self._source, self._hash,
+                                   self._builder)
+        if table is not None and kind == "code":
+            validate_code_table(table, self._format)
         self.__doc__ = doc if doc is not None else getattr(model, "__doc__", None)
         object.__setattr__(self, "_frozen", True)
 
     # -- identity ----------------------------------------------------------------------------------------
-    def _key(self):
-        return (self._kind, self._bits, self._signed, self._rounding, self._format, self._hash)
-
     def __hash__(self):
-        return hash(self._key())
+        return hash(self._identity)
 
     def __eq__(self, other):
-        return isinstance(other, Multiplier) and self._key() == other._key()
+        return isinstance(other, Multiplier) and self._identity == other._identity
 
     def __setattr__(self, name, value):
         if getattr(self, "_frozen", False):
@@ -152,35 +161,52 @@ class Multiplier:
 
     @property
     def code_hash(self) -> str:
+        """The model's fingerprint (its code and every value it reads), or the digest of a table from elsewhere."""
         return self._hash
+
+    @property
+    def identity(self) -> str:
+        """Hex hash of everything that determines this multiplier's table and products, known without building
+        the table: kind, width, signedness, rounding, operand format, and the model's fingerprint with the amsim
+        version that tabulates it (or the digest of a table from elsewhere). The table cache's key."""
+        return self._identity
+
+    @property
+    def digest(self) -> str:
+        """Hex SHA-256 of what this multiplier computes: the table's values with the kind, width, signedness,
+        rounding and operand format that give them meaning. Equal digests multiply identically (builds the table).
+        """
+        fmt = self._format.spec() if self._format else None
+        return _sha256(["digest", self.table.digest, self._kind, self._bits, self._signed, self._rounding, fmt])
 
     @property
     def table(self) -> Table:
         """The exhaustive table (built and validated on first access, then cached)."""
         if self._table is None:
-            key = (self._kind, self._bits, self._signed, self._fields, self._hash)
             with _TABLES_LOCK:
-                table = _TABLES.get(key)
+                table = _TABLES.get(self._identity)
                 if table is None:
                     table = self._build()
-                    _TABLES[key] = table
+                    _TABLES[self._identity] = table
             object.__setattr__(self, "_table", table)
         return self._table
 
     def _build(self) -> Table:
+        if fingerprint(self._model, self._name) != self._hash:
+            raise ModelCompileError(
+                f"multiplier {self._name!r}: a value its model reads (a global, closure variable or helper) has "
+                "changed since the multiplier was defined, and the table would be built from the new value under "
+                "the old identity. Define the multiplier again after the change.")
         if self.is_int:
             values = build_int_table(self._model, self._bits, self._signed, self._name)
-            source = "int-model"
         elif self.is_code:
-            from .lut._build import build_code_table
-
             values = build_code_table(self._model, self._format, self._name)
-            source = "code-model"
         else:
             values = build_float_table(self._model, self._bits, self._name, self._fields)
-            source = "bits-model" if self._fields else "model"
-        table = Table(values, self._kind, self._bits, self._signed, self._name, source, self._hash)
+        table = Table(values, self._kind, self._bits, self._signed, self._name, self._source, self._hash)
         validate(table)
+        if self.is_code:
+            validate_code_table(table, self._format)
         return table
 
     # -- variants and persistence --------------------------------------------------------------------------
@@ -200,29 +226,39 @@ class Multiplier:
         return self._variant(operand_format=operand_format)
 
     def _variant(self, **changes):
-        kw = dict(kind=self._kind, bits=self._bits, rounding=self._rounding, name=self._name, model=self._model,
-                  fields=self._fields, table=self._table if self._model is None else None, doc=self.__doc__,
-                  operand_format=self._format)
+        kw = dict(kind=self._kind, bits=self._bits, signed=self._signed, rounding=self._rounding, name=self._name,
+                  model=self._model, fields=self._fields, table=self._table if self._model is None else None,
+                  doc=self.__doc__, operand_format=self._format, builder=self._builder)
         kw.update(changes)
         return Multiplier(**kw)
 
     def save(self, path):
-        """Write the table and metadata (name, format, rounding, code hash) to an ``.npz`` file."""
-        extra = {"operand_format": self._format.spec()} if self._format else {}
-        return self.table.save(path, rounding=self._rounding, **extra)
+        """Write the table and its metadata (name, kind, rounding, operand format, fingerprint, the amsim version
+        that built it, identity) to an ``.npz`` file whose digest covers all of it."""
+        return self.table.save(path, rounding=self._rounding, operand_format=self._format.spec() if self._format
+                               else None, builder=self._builder, identity=self._identity)
 
     @classmethod
     def load(cls, path) -> "Multiplier":
-        """Read a multiplier saved with :meth:`save` (or any amsim table file)."""
+        """Read a multiplier saved with :meth:`save`; a file whose values or metadata were altered is refused."""
         table, meta = Table.load(path)
-        rounding = meta.get("rounding", "nearest") if table.kind != "int" else "exact"
-        fmt = None
-        if meta.get("operand_format"):
+        fmt = meta.get("operand_format")
+        if fmt is not None:
             from ._formats import FloatFormat
 
-            fmt = FloatFormat(**meta["operand_format"])
-        return cls(kind=table.kind, bits=table.bits, signed=table.signed, rounding=rounding, name=table.name,
-                   table=table, operand_format=fmt)
+            try:
+                fmt = FloatFormat(**fmt)
+            except (TypeError, ValueError) as exc:
+                raise InvalidTableError(f"{path}: its operand format {fmt!r} is not valid: {exc}") from None
+        try:
+            mult = cls(kind=table.kind, bits=table.bits, signed=table.signed, rounding=meta.get("rounding"),
+                       name=table.name, table=table, operand_format=fmt, builder=meta.get("builder"))
+        except (TypeError, ValueError) as exc:
+            raise InvalidTableError(f"{path}: its metadata does not describe a valid multiplier: {exc}") from None
+        if meta.get("identity") != mult.identity:
+            raise InvalidTableError(f"{path}: the stored identity does not match the one its metadata gives (a file "
+                                    "from another amsim version?); rebuild the table from its model.")
+        return mult
 
     @classmethod
     def from_table(cls, values, *, name: str, kind: str | None = None, signed: bool | None = None,
@@ -269,7 +305,7 @@ class Multiplier:
             conv = arr.astype(np.int32)
         else:
             raise ValueError(f"kind must be 'float', 'code' or 'int', got {kind!r}")
-        digest = hashlib.sha256(np.ascontiguousarray(conv).tobytes()).hexdigest()[:16]
+        digest = hashlib.sha256(np.ascontiguousarray(conv).tobytes()).hexdigest()[:32]
         table = Table(conv.copy(), kind, bits, bool(signed), name, "table", digest)
         if kind == "float":
             _format.check_mantissa_bits(bits)
@@ -291,6 +327,15 @@ class Multiplier:
         from ._ops import multiply
 
         return multiply(a, b, self, **kwargs)
+
+
+def _sha256(parts) -> str:
+    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:32]
+
+
+def _identity(kind, bits, signed, rounding, fmt, source, code_hash, builder) -> str:
+    return _sha256(["identity", kind, bits, bool(signed), rounding, fmt.spec() if fmt else None, source, code_hash,
+                    builder])
 
 
 def _decorator(fn, make):

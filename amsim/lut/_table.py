@@ -11,7 +11,7 @@ import numpy as np
 
 from .._errors import InvalidTableError
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: the digest covers the metadata too
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -28,8 +28,9 @@ class Table:
         bits: mantissa bits (float) or operand bits (int).
         signed: integer operands are two's complement (int tables only).
         name: the multiplier's name.
-        source: "model", "bits-model", "int-model" or "table" (how it was made).
-        code_hash: hash of the model's code (or of the table for ``from_table``).
+        source: "model", "bits-model", "int-model", "code-model" or "table" (how it was made).
+        code_hash: the model's fingerprint (code and the values it reads), or the values' digest for tables
+            that came from elsewhere.
     """
 
     values: np.ndarray
@@ -57,43 +58,61 @@ class Table:
             "name": self.name,
             "source": self.source,
             "code_hash": self.code_hash,
-            "digest": self.digest,
+            "values_digest": self.digest,
         }
 
-    def save(self, path, rounding: str | None = None, **extra) -> Path:
-        """Write the table and its metadata to an ``.npz`` file (no pickled objects)."""
+    def save(self, path, **extra) -> Path:
+        """Write the table and its metadata (plus ``extra`` JSON fields) to an ``.npz`` file (no pickled objects).
+
+        The stored ``digest`` covers the values *and* every metadata field, so an edited field is refused on load.
+        """
         meta = self.metadata()
-        if rounding is not None:
-            meta["rounding"] = rounding
         meta.update(extra)
+        meta["digest"] = file_digest(meta, self.values)
         path = Path(path)
         with open(path, "wb") as fh:
-            np.savez_compressed(fh, values=self.values, metadata=np.array(json.dumps(meta)))
+            np.savez_compressed(fh, values=self.values, metadata=np.array(json.dumps(meta, sort_keys=True)))
         return path
 
     @staticmethod
     def load(path) -> tuple["Table", dict]:
-        """Read a table written by :meth:`save`; checks the stored digest."""
+        """Read a table written by :meth:`save`; refuses a file whose values or metadata do not match its digest."""
         with np.load(Path(path), allow_pickle=False) as data:
             if "values" not in data or "metadata" not in data:
                 raise InvalidTableError(f"{path} is not an amsim table file (needs 'values' and 'metadata').")
             values = np.array(data["values"])
             meta = json.loads(str(data["metadata"]))
-        if meta.get("format_version") != FORMAT_VERSION:
-            raise InvalidTableError(f"{path}: table format version {meta.get('format_version')} is not supported.")
-        table = Table(
-            values=values,
-            kind=meta["kind"],
-            bits=int(meta["bits"]),
-            signed=bool(meta["signed"]),
-            name=meta["name"],
-            source=meta["source"],
-            code_hash=meta["code_hash"],
-        )
+        if not isinstance(meta, dict):
+            raise InvalidTableError(f"{path}: the metadata is not a JSON object.")
+        version = meta.get("format_version")
+        if version == 1:
+            raise InvalidTableError(
+                f"{path} is a version-1 amsim table file, whose digest covered the values but not the metadata "
+                "(rounding, signedness, operand format), so its metadata cannot be trusted. Rebuild the table from "
+                "its model and save it again, or wrap the values with Multiplier.from_table(...) stating the "
+                "format explicitly.")
+        if version != FORMAT_VERSION:
+            raise InvalidTableError(f"{path}: table format version {version!r} is not supported (this amsim reads "
+                                    f"version {FORMAT_VERSION}).")
+        for key, typ in (("kind", str), ("bits", int), ("signed", bool), ("name", str), ("source", str),
+                         ("code_hash", str), ("digest", str)):
+            if not isinstance(meta.get(key), typ) or (typ is int and isinstance(meta.get(key), bool)):
+                raise InvalidTableError(f"{path}: metadata field {key!r} is missing or not a {typ.__name__}.")
+        if meta["digest"] != file_digest(meta, values):
+            raise InvalidTableError(f"{path}: the table's values or metadata do not match its stored digest (file "
+                                    "damaged or edited); rebuild the table from its model.")
+        table = Table(values=values, kind=meta["kind"], bits=meta["bits"], signed=meta["signed"], name=meta["name"],
+                      source=meta["source"], code_hash=meta["code_hash"])
         validate(table)
-        if table.digest != meta["digest"]:
-            raise InvalidTableError(f"{path}: the table's contents do not match its stored digest (file damaged?).")
         return table, meta
+
+
+def file_digest(meta: dict, values: np.ndarray) -> str:
+    """SHA-256 over every metadata field but ``digest`` itself and over the values (dtype, shape and bytes)."""
+    h = hashlib.sha256(json.dumps({k: v for k, v in meta.items() if k != "digest"}, sort_keys=True).encode())
+    h.update(f"{values.dtype.str}{values.shape}".encode())
+    h.update(np.ascontiguousarray(values).tobytes())
+    return h.hexdigest()
 
 
 def _describe(values, bad, label_a, label_b, fmt_a, fmt_b, limit=5) -> str:
@@ -129,3 +148,33 @@ def validate(table: Table) -> None:
             raise InvalidTableError(f"integer tables hold int32 values, got {v.dtype}.")
     else:
         raise InvalidTableError(f"unknown table kind {table.kind!r}.")
+
+
+def validate_code_table(table: Table, fmt) -> None:
+    """A full-operand table over ``fmt``'s codes must follow IEEE rules wherever an operand is NaN or Inf.
+
+    NaN codes give NaN, Inf x 0 gives NaN, Inf x non-zero gives Inf with the xor of the signs; products of two
+    finite operands are the model's and must be finite. Raises :class:`InvalidTableError` naming the operands.
+    """
+    from .._formats import decode_all
+
+    vals = decode_all(fmt)
+    if table.values.shape != (vals.size, vals.size):
+        raise InvalidTableError(f"multiplier {table.name!r}: a full-operand table over {fmt.name} has shape "
+                                f"({vals.size}, {vals.size}), got {table.values.shape}.")
+    v = table.values
+    fin = np.isfinite(vals)
+    both = np.multiply.outer(fin, fin)
+    with np.errstate(invalid="ignore"):
+        special = np.multiply.outer(vals.astype(np.float64), vals.astype(np.float64)).astype(np.float32)
+    bad_finite = both & ~np.isfinite(v)
+    bad_special = ~both & ~((np.isnan(special) & np.isnan(v)) | (special == v))
+    for bad, rule in ((bad_finite, "products of finite operands must be finite"),
+                      (bad_special, "entries with a NaN or Inf operand must follow IEEE rules (NaN propagates, "
+                                    "Inf x 0 = NaN, Inf x non-zero = Inf with the xor of the signs)")):
+        if bad.any():
+            i, j = np.argwhere(bad)[0]
+            raise InvalidTableError(
+                f"multiplier {table.name!r}: {int(bad.sum())} table entries break the semantics: {rule}; e.g. "
+                f"a={float(vals[i])!r} (code {i}), b={float(vals[j])!r} (code {j}) -> {float(v[i, j])!r}, expected "
+                f"{float(special[i, j]) if not both[i, j] else 'a finite value'!r}.")
