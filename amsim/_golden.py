@@ -10,10 +10,12 @@ from __future__ import annotations
 import numpy as np
 
 from ._format import CANONICAL_NAN_BITS
+from ._fpenv import under_default_fp
 
 __all__ = ["quantize", "multiply", "matmul"]
 
 
+@under_default_fp
 def quantize(x, mantissa_bits: int, rounding: str = "nearest") -> np.ndarray:
     """Round float32 values to ``mantissa_bits`` fraction bits (step 1 of the semantics).
 
@@ -93,6 +95,7 @@ def _int_products(a, b, mult) -> np.ndarray:
     return mult.table.values[a - lo, b - lo].astype(np.int32)
 
 
+@under_default_fp
 def multiply(a, b, mult) -> np.ndarray:
     """Golden elementwise approximate product with NumPy broadcasting.
 
@@ -111,6 +114,7 @@ def multiply(a, b, mult) -> np.ndarray:
         return _float_products(a, b, mult)
 
 
+@under_default_fp
 def matmul(a, b, mult) -> np.ndarray:
     """Golden approximate matmul with ``numpy.matmul`` shape rules.
 

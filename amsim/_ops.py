@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from ._backend import get_backend, is_cupy
+from ._fpenv import under_default_fp
 from ._errors import UnsupportedError
 from ._multiplier import Multiplier
 
@@ -91,6 +92,7 @@ def _check_out(out, shape, dtype, xp):
     return out
 
 
+@under_default_fp
 def multiply(a, b, mult, *, out=None):
     """Elementwise approximate product ``a * b`` with NumPy broadcasting.
 
@@ -129,6 +131,7 @@ def multiply(a, b, mult, *, out=None):
     return res
 
 
+@under_default_fp
 def matmul(a, b, mult, *, out=None):
     """Approximate matrix product with ``numpy.matmul`` shape rules (1-D promotion, broadcast batch dims).
 

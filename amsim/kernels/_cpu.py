@@ -46,6 +46,8 @@ from numba.core import types
 from numba.core.datamodel import models, register_default
 from numba.extending import intrinsic, overload
 
+from .. import _fpenv as fpenv
+
 NAN_BITS = np.uint32(0x7FC00000)
 NO_EXP = -100000  # lut_e value marking a zero table entry
 
@@ -802,6 +804,7 @@ def _expand(c, iap, sap, ib, sb, lutt, nbw, n_rb, tbuf, cbuf):
         i0 = (rest - cb * n_rb) * rb
         i1 = min(m_rows, i0 + rb)
         j0 = cb * nbw
+        fp = fpenv.enter()  # the IEEE default state, whatever this thread's (see amsim/_fpenv.py)
         tid = numba.get_thread_id()
         t = tbuf[tid]
         ct = cbuf[tid]
@@ -819,6 +822,7 @@ def _expand(c, iap, sap, ib, sb, lutt, nbw, n_rb, tbuf, cbuf):
         for i in range(i0, i1):
             for j in range(nbv):
                 c[bt, i, j0 + j] = ct[(i - i0) * nbw + j]
+        fpenv.leave(fp)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -844,11 +848,15 @@ def _fixup_f32(c, a, b, row_bt, row_i, col_bt, col_j, m, truncate, lut_e, lut_f)
     for q in prange(row_i.shape[0] * n_cols):
         r = q // n_cols
         j = q - r * n_cols
+        fp = fpenv.enter()
         c[row_bt[r], row_i[r], j] = _dot_exact(a, b, row_bt[r], row_i[r], j, shift, truncate, lmask, lut_e, lut_f)
+        fpenv.leave(fp)
     for q in prange(m_rows * col_j.shape[0]):
         r = q // m_rows
         i = q - r * m_rows
+        fp = fpenv.enter()
         c[col_bt[r], i, col_j[r]] = _dot_exact(a, b, col_bt[r], i, col_j[r], shift, truncate, lmask, lut_e, lut_f)
+        fpenv.leave(fp)
 
 
 @numba.njit(parallel=True, cache=True)
@@ -864,6 +872,7 @@ def _direct_f32(c, ia, sa, ib, sb, lutf):
     for q in prange(nbatch * m_rows):
         bt = q // m_rows
         i = q - bt * m_rows
+        fp = fpenv.enter()
         xi = ia[bt, i]
         xs = sa[bt, i]
         j = 0
@@ -894,6 +903,7 @@ def _direct_f32(c, ia, sa, ib, sb, lutf):
                 acc0 = acc0 + xs[k] * (lutf[xi[k], y0[k]] * t0[k])
             c[bt, i, j] = acc0
             j += 1
+        fpenv.leave(fp)
 
 
 @numba.njit(parallel=True, cache=True)
@@ -903,11 +913,13 @@ def _gemm_direct_i32(c, ia, ib_t, lut, zero):
     for q in prange(nbatch * m_rows):
         b = q // m_rows
         i = q - b * m_rows
+        fp = fpenv.enter()
         for j in range(n_cols):
             acc = zero  # int32 0, or float32 +0.0 for full-operand float tables
             for k in range(k_len):
                 acc += lut[ia[b, i, k], ib_t[b, j, k]]
             c[b, i, j] = acc
+        fpenv.leave(fp)
 
 
 @numba.njit(parallel=True, cache=True)

@@ -57,8 +57,9 @@ EXPAND_MIN_BITS = 2  # expand and expand16 build T four table rows at a time
 EXPAND_MAX_BITS = 7
 
 # -fmad=false: no contraction of a * b + c into an fma anywhere (the kernels call __fmaf_rn explicitly only
-# where the product is provably exact).
-BASE_OPTIONS = ("-std=c++17", "-fmad=false")
+# where the product is provably exact). -ftz=false (NVRTC's default, stated): subnormal partial sums are kept, as
+# the golden model keeps them.
+BASE_OPTIONS = ("-std=c++17", "-fmad=false", "-ftz=false")
 
 LAYOUTS = {"NN": 0, "NT": 1, "TN": 2, "TT": 3}
 FLOAT_BITS = range(1, 12)

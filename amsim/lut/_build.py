@@ -8,6 +8,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numba
 import numpy as np
 
+from .. import _fpenv as fpenv
 from .._errors import InvalidTableError, ModelCompileError
 
 _HINT = (
@@ -60,7 +61,8 @@ def _tabulate(fn, name, xa, xb, out, *, scale=1.0, ok_a=None, ok_b=None, labels=
     bounds = np.r_[0, np.linspace(min(n, 1), n, workers + 1).astype(int)]  # one row first: compile, fail early
     pos = np.full((workers + 1, 2), -1, np.int64)
     try:
-        with np.errstate(over="ignore", invalid="ignore"):
+        # the model's arithmetic under IEEE's default state, whatever the caller's (the pool's threads inherit it)
+        with np.errstate(over="ignore", invalid="ignore"), fpenv.default_fp():
             kernel(out, xa, xb, ok_a, ok_b, scale, 0, bounds[1], pos[0])
             if n > 1:
                 with ThreadPoolExecutor(workers) as pool:
