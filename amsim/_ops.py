@@ -82,14 +82,28 @@ def _codes(x, mult, xp):
     return encode(x, mult.operand_format, xp)
 
 
-def _check_out(out, shape, dtype, xp):
+def _output(out, shape, dtype, xp, *inputs):
+    """(array the kernels write, array to copy it into afterwards or None).
+
+    An ``out`` that may share memory with an input is never written while the input is read: the result goes to a
+    fresh array first, and is copied into ``out`` at the end (bit for bit the result without aliasing).
+    """
     if out is None:
-        return xp.empty(shape, dtype=dtype)
+        return xp.empty(shape, dtype=dtype), None
     if tuple(out.shape) != tuple(shape) or out.dtype != dtype:
         raise ValueError(f"out has shape {tuple(out.shape)} and dtype {out.dtype}; expected {tuple(shape)} {dtype}.")
     if not out.flags.c_contiguous:
         raise ValueError("out must be C-contiguous.")
-    return out
+    if any(xp.may_share_memory(out, x) for x in inputs):
+        return xp.empty(shape, dtype=dtype), out
+    return out, None
+
+
+def _finish(res, final):
+    if final is None:
+        return res
+    final[...] = res
+    return final
 
 
 @under_default_fp
@@ -114,9 +128,9 @@ def multiply(a, b, mult, *, out=None):
     _check_operand(b, mult, "b")
     shape = np.broadcast_shapes(a.shape, b.shape)
     dtype = np.int32 if mult.is_int else np.float32
-    res = _check_out(out, shape, dtype, xp)
+    res, final = _output(out, shape, dtype, xp, a, b)
     if res.size == 0:
-        return res
+        return _finish(res, final)
     fa = xp.ascontiguousarray(xp.broadcast_to(_convert(a, mult, xp), shape)).reshape(-1)
     fb = xp.ascontiguousarray(xp.broadcast_to(_convert(b, mult, xp), shape)).reshape(-1)
     flat = res.reshape(-1)
@@ -128,7 +142,7 @@ def multiply(a, b, mult, *, out=None):
         _table_op(be, "multiply_table")(_codes(fa, mult, xp), _codes(fb, mult, xp), flat, mult)
     else:
         be.multiply_f32(fa, fb, flat, mult)
-    return res
+    return _finish(res, final)
 
 
 @under_default_fp
@@ -153,6 +167,7 @@ def matmul(a, b, mult, *, out=None):
     b = _as_array(b, xp, "b")
     if a.ndim == 0 or b.ndim == 0:
         raise ValueError("matmul: operands must have at least one dimension; use amsim.multiply for scalars.")
+    a_in, b_in = a, b
     _check_operand(a, mult, "a")
     _check_operand(b, mult, "b")
     a, b = _convert(a, mult, xp), _convert(b, mult, xp)
@@ -172,7 +187,7 @@ def matmul(a, b, mult, *, out=None):
     if b.ndim == 1:
         out_shape = out_shape[:-1]
     dtype = np.int32 if mult.is_int else np.float32
-    res = _check_out(out, out_shape, dtype, xp)
+    res, final = _output(out, out_shape, dtype, xp, a_in, b_in)
     nbatch = int(np.prod(batch, dtype=np.int64))
     if b2.ndim == 2 and nbatch > 1 and nbatch * m_rows <= _I32_MAX:
         # one b for every batch (x @ W): one GEMM with the batch folded into the rows, which gives the same sums
@@ -192,4 +207,4 @@ def matmul(a, b, mult, *, out=None):
         _table_op(be, "gemm_table")(_codes(a3, mult, xp), _codes(b3, mult, xp), c3, mult)
     else:
         be.gemm_f32(a3, b3, c3, mult)
-    return res
+    return _finish(res, final)

@@ -67,7 +67,7 @@ print(p[\"name\"], \"sm_%d%d\" % (p[\"major\"], p[\"minor\"]), p[\"multiProcesso
 p[\"sharedMemPerBlockOptin\"], \"B smem/block\")'"
 step precompile 50 "${G[@]}" "$PY" -c "import os, time; from amsim.kernels import _cuda; t = time.time(); \
 n = _cuda.precompile(workers=min(16, os.cpu_count() or 1)); print(n, 'kernels in', round(time.time() - t, 1), 's')"
-step pytest_gpu 80 "${G[@]}" "${PYTEST[@]}" -m gpu -q tests/test_gpu.py "${DESELECT[@]}"
+step pytest_gpu 80 "${G[@]}" "${PYTEST[@]}" -m gpu -q tests/test_gpu.py tests/test_aliasing.py "${DESELECT[@]}"
 step bench_gpu 70 "${G[@]}" "$PY" benchmarks/bench_gpu.py "${BENCH[@]}" --json "$OUT/bench_gpu.json"
 step bench_jax 50 "${G[@]}" "$PY" benchmarks/bench_gpu.py --jax-only "${JAX_BENCH[@]}" --json "$OUT/bench_jax.json"
 ARCH=$("${G[@]}" "$PY" -c 'import cupy; p = cupy.cuda.runtime.getDeviceProperties(0); \

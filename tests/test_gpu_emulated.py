@@ -77,7 +77,7 @@ def _check_names_exist_in_cupy(log):
 
 def test_gpu_tests_pass_on_emulated_gpu(emulated, tmp_path):
     out = _run(emulated, tmp_path / "names.txt", "-m", "pytest", "-p", "no:cacheprovider", "-q",
-               "-o", "addopts=-ra --strict-markers --strict-config", "tests/test_gpu.py",
+               "-o", "addopts=-ra --strict-markers --strict-config", "tests/test_gpu.py", "tests/test_aliasing.py",
                "--deselect", "tests/test_gpu.py::test_jax_bridge_on_gpu_forward_and_gradients")
     summary = out.strip().splitlines()[-1]
     counts = {k: int(v) for v, k in re.findall(r"(\d+) (\w+)", summary)}

@@ -941,7 +941,7 @@ def gemm(a, b, mult, trans_a=False, trans_b=False, out=None, algo=None):
     Returns:
         (M, N) if both operands are 2-D, else (batch, M, N); bit-identical to ``amsim.golden.matmul``.
     """
-    from .._ops import _check_mult, _check_operand, _check_out
+    from .._ops import _check_mult, _check_operand, _finish, _output
 
     mult = _check_mult(mult)
     for name, x in (("a", a), ("b", b)):
@@ -959,20 +959,20 @@ def gemm(a, b, mult, trans_a=False, trans_b=False, out=None, algo=None):
         raise ValueError(f"gemm: batch sizes {a3.shape[0]} and {b3.shape[0]} do not broadcast.")
     rows, depth, cols = a3.shape[1], a3.shape[2], b3.shape[2]
     shape = (rows, cols) if a.ndim == 2 and b.ndim == 2 else (nb, rows, cols)
-    res = _check_out(out, shape, np.int32 if mult.is_int else np.float32, cupy)
+    res, final = _output(out, shape, np.int32 if mult.is_int else np.float32, cupy, a, b)
     c3 = res.reshape(nb, rows, cols)
     if c3.size == 0:
-        return res
+        return _finish(res, final)
     if depth == 0:
         res.fill(0)
-        return res
+        return _finish(res, final)
     if mult.is_int:
         _check_int_accumulator(mult, depth)
     a3, b3 = _kernel_operands(mult, [a3, b3], cupy)
     a3 = cupy.broadcast_to(a3, (nb, rows, depth))  # batch stride 0: broadcast without copying
     b3 = cupy.broadcast_to(b3, (nb, depth, cols))
     _run_gemm(mult, algo, a3, b3, c3)
-    return res
+    return _finish(res, final)
 
 
 def conv2d_nhwc(x, w, mult, stride=1, padding=0, dilation=1, groups=1, *, max_chunk_bytes=1 << 28, algo=None):
