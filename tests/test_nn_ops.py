@@ -157,6 +157,60 @@ def test_int_multiplier_quantised_path(rng):
     np.testing.assert_allclose(got, a @ b, atol=0.05 * np.abs(a @ b).max())  # int8 is close to exact
 
 
+def _quantised_reference(a, b, bits, per_channel):
+    """The integer path by hand: NaN/Inf excluded from the scales (quantised as 0), IEEE's verdict on them."""
+    qmax = (1 << (bits - 1)) - 1
+    fa, fb = np.where(np.isfinite(a), a, 0).astype(F), np.where(np.isfinite(b), b, 0).astype(F)
+    sa = F(np.abs(fa).max() / qmax) if np.abs(fa).max() > 0 else F(1)
+    amax_b = np.abs(fb).max(axis=0, keepdims=True) if per_channel else np.abs(fb).max()
+    sb = np.where(amax_b > 0, amax_b / qmax, 1).astype(F)
+    qa = np.clip(np.round(fa / sa), -qmax, qmax).astype(np.int32)
+    qb = np.clip(np.round(fb / sb), -qmax, qmax).astype(np.int32)
+    mult = amsim.multipliers.exact_int(bits)
+    finite = golden.matmul(qa, qb, mult).astype(F) * sa * sb
+    with np.errstate(invalid="ignore", over="ignore"):
+        ieee = (a.astype(np.float64)[:, :, None] * b.astype(np.float64)[None]).sum(axis=1)  # NaN/Inf pattern
+    return np.where(np.isfinite(ieee), finite, ieee).astype(F)
+
+
+@pytest.mark.parametrize("per_channel", [True, False])
+def test_int_path_nan_and_inf_propagate_as_ieee(per_channel, rng):
+    i8 = amsim.multipliers.exact_int(8)
+    a, b = _rand(rng, (7, 12), False), _rand(rng, (12, 6), False)
+    a[1, 3] = np.nan  # row 1: NaN everywhere
+    a[2, 4] = np.inf  # row 2: +-Inf by the sign of b[4, j] ...
+    b[4, 0] = 0.0  # ... and NaN where Inf meets 0
+    a[3, 5], a[3, 6] = np.inf, -np.inf  # row 3: NaN where the two Inf terms have opposite signs
+    b[7, 2] = -np.inf  # column 2: -+Inf by the sign of a[i, 7]
+    cfg = ann.OpConfig(i8, per_channel=per_channel)
+    op = jax.jit(lambda x, y: ann.dot_general(cfg)(x, y, (((1,), (0,)), ((), ()))))
+    got = np.asarray(op(a, b))
+    want = _quantised_reference(a, b, 8, per_channel)
+    # the special values exactly; the finite outputs up to the order XLA applies the two scales in
+    assert_bits_equal(np.where(np.isfinite(want), 0, got), np.where(np.isfinite(want), 0, want))
+    np.testing.assert_allclose(got[np.isfinite(want)], want[np.isfinite(want)], rtol=1e-6)
+    assert np.isnan(got[1]).all() and not np.isfinite(got[3]).any() and np.isnan(got[2, 0])
+    assert (np.isinf(got[2, 1:]) | np.isnan(got[2, 1:])).all()
+    # rows and columns without a NaN or Inf are what they are with those entries set to 0: untouched
+    a0, b0 = np.nan_to_num(a, nan=0.0, posinf=0.0, neginf=0.0), np.nan_to_num(b, nan=0.0, posinf=0.0, neginf=0.0)
+    clean = np.asarray(op(a0, b0))
+    rows, cols = [0, 4, 5, 6], [1, 3, 4, 5]
+    assert_bits_equal(got[np.ix_(rows, cols)], clean[np.ix_(rows, cols)])
+
+
+def test_int_path_conv_nan_pixel_reaches_only_its_windows(rng):
+    i8 = amsim.multipliers.exact_int(8)
+    x = rng.standard_normal((1, 6, 6, 1)).astype(F)
+    w = rng.standard_normal((3, 3, 1, 2)).astype(F)
+    x[0, 0, 0, 0] = np.nan
+    conv = ann.conv_general_dilated(i8)
+    y = np.asarray(conv(x, w, (1, 1), "VALID", dimension_numbers=("NHWC", "HWIO", "NHWC")))
+    assert np.isnan(y[0, 0, 0]).all() and np.isfinite(y[0, 1:, :]).all() and np.isfinite(y[0, :, 1:]).all()
+    x0 = np.where(np.isnan(x), 0, x).astype(F)
+    y0 = np.asarray(conv(x0, w, (1, 1), "VALID", dimension_numbers=("NHWC", "HWIO", "NHWC")))
+    assert_bits_equal(y[0, 1:], y0[0, 1:])
+
+
 # ---- convolution ---------------------------------------------------------------------------------------
 CONV_CASES = [
     # (lhs shape NHWC, kernel HWIO, strides, padding, lhs_dil, rhs_dil, groups)

@@ -31,25 +31,53 @@ def _free(ndim, *used):
 
 
 def _quantize(x, bits, axis=None):
-    """Symmetric quantisation to signed ``bits``-bit integers; the scale is max|x| / (2**(bits-1) - 1)."""
+    """Symmetric quantisation to signed ``bits``-bit integers; the scale is max|x| / (2**(bits-1) - 1) over the
+    *finite* entries (1 where there are none but zeros). NaN and Inf quantise to 0: :func:`_ieee_specials`
+    accounts for them."""
     qmax = (1 << (bits - 1)) - 1
+    x = jnp.where(jnp.isfinite(x), x, 0.0)
     amax = jnp.max(jnp.abs(x), axis=axis, keepdims=axis is not None)
     scale = jnp.where(amax > 0, amax / qmax, 1.0).astype(F32)
     q = jnp.clip(jnp.round(x / scale), -qmax, qmax).astype(jnp.int32)
     return q, scale
 
 
+def _bmm_native(a, b):
+    return _native.dot_general(a, b, (((2,), (1,)), ((0,), (0,))), precision=lax.Precision.HIGHEST,
+                               preferred_element_type=F32)
+
+
+def _ieee_specials(a, b, y):
+    """Where a NaN or Inf operand takes part in an output's sum, the output IEEE arithmetic gives: NaN for a NaN
+    term (a NaN operand, Inf x 0) or for Inf terms of both signs, else the sign of the Inf terms. The terms are
+    counted by native GEMMs of 0/1 indicator matrices (exact integer counts)."""
+    f = lambda m: m.astype(F32)  # noqa: E731
+    a_inf, b_inf = jnp.isinf(a), jnp.isinf(b)
+    a_pos, a_neg, b_pos, b_neg = f(a > 0), f(a < 0), f(b > 0), f(b < 0)  # Inf included, NaN and zeros not
+    a_pinf, a_minf, b_pinf, b_minf = f(a == jnp.inf), f(a == -jnp.inf), f(b == jnp.inf), f(b == -jnp.inf)
+    nan = (jnp.isnan(a).any(-1)[..., :, None] | jnp.isnan(b).any(-2)[..., None, :]
+           | (_bmm_native(f(a_inf), f(b == 0)) + _bmm_native(f(a == 0), f(b_inf)) > 0))
+    pinf = _bmm_native(a_pinf, b_pos) + _bmm_native(a_minf, b_neg) + _bmm_native(a_pos, b_pinf) + \
+        _bmm_native(a_neg, b_minf) > 0
+    minf = _bmm_native(a_pinf, b_neg) + _bmm_native(a_minf, b_pos) + _bmm_native(a_pos, b_minf) + \
+        _bmm_native(a_neg, b_pinf) > 0
+    y = jnp.where(pinf, jnp.inf, jnp.where(minf, -jnp.inf, y))
+    return jnp.where(nan | (pinf & minf), jnp.nan, y).astype(F32)
+
+
 def matmul3(a, b, mode, per_channel=True):
     """``(B, M, K) @ (B, K, N)`` in float32 through ``mode`` (a Multiplier, "exact" or "ste")."""
     if isinstance(mode, str):
-        return _native.dot_general(a, b, (((2,), (1,)), ((0,), (0,))), precision=lax.Precision.HIGHEST,
-                               preferred_element_type=F32)
+        return _bmm_native(a, b)
     if not mode.is_int:
         return bmm(a, b, mode)
     check_int_contraction(a.shape[-1], mode, "dot_general")
     qa, sa = _quantize(a, mode.int_bits)
     qb, sb = _quantize(b, mode.int_bits, axis=-2 if per_channel else None)
-    return bmm(qa, qb, mode).astype(F32) * sa * sb
+    y = bmm(qa, qb, mode).astype(F32) * sa * sb
+    # NaN/Inf operands have no integer code: their outputs are what IEEE arithmetic makes of them (and only theirs)
+    special = ~(jnp.isfinite(a).all() & jnp.isfinite(b).all())
+    return lax.cond(special, _ieee_specials, lambda a, b, y: y, a, b, y)
 
 
 def contract(lhs, rhs, dn, mode, per_channel=True):
