@@ -10,7 +10,7 @@ Multiplier -> LUT -> kernel -> JAX bridge -> Flax layer:
 """
 
 from . import formats, golden, interop, multipliers
-from ._errors import AmsimError, InvalidTableError, ModelCompileError, UnsupportedError
+from ._errors import AmsimError, InvalidTableError, ModelCompileError, RuleError, UnsupportedError
 from ._metrics import ErrorStats, format_table
 from ._multiplier import Multiplier, int_multiplier, multiplier
 from ._plots import error_heatmap
@@ -35,4 +35,5 @@ __all__ = [
     "InvalidTableError",
     "ModelCompileError",
     "UnsupportedError",
+    "RuleError",
 ]

@@ -15,3 +15,7 @@ class InvalidTableError(AmsimError, ValueError):
 
 class UnsupportedError(AmsimError, NotImplementedError):
     """A case amsim does not simulate. Raised instead of falling back to exact arithmetic."""
+
+
+class RuleError(AmsimError, ValueError):
+    """An interception rule is malformed or matches no operation of the model."""

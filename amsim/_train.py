@@ -13,16 +13,16 @@ import numpy as np
 
 from ._errors import AmsimError
 from ._multiplier import Multiplier
+from .multipliers._registry import NATIVE_NAMES
 
 __all__ = ["RunConfig", "RunResult", "train", "resolve_multiplier"]
-
-NATIVE_NAMES = ("fp32", "native")
 
 
 def resolve_multiplier(spec):
     """A multiplier from a CLI/config spec.
 
-    Accepts a :class:`Multiplier`, "fp32" (no simulation: XLA's float32), a built-in name ("mbm", "mitchell5",
+    Accepts a :class:`Multiplier`, "fp32" (= "exact", "native": no simulation, XLA's float32), a built-in name
+    ("mbm", "mitchell5",
     "bf16", "int8", ...), ``path/to/module.py:function`` (a function decorated with ``@amsim.multiplier``), or a
     table file (``.npz`` saved by amsim, ``.bin`` from ApproxTrain).
 
@@ -113,9 +113,10 @@ class RunConfig:
 
     @property
     def label(self) -> str:
-        m = self.multiplier if isinstance(self.multiplier, str) else self.multiplier.name
+        """The multiplier, the backward mode and every rule applied, e.g. ``mbm+bwd-ste+conv1=mitchell``."""
+        name = lambda m: m if isinstance(m, str) else m.name  # noqa: E731
         extra = "" if self.backward == "approx" else f"+bwd-{self.backward}"
-        return f"{m}{extra}" + ("+rules" if self.rules else "")
+        return f"{name(self.multiplier)}{extra}" + "".join(f"+{pat}={name(spec)}" for pat, spec in self.rules)
 
     def key(self) -> str:
         """Hash of everything that determines the run (for checkpoint matching)."""

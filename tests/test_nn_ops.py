@@ -231,7 +231,9 @@ def _conv(op, x, w, case):
 
 
 def _golden_conv(x, w, case, mult):
-    """Golden conv by explicit patches in NumPy and golden.matmul, summing over (window, channel) in order."""
+    """Golden conv by explicit patches in NumPy and golden.matmul, summing over (window, channel) in order and
+    leaving out the taps that land on holes of the lhs dilation (lax's semantics: they are not input elements);
+    padding taps are zero operands."""
     _, _, strides, padding, ld, rd, groups = case
     nsp = x.ndim - 2
     ld = ld or (1,) * nsp
@@ -245,28 +247,38 @@ def _golden_conv(x, w, case, mult):
     dil_shape = [1 + d * (s - 1) for s, d in zip(x.shape[1:-1], ld)]
     xd = np.zeros((x.shape[0], *dil_shape, x.shape[-1]), F)
     xd[(slice(None),) + tuple(slice(None, None, d) for d in ld)] = x
+    hole = np.ones(dil_shape, bool)
+    hole[tuple(slice(None, None, d) for d in ld)] = False
     for i, (lo, hi) in enumerate(padding):
         ax = 1 + i
         if lo < 0:
             xd = np.take(xd, range(-lo, xd.shape[ax]), axis=ax)
+            hole = np.take(hole, range(-lo, hole.shape[i]), axis=i)
         if hi < 0:
             xd = np.take(xd, range(0, xd.shape[ax] + hi), axis=ax)
+            hole = np.take(hole, range(0, hole.shape[i] + hi), axis=i)
         pw = [(0, 0)] * xd.ndim
         pw[ax] = (max(lo, 0), max(hi, 0))
         xd = np.pad(xd, pw)
+        hole = np.pad(hole, pw[1:-1], constant_values=False)  # padding is a zero operand, not a hole
     out = [(xd.shape[1 + i] - (1 + rd[i] * (win[i] - 1))) // strides[i] + 1 for i in range(nsp)]
     cg, o = w.shape[-2], w.shape[-1]
     og = o // groups
     res = np.zeros((x.shape[0], *out, o), F)
     for pos in itertools.product(*[range(n) for n in out]):
-        rows = []
+        rows, taps = [], []
         for offs in itertools.product(*[range(k) for k in win]):
             idx = tuple(p * s + k * r for p, s, k, r in zip(pos, strides, offs, rd))
-            rows.append(xd[(slice(None),) + idx])  # (N, C)
-        patch = np.stack(rows, 1)  # (N, window, C)
+            if not hole[idx]:
+                rows.append(xd[(slice(None),) + idx])  # (N, C)
+                taps.append(offs)
+        if not taps:
+            continue  # the empty sum: +0
+        patch = np.stack(rows, 1)  # (N, taps, C)
+        wt = np.stack([w[t] for t in taps])  # (taps, Cg, O)
         for g in range(groups):
             a = patch[:, :, g * cg:(g + 1) * cg].reshape(x.shape[0], -1)
-            b = w[..., g * og:(g + 1) * og].reshape(-1, og)
+            b = wt[..., g * og:(g + 1) * og].reshape(-1, og)
             res[(slice(None),) + pos + (slice(g * og, (g + 1) * og),)] = golden.matmul(a, b, mult)
     return res
 
@@ -314,6 +326,108 @@ def test_conv_kernel_gradient_equals_golden_gemm(rng):
                                                                   g.reshape(-1, 6), MBM))
     assert_bits_equal(np.asarray(dx).reshape(-1, 5), golden.matmul(g.reshape(-1, 6),
                                                                    np.ascontiguousarray(w.reshape(5, 6).T), MIT))
+
+
+HOLE_CASES = [
+    CONV_CASES[2], CONV_CASES[4],
+    ((1, 4, 4, 1), (3, 3, 1, 2), (1, 1), ((1, 1), (2, 0)), (2, 2), None, 1),
+    ((2, 5, 3), (3, 3, 2), (2,), ((2, 1),), (3,), (2,), 1),  # 1-D: stride, rhs and lhs dilation together
+]
+
+
+def _native_conv(*a):
+    return lax.conv_general_dilated(*a[:7], feature_group_count=a[7], precision="highest")
+
+
+def _nonfinite_pattern(y):
+    y = np.asarray(y)
+    return np.where(np.isnan(y), 2, np.where(np.isposinf(y), 1, np.where(np.isneginf(y), -1, 0)))
+
+
+@pytest.mark.parametrize("case", HOLE_CASES, ids=str)
+def test_conv_lhs_dilation_holes_are_not_terms_padding_is(case, rng):
+    x, w = _rand(rng, case[0]), _rand(rng, case[1])
+    w.reshape(-1)[[0, 5]] = [np.inf, -np.inf]  # non-finite weights meet holes, padding and samples
+    x.reshape(-1)[3] = np.nan
+    got = _conv(ann.conv_general_dilated(MBM), x, w, case)
+    assert_bits_equal(np.asarray(got), _golden_conv(x, w, case, MBM))
+
+
+def test_conv_holes_times_inf_are_finite_as_in_lax(rng):
+    # the case lax is consistent about: an Inf weight meets the holes of an lhs-dilated input, no padding
+    x, w = _rand(rng, (2, 4, 4, 3)), _rand(rng, (3, 3, 3, 2))
+    w[0, 0, 1, 0] = np.inf
+    case = ((), (), (1, 1), ((0, 0), (0, 0)), (2, 2), None, 1)
+    got = _conv(ann.conv_general_dilated(EXACT), x, w, case)
+    want = _conv(_native_conv, x, w, case)
+    np.testing.assert_array_equal(_nonfinite_pattern(got), _nonfinite_pattern(want))
+    assert np.isfinite(np.asarray(want)).any()  # finite outputs exist: holes were not multiplied
+    fin = np.isfinite(np.asarray(want))
+    np.testing.assert_allclose(np.asarray(got)[fin], np.asarray(want)[fin], rtol=1e-5, atol=1e-5)
+
+
+def _golden_kernel_gradient(x, g, w_shape, case, mult):
+    """d(w) by its definition: for each tap, the sum over (n, output) in row-major order of x at that tap (a zero
+    operand in the padding; holes are not terms) times g, through golden.matmul."""
+    _, _, strides, padding, ld, rd, groups = case
+    nsp = x.ndim - 2
+    ld, rd = ld or (1,) * nsp, rd or (1,) * nsp
+    win, cg, o = w_shape[:nsp], w_shape[-2], w_shape[-1]
+    og = o // groups
+    dil = [1 + d * (s - 1) for s, d in zip(x.shape[1:-1], ld)]
+    out = g.shape[1:-1]
+    dw = np.zeros(w_shape, F)
+    for t in itertools.product(*[range(k) for k in win]):
+        xs, gs = [], []
+        for n in range(x.shape[0]):
+            for pos in itertools.product(*[range(k) for k in out]):
+                u = [pos[i] * strides[i] + t[i] * rd[i] - padding[i][0] for i in range(nsp)]
+                inside = all(0 <= u[i] < dil[i] for i in range(nsp))
+                if inside and any(u[i] % ld[i] for i in range(nsp)):
+                    continue  # a hole
+                xs.append(x[(n,) + tuple(u[i] // ld[i] for i in range(nsp))] if inside else np.zeros(x.shape[-1], F))
+                gs.append(g[(n,) + pos])
+        if not xs:
+            continue
+        xs, gs = np.stack(xs), np.stack(gs)  # (R, C), (R, O)
+        for gr in range(groups):
+            a = np.ascontiguousarray(xs[:, gr * cg:(gr + 1) * cg].T)
+            dw[t + (slice(None), slice(gr * og, (gr + 1) * og))] = golden.matmul(a, gs[:, gr * og:(gr + 1) * og], mult)
+    return dw
+
+
+@pytest.mark.parametrize("case", [c for c in HOLE_CASES if not isinstance(c[3], str)], ids=str)
+def test_conv_kernel_gradient_with_non_finite_values_equals_golden(case, rng):
+    x, w = _rand(rng, case[0], False), _rand(rng, case[1], False)
+    x.reshape(-1)[2] = np.inf
+    cot = _rand(rng, _conv(_native_conv, x, w, case).shape, False)
+    cot.reshape(-1)[[0, cot.size // 2]] = [np.inf, np.nan]  # meets samples, padding zeros and holes
+    _, vjp = jax.vjp(lambda b: _conv(ann.conv_general_dilated(MBM), x, b, case), w)
+    (dw,) = vjp(jnp.asarray(cot))
+    assert_bits_equal(np.asarray(dw), _golden_kernel_gradient(x, cot, w.shape, case, MBM))
+
+
+@pytest.mark.parametrize("padding", ["VALID", ((0, 1), (0, 0)), ((-1, 0), (0, 0))])
+def test_conv_window_longer_than_padded_input_gives_an_empty_output(padding, rng):
+    x, w = _rand(rng, (2, 4, 4, 1)), _rand(rng, (6, 3, 1, 2))
+    case = ((), (), (1, 1), padding, None, None, 1)
+    want = _conv(_native_conv, x, w, case)
+    got = _conv(ann.conv_general_dilated(MBM), x, w, case)
+    assert got.shape == want.shape == (2, 0, 2, 2)
+    gx, gw = jax.grad(lambda a, b: jnp.sum(_conv(ann.conv_general_dilated(MBM), a, b, case)), (0, 1))(x, w)
+    lx, lw = jax.grad(lambda a, b: jnp.sum(_conv(_native_conv, a, b, case)), (0, 1))(x, w)
+    assert_bits_equal(np.asarray(gx), np.asarray(lx))
+    assert_bits_equal(np.asarray(gw), np.asarray(lw))
+
+
+@pytest.mark.parametrize("padding", ["SAME", "VALID"])
+def test_conv_string_padding_with_lhs_dilation_raises_as_lax(padding, rng):
+    x, w = _rand(rng, (1, 4, 4, 1)), _rand(rng, (3, 3, 1, 1))
+    case = ((), (), (1, 1), padding, (2, 2), None, 1)
+    with pytest.raises(ValueError, match="String padding is not implemented for transposed convolution"):
+        _conv(_native_conv, x, w, case)
+    with pytest.raises(ValueError, match="String padding is not implemented for transposed convolution"):
+        _conv(ann.conv_general_dilated(MBM), x, w, case)
 
 
 def test_conv_nchw_layout(rng):

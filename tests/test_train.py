@@ -116,7 +116,7 @@ def test_cli_compare_and_inspect(tmp_path, capsys):
                    "--no-progress", "--rule", "fc1=mitchell3", "--backward", "ste"])
     assert rc == 0
     out = capsys.readouterr().out
-    assert "mbm5+bwd-ste+rules" in out
+    assert "mbm5+bwd-ste+fc1=mitchell3" in out and "fp32+bwd-ste+fc1=mitchell3" in out
     data = json.loads((tmp_path / "lenet300-digits.json").read_text())
     layers = {tuple(a) for a in data[1]["approximated"]}
     assert ("fc1", "dot_general", "mitchell3") in layers and ("fc2", "dot_general", "mbm5") in layers

@@ -7,9 +7,14 @@ import re
 
 from . import _float, _int, _library_float, _library_int
 
+# Names that mean "no simulation: the framework's own float32 product" everywhere amsim takes a multiplier spec
+# (Python rules, OpConfig modes, CLI --multiplier/--rule, results labels). A simulated exact product of rounded
+# operands is named with its width: "exact7" (or "bf16").
+NATIVE_NAMES = ("fp32", "exact", "native")
+
 # float designs: the digits after the name are the mantissa width
 _FLOAT = {
-    "exact": _float.exact,
+    "exact": _float.exact,  # only with width digits ("exact7"): bare "exact" is native, see NATIVE_NAMES
     "bf16": _float.exact,  # bfloat16 operands (7 fraction bits, round to nearest), exact product
     "exact_truncated": _float.exact_truncated,
     "mitchell": _float.mitchell,
@@ -40,7 +45,8 @@ def available() -> list[str]:
     """
     ints = [f"{name}[N] (N = {'operand bits' if digit == 'bits' else digit})"
             for name, (_, digit) in _INT_DESIGNS.items()]
-    return sorted(_FLOAT) + ["int8", "uint8 (or intN / uintN, N = 2..8)"] + sorted(ints)
+    floats = [f"{n}N (N = mantissa bits)" if n == "exact" else n for n in sorted(_FLOAT)]
+    return floats + ["int8", "uint8 (or intN / uintN, N = 2..8)"] + sorted(ints)
 
 
 def _call(factory, name, params, fixed):
@@ -72,6 +78,10 @@ def get(name: str, mantissa_bits: int = 7, rounding: str = "nearest", *, bits: i
         The :class:`amsim.Multiplier`.
     """
     key = name.strip().lower()
+    if key in NATIVE_NAMES:
+        raise ValueError(f"{name!r} means native float32 (no simulation) in amsim's specs and rules, so it is not a "
+                         "table; the simulated exact product of rounded operands is named with its width, e.g. "
+                         "'exact7' (bfloat16 operands, also 'bf16') or 'exact10'.")
     # a whole name first ("bf16" is a name, not "bf" + 16), then name + width digits
     match = re.fullmatch(r"([a-z_0-9]+)()", key) if key in _FLOAT else re.fullmatch(r"([a-z_]+?)(\d*)", key)
     if match:

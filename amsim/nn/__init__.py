@@ -11,7 +11,7 @@ from ._config import OpConfig
 from ._conv import ConvGeneralDilated, conv_general_dilated
 from ._dot_general import DotGeneral, dot_general
 from ._einsum import Einsum, einsum
-from ._intercept import ApproximatedModel, Rules, TraceRecord, approximate, intercept
+from ._intercept import ApproximatedModel, Rules, TraceRecord, approximate, intercept, op_paths
 
 __all__ = [
     "OpConfig",
@@ -20,6 +20,7 @@ __all__ = [
     "einsum",
     "approximate",
     "intercept",
+    "op_paths",
     "bmm",
     "DotGeneral",
     "ConvGeneralDilated",

@@ -6,9 +6,10 @@ import dataclasses
 from typing import Union
 
 from .._multiplier import Multiplier
+from ..multipliers._registry import NATIVE_NAMES
 
-# A mode is a Multiplier (simulate it), "exact" (plain float32 op by XLA: the exact product) or "ste"
-# (straight-through: the gradient of the exact float32 product, also computed natively by XLA).
+# A mode is a Multiplier (simulate it), "exact" (plain float32 op by XLA: the exact product; "fp32" and "native"
+# are the same) or "ste" (straight-through: the gradient of the exact float32 product, also computed natively).
 Mode = Union[Multiplier, str]
 NATIVE_MODES = ("exact", "ste")
 
@@ -22,13 +23,14 @@ def check_mode(mode, what: str) -> Mode:
                 f"{what}: {mode!r} is an unsigned integer multiplier; the JAX bridge quantises tensors "
                 "symmetrically to signed integers. Use a signed multiplier (signed=True).")
         return mode
-    if isinstance(mode, str) and mode in NATIVE_MODES:
-        return mode
+    if isinstance(mode, str) and mode.strip().lower() in NATIVE_MODES + NATIVE_NAMES:
+        return "ste" if mode.strip().lower() == "ste" else "exact"
     if isinstance(mode, str):
         from ..multipliers import get
 
         return get(mode)
-    raise TypeError(f"{what} must be an amsim.Multiplier, a built-in multiplier name, 'exact' or 'ste'; "
+    raise TypeError(f"{what} must be an amsim.Multiplier, a built-in multiplier name, 'exact' (= 'fp32', "
+                    "'native') or 'ste'; "
                     f"got {mode!r}.")
 
 

@@ -20,48 +20,164 @@ from jax import lax
 from .._errors import UnsupportedError
 from . import _native
 from ._config import OpConfig, as_config
-from ._dot_general import F32, check_float_operand, match_vma, matmul3
+from ._dot_general import F32, check_float_operand, int_scales, match_vma, matmul3
 
 
 def _dilate(size, d):
     return 0 if size == 0 else 1 + d * (size - 1)
 
 
-def _patches(x, window, strides, padding, lhs_dil, rhs_dil):
-    """x: (N, *spatial, C) -> (N, *out, prod(window), C), and the output spatial shape.
+@dataclasses.dataclass(frozen=True, eq=False)
+class _Class:
+    """Output positions whose windows put the same taps on input samples (rather than on the holes that lhs
+    dilation inserts): a strided sub-grid ``start + j * step`` (``count`` per spatial dim) and its taps.
 
-    Only pad, slice and stack: values are moved, never multiplied, so NaN/Inf/-0 survive untouched.
+    ``pad_excluded[j, t]`` (flattened sub-grid x flattened window) marks taps outside ``taps`` that land in the
+    padding for output j: lax multiplies padding (0 x w), so a non-finite weight there makes that output NaN.
+    """
+
+    start: tuple
+    step: tuple
+    count: tuple
+    taps: tuple
+    pad_excluded: np.ndarray
+
+    @property
+    def ntaps(self):
+        return int(np.prod([len(t) for t in self.taps], dtype=np.int64))
+
+    def subgrid(self):
+        return tuple(slice(st, st + (n - 1) * sp + 1, sp) for st, n, sp in zip(self.start, self.count, self.step))
+
+
+def _geometry(in_sp, window, strides, padding, lhs_dil, rhs_dil):
+    """The output spatial shape and the classes of output positions (one class without lhs dilation).
+
+    In each spatial dim, tap t of output o lands at u = o * stride + t * rhs_dil - pad_lo of the dilated input:
+    on a sample if 0 <= u < dilated size and u % lhs_dil == 0, on a hole if inside but not a multiple, in the
+    padding otherwise. As in lax, holes are not terms of the sum; padding is (a zero operand).
     """
     nsp = len(window)
+    xp_sp = [_dilate(n, d) + lo + hi for n, d, (lo, hi) in zip(in_sp, lhs_dil, padding)]
+    out = tuple(max(0, (xp_sp[i] - _dilate(window[i], rhs_dil[i])) // strides[i] + 1) for i in range(nsp))
+    per_dim = []
+    for i in range(nsp):
+        k, s, r, d, lo = window[i], strides[i], rhs_dil[i], lhs_dil[i], padding[i][0]
+        size = _dilate(in_sp[i], d)
+        by_phase = {}
+        for o in range(out[i]):
+            by_phase.setdefault((lo - o * s) % d, []).append(o)
+        groups = []
+        for phase, outs in by_phase.items():
+            outs = np.array(outs)
+            taps = tuple(t for t in range(k) if (t * r) % d == phase)
+            u = outs[:, None] * s + np.arange(k)[None, :] * r - lo
+            step = int(outs[1] - outs[0]) if outs.size > 1 else 1
+            groups.append((int(outs[0]), step, outs.size, taps, (u < 0) | (u >= size)))
+        per_dim.append(groups)
+    classes = []
+    for combo in itertools.product(*per_dim):
+        # (sub-grid dims..., window dims...) masks, broadcast over the other dims
+        outside = np.zeros(tuple(g[2] for g in combo) + tuple(window), bool)
+        valid = np.ones(tuple(window), bool)
+        for i, (_, _, n, taps, out_i) in enumerate(combo):
+            shape = [1] * (2 * nsp)
+            shape[i], shape[nsp + i] = n, window[i]
+            outside |= out_i.reshape(shape)
+            v = np.zeros(window[i], bool)
+            v[list(taps)] = True
+            valid &= v.reshape([window[j] if j == i else 1 for j in range(nsp)])
+        pe = outside & ~valid
+        classes.append(_Class(tuple(g[0] for g in combo), tuple(g[1] for g in combo), tuple(g[2] for g in combo),
+                              tuple(g[3] for g in combo), pe.reshape(int(np.prod(pe.shape[:nsp], dtype=np.int64)),
+                                                                     -1)))
+    return out, classes
+
+
+def _padded(x, padding, lhs_dil):
+    """x padded (with zeros) and lhs-dilated (holes, also zeros, never read by the patches)."""
     cfg = [(0, 0, 0)] + [(lo, hi, d - 1) for (lo, hi), d in zip(padding, lhs_dil)] + [(0, 0, 0)]
-    xp = lax.pad(x, jnp.array(0, x.dtype), cfg)
-    out = tuple(max(0, (xp.shape[1 + i] - _dilate(window[i], rhs_dil[i])) // strides[i] + 1) for i in range(nsp))
+    return lax.pad(x, jnp.array(0, x.dtype), cfg)
+
+
+def _class_patches(xp, cls, strides, rhs_dil):
+    """(N, *count, ntaps, C): for each output of the class, its taps' input values, in row-major tap order.
+
+    Only slice and stack: values are moved, never multiplied, so NaN/Inf/-0 survive untouched.
+    """
+    nsp = len(strides)
     cols = []
-    for offs in itertools.product(*[range(w) for w in window]):
-        start = (0,) + tuple(o * r for o, r in zip(offs, rhs_dil)) + (0,)
-        limit = (xp.shape[0],) + tuple(s + (n - 1) * st + 1 if n > 0 else s
-                                       for s, n, st in zip(start[1:-1], out, strides)) + (xp.shape[-1],)
-        cols.append(lax.slice(xp, start, limit, (1,) + tuple(strides) + (1,)))
-    return jnp.stack(cols, axis=1 + nsp), out
+    for offs in itertools.product(*cls.taps):
+        start = (0,) + tuple(o0 * s + t * r for o0, s, t, r in zip(cls.start, strides, offs, rhs_dil)) + (0,)
+        step = (1,) + tuple(sp * s for sp, s in zip(cls.step, strides)) + (1,)
+        limit = (xp.shape[0],) + tuple(b + (n - 1) * sv + 1 for b, n, sv in zip(start[1:-1], cls.count, step[1:-1])) \
+            + (xp.shape[-1],)
+        cols.append(lax.slice(xp, start, limit, step))
+    return jnp.stack(cols, axis=1 + nsp)
+
+
+def _class_weights(w, cls):
+    """w (*window, Cg, O) restricted to the class's taps, as (ntaps, Cg, O)."""
+    if all(len(t) == k for t, k in zip(cls.taps, w.shape[:-2])):
+        sub = w
+    else:
+        sub = w[np.ix_(*[np.array(t, dtype=np.int64) for t in cls.taps])]
+    return sub.reshape((cls.ntaps,) + w.shape[-2:])
+
+
+def _nonfinite_any(x, axes):
+    return jnp.any(~jnp.isfinite(x), axis=axes).astype(F32)
+
+
+def _pad_nan(mask, nonfinite):
+    """Where a padding zero meets a non-finite operand through a tap the class leaves out: (mask @ nonfinite) > 0."""
+    hits = _native.dot_general(jnp.asarray(mask, F32), nonfinite, (((1,), (0,)), ((), ())),
+                               precision=lax.Precision.HIGHEST, preferred_element_type=F32)
+    return hits > 0
 
 
 def conv_nhwc(x, w, strides, padding, lhs_dil, rhs_dil, groups, mode, per_channel=True):
     """Canonical-layout conv: x (N, *spatial, C), w (*window, C/groups, O) -> (N, *out, O), float32."""
     n, c = x.shape[0], x.shape[-1]
     window = w.shape[:-2]
+    nsp = len(window)
     cg, o = w.shape[-2], w.shape[-1]
     if c != cg * groups or o % groups:
         raise ValueError(f"conv: {c} input channels, kernel with {cg} per group and {o} outputs do not fit "
                          f"feature_group_count={groups}.")
     og = o // groups
-    p, out = _patches(x, window, strides, padding, lhs_dil, rhs_dil)
-    rows = n * int(np.prod(out, dtype=np.int64))
-    kw = int(np.prod(window, dtype=np.int64))
-    # (rows, window, G, Cg) -> (G, rows, window * Cg)
-    a = p.reshape(rows, kw, groups, cg).transpose(2, 0, 1, 3).reshape(groups, rows, kw * cg)
-    b = w.reshape(kw, cg, groups, og).transpose(2, 0, 1, 3).reshape(groups, kw * cg, og)
-    y = matmul3(a, b, mode, per_channel)  # (G, rows, og)
-    return y.transpose(1, 0, 2).reshape((n,) + out + (o,))
+    out, classes = _geometry(x.shape[1:-1], window, strides, padding, lhs_dil, rhs_dil)
+    if n == 0 or 0 in out:  # a window longer than the padded input: an empty output, as in lax
+        return jnp.zeros((n,) + out + (o,), F32)
+    xp = _padded(x, padding, lhs_dil)
+    parts = []
+    for cls in classes:
+        if cls.ntaps == 0:
+            parts.append(None)
+            continue
+        rows = n * int(np.prod(cls.count, dtype=np.int64))
+        p = _class_patches(xp, cls, strides, rhs_dil)
+        # (rows, taps, G, Cg) -> (G, rows, taps * Cg); weights (taps, Cg, G, og) -> (G, taps * Cg, og)
+        a = p.reshape(rows, cls.ntaps, groups, cg).transpose(2, 0, 1, 3).reshape(groups, rows, cls.ntaps * cg)
+        b = _class_weights(w, cls).reshape(cls.ntaps, cg, groups, og).transpose(2, 0, 1, 3)
+        parts.append((a, b.reshape(groups, cls.ntaps * cg, og)))
+    scales = None
+    if not isinstance(mode, str) and mode.is_int:  # one quantisation scale for the whole conv, as for one GEMM
+        full_b = w.reshape(-1, cg, groups, og).transpose(2, 0, 1, 3).reshape(groups, -1, og)
+        scales = int_scales([a for a, _ in filter(None, parts)], full_b, mode.int_bits, per_channel)
+    w_nonfinite = _nonfinite_any(w.reshape(-1, cg, o), 1)  # (window, O)
+    y = jnp.zeros((n,) + out + (o,), F32)
+    for cls, part in zip(classes, parts):
+        shape = (n,) + cls.count + (o,)
+        if part is None:
+            yc = jnp.zeros(shape, F32)  # no tap on a sample: the empty sum, +0
+        else:
+            yc = matmul3(*part, mode, per_channel, scales).transpose(1, 0, 2).reshape(shape)
+        if cls.pad_excluded.any():
+            bad = _pad_nan(cls.pad_excluded, w_nonfinite).reshape(cls.count + (o,))
+            yc = jnp.where(bad[None], jnp.nan, yc)
+        y = yc if len(classes) == 1 else y.at[(slice(None),) + cls.subgrid()].set(yc)
+    return y
 
 
 def _transpose_padding(in_sp, window, strides, out_sp, padding, lhs_dil, rhs_dil):
@@ -89,6 +205,8 @@ def _conv_fwd(x, w, geom, cfg):
 def _conv_bwd(geom, cfg, res, g):
     strides, padding, lhs_dil, rhs_dil, groups = geom
     x, w = res
+    if 0 in g.shape:  # an empty output (or batch): nothing flows back
+        return match_vma(jnp.zeros_like(x), x), match_vma(jnp.zeros_like(w), w)
     nsp = x.ndim - 2
     window = w.shape[:nsp]
     cg, o = w.shape[-2], w.shape[-1]
@@ -100,15 +218,41 @@ def _conv_bwd(geom, cfg, res, g):
     wt = jnp.flip(wt, axis=tuple(range(nsp)))
     pads = _transpose_padding(x.shape[1:-1], window, strides, g.shape[1:-1], padding, lhs_dil, rhs_dil)
     dx = conv_nhwc(g, wt, lhs_dil, pads, strides, rhs_dil, groups, cfg.dlhs, cfg.per_channel)
-    # d(w): patches^T x g per group, contracting over (N, *out)
-    p, out = _patches(x, window, strides, padding, lhs_dil, rhs_dil)
-    rows = x.shape[0] * int(np.prod(out, dtype=np.int64))
-    kw = int(np.prod(window, dtype=np.int64))
-    a = p.reshape(rows, kw, groups, cg).transpose(2, 1, 3, 0).reshape(groups, kw * cg, rows)
-    gb = g.reshape(rows, groups, og).transpose(1, 0, 2)
-    dw = matmul3(a, gb, cfg.drhs, cfg.per_channel)  # (G, kw * cg, og)
-    dw = dw.reshape((groups,) + window + (cg, og))
+    # d(w): per class of outputs, its taps' patches^T x g per group, contracting over (N, *sub-grid) in order
+    _, classes = _geometry(x.shape[1:-1], window, strides, padding, lhs_dil, rhs_dil)
+    xp = _padded(x, padding, lhs_dil)
+    n = x.shape[0]
+    parts = []
+    for cls in classes:
+        if cls.ntaps == 0:
+            continue
+        rows = n * int(np.prod(cls.count, dtype=np.int64))
+        p = _class_patches(xp, cls, strides, rhs_dil)
+        a = p.reshape(rows, cls.ntaps, groups, cg).transpose(2, 1, 3, 0).reshape(groups, cls.ntaps * cg, rows)
+        gb = g[(slice(None),) + cls.subgrid()].reshape(rows, groups, og).transpose(1, 0, 2)
+        parts.append((cls, a, gb))
+    scales = None
+    if not isinstance(cfg.drhs, str) and cfg.drhs.is_int:  # one scale per operand for the whole gradient
+        full_g = g.reshape(-1, groups, og).transpose(1, 0, 2)
+        scales = int_scales([a for _, a, _ in parts], full_g, cfg.drhs.int_bits, cfg.per_channel)
+    dw = jnp.zeros((groups,) + window + (cg, og), F32)
+    for cls, a, gb in parts:
+        dwc = matmul3(a, gb, cfg.drhs, cfg.per_channel, scales)  # (G, taps * cg, og)
+        dwc = dwc.reshape((groups,) + tuple(len(t) for t in cls.taps) + (cg, og))
+        if cls.ntaps == int(np.prod(window, dtype=np.int64)):
+            dw = dwc
+        else:
+            dw = dw.at[(slice(None),) + tuple(np.ix_(*[np.array(t, dtype=np.int64) for t in cls.taps]))].set(dwc)
     dw = jnp.moveaxis(dw, 0, -2).reshape(window + (cg, o))
+    # padding zeros that a class leaves out still multiply g (as in lax): NaN where they meet a non-finite g
+    hits = None
+    for cls in classes:
+        if cls.pad_excluded.any():
+            g_nonfinite = _nonfinite_any(g[(slice(None),) + cls.subgrid()], 0).reshape(-1, o)
+            h = _pad_nan(cls.pad_excluded.T, g_nonfinite)
+            hits = h if hits is None else hits | h
+    if hits is not None:
+        dw = jnp.where(hits.reshape(window + (1, o)), jnp.nan, dw)
     return match_vma(dx, x), match_vma(dw, w)
 
 
@@ -155,6 +299,9 @@ class ConvGeneralDilated:
         x = jnp.transpose(lhs, (lhs_spec[0],) + tuple(lhs_spec[2:]) + (lhs_spec[1],))
         w = jnp.transpose(rhs, tuple(rhs_spec[2:]) + (rhs_spec[1], rhs_spec[0]))
         strides = tuple(int(s) for s in window_strides)
+        if isinstance(padding, str) and lhs_dilation is not None and any(int(d) != 1 for d in lhs_dilation):
+            raise ValueError("String padding is not implemented for transposed convolution using this op (as in "
+                             "lax.conv_general_dilated): give the padding explicitly, or use lax.conv_transpose.")
         lhs_dil = tuple(int(d) for d in (lhs_dilation or (1,) * nsp))
         rhs_dil = tuple(int(d) for d in (rhs_dilation or (1,) * nsp))
         pads = _normalize_padding(padding, x.shape[1:-1], w.shape[:nsp], strides, lhs_dil, rhs_dil)

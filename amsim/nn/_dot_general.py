@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 from functools import partial
 
 import jax
@@ -30,16 +31,25 @@ def _free(ndim, *used):
     return tuple(d for d in range(ndim) if d not in taken)
 
 
-def _quantize(x, bits, axis=None):
-    """Symmetric quantisation to signed ``bits``-bit integers; the scale is max|x| / (2**(bits-1) - 1) over the
-    *finite* entries (1 where there are none but zeros). NaN and Inf quantise to 0: :func:`_ieee_specials`
-    accounts for them."""
+def _scale(x, bits, axis=None):
+    """Symmetric quantisation scale max|x| / (2**(bits-1) - 1) over the *finite* entries (1 where there are only
+    zeros); per column of the contraction (``axis=-2``) or per tensor."""
+    amax = jnp.max(jnp.abs(jnp.where(jnp.isfinite(x), x, 0.0)), axis=axis, keepdims=axis is not None)
+    return jnp.where(amax > 0, amax / ((1 << (bits - 1)) - 1), 1.0).astype(F32)
+
+
+def _quantize(x, bits, scale):
+    """Signed ``bits``-bit integers; NaN and Inf quantise to 0 (:func:`_ieee_specials` accounts for them)."""
     qmax = (1 << (bits - 1)) - 1
     x = jnp.where(jnp.isfinite(x), x, 0.0)
-    amax = jnp.max(jnp.abs(x), axis=axis, keepdims=axis is not None)
-    scale = jnp.where(amax > 0, amax / qmax, 1.0).astype(F32)
-    q = jnp.clip(jnp.round(x / scale), -qmax, qmax).astype(jnp.int32)
-    return q, scale
+    return jnp.clip(jnp.round(x / scale), -qmax, qmax).astype(jnp.int32)
+
+
+def int_scales(lhs_parts, rhs, bits, per_channel):
+    """The scales one GEMM would use when its lhs is split into ``lhs_parts`` (row blocks of one product) and its
+    rhs is ``rhs`` (the whole of it): per tensor over every part, per column (or tensor) over ``rhs``."""
+    sa = functools.reduce(jnp.maximum, [_scale(a, bits) for a in lhs_parts])
+    return sa, _scale(rhs, bits, axis=-2 if per_channel else None)
 
 
 def _bmm_native(a, b):
@@ -65,15 +75,18 @@ def _ieee_specials(a, b, y):
     return jnp.where(nan | (pinf & minf), jnp.nan, y).astype(F32)
 
 
-def matmul3(a, b, mode, per_channel=True):
-    """``(B, M, K) @ (B, K, N)`` in float32 through ``mode`` (a Multiplier, "exact" or "ste")."""
+def matmul3(a, b, mode, per_channel=True, scales=None):
+    """``(B, M, K) @ (B, K, N)`` in float32 through ``mode`` (a Multiplier, "exact" or "ste").
+
+    Integer multipliers quantise with ``scales`` (see :func:`int_scales`) or, by default, with a's and b's own.
+    """
     if isinstance(mode, str):
         return _bmm_native(a, b)
     if not mode.is_int:
         return bmm(a, b, mode)
     check_int_contraction(a.shape[-1], mode, "dot_general")
-    qa, sa = _quantize(a, mode.int_bits)
-    qb, sb = _quantize(b, mode.int_bits, axis=-2 if per_channel else None)
+    sa, sb = scales if scales is not None else int_scales([a], b, mode.int_bits, per_channel)
+    qa, qb = _quantize(a, mode.int_bits, sa), _quantize(b, mode.int_bits, sb)
     y = bmm(qa, qb, mode).astype(F32) * sa * sb
     # NaN/Inf operands have no integer code: their outputs are what IEEE arithmetic makes of them (and only theirs)
     special = ~(jnp.isfinite(a).all() & jnp.isfinite(b).all())

@@ -23,22 +23,23 @@ from jax._src.lax import convolution as _conv_mod
 from jax._src.lax import lax as _lax_mod
 from jax._src.numpy import einsum as _einsum_mod
 
-from .._errors import UnsupportedError
+from .._errors import RuleError, UnsupportedError
+from ..multipliers._registry import NATIVE_NAMES
 from . import _native
 from ._config import OpConfig, as_config
 from ._conv import ConvGeneralDilated
 from ._dot_general import DotGeneral
 
-NATIVE = ("exact", "native", "fp32")
 _STATE = threading.local()
 _NATIVE_EINSUM = jnp.einsum
 
 
 @dataclasses.dataclass(frozen=True)
 class Rules:
-    """Ordered (pattern, config) pairs; a config of None means "leave the op to XLA".
+    """Ordered (pattern, config) pairs; a config of None means "leave the op to XLA" (native float32).
 
-    Patterns are regular expressions searched in the module path ("Block_0/Dense_1"); "*" matches everything.
+    Patterns are regular expressions searched in the operation's module path ("Block_0/Dense_1", exactly what
+    :func:`op_paths` lists); "*" matches everything. A value "exact", "fp32" or "native" means native float32.
     """
 
     items: tuple
@@ -51,25 +52,56 @@ class Rules:
             spec = {"*": spec}
         items = []
         for pat, val in spec.items():
-            cfg = None if (isinstance(val, str) and val in NATIVE) else as_config(val, dlhs, drhs)
-            items.append((pat, cfg))
+            if not isinstance(pat, str):
+                raise TypeError(f"rule patterns are strings (regexes, or '*'), got {pat!r}.")
+            if pat != "*":
+                try:
+                    re.compile(pat)
+                except re.error as exc:
+                    raise RuleError(f"rule {pat!r} is not a valid regular expression: {exc}.") from None
+            native = isinstance(val, str) and val.strip().lower() in NATIVE_NAMES
+            items.append((pat, None if native else as_config(val, dlhs, drhs)))
         return Rules(tuple(items))
 
-    def lookup(self, path: str, op: str):
+    def match(self, path: str, op: str) -> tuple[str, OpConfig | None]:
+        """(pattern, config) of the first rule that matches ``path``."""
         for pat, cfg in self.items:
             if pat == "*" or re.search(pat, path):
-                return cfg
+                return pat, cfg
         raise UnsupportedError(f"no interception rule matches the {op} in module {path or '<top level>'!r}; add a "
-                               "rule for it, or a catch-all such as '*': 'exact' to leave the rest exact.")
+                               "rule for it, or a catch-all such as '*': 'exact' to leave the rest native fp32.")
+
+    def lookup(self, path: str, op: str):
+        return self.match(path, op)[1]
+
+    def check_all_used(self, records) -> None:
+        """Raise :class:`amsim.RuleError` if a rule (other than the catch-all "*") matched none of ``records``."""
+        used = {r.rule for r in records}
+        unused = [pat for pat, _ in self.items if pat != "*" and pat not in used]
+        if unused:
+            raise RuleError(f"rule{'s' if len(unused) > 1 else ''} {', '.join(map(repr, unused))} matched no "
+                            f"operation of the model (or only operations an earlier rule took). Its operations, "
+                            f"which rules are searched in, are:\n{describe_ops(records)}")
+
+
+def describe_ops(records) -> str:
+    """One line per distinct (path, op): what rules match against."""
+    seen = {}
+    for r in records:
+        seen.setdefault((r.path, r.op), r)
+    return "\n".join(f"  {path or '<top level>'}  ({op})" for path, op in seen) or "  (none)"
 
 
 @dataclasses.dataclass
 class TraceRecord:
-    """One intercepted op: where it ran and what multiplier it got (recorded at trace time)."""
+    """One intercepted op: where it ran, the rule that chose its multiplier and the config it got (None: native
+    float32), with its operands' shapes (recorded at trace time)."""
 
     path: str
     op: str
     config: OpConfig | None
+    rule: str = "*"
+    shapes: tuple = ()
 
 
 def _current_path() -> str:
@@ -89,16 +121,16 @@ def _active():
     return getattr(_STATE, "stack", None)
 
 
-def _resolve(op):
+def _resolve(op, lhs, rhs):
     rules, log = _active()[-1]
     path = _current_path()
-    cfg = rules.lookup(path, op)
-    log.append(TraceRecord(path, op, cfg))
+    pat, cfg = rules.match(path, op)
+    log.append(TraceRecord(path, op, cfg, pat, (tuple(jnp.shape(lhs)), tuple(jnp.shape(rhs)))))
     return cfg
 
 
 def _dot_general(lhs, rhs, dimension_numbers, precision=None, preferred_element_type=None, **kw):
-    cfg = _resolve("dot_general")
+    cfg = _resolve("dot_general", lhs, rhs)
     if cfg is None:
         return _native.dot_general(lhs, rhs, dimension_numbers, precision=precision,
                                    preferred_element_type=preferred_element_type, **kw)
@@ -108,7 +140,7 @@ def _dot_general(lhs, rhs, dimension_numbers, precision=None, preferred_element_
 def _conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilation=None,
                           dimension_numbers=None, feature_group_count=1, batch_group_count=1, precision=None,
                           preferred_element_type=None, out_sharding=None):
-    cfg = _resolve("conv_general_dilated")
+    cfg = _resolve("conv_general_dilated", lhs, rhs)
     args = (lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation, dimension_numbers, feature_group_count,
             batch_group_count, precision, preferred_element_type)
     if cfg is None:
@@ -148,8 +180,9 @@ def intercept(rules, *, dlhs=None, drhs=None):
 
     Arguments:
         rules: a Multiplier, a built-in name, an :class:`OpConfig`, or a dict ``{pattern: multiplier}`` (patterns
-            are regexes searched in the Flax module path; "*" is the catch-all; a value "exact" leaves matching
-            ops to XLA). An op no rule matches raises.
+            are regexes searched in the Flax module path, as :func:`op_paths` lists them; "*" is the catch-all; a
+            value "exact" (= "fp32", "native") leaves matching ops to XLA). An op no rule matches raises, and so
+            does, when the block ends, a rule other than "*" that matched no op.
         dlhs, drhs: gradient-product multipliers applied to every rule given as a bare multiplier.
 
     Yields:
@@ -171,6 +204,7 @@ def intercept(rules, *, dlhs=None, drhs=None):
         # with jit disabled they are traced afresh into the caller's trace, so every op meets the current rule
         with jax.disable_jit():
             yield log
+        rules.check_all_used(log)
     finally:
         stack.pop()
         for mod, name, fn in saved:
@@ -212,34 +246,47 @@ class ApproximatedModel:
         return f"ApproximatedModel({type(self.model).__name__}, rules={self.rules.items})"
 
 
-def _approximate_nnx(model, rules: Rules):
+def _nnx_ops(model):
+    """(path, op, module) of every nnx layer that :func:`approximate` gives amsim ops."""
     from flax import nnx
 
-    from ._einsum import Einsum
-
+    kinds = ((nnx.Linear, "dot_general"), (nnx.LinearGeneral, "dot_general"), (nnx.Conv, "conv_general_dilated"),
+             (nnx.Einsum, "einsum"), (nnx.MultiHeadAttention, "attention einsum"))
     for path, mod in nnx.iter_graph(model):
         if not isinstance(mod, nnx.Module):
             continue
         name = "/".join(str(p) for p in path)
-        if isinstance(mod, (nnx.Linear, nnx.LinearGeneral)):
-            cfg = rules.lookup(name, "dot_general")
-            if cfg is not None:
-                mod.dot_general = DotGeneral(cfg)
-        elif isinstance(mod, nnx.Conv):
-            cfg = rules.lookup(name, "conv_general_dilated")
-            if cfg is not None:
-                mod.conv_general_dilated = ConvGeneralDilated(cfg)
-        elif isinstance(mod, nnx.Einsum):
-            cfg = rules.lookup(name, "einsum")
-            if cfg is not None:
-                mod.einsum_op = Einsum(cfg)
-        elif isinstance(mod, nnx.MultiHeadAttention):
-            cfg = rules.lookup(name, "attention einsum")
-            if cfg is not None:
-                mod.attention_fn = functools.partial(_nnx_attention, config=cfg)
-        elif isinstance(mod, getattr(nnx, "ConvTranspose", ())):
+        if isinstance(mod, getattr(nnx, "ConvTranspose", ())):
+            yield name, "conv_transpose", mod
+            continue
+        for cls, op in kinds:
+            if isinstance(mod, cls):
+                yield name, op, mod
+                break
+
+
+def _approximate_nnx(model, rules: Rules):
+    from ._einsum import Einsum
+
+    records = []
+    for name, op, mod in _nnx_ops(model):
+        if op == "conv_transpose":
             raise UnsupportedError(f"nnx ConvTranspose at {name!r} has no hook; call it inside "
                                    "amsim.nn.intercept(...) instead.")
+        pat, cfg = rules.match(name, op)
+        records.append((TraceRecord(name, op, cfg, pat), mod))
+    rules.check_all_used([r for r, _ in records])  # before any layer is changed
+    for r, mod in records:
+        if r.config is None:
+            continue
+        if r.op == "dot_general":
+            mod.dot_general = DotGeneral(r.config)
+        elif r.op == "conv_general_dilated":
+            mod.conv_general_dilated = ConvGeneralDilated(r.config)
+        elif r.op == "einsum":
+            mod.einsum_op = Einsum(r.config)
+        else:
+            mod.attention_fn = functools.partial(_nnx_attention, config=r.config)
     return model
 
 
@@ -273,3 +320,26 @@ def approximate(model, rules, *, dlhs=None, drhs=None):
     except ImportError:
         pass
     return ApproximatedModel(model, rules)
+
+
+def op_paths(model, *args, **kwargs) -> list[TraceRecord]:
+    """Every approximable operation of a Flax model, with the path that interception rules are matched against.
+
+    Arguments:
+        model: a linen ``Module`` (traced abstractly with ``init``: no FLOPs, no memory) or an nnx ``Module``.
+        *args, **kwargs: example inputs for a linen model's ``init`` (shapes and dtypes are what matter), e.g.
+            ``op_paths(model, jnp.zeros((1, 28, 28, 1)), train=False)``; ignored for nnx models.
+
+    Returns:
+        One :class:`TraceRecord` per operation in execution order (``path``, ``op``, operand ``shapes``).
+    """
+    try:
+        from flax import nnx
+
+        if isinstance(model, nnx.Module):
+            return [TraceRecord(name, op, None) for name, op, _ in _nnx_ops(model)]
+    except ImportError:
+        pass
+    approx = ApproximatedModel(model, {"*": "exact"})
+    jax.eval_shape(lambda *a: approx.init(jax.random.key(0), *a, **kwargs), *args)
+    return list(approx.trace_log)
