@@ -140,7 +140,6 @@ def conv_nhwc(x, w, strides, padding, lhs_dil, rhs_dil, groups, mode, per_channe
     """Canonical-layout conv: x (N, *spatial, C), w (*window, C/groups, O) -> (N, *out, O), float32."""
     n, c = x.shape[0], x.shape[-1]
     window = w.shape[:-2]
-    nsp = len(window)
     cg, o = w.shape[-2], w.shape[-1]
     if c != cg * groups or o % groups:
         raise ValueError(f"conv: {c} input channels, kernel with {cg} per group and {o} outputs do not fit "
