@@ -6,7 +6,7 @@ import csv
 import json
 from pathlib import Path
 
-from ._train import RunConfig, RunResult, train
+from ._train import RunConfig, RunResult, _Resolved, _versions, train
 
 __all__ = ["compare", "results_table", "plot_results"]
 
@@ -21,6 +21,33 @@ def results_table(results: list[RunResult]) -> str:
         lines.append(f"{r.config.model:<9} {r.config.dataset:<14} {r.config.label:<22} "
                      f"{100 * r.test_acc:8.2f} % {delta:>10} {r.epoch_time:9.1f} s")
     return "\n".join(lines)
+
+
+def results_document(results: list[RunResult]) -> dict:
+    """The results JSON: every run (its identity, multipliers with table digests and error metrics, history),
+    with the date, the command line, the library versions and the machine that produced them."""
+    import datetime
+    import platform
+    import sys
+
+    return {"format": "amsim-results", "format_version": 1,
+            "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "command": list(sys.argv), "versions": _versions(),
+            "machine": {"platform": platform.platform(), "processor": _cpu_model(), "python": platform.python_version()},
+            "runs": [r.as_dict() for r in results]}
+
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    import platform
+
+    return platform.processor()
 
 
 def plot_results(results: list[RunResult], path) -> Path:
@@ -67,22 +94,19 @@ def compare(multipliers, *, out_dir="results", resume: bool = True, progress: bo
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    results = []
-    for spec in multipliers:
-        cfg = RunConfig(multiplier=spec, **config)
-        ckpt = out / "checkpoints" / f"{cfg.model}-{cfg.dataset}-{cfg.label}-{cfg.key()}.msgpack"
-        if not resume and ckpt.exists():
-            ckpt.unlink()
-        results.append(train(cfg, progress=progress, checkpoint=ckpt))
+    cfgs = [RunConfig(multiplier=spec, **config) for spec in multipliers]
+    resolved = [_Resolved.of(cfg) for cfg in cfgs]  # every spec resolved (and its file read) before any training
+    results = [train(cfg, progress=progress, checkpoint_dir=out / "checkpoints", resume=resume, resolved=res)
+               for cfg, res in zip(cfgs, resolved)]
     stem = out / f"{results[0].config.model}-{results[0].config.dataset}"
-    stem.with_suffix(".json").write_text(json.dumps([r.as_dict() for r in results], indent=1))
+    stem.with_suffix(".json").write_text(json.dumps(results_document(results), indent=1))
     with open(stem.with_suffix(".csv"), "w", newline="") as fh:
         w = csv.writer(fh)
-        w.writerow(["model", "dataset", "multiplier", "epoch", "train_loss", "train_acc", "test_loss", "test_acc",
-                    "epoch_time_s", "samples_per_s"])
+        w.writerow(["model", "dataset", "multiplier", "run_id", "epoch", "train_loss", "train_acc", "test_loss",
+                    "test_acc", "epoch_time_s", "samples_per_s"])
         for r in results:
             for h in r.history:
-                w.writerow([r.config.model, r.config.dataset, r.config.label, h["epoch"], h["train_loss"],
+                w.writerow([r.config.model, r.config.dataset, r.config.label, r.run_id, h["epoch"], h["train_loss"],
                             h["train_acc"], h["test_loss"], h["test_acc"], h["epoch_time"], h["samples_per_s"]])
     if plot:
         plot_results(results, stem.with_suffix(".png"))

@@ -6,6 +6,7 @@ import dataclasses
 import hashlib
 import importlib.util
 import json
+import re
 import time
 from pathlib import Path
 
@@ -68,9 +69,55 @@ def resolve_multiplier(spec):
 
 
 def _spec_id(obj) -> str:
-    if isinstance(obj, Multiplier):
-        return f"{obj.name}:{obj.kind}{obj.bits}:{obj.rounding}:{obj.code_hash}"
-    return str(obj)
+    """How a spec appears in results files: a Multiplier by its name, anything else as given."""
+    return obj.name if isinstance(obj, Multiplier) else str(obj)
+
+
+def _array_digest(*arrays) -> str:
+    h = hashlib.sha256()
+    for a in arrays:
+        a = np.ascontiguousarray(a)
+        h.update(f"{a.dtype.str}{a.shape}".encode())
+        h.update(a.data)
+    return h.hexdigest()[:32]
+
+
+def _versions() -> dict:
+    from importlib import metadata
+
+    from ._version import __version__
+
+    out = {"amsim": __version__}
+    for pkg in ("jax", "jaxlib", "flax", "optax", "numba", "numpy"):
+        try:
+            out[pkg] = metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            out[pkg] = None
+    return out
+
+
+def describe_multiplier(m) -> dict:
+    """What a results row records of a multiplier: name, identity, table digest, format and error metrics."""
+    if not isinstance(m, Multiplier):
+        return {"name": "fp32", "native": True}
+    return {"name": m.name, "kind": m.kind, "bits": m.bits, "signed": m.signed, "rounding": m.rounding,
+            "operand_format": m.operand_format.spec() if m.operand_format else None, "identity": m.identity,
+            "digest": m.digest, "stats": m.stats().as_dict()}
+
+
+@dataclasses.dataclass(frozen=True)
+class _Resolved:
+    """A config's multiplier specs resolved once: the run's multiplier and its rules (pattern, multiplier)."""
+
+    multiplier: object  # a Multiplier or "fp32"
+    rules: tuple
+
+    @classmethod
+    def of(cls, cfg) -> "_Resolved":
+        return cls(resolve_multiplier(cfg.multiplier), tuple((p, resolve_multiplier(s)) for p, s in cfg.rules))
+
+    def all(self):
+        return (("*", self.multiplier),) + self.rules
 
 
 @dataclasses.dataclass(frozen=True)
@@ -118,22 +165,26 @@ class RunConfig:
         extra = "" if self.backward == "approx" else f"+bwd-{self.backward}"
         return f"{name(self.multiplier)}{extra}" + "".join(f"+{pat}={name(spec)}" for pat, spec in self.rules)
 
-    def key(self) -> str:
-        """Hash of everything that determines the run (for checkpoint matching)."""
-        d = dataclasses.asdict(self)
-        d.pop("data_dir")
-        return hashlib.sha256(json.dumps(d, sort_keys=True, default=_spec_id).encode()).hexdigest()[:12]
 
 
 @dataclasses.dataclass
 class RunResult:
-    """What a run produced: per-epoch history, the loss curve and the ops it approximated."""
+    """What a run produced: per-epoch history, the loss curve, the ops it approximated, and its provenance.
+
+    ``run_id`` is the hash of everything that determines the results (see :func:`train`); ``identity`` holds
+    those inputs; ``multipliers`` describes every multiplier in use (table digest, format, error metrics).
+    """
 
     config: RunConfig
     history: list  # one dict per epoch
     loss_curve: list  # (fractional epoch, train loss) samples
     approximated: list  # (module path, op, multiplier name) from the trace
     params: int = 0
+    run_id: str = ""
+    identity: dict = dataclasses.field(default_factory=dict)
+    multipliers: dict = dataclasses.field(default_factory=dict)
+    resumed_from: int = 0  # the epoch a checkpoint supplied (0: trained from scratch)
+    checkpoint: str | None = None
 
     @property
     def test_acc(self) -> float:
@@ -145,23 +196,45 @@ class RunResult:
 
     def as_dict(self) -> dict:
         cfg = json.loads(json.dumps(dataclasses.asdict(self.config), default=_spec_id))
-        return {"config": cfg, "label": self.config.label, "history": self.history,
-                "loss_curve": self.loss_curve, "approximated": self.approximated, "params": self.params}
+        return {"run_id": self.run_id, "config": cfg, "label": self.config.label, "history": self.history,
+                "loss_curve": self.loss_curve, "approximated": self.approximated, "params": self.params,
+                "multipliers": self.multipliers, "identity": self.identity, "resumed_from": self.resumed_from,
+                "checkpoint": self.checkpoint}
 
 
-def _build_model(cfg: RunConfig, num_classes: int):
+def _build_model(cfg: RunConfig, num_classes: int, resolved: _Resolved):
     from . import models
     from .nn import approximate
 
     model = models.get(cfg.model, num_classes=num_classes)
-    mult = resolve_multiplier(cfg.multiplier)
-    rules = {pat: resolve_multiplier(spec) for pat, spec in cfg.rules}
-    if mult == "fp32" and not rules:
+    if resolved.multiplier == "fp32" and not resolved.rules:
         return model
-    rules = {p: ("exact" if m == "fp32" else m) for p, m in rules.items()}
-    rules["*"] = "exact" if mult == "fp32" else mult
+    rules = {p: ("exact" if m == "fp32" else m) for p, m in resolved.rules}
+    rules["*"] = "exact" if resolved.multiplier == "fp32" else resolved.multiplier
     bwd = None if cfg.backward == "approx" else cfg.backward
     return approximate(model, rules, dlhs=bwd, drhs=bwd)
+
+
+def run_identity(cfg: RunConfig, resolved: _Resolved, data_digest: str, init_digest: str) -> dict:
+    """Everything that determines a run's results, never a path: the table digest of every multiplier (the
+    run's and each rule's; the gradient products follow ``backward``), the model and its initial parameters,
+    the data actually used (its digest covers dataset and subset), seed, batch size, optimiser settings and the
+    versions of amsim and the libraries that compute. Not the number of epochs: a longer run continues."""
+    mults = [[pat, "fp32" if m == "fp32" else m.digest] for pat, m in resolved.all()]
+    return {"versions": _versions(), "model": cfg.model, "init": init_digest, "dataset": cfg.dataset,
+            "data": data_digest, "train_limit": cfg.train_limit, "test_limit": cfg.test_limit, "seed": cfg.seed,
+            "batch_size": cfg.batch_size, "optimizer": cfg.optimizer, "lr": cfg.lr,
+            "momentum": 0.9 if cfg.optimizer == "sgd" else None, "backward": cfg.backward, "multipliers": mults}
+
+
+def _slug(text: str, limit: int = 60) -> str:
+    """A file-name-safe rendering of a label (paths in specs must not become folders)."""
+    return re.sub(r"[^A-Za-z0-9._+=-]+", "_", text).strip("_")[:limit] or "run"
+
+
+def checkpoint_path(directory, cfg: RunConfig, run_id: str) -> Path:
+    """Where a run keeps its checkpoint: one flat file per run identity in ``directory``."""
+    return Path(directory) / f"{_slug(cfg.model)}-{_slug(cfg.dataset)}-{_slug(cfg.label)}-{run_id[:16]}.msgpack"
 
 
 def _load(cfg: RunConfig):
@@ -179,13 +252,35 @@ def _load(cfg: RunConfig):
     return xtr, ytr, xte, yte
 
 
-def train(cfg: RunConfig, *, progress: bool = True, checkpoint: str | Path | None = None) -> RunResult:
+def _read_checkpoint(path: Path):
+    import flax.serialization
+
+    try:
+        saved = flax.serialization.msgpack_restore(path.read_bytes())
+        meta = json.loads(saved["meta"])
+        return saved["state"], meta
+    except Exception as exc:  # truncated, corrupted or not a checkpoint at all
+        raise AmsimError(f"checkpoint {path} could not be read ({type(exc).__name__}: {exc}); delete it, or rerun "
+                         "with --no-resume (resume=False) to start the run over.") from None
+
+
+def train(cfg: RunConfig, *, progress: bool = True, checkpoint: str | Path | None = None,
+          checkpoint_dir: str | Path | None = None, resume: bool = True, resolved: _Resolved | None = None) -> RunResult:
     """Train ``cfg.model`` on ``cfg.dataset`` with every product through ``cfg.multiplier``; evaluate each epoch.
+
+    A run is identified by :func:`run_identity` (multipliers' table digests, model and initial parameters, data,
+    seed, batch size, optimiser, versions; not the epoch count). Its checkpoint, saved after every epoch, is
+    resumed only by the same run: a longer run continues from it, a changed multiplier, dataset or setting
+    starts afresh in a checkpoint of its own. A resume is announced in one line.
 
     Arguments:
         cfg: the run.
         progress: show a tqdm bar per epoch (loss, accuracy, samples/s).
-        checkpoint: file to save after every epoch and to resume from if it holds a checkpoint of the same run.
+        checkpoint: a checkpoint file to save after every epoch and resume from; one that holds another run is
+            refused (choose another file, or delete it).
+        checkpoint_dir: instead of ``checkpoint``: a folder in which the run's file is named by its identity.
+        resume: False starts over even if the checkpoint exists (it is overwritten after the first epoch).
+        resolved: the config's multipliers, already resolved (``amsim compare`` resolves every spec first).
 
     Returns:
         A :class:`RunResult`. With the same config and seed, results are identical run to run, resumed or not.
@@ -197,15 +292,21 @@ def train(cfg: RunConfig, *, progress: bool = True, checkpoint: str | Path | Non
     from tqdm.auto import tqdm
 
     from . import data
+    from .models import param_count
 
+    resolved = resolved or _Resolved.of(cfg)
     xtr, ytr, xte, yte = _load(cfg)
     num_classes = int(max(ytr.max(), yte.max())) + 1
-    model = _build_model(cfg, num_classes)
+    model = _build_model(cfg, num_classes, resolved)
     variables = model.init(jax.random.key(cfg.seed), jnp.asarray(xtr[:2]), train=False)
     approximated = [(r.path, r.op, r.config.fwd.name if r.config else "fp32")
                     for r in getattr(model, "trace_log", [])]
     params = variables["params"]
     stats = variables.get("batch_stats", {})
+    identity = run_identity(cfg, resolved, _array_digest(xtr, ytr, xte, yte),
+                            _array_digest(*jax.tree_util.tree_leaves(variables)))
+    run_id = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:32]
+    mults = {pat: describe_multiplier(m) for pat, m in resolved.all()}
     opt = optax.adam(cfg.lr) if cfg.optimizer == "adam" else optax.sgd(cfg.lr, momentum=0.9)
     opt_state = opt.init(params)
     has_bn = bool(stats)
@@ -234,14 +335,31 @@ def train(cfg: RunConfig, *, progress: bool = True, checkpoint: str | Path | Non
     history: list = []
     curve: list = []
     start_epoch = 0
-    ckpt = Path(checkpoint) if checkpoint else None
-    if ckpt is not None and ckpt.exists():
-        saved = flax.serialization.msgpack_restore(ckpt.read_bytes())
-        meta = json.loads(saved["meta"])
-        if meta["key"] == cfg.key():
-            state = flax.serialization.from_state_dict({"p": params, "s": stats, "o": opt_state}, saved["state"])
-            params, stats, opt_state = state["p"], state["s"], state["o"]
-            history, curve, start_epoch = meta["history"], meta["curve"], meta["epoch"]
+    if checkpoint is not None and checkpoint_dir is not None:
+        raise ValueError("train(): give checkpoint= (a file) or checkpoint_dir= (a folder), not both.")
+    ckpt = Path(checkpoint) if checkpoint else checkpoint_path(checkpoint_dir, cfg, run_id) if checkpoint_dir \
+        else None
+    if ckpt is not None and ckpt.exists() and resume:
+        state, meta = _read_checkpoint(ckpt)
+        if meta.get("run_id") != run_id:
+            raise AmsimError(f"checkpoint {ckpt} holds another run (run {str(meta.get('run_id'))[:12]}, this is run "
+                             f"{run_id[:12]}): its multiplier, data or settings differ. Use another checkpoint file "
+                             "or delete this one.")
+        try:
+            state = flax.serialization.from_state_dict({"p": params, "s": stats, "o": opt_state}, state)
+        except Exception as exc:
+            raise AmsimError(f"checkpoint {ckpt} does not fit this model ({exc}); delete it, or rerun with "
+                             "--no-resume.") from None
+        params, stats, opt_state = state["p"], state["s"], state["o"]
+        history, curve, start_epoch = meta["history"], meta["curve"], meta["epoch"]
+        if start_epoch >= cfg.epochs:
+            print(f"{cfg.label}: run {run_id[:12]} already has {start_epoch} epoch(s) in {ckpt}; reporting epoch(s) "
+                  f"1-{cfg.epochs} from it, nothing trained.", flush=True)
+            history = history[: cfg.epochs]
+            curve = [c for c in curve if c[0] < cfg.epochs]
+        else:
+            print(f"{cfg.label}: resuming run {run_id[:12]} after epoch {start_epoch} of {cfg.epochs} from {ckpt}",
+                  flush=True)
 
     n_train = len(xtr) // cfg.batch_size * cfg.batch_size
     log_every = max(1, (len(xtr) // cfg.batch_size) // 20)
@@ -286,13 +404,14 @@ def train(cfg: RunConfig, *, progress: bool = True, checkpoint: str | Path | Non
             print(f"{cfg.label:>14} epoch {epoch + 1}: test acc {100 * h['test_acc']:.2f} %, "
                   f"test loss {h['test_loss']:.4f}, {h['epoch_time']:.1f} s", flush=True)
         if ckpt is not None:
-            meta = {"key": cfg.key(), "epoch": epoch + 1, "history": history, "curve": curve}
+            meta = {"run_id": run_id, "identity": identity, "epoch": epoch + 1, "history": history, "curve": curve}
             blob = {"state": flax.serialization.to_state_dict({"p": params, "s": stats, "o": opt_state}),
                     "meta": json.dumps(meta)}
             ckpt.parent.mkdir(parents=True, exist_ok=True)
             tmp = ckpt.with_suffix(".tmp")
             tmp.write_bytes(flax.serialization.msgpack_serialize(blob))
             tmp.replace(ckpt)  # atomic: an interrupted save never leaves a half-written checkpoint
-    from .models import param_count
 
-    return RunResult(cfg, history, [list(c) for c in curve], approximated, param_count({"params": params}))
+    return RunResult(cfg, history, [list(c) for c in curve], approximated, param_count({"params": params}),
+                     run_id=run_id, identity=identity, multipliers=mults, resumed_from=start_epoch,
+                     checkpoint=str(ckpt) if ckpt else None)

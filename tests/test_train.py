@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import amsim
-from amsim import cli, models
+from amsim import cli, interop, models
 from amsim import nn as ann
 from amsim._report import compare, results_table
 from amsim._train import RunConfig, resolve_multiplier, train
@@ -73,28 +73,28 @@ def _cfg(**kw):
     return RunConfig(**base)
 
 
-def test_training_learns_and_resumes_identically(tmp_path):
+def _strip(history):
+    return [{k: v for k, v in e.items() if k not in ("epoch_time", "samples_per_s")} for e in history]
+
+
+def test_training_learns_and_resumes_identically(tmp_path, capsys):
     full = train(_cfg(multiplier="mbm"), progress=False)
     assert full.history[-1]["test_acc"] > 0.5  # 10 classes: far above chance after 2 short epochs
     assert full.history[-1]["train_loss"] < full.history[0]["train_loss"]
     assert {a[2] for a in full.approximated} == {"mbm7"}
     ckpt = tmp_path / "run.msgpack"
     first = train(_cfg(multiplier="mbm", epochs=1), progress=False, checkpoint=ckpt)
-    assert len(first.history) == 1
-    # a checkpoint of a 1-epoch config does not match the 2-epoch run: the key differs, so it restarts;
-    # resume within the same config instead: stop after epoch 1 by hand-copying its checkpoint
-    ckpt2 = tmp_path / "run2.msgpack"
-    resumed_cfg = _cfg(multiplier="mbm")
-    import flax.serialization
-
-    blob = flax.serialization.msgpack_restore(ckpt.read_bytes())
-    meta = json.loads(blob["meta"])
-    meta["key"] = resumed_cfg.key()
-    blob["meta"] = json.dumps(meta)
-    ckpt2.write_bytes(flax.serialization.msgpack_serialize(blob))
-    resumed = train(resumed_cfg, progress=False, checkpoint=ckpt2)
-    strip = lambda h: [{k: v for k, v in e.items() if k not in ("epoch_time", "samples_per_s")} for e in h]  # noqa
-    assert strip(resumed.history) == strip(full.history)  # bit-for-bit the same run
+    assert len(first.history) == 1 and first.resumed_from == 0
+    # raising the epoch count continues the same run from its checkpoint, bit for bit the uninterrupted run
+    resumed = train(_cfg(multiplier="mbm"), progress=False, checkpoint=ckpt)
+    assert resumed.resumed_from == 1 and resumed.run_id == first.run_id == full.run_id
+    assert _strip(resumed.history) == _strip(full.history)
+    out = capsys.readouterr().out
+    assert f"resuming run {first.run_id[:12]} after epoch 1 of 2 from {ckpt}" in out
+    # asking for fewer epochs than the checkpoint holds reports them from its history, training nothing
+    again = train(_cfg(multiplier="mbm", epochs=1), progress=False, checkpoint=ckpt)
+    assert _strip(again.history) == _strip(full.history[:1]) and again.resumed_from == 2
+    assert "nothing trained" in capsys.readouterr().out
 
 
 def test_compare_writes_results(tmp_path):
@@ -105,7 +105,14 @@ def test_compare_writes_results(tmp_path):
     table = results_table(res)
     assert "fp32" in table and "mitchell4" in table and "Δ vs fp32" in table
     data = json.loads((tmp_path / "lenet300-digits.json").read_text())
-    assert data[1]["history"][0]["test_acc"] == res[1].test_acc
+    runs = data["runs"]
+    assert runs[1]["history"][0]["test_acc"] == res[1].test_acc
+    assert data["versions"]["amsim"] == amsim.__version__ and data["versions"]["jax"] == jax.__version__
+    assert data["created"] and data["command"] and data["machine"]["processor"]
+    mit = runs[1]["multipliers"]["*"]
+    assert mit["digest"] == amsim.multipliers.mitchell(4).digest and mit["stats"]["mre"] > 0
+    assert runs[0]["multipliers"]["*"] == {"name": "fp32", "native": True}
+    assert runs[0]["run_id"] != runs[1]["run_id"]
     assert (tmp_path / "lenet300-digits.csv").read_text().count("\n") == 3
     assert (tmp_path / "lenet300-digits.png").stat().st_size > 10_000
 
@@ -117,10 +124,76 @@ def test_cli_compare_and_inspect(tmp_path, capsys):
     assert rc == 0
     out = capsys.readouterr().out
     assert "mbm5+bwd-ste+fc1=mitchell3" in out and "fp32+bwd-ste+fc1=mitchell3" in out
-    data = json.loads((tmp_path / "lenet300-digits.json").read_text())
+    data = json.loads((tmp_path / "lenet300-digits.json").read_text())["runs"]
     layers = {tuple(a) for a in data[1]["approximated"]}
     assert ("fc1", "dot_general", "mitchell3") in layers and ("fc2", "dot_general", "mbm5") in layers
     rc = cli.main(["inspect", "mbm", "mitchell", "--heatmap", str(tmp_path / "h.png")])
     assert rc == 0 and (tmp_path / "h.png").exists()
     assert "mitchell7" in capsys.readouterr().out
     assert cli.main(["inspect", "nonexistent"]) == 2
+
+
+# ---- run identity: what decides a result is what a checkpoint is matched by --------------------------------------
+def _cli_train(out, spec, *extra):
+    return cli.main(["train", "--model", "lenet300", "--dataset", "digits", "--multiplier", spec, "--epochs", "1",
+                     "--train-limit", "256", "--test-limit", "100", "--batch-size", "64", "--out", str(out),
+                     "--no-progress", *extra])
+
+
+def _runs(out):
+    return json.loads((out / "lenet300-digits.json").read_text())["runs"]
+
+
+def test_changed_model_body_is_a_new_run_not_the_old_result(tmp_path, capsys):
+    sub = tmp_path / "my" / "models"
+    sub.mkdir(parents=True)
+    src = sub / "my.py"
+    src.write_text("import amsim\n\n@amsim.multiplier(mantissa_bits=4)\ndef fn(x, y):\n    return x * y\n")
+    assert _cli_train(tmp_path, f"{src}:fn") == 0
+    first = _runs(tmp_path)[0]
+    src.write_text("import amsim\n\n@amsim.multiplier(mantissa_bits=4)\ndef fn(x, y):\n    return 1.0 + (x - 1) + (y - 1)\n")
+    assert _cli_train(tmp_path, f"{src}:fn") == 0
+    second = _runs(tmp_path)[0]
+    assert "resuming" not in capsys.readouterr().out  # trained, not the old accuracy printed again
+    assert second["run_id"] != first["run_id"] and second["resumed_from"] == 0
+    assert second["multipliers"]["*"]["digest"] != first["multipliers"]["*"]["digest"]
+    ckpts = sorted((tmp_path / "checkpoints").iterdir())
+    assert len(ckpts) == 2 and all(p.is_file() and p.suffix == ".msgpack" for p in ckpts)  # flat: no folders
+    assert all("/" not in p.name and "my_models" not in str(p.parent) for p in ckpts)
+
+
+def test_overwritten_table_file_is_a_new_run(tmp_path):
+    luts = tmp_path / "luts"
+    luts.mkdir()
+    path = luts / "x_7.bin"
+    interop.save_approxtrain(amsim.multipliers.exact_truncated(7), path)
+    assert _cli_train(tmp_path, str(path)) == 0
+    first = _runs(tmp_path)[0]
+    interop.save_approxtrain(amsim.multipliers.mbm(7), path)  # same path, other table
+    assert _cli_train(tmp_path, str(path)) == 0
+    second = _runs(tmp_path)[0]
+    assert second["run_id"] != first["run_id"] and second["resumed_from"] == 0
+    assert _cli_train(tmp_path, str(path)) == 0  # the same table again: resumed (complete), same result
+    third = _runs(tmp_path)[0]
+    assert third["run_id"] == second["run_id"] and third["resumed_from"] == 1
+    assert third["history"] == second["history"]
+
+
+def test_settings_that_decide_the_result_are_part_of_the_run(tmp_path):
+    base = train(_cfg(multiplier="mitchell4", epochs=1, train_limit=128), progress=False)
+    for change in ({"seed": 1}, {"lr": 1e-2}, {"batch_size": 32}, {"train_limit": 192}, {"optimizer": "sgd"},
+                   {"backward": "ste"}, {"multiplier": "mitchell5"}, {"rules": (("fc1", "mbm4"),)}):
+        other = train(_cfg(**{"multiplier": "mitchell4", "epochs": 1, "train_limit": 128, **change}), progress=False)
+        assert other.run_id != base.run_id, change
+    assert train(_cfg(multiplier="mitchell4", epochs=1, train_limit=128, data_dir=str(tmp_path)),
+                 progress=False).run_id == base.run_id  # where the data was read from is not the data
+
+
+def test_checkpoint_of_another_run_or_damaged_is_refused(tmp_path):
+    ckpt = tmp_path / "c.msgpack"
+    train(_cfg(multiplier="mitchell4", epochs=1, train_limit=128), progress=False, checkpoint=ckpt)
+    with pytest.raises(amsim.AmsimError, match="holds another run"):
+        train(_cfg(multiplier="mbm4", epochs=1, train_limit=128), progress=False, checkpoint=ckpt)
+    ckpt.write_bytes(ckpt.read_bytes()[:100])
+    with pytest.raises(amsim.AmsimError, match=r"c\.msgpack could not be read.*--no-resume"):
+        train(_cfg(multiplier="mitchell4", epochs=1, train_limit=128), progress=False, checkpoint=ckpt)

@@ -126,14 +126,16 @@ def _class_weights(w, cls):
 
 
 def _nonfinite_any(x, axes):
-    return jnp.any(~jnp.isfinite(x), axis=axes).astype(F32)
+    return jnp.any(~jnp.isfinite(x), axis=axes)
 
 
 def _pad_nan(mask, nonfinite):
-    """Where a padding zero meets a non-finite operand through a tap the class leaves out: (mask @ nonfinite) > 0."""
-    hits = _native.dot_general(jnp.asarray(mask, F32), nonfinite, (((1,), (0,)), ((), ())),
-                               precision=lax.Precision.HIGHEST, preferred_element_type=F32)
-    return hits > 0
+    """(R, O) bool: where a padding zero meets a non-finite operand through a tap the class leaves out, i.e.
+    ``any_t mask[r, t] & nonfinite[t, o]``. Only evaluated when some operand is non-finite (and no product of
+    the network's values is involved: it is a boolean reduction)."""
+    mask = jnp.asarray(mask)
+    return lax.cond(nonfinite.any(), lambda nf: jnp.any(mask[:, :, None] & nf[None, :, :], axis=1),
+                    lambda nf: jnp.zeros((mask.shape[0], nf.shape[1]), bool), nonfinite)
 
 
 def conv_nhwc(x, w, strides, padding, lhs_dil, rhs_dil, groups, mode, per_channel=True):
