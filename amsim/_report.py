@@ -33,7 +33,8 @@ def results_document(results: list[RunResult]) -> dict:
     return {"format": "amsim-results", "format_version": 1,
             "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
             "command": list(sys.argv), "versions": _versions(),
-            "machine": {"platform": platform.platform(), "processor": _cpu_model(), "python": platform.python_version()},
+            "machine": {"platform": platform.platform(), "processor": _cpu_model(),
+                        "python": platform.python_version()},
             "runs": [r.as_dict() for r in results]}
 
 

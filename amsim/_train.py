@@ -265,7 +265,8 @@ def _read_checkpoint(path: Path):
 
 
 def train(cfg: RunConfig, *, progress: bool = True, checkpoint: str | Path | None = None,
-          checkpoint_dir: str | Path | None = None, resume: bool = True, resolved: _Resolved | None = None) -> RunResult:
+          checkpoint_dir: str | Path | None = None, resume: bool = True,
+          resolved: _Resolved | None = None) -> RunResult:
     """Train ``cfg.model`` on ``cfg.dataset`` with every product through ``cfg.multiplier``; evaluate each epoch.
 
     A run is identified by :func:`run_identity` (multipliers' table digests, model and initial parameters, data,

@@ -151,7 +151,8 @@ def test_changed_model_body_is_a_new_run_not_the_old_result(tmp_path, capsys):
     src.write_text("import amsim\n\n@amsim.multiplier(mantissa_bits=4)\ndef fn(x, y):\n    return x * y\n")
     assert _cli_train(tmp_path, f"{src}:fn") == 0
     first = _runs(tmp_path)[0]
-    src.write_text("import amsim\n\n@amsim.multiplier(mantissa_bits=4)\ndef fn(x, y):\n    return 1.0 + (x - 1) + (y - 1)\n")
+    src.write_text("import amsim\n\n@amsim.multiplier(mantissa_bits=4)\ndef fn(x, y):\n"
+                   "    return 1.0 + (x - 1) + (y - 1)\n")
     assert _cli_train(tmp_path, f"{src}:fn") == 0
     second = _runs(tmp_path)[0]
     assert "resuming" not in capsys.readouterr().out  # trained, not the old accuracy printed again
