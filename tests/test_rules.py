@@ -85,7 +85,7 @@ def test_cli_rule_exact_is_native_and_labels_name_the_rules(tmp_path, capsys):
                    "--train-limit", "64", "--test-limit", "32", "--batch-size", "32", "--out", str(tmp_path),
                    "--no-progress", "--rule", "conv1=exact", "--rule", "fc.*=mitchell3"])
     assert rc == 0
-    data = json.loads((tmp_path / "lenet5-mnist.json").read_text())
+    data = json.loads((tmp_path / "lenet5-mnist.json").read_text())["runs"]
     assert data[0]["label"] == "mbm5+conv1=exact+fc.*=mitchell3"
     layers = {a[0]: a[2] for a in data[0]["approximated"]}
     assert layers == {"conv1": "fp32", "conv2": "mbm5", "fc1": "mitchell3", "fc2": "mitchell3", "fc3": "mitchell3"}
