@@ -279,6 +279,9 @@ class Multiplier:
             A :class:`Multiplier`. Float values are converted to float32 only if that is exact.
         """
         arr = np.asarray(values)
+        if arr.dtype.kind not in "biuf":
+            raise InvalidTableError(f"table {name!r} has dtype {arr.dtype}; a table holds numbers (float for "
+                                    "significand and full-operand tables, integers for integer tables).")
         if kind is None:
             kind = "int" if np.issubdtype(arr.dtype, np.integer) else "code" if operand_format is not None and \
                 arr.shape[0] == 1 << operand_format.total_bits and operand_format.total_bits <= 8 else "float"
@@ -338,10 +341,22 @@ def _identity(kind, bits, signed, rounding, fmt, source, code_hash, builder) -> 
                     builder])
 
 
+def _check_model(fn):
+    """A model is a Python function (``def`` or ``lambda``), optionally ``@numba.njit``-decorated."""
+    import types
+
+    if isinstance(getattr(fn, "py_func", fn), types.FunctionType):
+        return fn
+    what = type(fn).__name__
+    hint = " (a NumPy ufunc or builtin has no Python code to compile)" if callable(fn) else ""
+    raise TypeError(f"a multiplier model must be a Python function (def or lambda, optionally @numba.njit), got "
+                    f"{what} {fn!r}{hint}; wrap it: def model(x, y): return ...")
+
+
 def _decorator(fn, make):
     if fn is None:
-        return make
-    return make(fn)
+        return lambda f: make(_check_model(f))
+    return make(_check_model(fn))
 
 
 def multiplier(fn=None, *, mantissa_bits: int | None = None, rounding: str = "nearest", fields: bool = False,

@@ -90,10 +90,14 @@ def _output(out, shape, dtype, xp, *inputs):
     """
     if out is None:
         return xp.empty(shape, dtype=dtype), None
+    if not isinstance(out, xp.ndarray):
+        raise TypeError(f"out must be a {xp.__name__}.ndarray (like the inputs), got {type(out).__name__}.")
     if tuple(out.shape) != tuple(shape) or out.dtype != dtype:
         raise ValueError(f"out has shape {tuple(out.shape)} and dtype {out.dtype}; expected {tuple(shape)} {dtype}.")
     if not out.flags.c_contiguous:
         raise ValueError("out must be C-contiguous.")
+    if not getattr(out.flags, "writeable", True):
+        raise ValueError("out is read-only (flags.writeable is False); pass a writable array or out=None.")
     if any(xp.may_share_memory(out, x) for x in inputs):
         return xp.empty(shape, dtype=dtype), out
     return out, None

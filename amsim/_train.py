@@ -13,19 +13,28 @@ from pathlib import Path
 import numpy as np
 
 from ._errors import AmsimError
+from ._io import atomic_write
 from ._multiplier import Multiplier
 from .multipliers._registry import NATIVE_NAMES
 
-__all__ = ["RunConfig", "RunResult", "train", "resolve_multiplier"]
+__all__ = ["RunConfig", "RunResult", "train", "resolve_multiplier", "TrainingInterrupted"]
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """Ctrl-C during :func:`train`; ``epoch`` is the last epoch whose checkpoint was saved (0: none)."""
+
+    def __init__(self, label: str, epoch: int, checkpoint):
+        super().__init__(f"{label}: interrupted; checkpoint of epoch {epoch} kept in {checkpoint}")
+        self.label, self.epoch, self.checkpoint = label, epoch, checkpoint
 
 
 def resolve_multiplier(spec):
     """A multiplier from a CLI/config spec.
 
     Accepts a :class:`Multiplier`, "fp32" (= "exact", "native": no simulation, XLA's float32), a built-in name
-    ("mbm", "mitchell5",
-    "bf16", "int8", ...), ``path/to/module.py:function`` (a function decorated with ``@amsim.multiplier``), or a
-    table file (``.npz`` saved by amsim, ``.bin`` from ApproxTrain).
+    ("mbm", "mitchell5", "bf16", "int8", ...), ``path/to/module.py:function`` (a function decorated with
+    ``@amsim.multiplier``, or a factory returning a Multiplier), or a table file (``.npz`` saved by amsim,
+    ``.bin`` from ApproxTrain).
 
     Returns:
         A :class:`Multiplier`, or the string "fp32".
@@ -44,10 +53,15 @@ def resolve_multiplier(spec):
             raise FileNotFoundError(f"multiplier module {path!r} not found (spec {spec!r}: 'path/to/file.py:name').")
         mod_spec = importlib.util.spec_from_file_location(f"amsim_user_{p.stem}", p)
         mod = importlib.util.module_from_spec(mod_spec)
-        mod_spec.loader.exec_module(mod)
+        try:
+            mod_spec.loader.exec_module(mod)
+        except Exception as exc:  # the user's module: any error it raises is the user's to see, in one line
+            raise AmsimError(f"loading multiplier module {path} raised {type(exc).__name__}: {exc}") from exc
         obj = getattr(mod, func, None)
         if obj is None:
-            raise AttributeError(f"{path} has no attribute {func!r}.")
+            found = sorted(k for k, v in vars(mod).items() if isinstance(v, Multiplier))
+            raise AmsimError(f"{path} has no {func!r} (spec {spec!r}); the multipliers it defines: "
+                             f"{', '.join(found) or 'none'}.")
         if callable(obj) and not isinstance(obj, Multiplier):
             try:
                 obj = obj()  # a factory returning a Multiplier
@@ -185,6 +199,17 @@ class RunResult:
     multipliers: dict = dataclasses.field(default_factory=dict)
     resumed_from: int = 0  # the epoch a checkpoint supplied (0: trained from scratch)
     checkpoint: str | None = None
+    finished: str = ""  # when its run file was written (set by amsim._report.load_runs)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "RunResult":
+        """The inverse of :meth:`as_dict` (multipliers in the config are their names)."""
+        cfg = dict(d["config"])
+        cfg["rules"] = tuple(tuple(r) for r in cfg.get("rules", ()))
+        return cls(RunConfig(**cfg), d["history"], d["loss_curve"], [tuple(a) for a in d["approximated"]],
+                   d.get("params", 0), run_id=d["run_id"], identity=d.get("identity", {}),
+                   multipliers=d.get("multipliers", {}), resumed_from=d.get("resumed_from", 0),
+                   checkpoint=d.get("checkpoint"))
 
     @property
     def test_acc(self) -> float:
@@ -252,16 +277,55 @@ def _load(cfg: RunConfig):
     return xtr, ytr, xte, yte
 
 
-def _read_checkpoint(path: Path):
+def read_checkpoint(path: Path, target):
+    """The training state and metadata of a checkpoint file, restored into the structure of ``target``.
+
+    Raises :class:`AmsimError` naming the file (and ``--no-resume``) when it is damaged, not a checkpoint, or
+    of another model; nothing in it is executed (msgpack holds only data).
+    """
     import flax.serialization
 
+    path = Path(path)
     try:
         saved = flax.serialization.msgpack_restore(path.read_bytes())
         meta = json.loads(saved["meta"])
-        return saved["state"], meta
-    except Exception as exc:  # truncated, corrupted or not a checkpoint at all
-        raise AmsimError(f"checkpoint {path} could not be read ({type(exc).__name__}: {exc}); delete it, or rerun "
-                         "with --no-resume (resume=False) to start the run over.") from None
+        if not isinstance(meta, dict) or not isinstance(meta.get("epoch"), int) or \
+                not isinstance(meta.get("history"), list) or not isinstance(meta.get("curve"), list):
+            raise ValueError("its metadata is incomplete")
+        state = flax.serialization.from_state_dict(target, saved["state"])
+        if jax_tree_shapes(state) != jax_tree_shapes(target):
+            raise ValueError("its arrays do not have this model's shapes")
+        return state, meta
+    except Exception as exc:  # truncated, corrupted, of another model, or not a checkpoint at all
+        raise AmsimError(f"checkpoint {path} could not be read ({type(exc).__name__}: {str(exc)[:300]}); delete it, "
+                         "or rerun with --no-resume (resume=False) to start the run over.") from None
+
+
+def jax_tree_shapes(tree):
+    import jax
+
+    return [(getattr(x, "shape", None), str(getattr(x, "dtype", type(x).__name__)))
+            for x in jax.tree_util.tree_leaves(tree)]
+
+
+def _prepare(cfg: RunConfig, resolved: _Resolved):
+    """The run's data, model, initial variables, identity and run id (no training)."""
+    import jax
+    import jax.numpy as jnp
+
+    arrays = _load(cfg)
+    xtr, ytr, xte, yte = arrays
+    model = _build_model(cfg, int(max(ytr.max(), yte.max())) + 1, resolved)
+    variables = model.init(jax.random.key(cfg.seed), jnp.asarray(xtr[:2]), train=False)
+    identity = run_identity(cfg, resolved, _array_digest(*arrays),
+                            _array_digest(*jax.tree_util.tree_leaves(variables)))
+    run_id = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:32]
+    return arrays, model, variables, identity, run_id
+
+
+def run_id_of(cfg: RunConfig) -> str:
+    """The run identity hash :func:`train` would give ``cfg`` (loads the data and builds the model; trains nothing)."""
+    return _prepare(cfg, _Resolved.of(cfg))[-1]
 
 
 def train(cfg: RunConfig, *, progress: bool = True, checkpoint: str | Path | None = None,
@@ -296,17 +360,11 @@ def train(cfg: RunConfig, *, progress: bool = True, checkpoint: str | Path | Non
     from .models import param_count
 
     resolved = resolved or _Resolved.of(cfg)
-    xtr, ytr, xte, yte = _load(cfg)
-    num_classes = int(max(ytr.max(), yte.max())) + 1
-    model = _build_model(cfg, num_classes, resolved)
-    variables = model.init(jax.random.key(cfg.seed), jnp.asarray(xtr[:2]), train=False)
+    (xtr, ytr, xte, yte), model, variables, identity, run_id = _prepare(cfg, resolved)
     approximated = [(r.path, r.op, r.config.fwd.name if r.config else "fp32")
                     for r in getattr(model, "trace_log", [])]
     params = variables["params"]
     stats = variables.get("batch_stats", {})
-    identity = run_identity(cfg, resolved, _array_digest(xtr, ytr, xte, yte),
-                            _array_digest(*jax.tree_util.tree_leaves(variables)))
-    run_id = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:32]
     mults = {pat: describe_multiplier(m) for pat, m in resolved.all()}
     opt = optax.adam(cfg.lr) if cfg.optimizer == "adam" else optax.sgd(cfg.lr, momentum=0.9)
     opt_state = opt.init(params)
@@ -341,16 +399,11 @@ def train(cfg: RunConfig, *, progress: bool = True, checkpoint: str | Path | Non
     ckpt = Path(checkpoint) if checkpoint else checkpoint_path(checkpoint_dir, cfg, run_id) if checkpoint_dir \
         else None
     if ckpt is not None and ckpt.exists() and resume:
-        state, meta = _read_checkpoint(ckpt)
+        state, meta = read_checkpoint(ckpt, {"p": params, "s": stats, "o": opt_state})
         if meta.get("run_id") != run_id:
             raise AmsimError(f"checkpoint {ckpt} holds another run (run {str(meta.get('run_id'))[:12]}, this is run "
                              f"{run_id[:12]}): its multiplier, data or settings differ. Use another checkpoint file "
                              "or delete this one.")
-        try:
-            state = flax.serialization.from_state_dict({"p": params, "s": stats, "o": opt_state}, state)
-        except Exception as exc:
-            raise AmsimError(f"checkpoint {ckpt} does not fit this model ({exc}); delete it, or rerun with "
-                             "--no-resume.") from None
         params, stats, opt_state = state["p"], state["s"], state["o"]
         history, curve, start_epoch = meta["history"], meta["curve"], meta["epoch"]
         if start_epoch >= cfg.epochs:
@@ -364,7 +417,10 @@ def train(cfg: RunConfig, *, progress: bool = True, checkpoint: str | Path | Non
 
     n_train = len(xtr) // cfg.batch_size * cfg.batch_size
     log_every = max(1, (len(xtr) // cfg.batch_size) // 20)
-    for epoch in range(start_epoch, cfg.epochs):
+
+    def train_epoch(epoch):
+        """One epoch, its evaluation and its checkpoint; returns the epoch number once it is saved."""
+        nonlocal params, stats, opt_state
         rng = np.random.default_rng([cfg.seed, epoch])  # per-epoch stream: resuming replays the same batches
         it = data.batches(xtr, ytr, cfg.batch_size, rng, shuffle=True, drop_remainder=True)
         t0 = time.perf_counter()
@@ -409,9 +465,16 @@ def train(cfg: RunConfig, *, progress: bool = True, checkpoint: str | Path | Non
             blob = {"state": flax.serialization.to_state_dict({"p": params, "s": stats, "o": opt_state}),
                     "meta": json.dumps(meta)}
             ckpt.parent.mkdir(parents=True, exist_ok=True)
-            tmp = ckpt.with_suffix(".tmp")
-            tmp.write_bytes(flax.serialization.msgpack_serialize(blob))
-            tmp.replace(ckpt)  # atomic: an interrupted save never leaves a half-written checkpoint
+            atomic_write(ckpt, flax.serialization.msgpack_serialize(blob))  # never a half-written checkpoint
+            return epoch + 1
+        return 0
+
+    saved = start_epoch if ckpt is not None else 0
+    try:
+        for epoch in range(start_epoch, cfg.epochs):
+            saved = train_epoch(epoch) or saved
+    except KeyboardInterrupt:
+        raise TrainingInterrupted(cfg.label, saved, ckpt) from None
 
     return RunResult(cfg, history, [list(c) for c in curve], approximated, param_count({"params": params}),
                      run_id=run_id, identity=identity, multipliers=mults, resumed_from=start_epoch,

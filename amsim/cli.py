@@ -45,16 +45,18 @@ def _add_run_args(p):
 
 
 def _run(args, specs):
-    from ._report import compare, results_table
+    from ._report import compare, load_runs, results_table
 
     results = compare(specs, out_dir=args.out, resume=not args.no_resume, progress=not args.no_progress,
                       model=args.model, dataset=args.dataset, epochs=args.epochs, batch_size=args.batch_size,
                       lr=args.lr, optimizer=args.optimizer, seed=args.seed, train_limit=args.train_limit,
                       test_limit=args.test_limit, data_dir=args.data_dir, rules=_rules(args.rule),
                       backward=args.backward)
+    kept = load_runs(args.out, args.model, args.dataset)
     print()
-    print(results_table(results))
+    print(results_table(kept))
     stem = Path(args.out) / f"{args.model}-{args.dataset}"
+    print(f"({len(results)} run(s) of this command, {len(kept)} kept in {Path(args.out) / 'runs'})")
     print(f"→ {stem}.json, {stem}.csv, {stem}.png")
     return 0
 
@@ -90,7 +92,10 @@ def cmd_inspect(args):
         for ax, m in zip(axes[0], mults):
             error_heatmap(m, ax=ax)
         fig.tight_layout()
-        fig.savefig(args.heatmap, dpi=110)
+        from ._io import atomic_writer
+
+        with atomic_writer(args.heatmap) as fh:
+            fig.savefig(fh, dpi=110, format=Path(args.heatmap).suffix.lstrip(".") or "png")
         print(f"→ {args.heatmap}")
     return 0
 
@@ -107,30 +112,52 @@ def cmd_list(args):
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="amsim", description="Train and evaluate networks with approximate multipliers.")
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--debug", action="store_true", help="show the traceback of errors (also AMSIM_DEBUG=1)")
     sub = ap.add_subparsers(dest="cmd", required=True)
-    p = sub.add_parser("compare", help="train one model per multiplier and tabulate the accuracies")
+    add = lambda name, **kw: sub.add_parser(name, parents=[common], **kw)  # noqa: E731
+    p = add("compare", help="train one model per multiplier and tabulate the accuracies")
     p.add_argument("--multipliers", default="fp32,bf16,mbm,mitchell", help="comma-separated multiplier specs")
     _add_run_args(p)
     p.set_defaults(fn=cmd_compare)
-    p = sub.add_parser("train", help="train with one multiplier")
+    p = add("train", help="train with one multiplier")
     p.add_argument("--multiplier", default="mbm")
     _add_run_args(p)
     p.set_defaults(fn=cmd_train)
-    p = sub.add_parser("inspect", help="error metrics (and a heat map) of multipliers")
+    p = add("inspect", help="error metrics (and a heat map) of multipliers")
     p.add_argument("multipliers", nargs="+")
     p.add_argument("--heatmap", default=None, help="write a relative-error heat map PNG")
     p.set_defaults(fn=cmd_inspect)
-    p = sub.add_parser("list", help="available multipliers, models and datasets")
+    p = add("list", help="available multipliers, models and datasets")
     p.set_defaults(fn=cmd_list)
     args = ap.parse_args(argv)
+    debug = args.debug or bool(os.environ.get("AMSIM_DEBUG"))
+    import zipfile
+
     from ._errors import AmsimError
+    from ._train import TrainingInterrupted
 
     try:
         return args.fn(args)
-    except (AmsimError, ValueError, TypeError, FileNotFoundError) as exc:
-        if os.environ.get("AMSIM_DEBUG"):
+    except KeyboardInterrupt as exc:  # Ctrl-C: say what was kept, no traceback
+        if debug:
             raise
-        print(f"amsim: error: {exc}\n(set AMSIM_DEBUG=1 for the traceback)", file=sys.stderr)
+        if isinstance(exc, TrainingInterrupted) and exc.epoch > 0:
+            print(f"\namsim: interrupted; checkpoint of epoch {exc.epoch} kept ({exc.checkpoint}); rerun the same "
+                  "command to resume.", file=sys.stderr)
+        elif isinstance(exc, TrainingInterrupted) and exc.checkpoint:
+            print("\namsim: interrupted before the first epoch finished; no checkpoint yet, a rerun starts over.",
+                  file=sys.stderr)
+        else:
+            print("\namsim: interrupted.", file=sys.stderr)
+        return 130
+    except (AmsimError, ValueError, TypeError, OSError, zipfile.BadZipFile, MemoryError) as exc:
+        # errors a user can cause (bad specs, files, arguments, a full disk): one line, no traceback
+        if debug:
+            raise
+        msg = str(exc) if not isinstance(exc, OSError) or isinstance(exc, AmsimError) else \
+            f"{exc.strerror or exc}" + (f": {exc.filename}" if getattr(exc, "filename", None) else "")
+        print(f"amsim: error: {msg}\n(rerun with --debug for the traceback)", file=sys.stderr)
         return 2
 
 

@@ -185,7 +185,7 @@ def test_cifar10_refuses_code_in_pickles(tmp_path, rng):
     _write_cifar(folder, rng)
     target = tmp_path / "pwned"
     (folder / "test_batch").write_bytes(pickle.dumps({b"data": _Exploit(str(target)), b"labels": []}, protocol=2))
-    with pytest.raises(data.DatasetCorruptError, match="posix.mkdir|os.mkdir"):
+    with pytest.raises(data.DatasetCorruptError, match="not a plain uint8 array"):
         data.load("cifar10", "test", data_dir=tmp_path)
     assert not target.exists()
 

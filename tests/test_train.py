@@ -11,7 +11,7 @@ import amsim
 from amsim import cli, interop, models
 from amsim import nn as ann
 from amsim._report import compare, results_table
-from amsim._train import RunConfig, resolve_multiplier, train
+from amsim._train import RunConfig, resolve_multiplier, run_id_of, train
 
 
 def test_resolve_specs(tmp_path):
@@ -140,8 +140,9 @@ def _cli_train(out, spec, *extra):
                      "--no-progress", *extra])
 
 
-def _runs(out):
-    return json.loads((out / "lenet300-digits.json").read_text())["runs"]
+def _latest(out):
+    """The run the last command finished (the summary keeps every run, oldest first)."""
+    return json.loads((out / "lenet300-digits.json").read_text())["runs"][-1]
 
 
 def test_changed_model_body_is_a_new_run_not_the_old_result(tmp_path, capsys):
@@ -150,11 +151,11 @@ def test_changed_model_body_is_a_new_run_not_the_old_result(tmp_path, capsys):
     src = sub / "my.py"
     src.write_text("import amsim\n\n@amsim.multiplier(mantissa_bits=4)\ndef fn(x, y):\n    return x * y\n")
     assert _cli_train(tmp_path, f"{src}:fn") == 0
-    first = _runs(tmp_path)[0]
+    first = _latest(tmp_path)
     src.write_text("import amsim\n\n@amsim.multiplier(mantissa_bits=4)\ndef fn(x, y):\n"
                    "    return 1.0 + (x - 1) + (y - 1)\n")
     assert _cli_train(tmp_path, f"{src}:fn") == 0
-    second = _runs(tmp_path)[0]
+    second = _latest(tmp_path)
     assert "resuming" not in capsys.readouterr().out  # trained, not the old accuracy printed again
     assert second["run_id"] != first["run_id"] and second["resumed_from"] == 0
     assert second["multipliers"]["*"]["digest"] != first["multipliers"]["*"]["digest"]
@@ -169,25 +170,28 @@ def test_overwritten_table_file_is_a_new_run(tmp_path):
     path = luts / "x_7.bin"
     interop.save_approxtrain(amsim.multipliers.exact_truncated(7), path)
     assert _cli_train(tmp_path, str(path)) == 0
-    first = _runs(tmp_path)[0]
+    first = _latest(tmp_path)
     interop.save_approxtrain(amsim.multipliers.mbm(7), path)  # same path, other table
     assert _cli_train(tmp_path, str(path)) == 0
-    second = _runs(tmp_path)[0]
+    second = _latest(tmp_path)
     assert second["run_id"] != first["run_id"] and second["resumed_from"] == 0
     assert _cli_train(tmp_path, str(path)) == 0  # the same table again: resumed (complete), same result
-    third = _runs(tmp_path)[0]
+    third = _latest(tmp_path)
     assert third["run_id"] == second["run_id"] and third["resumed_from"] == 1
     assert third["history"] == second["history"]
 
 
 def test_settings_that_decide_the_result_are_part_of_the_run(tmp_path):
-    base = train(_cfg(multiplier="mitchell4", epochs=1, train_limit=128), progress=False)
+    base_cfg = _cfg(multiplier="mitchell4", epochs=1, train_limit=128)
+    base = run_id_of(base_cfg)
+    assert train(base_cfg, progress=False).run_id == base  # the id train() uses
     for change in ({"seed": 1}, {"lr": 1e-2}, {"batch_size": 32}, {"train_limit": 192}, {"optimizer": "sgd"},
-                   {"backward": "ste"}, {"multiplier": "mitchell5"}, {"rules": (("fc1", "mbm4"),)}):
-        other = train(_cfg(**{"multiplier": "mitchell4", "epochs": 1, "train_limit": 128, **change}), progress=False)
-        assert other.run_id != base.run_id, change
-    assert train(_cfg(multiplier="mitchell4", epochs=1, train_limit=128, data_dir=str(tmp_path)),
-                 progress=False).run_id == base.run_id  # where the data was read from is not the data
+                   {"backward": "ste"}, {"multiplier": "mitchell5"}, {"rules": (("fc1", "mbm4"),)},
+                   {"dataset": "mnist"}, {"test_limit": 100}):
+        assert run_id_of(_cfg(**{"multiplier": "mitchell4", "epochs": 1, "train_limit": 128, **change})) != base, change
+    same = [_cfg(multiplier="mitchell4", epochs=1, train_limit=128, data_dir=str(tmp_path)),  # not the data
+            _cfg(multiplier="mitchell4", epochs=5, train_limit=128)]  # a longer run is the same run
+    assert all(run_id_of(c) == base for c in same)
 
 
 def test_checkpoint_of_another_run_or_damaged_is_refused(tmp_path):

@@ -27,6 +27,10 @@ _SHA256 = {
         "t10k-labels-idx1-ubyte": "0402a96d92fd2663957122ceb108a494c5af83dab82d92729df917d7dec38c34",
     },
 }
+# Decompressed sizes (header + data) of the idx files; both datasets have the same layout. A file is never
+# inflated beyond its size, so a crafted .gz cannot make amsim allocate more than the real file would.
+_SIZES = {"train-images-idx3-ubyte": 16 + 60000 * 784, "train-labels-idx1-ubyte": 8 + 60000,
+          "t10k-images-idx3-ubyte": 16 + 10000 * 784, "t10k-labels-idx1-ubyte": 8 + 10000}
 _SUBDIRS = {"mnist": ("mnist", "MNIST"), "fashion_mnist": ("fashion_mnist", "fashion-mnist", "FashionMNIST")}
 _TITLE = {"mnist": "MNIST", "fashion_mnist": "Fashion-MNIST"}
 _HOWTO = {
@@ -74,17 +78,37 @@ def parse_idx(data: bytes, path) -> np.ndarray:
     return np.frombuffer(data, dtype=np.uint8, offset=header).reshape(shape)
 
 
+def _read_bounded(path: Path, limit: int) -> bytes:
+    """The (decompressed) contents of an idx file, never more than ``limit`` bytes read or inflated."""
+    import zlib
+
+    try:
+        if path.suffix == ".gz":
+            if path.stat().st_size > limit + (1 << 20):
+                raise DatasetCorruptError(f"{path} is larger than the file it should decompress to; replace it with "
+                                          "the original.")
+            with gzip.open(path, "rb") as fh:
+                raw = fh.read(limit + 1)
+        else:
+            if path.stat().st_size > limit:
+                raise DatasetCorruptError(f"{path} is {path.stat().st_size} bytes; the file it should be has "
+                                          f"{limit}. Replace it with the original.")
+            raw = path.read_bytes()
+    except (OSError, EOFError, zlib.error) as exc:
+        if isinstance(exc, DatasetCorruptError):
+            raise
+        raise DatasetCorruptError(f"{path} is not a valid gzip file ({exc}); replace it with the original.") from None
+    if len(raw) > limit:
+        raise DatasetCorruptError(f"{path} decompresses to more than the {limit} bytes of the file it should be; "
+                                  "replace it with the original.")
+    return raw
+
+
 @functools.lru_cache(maxsize=8)
-def _read_verified(path_str: str, size: int, mtime_ns: int, expected: str, what: str) -> np.ndarray:
+def _read_verified(path_str: str, size: int, mtime_ns: int, expected: str, what: str, limit: int) -> np.ndarray:
     # size and mtime are part of the key so a replaced file is read again
     path = Path(path_str)
-    raw = path.read_bytes()
-    if path.suffix == ".gz":
-        try:
-            raw = gzip.decompress(raw)
-        except (OSError, EOFError) as exc:
-            msg = f"{path} is not a valid gzip file ({exc}); replace it with the original."
-            raise DatasetCorruptError(msg) from None
+    raw = _read_bounded(path, limit)
     verify(raw, expected, path, what)
     arr = parse_idx(raw, path)
     arr.flags.writeable = False
@@ -101,7 +125,8 @@ def load_idx_dataset(kind: str, split: str, data_dir) -> tuple[np.ndarray, np.nd
             out = []
             for p, s in zip(paths, stems):
                 st = p.stat()
-                out.append(_read_verified(str(p), st.st_size, st.st_mtime_ns, _SHA256[kind][s], f"{_TITLE[kind]} {s}"))
+                out.append(_read_verified(str(p), st.st_size, st.st_mtime_ns, _SHA256[kind][s], f"{_TITLE[kind]} {s}",
+                                          _SIZES[s]))
             images, labels = out
             if images.shape[0] != labels.shape[0]:
                 raise DatasetCorruptError(

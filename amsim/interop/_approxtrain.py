@@ -17,6 +17,7 @@ import numpy as np
 
 from .. import _format
 from .._errors import InvalidTableError
+from .._io import atomic_write
 from .._multiplier import Multiplier
 
 __all__ = ["load_approxtrain", "save_approxtrain", "approxtrain_bytes"]
@@ -45,6 +46,9 @@ def load_approxtrain(path, mantissa_bits: int | None = None, *, rounding: str = 
         A float :class:`amsim.Multiplier` whose table holds the decoded significand products.
     """
     path = Path(path)
+    size = path.stat().st_size
+    if size > 4 << (2 * MAX_BITS):  # the largest ApproxTrain table: legacy uint32 entries, m = 7
+        raise InvalidTableError(f"{path} has {size} bytes; an ApproxTrain table has at most {4 << (2 * MAX_BITS)}.")
     raw = np.fromfile(path, dtype=np.uint8)
     from_name = re.search(r"_(\d+)\.bin$", path.name)
     m = mantissa_bits
@@ -114,7 +118,4 @@ def save_approxtrain(mult: Multiplier, path) -> Path:
     Returns:
         The path written.
     """
-    data = approxtrain_bytes(mult)
-    path = Path(path)
-    path.write_bytes(np.ascontiguousarray(data).tobytes())
-    return path
+    return atomic_write(path, np.ascontiguousarray(approxtrain_bytes(mult)).tobytes())

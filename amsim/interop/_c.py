@@ -1,12 +1,13 @@
 """Tabulate a multiplier written in C (EvoApprox ``mul8u_*`` / ``mul8s_*``, ApproxTrain ``.inl`` models, ...).
 
-The C source is compiled with the system compiler into a temporary shared library together with a small
-generated loop over the whole operand grid, so the 65536 (or 4M) calls run in C; ctypes calls the loop once.
+The C source is compiled with the system compiler into a small temporary program together with a generated
+loop over the whole operand grid, so the 65536 (or 4M) calls run in C. The program runs as a child process with a
+time limit and writes the table to a file: a model that crashes or never returns is reported, and nothing of it is
+loaded into the caller's process.
 """
 
 from __future__ import annotations
 
-import ctypes
 import os
 import re
 import shutil
@@ -23,12 +24,16 @@ from .._multiplier import Multiplier
 __all__ = ["from_c", "CCompilerError", "find_c_compiler"]
 
 COMPILER_ENV = "AMSIM_CC"
-FLAGS = ["-O2", "-shared", "-fPIC", "-fno-strict-aliasing", "-Werror=implicit-function-declaration"]
+FLAGS = ["-O2", "-fno-strict-aliasing", "-Werror=implicit-function-declaration"]
 _PRELUDE = "#include <stdint.h>\n#include <stdbool.h>\n#include <string.h>\n#include <math.h>\n"
 
 
 class CCompilerError(AmsimError, RuntimeError):
     """No usable C compiler was found."""
+
+
+class CModelError(AmsimError, RuntimeError):
+    """A C model crashed, hung or misbehaved while being tabulated (in a child process: the caller is unaffected)."""
 
 
 def find_c_compiler(compiler: str | None = None) -> str:
@@ -64,44 +69,75 @@ def _read_source(source) -> tuple[str, str]:
     return text, "model.c"
 
 
-def _wrapper(function_name, kind, n, lo):
+def _main(function_name, kind, n, lo):
+    """The tabulation program: calls the model on every operand pair and writes the results to argv[1]."""
     if kind == "int":
-        return (
-            "\n/* amsim: exhaustive tabulation, one call per operand pair */\n"
-            "void amsim_tabulate(double *out) {\n"
-            f"    for (long i = 0; i < {n}L; ++i)\n"
-            f"        for (long j = 0; j < {n}L; ++j)\n"
-            f"            out[i * {n}L + j] = (double)({function_name}(({lo}L) + i, ({lo}L) + j));\n"
-            "}\n")
+        ctype, call = "double", f"(double)({function_name}(({lo}L) + i, ({lo}L) + j))"
+    else:
+        ctype = "float"
+        call = f"(float)({function_name}(1.0f + (float)i / {float(n)!r}f, 1.0f + (float)j / {float(n)!r}f))"
     return (
-        "\n/* amsim: exhaustive tabulation at exponent bias: operands 1.ma and 1.mb */\n"
-        "void amsim_tabulate(float *out) {\n"
+        "\n#undef main\n#include <stdio.h>\n#include <stdlib.h>\n"
+        "/* amsim: exhaustive tabulation, run as a process of its own so that a crash or a hang of the model cannot\n"
+        "   take the caller with it */\n"
+        "int main(int argc, char **argv) {\n"
+        f"    {ctype} *out = malloc(sizeof({ctype}) * {n}L * {n}L);\n"
+        "    if (argc != 2 || !out) return 3;\n"
         f"    for (long i = 0; i < {n}L; ++i)\n"
-        f"        for (long j = 0; j < {n}L; ++j) {{\n"
-        f"            float x = 1.0f + (float)i / {float(n)!r}f, y = 1.0f + (float)j / {float(n)!r}f;\n"
-        f"            out[i * {n}L + j] = (float)({function_name}(x, y));\n"
-        "        }\n"
+        f"        for (long j = 0; j < {n}L; ++j)\n"
+        f"            out[i * {n}L + j] = {call};\n"
+        '    FILE *f = fopen(argv[1], "wb");\n'
+        f"    if (!f || fwrite(out, sizeof({ctype}), {n}L * {n}L, f) != (size_t)({n}L * {n}L) || fclose(f)) return 4;\n"
+        "    return 0;\n"
         "}\n")
 
 
-def _compile_and_run(code, label, cc, out):
+def _signal_name(num) -> str:
+    import signal
+
+    try:
+        return signal.Signals(num).name
+    except ValueError:
+        return f"signal {num}"
+
+
+def _compile_and_run(code, label, cc, out, timeout):
     with tempfile.TemporaryDirectory(prefix="amsim_c_") as tmp:
         src = Path(tmp) / "model.c"
-        lib = Path(tmp) / "model.so"
+        exe = Path(tmp) / "tabulate"
+        res = Path(tmp) / "table.bin"
         src.write_text(code)
-        cmd = [cc, *FLAGS, "-o", str(lib), str(src), "-lm"]
+        cmd = [cc, *FLAGS, "-o", str(exe), str(src), "-lm"]
         try:
-            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL)
         except OSError as exc:
             raise CCompilerError(f"could not run the C compiler {cc!r}: {exc}. Point compiler= or "
                                  f"${COMPILER_ENV} at a working compiler.") from None
+        except subprocess.TimeoutExpired:
+            raise ModelCompileError(f"compiling C model {label} took more than 300 s; is it including a device or a "
+                                    "huge generated file?") from None
         if proc.returncode != 0:
             log = (proc.stderr or proc.stdout).strip()
             raise ModelCompileError(f"C model {label} did not compile ({' '.join(cmd[:1] + FLAGS)}):\n{log[-3000:]}")
-        handle = ctypes.CDLL(str(lib))  # loaded before the directory goes; the mapping survives the unlink
-        handle.amsim_tabulate.restype = None
-        handle.amsim_tabulate.argtypes = [ctypes.c_void_p]
-        handle.amsim_tabulate(out.ctypes.data)
+        try:
+            run = subprocess.run([str(exe), str(res)], capture_output=True, timeout=timeout, stdin=subprocess.DEVNULL,
+                                 cwd=tmp)
+        except subprocess.TimeoutExpired:
+            raise CModelError(f"C model {label} did not finish tabulating {out.size} operand pairs within {timeout} "
+                              "s (it was stopped; the caller is unaffected). Does it loop forever for some operands? "
+                              "Pass timeout= for a model that is just slow.") from None
+        if run.returncode < 0:
+            raise CModelError(f"C model {label} crashed with {_signal_name(-run.returncode)} while being tabulated (it "
+                              "ran in a process of its own, so nothing else was affected). Check it for out-of-bounds "
+                              "accesses, division by zero or unbounded recursion on some operand pair.")
+        if run.returncode != 0:
+            tail = (run.stderr or run.stdout or b"").decode(errors="replace").strip()[-500:]
+            raise CModelError(f"C model {label} exited with status {run.returncode} while being tabulated"
+                              + (f":\n{tail}" if tail else " (does it call exit()?)."))
+        data = res.read_bytes() if res.exists() else b""
+        if len(data) != out.nbytes:
+            raise CModelError(f"C model {label} wrote {len(data)} bytes of results instead of {out.nbytes}.")
+        out[...] = np.frombuffer(data, dtype=out.dtype).reshape(out.shape)
     return out
 
 
@@ -131,7 +167,7 @@ def _check_sign_consistency(values, bits, label):
 
 def from_c(source, function_name: str, *, kind: str = "int", bits: int = 8, signed: bool = True,
            mantissa_bits: int = 7, rounding: str = "nearest", result_bits: int | None = None,
-           compiler: str | None = None, name: str | None = None) -> Multiplier:
+           compiler: str | None = None, name: str | None = None, timeout: float = 60.0) -> Multiplier:
     """Tabulate a multiplier written in C into an :class:`amsim.Multiplier`.
 
     Integer models (``kind="int"``) have the form ``T f(A a, B b)`` with integer types (e.g. EvoApprox
@@ -155,6 +191,8 @@ def from_c(source, function_name: str, *, kind: str = "int", bits: int = 8, sign
             for an EvoApprox ``mul8s_*`` model declared to return ``uint16_t``).
         compiler: the C compiler (default: $AMSIM_CC, $CC, then cc / gcc / clang).
         name: the multiplier's name (default: ``function_name``).
+        timeout: seconds the tabulation may take. The model runs in a child process: a crash (segfault, abort)
+            or a hang becomes a :class:`CModelError` and never affects the caller.
 
     Returns:
         The :class:`amsim.Multiplier` holding the tabulated products.
@@ -178,15 +216,20 @@ def from_c(source, function_name: str, *, kind: str = "int", bits: int = 8, sign
     text, label = _read_source(source)
     if not re.search(rf"\b{function_name}\s*\(", text):
         raise ValueError(f"the C source {label} does not mention {function_name}(...); check function_name.")
+    if not (isinstance(timeout, (int, float)) and timeout > 0):
+        raise ValueError(f"timeout={timeout!r}: expected a positive number of seconds.")
     cc = find_c_compiler(compiler)
-    code = _PRELUDE + f'#line 1 "{label}"\n' + text + _wrapper(function_name, kind, n, lo)
-    label = f"{function_name!r} ({label})"
+    # the file name goes into a #line directive: only plain characters, so it cannot inject code
+    line_name = re.sub(r'[^A-Za-z0-9._+-]', "_", label)[:200] or "model.c"
+    code = (_PRELUDE + "#define main amsim_user_main\n" + f'#line 1 "{line_name}"\n' + text
+            + _main(function_name, kind, n, lo))
+    label = f"{function_name!r} ({label!r})"
 
     if kind == "float":
-        out = _compile_and_run(code, label, cc, np.empty((n, n), dtype=np.float32))
+        out = _compile_and_run(code, label, cc, np.empty((n, n), dtype=np.float32), timeout)
         return Multiplier.from_table(out, kind="float", rounding=rounding, name=name or function_name)
 
-    out = _compile_and_run(code, label, cc, np.empty((n, n), dtype=np.float64))
+    out = _compile_and_run(code, label, cc, np.empty((n, n), dtype=np.float64), timeout)
     frac = ~np.isfinite(out) | (out != np.round(out))
     if frac.any():
         i, j = np.argwhere(frac)[0]

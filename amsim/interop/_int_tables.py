@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from .._errors import InvalidTableError
+from .._io import atomic_write
 from .._multiplier import Multiplier
 
 __all__ = [
@@ -90,8 +91,21 @@ def from_torchapprox(values, *, signed: bool = True, name: str = "torchapprox") 
     ``values`` may also be the path of a ``.npy`` file holding that array (read without pickle).
     """
     if isinstance(values, (str, Path)):
-        values = np.load(values, allow_pickle=False)
+        values = _load_npy_table(Path(values))
     return from_byte_indexed(values, signed=signed, name=name)
+
+
+def _load_npy_table(path: Path) -> np.ndarray:
+    """A square integer table from a .npy file, its header checked before the data is read (no pickle)."""
+    from ..lut._table import _parse_npy
+
+    limit = 8 * (1 << 16) + 4096  # an int64 256 x 256 table and its header
+    if path.stat().st_size > limit:
+        raise InvalidTableError(f"{path} has {path.stat().st_size} bytes; a 256 x 256 integer table has at most "
+                                f"{limit}.")
+    return _parse_npy(path.read_bytes(), path.name, path,
+                      lambda dt, sh: dt.kind in "iu" and len(sh) == 2 and sh[0] == sh[1] and sh[0] <= 256,
+                      "a square integer table of side at most 256")
 
 
 def to_torchapprox(mult: Multiplier) -> np.ndarray:
@@ -109,8 +123,11 @@ def load_tfapprox(path, *, name: str | None = None) -> Multiplier:
         An unsigned 8-bit integer :class:`amsim.Multiplier` named ``name`` (default: the file name stem).
     """
     path = Path(path)
+    if path.stat().st_size != 2 * 256 * 256:
+        raise InvalidTableError(f"{path} has {path.stat().st_size} bytes; a TFApprox table has 131072 (256 x 256 "
+                                "uint16 entries).")
     raw = np.fromfile(path, dtype="<u2")
-    if raw.size * 2 != path.stat().st_size or raw.size != 256 * 256:
+    if raw.size != 256 * 256:
         raise InvalidTableError(f"{path} has {path.stat().st_size} bytes; a TFApprox table has 131072 (256 x 256 "
                                 "uint16 entries).")
     return Multiplier.from_table(raw.reshape(256, 256).astype(np.int32), kind="int", signed=False,
@@ -127,9 +144,7 @@ def save_tfapprox(mult: Multiplier, path) -> Path:
     if values.min() < 0 or values.max() > 0xFFFF:
         raise ValueError(f"{mult.name}: products range over [{values.min()}, {values.max()}]; TFApprox stores "
                          "uint16, 0 to 65535.")
-    path = Path(path)
-    path.write_bytes(values.astype("<u2").tobytes())
-    return path
+    return atomic_write(path, values.astype("<u2").tobytes())
 
 
 # ---- C headers (AdaPT / TransAxx) ------------------------------------------------------------------------------
@@ -142,12 +157,30 @@ def _strip_comments(text):
     return re.sub(r"//[^\n]*", " ", text)
 
 
+_MAX_HEADER_BYTES = 16 << 20  # a 256 x 256 table of 32-bit literals is about 1 MB
+
+
 def _c_int(digits):
-    if digits[:2].lower() == "0x":
-        return int(digits, 16)
-    if len(digits) > 1 and digits[0] == "0":
-        return int(digits, 8)  # C octal
-    return int(digits)
+    try:
+        if digits[:2].lower() == "0x":
+            return int(digits, 16)
+        if len(digits) > 1 and digits[0] == "0":
+            return int(digits, 8)  # C octal
+        return int(digits)
+    except ValueError:
+        raise InvalidTableError(f"{digits!r} is not a valid C integer literal (a leading 0 means octal).") from None
+
+
+def _declared_dims(decl):
+    """The numeric dimensions of a declaration ``name[A][B]`` (None for empty or symbolic ones)."""
+    dims = re.findall(r"\[\s*(\w*)\s*\]", decl.group(2))
+    out = []
+    for d in dims:
+        if re.fullmatch(r"(0[xX][0-9a-fA-F]+|\d+)[uUlL]*", d):
+            out.append(_c_int(re.sub(r"[uUlL]+$", "", d)))
+        else:
+            out.append(None)
+    return out
 
 
 def parse_c_array(text: str, array_name: str | None = None) -> np.ndarray:
@@ -188,7 +221,18 @@ def parse_c_array(text: str, array_name: str | None = None) -> np.ndarray:
             raise InvalidTableError(f"the initialiser of {decls[0].group(1)!r} holds {token[:40]!r}, which is not "
                                     "an integer literal; export plain numbers.")
         sign, digits = literal.groups()
-        values.append((-1 if sign == "-" else 1) * _c_int(digits))
+        v = (-1 if sign == "-" else 1) * _c_int(digits)
+        if not -(1 << 63) <= v < 1 << 63:
+            raise InvalidTableError(f"the initialiser of {decls[0].group(1)!r} holds {token[:40]!r}, beyond 64 bits.")
+        values.append(v)
+    dims = _declared_dims(decls[0])
+    known = [d for d in dims if d is not None]
+    if len(dims) == len(known) and dims and int(np.prod(dims, dtype=object)) != len(values):
+        raise InvalidTableError(f"{decls[0].group(1)!r} is declared {''.join(f'[{d}]' for d in dims)} but its "
+                                f"initialiser holds {len(values)} values.")
+    if len(dims) == 2 and None not in dims and dims[0] != dims[1]:
+        raise InvalidTableError(f"{decls[0].group(1)!r} is declared [{dims[0]}][{dims[1]}]: a multiplier table is "
+                                "square (one row per value of a, one column per value of b).")
     return np.array(values, dtype=np.int64)
 
 
@@ -208,7 +252,12 @@ def load_c_header(source, *, signed: bool = True, array_name: str | None = None,
     path = None
     if isinstance(source, Path) or (isinstance(source, str) and "{" not in source):
         path = Path(source)
-        text = path.read_text()
+        if path.stat().st_size > _MAX_HEADER_BYTES:
+            raise InvalidTableError(f"{path} has {path.stat().st_size} bytes, more than a C table header would.")
+        try:
+            text = path.read_text(encoding="utf-8")
+        except UnicodeDecodeError as exc:
+            raise InvalidTableError(f"{path} is not a text (UTF-8) C header: {exc}.") from None
     else:
         text = str(source)
     values = parse_c_array(text, array_name)
@@ -259,6 +308,4 @@ def save_c_header(mult: Multiplier, path, *, array_name: str = "lut", ctype: str
     Returns:
         The path written.
     """
-    path = Path(path)
-    path.write_text(c_header_text(mult, array_name=array_name, ctype=ctype))
-    return path
+    return atomic_write(path, c_header_text(mult, array_name=array_name, ctype=ctype))

@@ -959,8 +959,40 @@ _PARALLEL_KERNELS = (_decode_rows_f32, _decode_rows_t_f32, _decode_cols_f32, _pa
 _SERIAL = {k: _serial_twin(k) for k in _PARALLEL_KERNELS}
 
 
+@numba.njit(parallel=True, cache=True)
+def _start_pool(n):
+    acc = 0
+    for i in prange(n):
+        acc += i
+    return acc
+
+
+_POOL_LOCK = threading.Lock()  # serialises parallel regions where Numba's threading layer is not thread-safe
+_INIT_LOCK = threading.Lock()
+_layer_is_threadsafe = None
+
+
+def _guarded(kernel):
+    def run(*args):
+        with _POOL_LOCK:
+            return kernel(*args)
+
+    return run
+
+
 def _k(kernel, serial: bool):
-    return _SERIAL[kernel] if serial else kernel
+    """The kernel to call: its serial twin for small problems; the parallel one, serialised across Python threads
+    when the threading layer is ``workqueue`` (what Numba falls back to without OpenMP or TBB), which aborts the
+    process when two threads enter a parallel region at once."""
+    global _layer_is_threadsafe
+    if serial:
+        return _SERIAL[kernel]
+    if _layer_is_threadsafe is None:
+        with _INIT_LOCK:
+            if _layer_is_threadsafe is None:
+                _start_pool(2)  # the layer is chosen when the first parallel region starts
+                _layer_is_threadsafe = numba.threading_layer() != "workqueue"
+    return kernel if _layer_is_threadsafe else _guarded(kernel)
 
 
 def multiply_f32(a, b, out, m, truncate, lut_e, lut_f):

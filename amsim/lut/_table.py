@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from .._errors import InvalidTableError
+from .._io import atomic_writer
 
 FORMAT_VERSION = 2  # 2: the digest covers the metadata too
 
@@ -70,18 +71,18 @@ class Table:
         meta.update(extra)
         meta["digest"] = file_digest(meta, self.values)
         path = Path(path)
-        with open(path, "wb") as fh:
+        with atomic_writer(path) as fh:
             np.savez_compressed(fh, values=self.values, metadata=np.array(json.dumps(meta, sort_keys=True)))
         return path
 
     @staticmethod
     def load(path) -> tuple["Table", dict]:
         """Read a table written by :meth:`save`; refuses a file whose values or metadata do not match its digest."""
-        with np.load(Path(path), allow_pickle=False) as data:
-            if "values" not in data or "metadata" not in data:
-                raise InvalidTableError(f"{path} is not an amsim table file (needs 'values' and 'metadata').")
-            values = np.array(data["values"])
-            meta = json.loads(str(data["metadata"]))
+        values, meta_text = _read_npz(Path(path))
+        try:
+            meta = json.loads(meta_text)
+        except ValueError as exc:
+            raise InvalidTableError(f"{path}: the metadata is not valid JSON ({exc}).") from None
         if not isinstance(meta, dict):
             raise InvalidTableError(f"{path}: the metadata is not a JSON object.")
         version = meta.get("format_version")
@@ -105,6 +106,81 @@ class Table:
                       source=meta["source"], code_hash=meta["code_hash"])
         validate(table)
         return table, meta
+
+
+MAX_TABLE_BITS = 11  # the largest table side is 2**11 (float tables, m = 11)
+_MAX_VALUES_BYTES = 4 << (2 * MAX_TABLE_BITS)  # 16 MiB of float32 / int32
+_MAX_META_BYTES = 1 << 16
+_NPY_HEADER_MAX = 1 << 12
+
+
+def _read_member(zf, name, limit, path):
+    info = zf.getinfo(name)
+    if info.file_size > limit:  # the declared size bounds what zipfile will inflate, so check it first
+        raise InvalidTableError(f"{path}: member {name} would inflate to {info.file_size} bytes, more than an amsim "
+                                f"table's {limit}; refusing to read it.")
+    with zf.open(info) as fh:
+        data = fh.read(limit + 1)
+    if len(data) > limit:
+        raise InvalidTableError(f"{path}: member {name} is larger than an amsim table's {limit} bytes.")
+    return data
+
+
+def _parse_npy(data: bytes, name, path, accept, what):
+    """A .npy member: header checked (``accept(dtype, shape)``) before the array is built; no pickle, no objects."""
+    import io
+
+    fh = io.BytesIO(data)
+    try:
+        version = np.lib.format.read_magic(fh)
+        if version == (1, 0):
+            shape, fortran, dtype = np.lib.format.read_array_header_1_0(fh, max_header_size=_NPY_HEADER_MAX)
+        elif version == (2, 0):
+            shape, fortran, dtype = np.lib.format.read_array_header_2_0(fh, max_header_size=_NPY_HEADER_MAX)
+        else:
+            raise ValueError(f"unsupported .npy version {version}")
+    except Exception as exc:
+        raise InvalidTableError(f"{path}: member {name} is not a valid .npy array ({exc}).") from None
+    if dtype.hasobject or not accept(dtype, shape):
+        raise InvalidTableError(f"{path}: member {name} has dtype {dtype} and shape {shape}; an amsim table file "
+                                f"holds {what} there.")
+    count = int(np.prod(shape, dtype=np.int64))
+    body = data[fh.tell():]
+    if len(body) != count * dtype.itemsize:
+        raise InvalidTableError(f"{path}: member {name} holds {len(body)} bytes, but its header says {shape} "
+                                f"{dtype} ({count * dtype.itemsize} bytes).")
+    arr = np.frombuffer(body, dtype=dtype, count=count)
+    return arr.reshape(shape, order="F" if fortran else "C")
+
+
+def _read_npz(path: Path) -> tuple[np.ndarray, str]:
+    """The values array and the metadata string of a table file, read without pickle and with every size checked
+    before anything is inflated (a crafted file cannot make amsim allocate more than a table's size)."""
+    import zipfile
+    import zlib
+
+    size = path.stat().st_size  # a missing file stays a FileNotFoundError
+    if size > 2 * _MAX_VALUES_BYTES:
+        raise InvalidTableError(f"{path} is {size} bytes, larger than any amsim table file.")
+    try:
+        with zipfile.ZipFile(path) as zf:
+            names = sorted(zf.namelist())
+            if names != ["metadata.npy", "values.npy"]:
+                raise InvalidTableError(f"{path} is not an amsim table file: it holds {names[:5]}, not exactly "
+                                        "values.npy and metadata.npy.")
+            raw_values = _read_member(zf, "values.npy", _MAX_VALUES_BYTES + _NPY_HEADER_MAX, path)
+            raw_meta = _read_member(zf, "metadata.npy", _MAX_META_BYTES, path)
+    except InvalidTableError:
+        raise
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, zlib.error, EOFError, OSError, ValueError,
+            NotImplementedError, RuntimeError) as exc:  # a damaged archive (zipfile seeks to offsets it reads)
+        raise InvalidTableError(f"{path} is not a readable amsim table file ({type(exc).__name__}: {exc}).") from None
+    values = _parse_npy(raw_values, "values.npy", path,
+                        lambda dt, sh: dt.kind in "fi" and dt.itemsize == 4 and len(sh) == 2,
+                        "a 2-D float32 or int32 array")
+    meta = _parse_npy(raw_meta, "metadata.npy", path, lambda dt, sh: dt.kind == "U" and sh == (),
+                      "a JSON string")
+    return values.astype(values.dtype.newbyteorder("="), copy=True), str(meta.reshape(()))
 
 
 def file_digest(meta: dict, values: np.ndarray) -> str:

@@ -284,6 +284,11 @@ class ConvGeneralDilated:
         if kwargs:
             raise UnsupportedError(f"amsim conv_general_dilated: unsupported keyword arguments {sorted(kwargs)}.")
         lhs, rhs = jnp.asarray(lhs), jnp.asarray(rhs)
+        _check_geometry(window_strides, lhs_dilation, rhs_dilation, feature_group_count, batch_group_count)
+        # lax's own checks (layouts, shapes, padding, groups) and messages first, on abstract values
+        want = jax.eval_shape(lambda a, b: _native.conv_general_dilated(
+            a, b, window_strides, padding, lhs_dilation, rhs_dilation, dimension_numbers, feature_group_count,
+            batch_group_count, precision, preferred_element_type), lhs, rhs)
         if self.config.is_native:
             return _native.conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation,
                                                 dimension_numbers, feature_group_count, batch_group_count,
@@ -316,9 +321,25 @@ class ConvGeneralDilated:
         for i, d in enumerate(out_spec[2:]):
             perm[d] = 1 + i
         y = jnp.transpose(y, perm)
+        assert y.shape == want.shape, (y.shape, want.shape)
         if out_sharding is not None:
             y = jax.lax.with_sharding_constraint(y, out_sharding)
         return y
+
+
+def _check_geometry(strides, lhs_dil, rhs_dil, groups, batch_groups):
+    """What lax only finds when lowering (a stride of 0 divides by zero in the shape rule): in lax's words."""
+    def positive_ints(v):
+        return all(isinstance(d, (int, np.integer)) and not isinstance(d, bool) and d > 0 for d in v)
+
+    if not positive_ints(tuple(strides)):
+        raise ValueError(f"conv_general_dilated window_strides must be positive integers, got {tuple(strides)}.")
+    for what, v in (("lhs_dilation", lhs_dil), ("rhs_dilation", rhs_dil)):
+        if v is not None and not positive_ints(tuple(v)):
+            raise TypeError(f"All dilations must be positive, got {tuple(v)} ({what}).")
+    for what, v in (("feature_group_count", groups), ("batch_group_count", batch_groups)):
+        if not positive_ints((v,)):
+            raise ValueError(f"conv_general_dilated {what} must be a positive integer, got {v}.")
 
 
 def conv_general_dilated(spec, dlhs=None, drhs=None) -> ConvGeneralDilated:

@@ -184,6 +184,10 @@ class DotGeneral:
         if kwargs:
             raise UnsupportedError(f"amsim dot_general: unsupported keyword arguments {sorted(kwargs)}.")
         lhs, rhs = jnp.asarray(lhs), jnp.asarray(rhs)
+        # lax's own checks (dimension numbers, shapes) and messages first, on abstract values: no computation
+        want = jax.eval_shape(lambda a, b: _native.dot_general(a, b, dimension_numbers, precision=precision,
+                                                                preferred_element_type=preferred_element_type),
+                              lhs, rhs)
         check_float_operand(lhs, "dot_general lhs")
         check_float_operand(rhs, "dot_general rhs")
         dn = _norm_dn(dimension_numbers)
@@ -193,6 +197,7 @@ class DotGeneral:
                                       preferred_element_type=preferred_element_type)
         else:
             out = _dot_general(lhs.astype(F32), rhs.astype(F32), dn, self.config).astype(out_dtype)
+        assert out.shape == want.shape, (out.shape, want.shape)
         if out_sharding is not None:
             out = jax.lax.with_sharding_constraint(out, out_sharding)
         return out
