@@ -285,9 +285,10 @@ def main(argv=None):
         print(f"| {r['case']} | {r['multiplier']} | {r['amsim_gmacs']:.2f} | {r['numpy_gmacs']:.2f} | "
               f"{r['ratio']:.2f} | {sp} |")
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump({"machine": machine, "gemm": results, "naive_ns_per_mac": naive, "lut": builds}, f, indent=1,
-                      default=str)
+        from amsim._io import atomic_write
+
+        atomic_write(args.json, json.dumps({"machine": machine, "gemm": results, "naive_ns_per_mac": naive,
+                                            "lut": builds}, indent=1, default=str))
 
 
 if __name__ == "__main__":

@@ -22,6 +22,7 @@ sys.path.insert(0, str(ROOT))
 
 import amsim  # noqa: E402
 from amsim import multipliers as mm  # noqa: E402
+from amsim._io import atomic_write, atomic_writer  # noqa: E402
 from amsim._plots import error_heatmap  # noqa: E402
 
 DOCS = ROOT / "docs"
@@ -82,7 +83,8 @@ def heatmap(mult):
     fig.axes[-1].yaxis.label.set_fontsize(8)
     fig.tight_layout()
     path = IMG / f"err_{mult.name}.png"
-    fig.savefig(path, dpi=80)
+    with atomic_writer(path) as fh:
+        fig.savefig(fh, dpi=80, format="png")
     plt.close(fig)
     return path
 
@@ -145,7 +147,7 @@ vertical axis; integer maps leave pairs with a zero product blank. Draw one with
 
 {gallery(INT)}
 """
-    (DOCS / "multipliers.md").write_text(text)
+    atomic_write(DOCS / "multipliers.md", text)
     size = sum(p.stat().st_size for p in IMG.glob("err_*.png"))
     print(f"wrote {DOCS / 'multipliers.md'} and {len(all_rows)} images ({size / 1024:.0f} KiB)")
 
