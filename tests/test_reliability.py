@@ -32,7 +32,7 @@ def run_child(code: str, *, as_limit_gb: float | None = 3.0, timeout=300, env=No
     prelude = ("import resource, json, sys\n"
                + (f"resource.setrlimit(resource.RLIMIT_AS, ({int(as_limit_gb * 2**30)}, {int(as_limit_gb * 2**30)}))\n"
                   if as_limit_gb else ""))
-    epilogue = "\nprint('PEAK_RSS_MB', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)\n"
+    epilogue = "\nfrom tests.fuzz_loaders import peak_rss_mb\nprint('PEAK_RSS_MB', peak_rss_mb())\n"
     proc = subprocess.run([sys.executable, "-c", prelude + code + epilogue], cwd=ROOT, capture_output=True,
                           text=True, timeout=timeout, env={**os.environ, "PYTHONPATH": str(ROOT), **(env or {})})
     out = proc.stdout + proc.stderr
