@@ -9,7 +9,7 @@ Multiplier -> LUT -> kernel -> JAX bridge -> Flax layer:
 - :mod:`amsim.nn` bridges them into JAX and Flax.
 """
 
-from . import formats, golden, interop, multipliers
+from . import formats, golden, gpu, interop, multipliers
 from ._errors import AmsimError, InvalidTableError, ModelCompileError, RuleError, UnsupportedError
 from ._metrics import ErrorStats, format_table
 from ._multiplier import Multiplier, int_multiplier, multiplier
@@ -27,6 +27,7 @@ __all__ = [
     "multipliers",
     "formats",
     "golden",
+    "gpu",
     "interop",
     "error_heatmap",
     "ErrorStats",

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ._format import CANONICAL_NAN_BITS
+from ._operands import CANONICAL_NAN_BITS
 from ._fpenv import under_default_fp
 
 __all__ = ["quantize", "multiply", "matmul"]

@@ -8,7 +8,7 @@ import threading
 
 import numpy as np
 
-from . import _format
+from . import _operands
 from ._errors import InvalidTableError, ModelCompileError
 from ._version import __version__
 from .lut import (Table, build_code_table, build_float_table, build_int_table, fingerprint, validate,
@@ -38,15 +38,15 @@ class Multiplier:
     def __init__(self, *, kind, bits, signed=False, rounding="nearest", name, model=None, fields=False,
                  table: Table | None = None, doc=None, operand_format=None, builder=None):
         if kind == "float":
-            _format.check_mantissa_bits(bits)
-            _format.check_rounding(rounding)
+            _operands.check_mantissa_bits(bits)
+            _operands.check_rounding(rounding)
         elif kind == "code":  # full-operand table of a format of at most 8 bits, indexed by the operands' codes
-            _format.check_rounding(rounding)
+            _operands.check_rounding(rounding)
             if operand_format is None or operand_format.total_bits > 8 or operand_format.total_bits != bits:
                 raise ValueError("a full-operand table needs an operand_format of at most 8 bits in total "
                                  "(e.g. amsim.formats.e4m3(...)) whose width matches the table.")
         elif kind == "int":
-            _format.check_int_bits(bits)
+            _operands.check_int_bits(bits)
             rounding = "exact"
         else:
             raise ValueError(f"kind must be 'float', 'code' or 'int', got {kind!r}")
@@ -143,7 +143,7 @@ class Multiplier:
 
     @property
     def int_range(self) -> tuple[int, int]:
-        return _format.int_range(self._bits, self._signed)
+        return _operands.int_range(self._bits, self._signed)
 
     @property
     def rounding(self) -> str:
@@ -311,9 +311,9 @@ class Multiplier:
         digest = hashlib.sha256(np.ascontiguousarray(conv).tobytes()).hexdigest()[:32]
         table = Table(conv.copy(), kind, bits, bool(signed), name, "table", digest)
         if kind == "float":
-            _format.check_mantissa_bits(bits)
+            _operands.check_mantissa_bits(bits)
         elif kind == "int":
-            _format.check_int_bits(bits)
+            _operands.check_int_bits(bits)
         validate(table)
         return cls(kind=kind, bits=bits, signed=bool(signed), rounding=rounding, name=name, table=table,
                    operand_format=operand_format)
@@ -327,9 +327,14 @@ class Multiplier:
 
     def __call__(self, a, b, **kwargs):
         """Elementwise approximate product: ``amsim.multiply(a, b, self)``."""
-        from ._ops import multiply
+        return _ELEMENTWISE[0](a, b, self, **kwargs)
 
-        return multiply(a, b, self, **kwargs)
+
+_ELEMENTWISE = [None]  # amsim.multiply, registered by amsim._ops (the layer above) when it is imported
+
+
+def register_elementwise(fn) -> None:
+    _ELEMENTWISE[0] = fn
 
 
 def _sha256(parts) -> str:
@@ -395,8 +400,8 @@ def multiplier(fn=None, *, mantissa_bits: int | None = None, rounding: str = "ne
         if operand_format is None:
             raise TypeError("multiplier() needs mantissa_bits= (or an operand_format= that implies it).")
         mantissa_bits = operand_format.mantissa_bits
-    _format.check_mantissa_bits(mantissa_bits)
-    _format.check_rounding(rounding)
+    _operands.check_mantissa_bits(mantissa_bits)
+    _operands.check_rounding(rounding)
 
     def make(f):
         return Multiplier(kind="float", bits=mantissa_bits, rounding=rounding, name=name or f.__name__, model=f,
@@ -417,7 +422,7 @@ def int_multiplier(fn=None, *, bits: int = 8, signed: bool = True, name: str | N
     Returns:
         A :class:`Multiplier` whose products are int32 and whose GEMMs accumulate exactly in int32.
     """
-    _format.check_int_bits(bits)
+    _operands.check_int_bits(bits)
 
     def make(f):
         return Multiplier(kind="int", bits=bits, signed=signed, name=name or f.__name__, model=f)

@@ -30,7 +30,8 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 
 import amsim  # noqa: E402
 from amsim import _multiplier  # noqa: E402
-from amsim.kernels import _cpu  # noqa: E402
+from amsim.kernels import cpu  # noqa: E402
+from amsim.kernels.cpu import _kernels, _simd  # noqa: E402
 
 ENV_VARS = ("OPENBLAS_CORETYPE", "OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS",
             "NUMBA_THREADING_LAYER")
@@ -142,9 +143,9 @@ def race(fns: dict, repeats: int, rounds: int = 2, pause: float = 0.25) -> dict:
 @numba.njit
 def approx_mul(x, y, shift, truncate, lmask, lut_e, lut_f):
     """One approximate product with amsim's semantics: round both operands, look up, assemble the float32."""
-    ua = _cpu.round_bits(_cpu.f32_to_bits(x), shift, truncate)
-    ub = _cpu.round_bits(_cpu.f32_to_bits(y), shift, truncate)
-    return _cpu.bits_to_f32(_cpu.product_bits(ua, ub, shift, lmask, lut_e, lut_f))
+    ua = _kernels.round_bits(_simd.f32_to_bits(x), shift, truncate)
+    ub = _kernels.round_bits(_simd.f32_to_bits(y), shift, truncate)
+    return _simd.bits_to_f32(_kernels.product_bits(ua, ub, shift, lmask, lut_e, lut_f))
 
 
 @numba.njit(parallel=True)
@@ -166,7 +167,7 @@ def naive_ns_per_mac(mult, size: int, repeats: int, rng) -> tuple[float, bool]:
     b = rng.standard_normal((size, size)).astype(np.float32)
     b_t = np.ascontiguousarray(b.T)
     c = np.empty((size, size), np.float32)
-    kt = _cpu.float_kernel_tables(mult.table.values)
+    kt = cpu.float_kernel_tables(mult.table.values)
     trunc = mult.rounding == "truncate"
     t = race({"naive": lambda: naive_matmul(a, b_t, c, mult.mantissa_bits, trunc, kt[1], kt[2])}, repeats)["naive"]
     same = bool((c.view(np.uint32) == amsim.matmul(a, b, mult).view(np.uint32)).all())
@@ -206,7 +207,7 @@ def lut_build_times(repeats: int) -> list:
         t0 = time.perf_counter()
         table = mult.table
         t1 = time.perf_counter()
-        _cpu.float_kernel_tables(table.values)
+        cpu.float_kernel_tables(table.values)
         t2 = time.perf_counter()
         return t1 - t0, t2 - t1
 

@@ -49,14 +49,14 @@ def _device(cp):
 
 
 def _rates(shape, algo, mult, seconds, cp):
-    """Measured products per clock per SM (at the boost clock) and what ``_cuda.algo_estimate`` (the model
+    """Measured products per clock per SM (at the boost clock) and what ``gpu.algo_estimate`` (the model
     behind the automatic choice) expected for this shape: their ratio is how far off the model is."""
-    from amsim.kernels import _cuda
+    from amsim import gpu
 
     rows, depth, cols = shape
     _, sms, hz = _device(cp)
-    fp16 = _cuda.fp16_table(mult.table.values) is not None
-    estimate = _cuda.algo_estimate(algo, mult.mantissa_bits, 1, rows, cols, sms, fp16)
+    fp16 = gpu.fp16_table(mult.table.values) is not None
+    estimate = gpu.algo_estimate(algo, mult.mantissa_bits, 1, rows, cols, sms, fp16)
     return {"products_per_clock_per_sm": rows * depth * cols / (seconds * hz * sms),
             "estimated_products_per_clock_per_sm": estimate}
 
@@ -81,7 +81,7 @@ def weight_gradient_shapes(reps, cp, check=True, batch=128, rows=None, save=None
     the automatic choice against cupy.matmul, mbm7. The contraction is sequential per output (no split-K), so
     these shapes cannot use the GPU the way cuBLAS does; this shows how close the kernels get."""
     import amsim
-    from amsim.kernels import _cuda
+    from amsim import gpu
 
     mult = amsim.multipliers.mbm(7)
     rng = np.random.default_rng(1)
@@ -91,11 +91,11 @@ def weight_gradient_shapes(reps, cp, check=True, batch=128, rows=None, save=None
         a = cp.asarray(rng.standard_normal((m_, k_)).astype(np.float32))
         b = cp.asarray(rng.standard_normal((k_, n_)).astype(np.float32))
         t_ref = _time_it(lambda: cp.matmul(a, b), reps, cp)
-        chosen = _cuda.choose_algo(7, 1, m_, n_, *_cuda.device_limits(), bf16_table=True)
+        chosen = gpu.choose_algo(7, 1, m_, n_, *gpu.device_limits(), bf16_table=True)
         for algo in ("auto", "dot", "gather", "wide"):
             out = cp.empty((m_, n_), np.float32)
             kw = {} if algo == "auto" else {"algo": algo}
-            t = _time_it(lambda: _cuda.gemm(a, b, mult, out=out, **kw), reps, cp)
+            t = _time_it(lambda: gpu.gemm(a, b, mult, out=out, **kw), reps, cp)
             ok = _spot_check(a, b, out, mult, cp) if check else None
             kernel = chosen if algo == "auto" else algo
             rows.append({"shape": [m_, k_, n_], "algo": algo, "kernel": kernel, "seconds": t, "cublas_seconds": t_ref,
@@ -116,7 +116,7 @@ def host_overhead(cp, batch=128, calls=100, rows=None, save=None):
     import time
 
     import amsim
-    from amsim.kernels import _cuda
+    from amsim import gpu
 
     mult = amsim.multipliers.mbm(7)
     rng = np.random.default_rng(3)
@@ -128,12 +128,12 @@ def host_overhead(cp, batch=128, calls=100, rows=None, save=None):
 
     def planned(fn):
         def call():
-            _cuda.clear_plan_cache()
+            gpu.clear_plan_cache()
             fn()
         return call
 
-    fc1 = lambda: _cuda.gemm(a, b, mult, out=out)  # noqa: E731
-    conv2 = lambda: _cuda.conv2d_nhwc(x, w, mult)  # noqa: E731
+    fc1 = lambda: gpu.gemm(a, b, mult, out=out)  # noqa: E731
+    conv2 = lambda: gpu.conv2d_nhwc(x, w, mult)  # noqa: E731
     cases = [("fc1", f"{batch}x400x120", "cupy.matmul", lambda: cp.matmul(a, b, out=out)),
              ("fc1", f"{batch}x400x120", "replayed", fc1), ("fc1", f"{batch}x400x120", "planned", planned(fc1)),
              ("conv2", f"{batch}x14x14x6 * 5x5x6x16", "replayed", conv2),
@@ -162,7 +162,7 @@ def int8_gemm(n, reps, cp, check=True, rows=None, save=None):
     cupy.matmul in float32 on the same values."""
     import amsim
     from amsim import golden
-    from amsim.kernels import _cuda
+    from amsim import gpu
 
     mult = amsim.multipliers.exact_int(8, signed=True)
     rng = np.random.default_rng(2)
@@ -176,7 +176,7 @@ def int8_gemm(n, reps, cp, check=True, rows=None, save=None):
     for algo in ("auto", "lut", "lutw"):
         out = cp.empty((n, n), np.int32)
         kw = {} if algo == "auto" else {"algo": algo}
-        t = _time_it(lambda: _cuda.gemm(a, b, mult, out=out, **kw), reps, cp)
+        t = _time_it(lambda: gpu.gemm(a, b, mult, out=out, **kw), reps, cp)
         ok = bool((cp.asnumpy(out[[0, n - 1]]) == want).all()) if check else None
         rows.append({"algo": algo, "seconds": t, "cublas_fp32_seconds": t_ref, "ratio_vs_cublas": t_ref / t,
                      "golden_rows_match": ok})
@@ -290,7 +290,7 @@ def main(argv=None):
     import cupy as cp
 
     import amsim
-    from amsim.kernels import _cuda
+    from amsim import gpu
 
     card, sms, hz = _device(cp)
     report.update({
@@ -318,17 +318,17 @@ def main(argv=None):
     for name in args.mults.split(","):
         mult = amsim.multipliers.get(name)
         m = mult.mantissa_bits
-        bf16_table = _cuda.bf16_pair_table(mult.table.values) is not None
+        bf16_table = gpu.bf16_pair_table(mult.table.values) is not None
         for algo in args.algos.split(","):
             unusable = {"expand": m > 7, "expand16": not bf16_table, "wide": m < 2}
             if unusable.get(algo, False):
                 continue
             kw = {} if algo == "auto" else {"algo": algo}
-            fp16_table = _cuda.fp16_table(mult.table.values) is not None
-            chosen = algo if algo != "auto" else _cuda.choose_algo(m, 1, n, n, *_cuda.device_limits(),
+            fp16_table = gpu.fp16_table(mult.table.values) is not None
+            chosen = algo if algo != "auto" else gpu.choose_algo(m, 1, n, n, *gpu.device_limits(),
                                                                    bf16_table=bf16_table, fp16_table=fp16_table)
             out = cp.empty((n, n), np.float32)
-            t = _time_it(lambda: _cuda.gemm(a, b, mult, out=out, **kw), args.reps, cp)
+            t = _time_it(lambda: gpu.gemm(a, b, mult, out=out, **kw), args.reps, cp)
             ok = None if args.no_check else _spot_check(a, b, out, mult, cp)
             row = {"mult": name, "algo": algo, "kernel": chosen, "seconds": t, "tflops": flops / t / 1e12,
                    "ratio_vs_cublas": t_ref / t, "golden_rows_match": ok, **_rates((n, n, n), chosen, mult, t, cp)}

@@ -65,15 +65,15 @@ print(sys.version); print(\"cupy\", cupy.__version__, \"runtime\", cupy.cuda.run
 \"driver\", cupy.cuda.runtime.driverGetVersion()); p = cupy.cuda.runtime.getDeviceProperties(0); \
 print(p[\"name\"], \"sm_%d%d\" % (p[\"major\"], p[\"minor\"]), p[\"multiProcessorCount\"], \"SMs\", \
 p[\"sharedMemPerBlockOptin\"], \"B smem/block\")'"
-step precompile 50 "${G[@]}" "$PY" -c "import os, time; from amsim.kernels import _cuda; t = time.time(); \
-n = _cuda.precompile(workers=min(16, os.cpu_count() or 1)); print(n, 'kernels in', round(time.time() - t, 1), 's')"
+step precompile 50 "${G[@]}" "$PY" -c "import os, time; from amsim import gpu; t = time.time(); \
+n = gpu.precompile(workers=min(16, os.cpu_count() or 1)); print(n, 'kernels in', round(time.time() - t, 1), 's')"
 step pytest_gpu 80 "${G[@]}" "${PYTEST[@]}" -m gpu -q tests/test_gpu.py tests/test_aliasing.py "${DESELECT[@]}"
 step bench_gpu 70 "${G[@]}" "$PY" benchmarks/bench_gpu.py "${BENCH[@]}" --json "$OUT/bench_gpu.json"
 step bench_jax 50 "${G[@]}" "$PY" benchmarks/bench_gpu.py --jax-only "${JAX_BENCH[@]}" --json "$OUT/bench_jax.json"
 ARCH=$("${G[@]}" "$PY" -c 'import cupy; p = cupy.cuda.runtime.getDeviceProperties(0); \
 print("sm_%d%d" % (p["major"], p["minor"]))' 2>/dev/null || echo sm_90)  # the env step shows a failure here
-step resources 10 bash -c "set -e; $PY -m amsim.kernels._nvrtc --arch $ARCH --filter '<7, 0>'; \
-$PY -m amsim.kernels._nvrtc --arch sm_90 --filter '<11, 1>'"
+step resources 10 bash -c "set -e; $PY -m amsim.kernels.cuda._source --arch $ARCH --filter '<7, 0>'; \
+$PY -m amsim.kernels.cuda._source --arch sm_90 --filter '<11, 1>'"
 # the NVRTC compile tests once more, with this image's NVRTC (CI runs them, and the host emulation, on every
 # push); in parallel where pytest-xdist is installed
 XDIST=()

@@ -3,7 +3,7 @@ instruction counts say"). No GPU needed.
 
     python scripts/sass_mix.py "amsim_gemm_expand16_f32<7, 0>" [--arch sm_90]
 
-Compiles the instantiation with NVRTC (amsim.kernels._nvrtc), disassembles it with ``cuobjdump -sass`` (on PATH,
+Compiles the instantiation with NVRTC (amsim.kernels.cuda._source), disassembles it with ``cuobjdump -sass`` (on PATH,
 or from the ``nvidia-cuda-cuobjdump`` wheel: ``pip install nvidia-cuda-cuobjdump``) and prints, for the largest
 loops (backward branches), their length and the count of each opcode. Divide by the products a loop body does
 to get instructions per product.
@@ -21,7 +21,7 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from amsim.kernels import _nvrtc  # noqa: E402
+from amsim.kernels.cuda import _source  # noqa: E402
 
 _LINE = re.compile(r"^\s+/\*([0-9a-f]{4,})\*/\s+(.*?)\s*;")
 _BRANCH = re.compile(r"\bBRA\b.*?0x([0-9a-f]+)")
@@ -64,7 +64,7 @@ def main(argv=None):
     parser.add_argument("--arch", default="sm_90")
     parser.add_argument("--top", type=int, default=4, help="how many loops to show")
     args = parser.parse_args(argv)
-    res = _nvrtc.compile_cubin(args.arch, [args.kernel])
+    res = _source.compile_cubin(args.arch, [args.kernel])
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "kernel.cubin"
         # CuPy's getCUBIN leaves off the CUBIN's last byte (its program-header table then ends early)

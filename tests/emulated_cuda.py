@@ -1,8 +1,8 @@
-"""A host emulation of the CUDA execution model for the kernels of ``amsim/kernels/amsim_gemm.cu``.
+"""A host emulation of the CUDA execution model for the kernels of ``amsim/kernels/cuda/src/amsim_gemm.cu``.
 
 The kernel source is compiled by the host C++ compiler with CUDA threads as fibers (``__syncthreads`` a
 barrier, blocks one after another, shared memory poisoned before every block). :func:`emu_run` runs the
-launch plans of ``amsim/kernels/_cuda.py`` on NumPy arrays through it. Used by tests/test_cuda_host.py (the
+launch plans of ``amsim/kernels/cuda/_plan.py`` on NumPy arrays through it. Used by tests/test_cuda_host.py (the
 plans, kernel by kernel) and by the emulated CuPy in tests/emulated_gpu/ (tests/test_gpu.py end to end).
 Warp-level behaviour and speed are not emulated.
 """
@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from amsim.kernels import _nvrtc as nv
+from amsim.kernels.cuda import _source as nv
 
 CXX = shutil.which("g++") or shutil.which("clang++")
 
@@ -29,7 +29,7 @@ def _cxx(opt, *args):
     if CXX is None:
         raise RuntimeError("no host C++ compiler (g++ or clang++) on PATH")
     return [CXX, "-std=c++17", opt, "-ffp-contract=off", "-fno-fast-math", "-fPIC", "-pthread",
-            f"-I{nv.KERNEL_DIR}", *nv.define_options(), *args]
+            f"-I{nv.SRC_DIR}", *nv.define_options(), *args]
 
 
 def _check(procs):
@@ -202,7 +202,7 @@ _KERNEL_RE = re.compile(r"(\w+)<(.*)>$")
 
 def emu_sources(names, parts=1) -> list:
     """C++ sources of the emulation library, ``parts`` translation units: one C entry point ``emu_k<i>`` per
-    instantiation ``names[i]`` (name expressions as in ``_nvrtc``) that runs it as a grid of fibers."""
+    instantiation ``names[i]`` (name expressions as in ``_source``) that runs it as a grid of fibers."""
     units = [[EMU_PRELUDE] for _ in range(parts)]
     for i, name in enumerate(names):
         fam, targs = _KERNEL_RE.match(name).groups()
@@ -255,7 +255,7 @@ def cached_build(cache_dir, opt="-O2") -> Path:
     """:func:`build` of every instantiation into ``cache_dir``, reused while the kernel sources and the
     instantiation list are unchanged. Returns the library's path (load it with :class:`EmuLibrary`)."""
     names = nv.all_kernel_names()
-    deps = "".join(p.read_text() for p in sorted(Path(nv.KERNEL_DIR).glob("*.cu*")))
+    deps = "".join(p.read_text() for p in sorted(Path(nv.SRC_DIR).glob("*.cu*")))
     key = hashlib.sha256("".join([*emu_sources(names), deps, opt, *nv.define_options()]).encode()).hexdigest()[:16]
     out = Path(cache_dir) / key
     if not out.exists():  # built aside and renamed: processes building at once never see half a library

@@ -12,7 +12,8 @@ import re
 
 import pytest
 
-from amsim.kernels import _nvrtc as nv
+from amsim.kernels.cuda import _config
+from amsim.kernels.cuda import _source as nv
 
 pytest.importorskip("cupy", reason="CuPy (amsim[nvrtc]) is needed to reach NVRTC")
 from cupy.cuda import nvrtc  # noqa: E402
@@ -67,7 +68,7 @@ def test_heavy_kernels_fit_registers_without_spills(arch):
         assert u["spill_stores"] == 0 and u["spill_loads"] == 0 and u["stack"] == 0, (name, u)
     # the expand kernels run one block per SM: their registers must fit the 64K register file
     for name in HEAVY[:7]:
-        threads = {"expand16": nv.E16_THREADS, "wide": nv.WIDE_THREADS}.get(name.split("_")[2], nv.EXP_THREADS)
+        threads = {"expand16": _config.E16_THREADS, "wide": _config.WIDE_THREADS}.get(name.split("_")[2], _config.EXP_THREADS)
         assert usage[name]["registers"] * threads <= 65536, (name, usage[name])
     print("\n" + "\n".join(f"{n}: {u}" for n, u in usage.items()))
 
@@ -100,6 +101,6 @@ def test_source_is_self_contained_and_options_forbid_contraction():
     assert '#include "amsim_product.cuh"' not in src and "amsim_product_rounded" in src
     assert "-fmad=false" in nv.compile_options()
     # every tile size the launcher relies on is passed to the compiler
-    for key, value in nv.KERNEL_DEFINES.items():
+    for key, value in _config.KERNEL_DEFINES.items():
         assert f"-D{key}={value}" in nv.compile_options()
         assert re.search(rf"\b{key}\b", src)

@@ -4,7 +4,7 @@
    lookup, exponent assembly, special values) on random operands and on a special-value matrix.
 2. ``amsim_gemm.cu`` compiled by the host compiler with a small emulation of the CUDA execution model
    (tests/emulated_cuda.py: CUDA threads as fibers, ``__syncthreads`` as a barrier, blocks one after another,
-   shared memory poisoned before every block), running the launch plans of ``amsim/kernels/_cuda.py`` on
+   shared memory poisoned before every block), running the launch plans of ``amsim/kernels/cuda/_plan.py`` on
    NumPy arrays: tile loading, decoding, the expand and gather GEMMs in every layout, the exact fix-up, the
    integer GEMM, the elementwise kernels and the im2col convolution.
 
@@ -24,7 +24,8 @@ from amsim import golden
 from . import emulated_cuda as emu
 from .conftest import assert_bits_equal, special_values
 
-cuda = pytest.importorskip("amsim.kernels._cuda", reason="the launch plans live in _cuda.py, which needs CuPy")
+from amsim._operands import exponent_windows
+from amsim.kernels.cuda import _plan as cuda  # the launch plans: pure, no CuPy needed
 
 F = np.float32
 pytestmark = pytest.mark.skipif(emu.CXX is None, reason="no host C++ compiler (g++ or clang++) on PATH")
@@ -152,7 +153,7 @@ def test_tame_ranges_keep_every_intermediate_normal(rng):
     for scale in (-140, -60, -25, 0, 30, 100):
         v = (amsim.multipliers.mbm(4).table.values * F(2.0**scale)).astype(F)
         v[rng.random(v.shape) < 0.1] = 0.0
-        a_lo, a_hi, b_lo, b_hi = cuda.tame_ranges(v)
+        a_lo, a_hi, b_lo, b_hi = exponent_windows(v)[0]
         e = np.frexp(v[v > 0].astype(np.float64))[1] - 1
         if a_lo > a_hi:  # empty: only possible when no split around 0 exists
             assert e.min() < -126 or e.max() > 127 or (-126 - e.min()) > 0 or (127 - e.max()) < 0
@@ -485,7 +486,7 @@ def test_emulated_multiply(emu_lib, rng):
 # convolution
 # ---------------------------------------------------------------------------------------------------------
 def golden_conv2d_nhwc(x, w, mult, stride=1, padding=0, dilation=1, groups=1):
-    """The convolution contract of amsim.kernels._cuda.conv2d_nhwc, by explicit im2col + golden.matmul."""
+    """The convolution contract of amsim.gpu.conv2d_nhwc, by explicit im2col + golden.matmul."""
     geo = cuda.conv_geometry(x.shape, w.shape, stride, padding, dilation, groups)
     (pt, pb), (pl, pr) = cuda._padding(padding)
     g = geo

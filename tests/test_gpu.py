@@ -38,9 +38,9 @@ LAYOUTS = [(False, False), (False, True), (True, False), (True, True)]
 
 @pytest.fixture(scope="module")
 def cuda():
-    from amsim.kernels import _cuda
+    from amsim import gpu
 
-    return _cuda
+    return gpu
 
 
 def _dev(x):
@@ -342,7 +342,9 @@ def test_replayed_plans_match_golden(cuda, case, rng, monkeypatch):
     fresh scratch buffer); fresh data and fresh scratch memory each time, bit for bit against the golden model.
     Plans that do work outside their launches, or whose operands overlap, are never replayed."""
     replays = []
-    monkeypatch.setattr(cuda, "_replay", lambda rp, ops, f=cuda._replay: replays.append(1) or f(rp, ops))
+    from amsim.kernels.cuda import _runtime
+
+    monkeypatch.setattr(_runtime, "_replay", lambda rp, ops, f=_runtime._replay: replays.append(1) or f(rp, ops))
     cuda.clear_plan_cache()
     replayable = case not in ("aliased", "strided")
     for call in range(3):

@@ -127,7 +127,7 @@ def test_gpu_benchmark_and_report_on_emulated_gpu(emulated, tmp_path):
 SYNC_PROBE = """
 import json, numpy as np, cupy as cp, amsim
 from amsim import formats
-from amsim.kernels import _cuda
+from amsim import gpu
 
 rng, F, res = np.random.default_rng(0), np.float32, {}
 def count(label, fn):
@@ -141,15 +141,15 @@ b = cp.asarray(rng.standard_normal((40, 70)).astype(F))
 for mult in (amsim.multipliers.mbm(7), amsim.multipliers.mbm(10)):
     count(f"matmul {mult.name}", lambda: amsim.matmul(a, b, mult))
     count(f"multiply {mult.name}", lambda: amsim.multiply(a, a, mult))
-    for algo in _cuda.usable_algos(mult.mantissa_bits, bf16_table=True):
-        count(f"gemm {mult.name} {algo}", lambda: _cuda.gemm(a, b, mult, algo=algo))
+    for algo in gpu.usable_algos(mult.mantissa_bits, bf16_table=True):
+        count(f"gemm {mult.name} {algo}", lambda: gpu.gemm(a, b, mult, algo=algo))
 x = cp.asarray(rng.standard_normal((2, 9, 9, 4)).astype(F))
 w = cp.asarray(rng.standard_normal((3, 3, 4, 8)).astype(F))
-count("conv2d", lambda: _cuda.conv2d_nhwc(x, w, amsim.multipliers.mbm(7), padding=1))
+count("conv2d", lambda: gpu.conv2d_nhwc(x, w, amsim.multipliers.mbm(7), padding=1))
 i8 = amsim.multipliers.exact_int(8, signed=True)
 ia = cp.asarray(rng.integers(-128, 128, (30, 40)).astype(np.int8))
 count("matmul int8", lambda: amsim.matmul(ia, ia.T, i8))
-count("conv2d int8", lambda: _cuda.conv2d_nhwc(x.astype(np.int8), w.astype(np.int8), i8))
+count("conv2d int8", lambda: gpu.conv2d_nhwc(x.astype(np.int8), w.astype(np.int8), i8))
 e4m3 = amsim.Multiplier.from_table(amsim.multipliers.mbm(3).table.values, name="mbm3_e4m3",
                                   operand_format=formats.e4m3(subnormals="keep"))
 count("matmul e4m3", lambda: amsim.matmul(a, b, e4m3))

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .. import _format
+from .. import _operands
 from .._errors import InvalidTableError
 from .._io import atomic_write
 from .._multiplier import Multiplier
@@ -59,7 +59,7 @@ def load_approxtrain(path, mantissa_bits: int | None = None, *, rounding: str = 
     if from_name and mantissa_bits is not None and int(from_name.group(1)) != mantissa_bits:
         raise ValueError(f"{path.name} names mantissa width {from_name.group(1)} but mantissa_bits={mantissa_bits} "
                          "was passed; rename the file or drop the argument.")
-    _format.check_mantissa_bits(m)
+    _operands.check_mantissa_bits(m)
     if m > MAX_BITS:
         raise ValueError(f"ApproxTrain LUT files hold at most {MAX_BITS} fraction bits per entry, got m={m}.")
     n = 1 << m

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .. import _format
+from .. import _operands
 from .._errors import AmsimError, InvalidTableError, ModelCompileError
 from .._multiplier import Multiplier
 
@@ -148,7 +148,7 @@ def _reinterpret(values, result_bits):
 
 
 def _check_sign_consistency(values, bits, label):
-    lo, hi = _format.int_range(bits, True)
+    lo, hi = _operands.int_range(bits, True)
     v = np.arange(lo, hi + 1, dtype=np.int64)
     exact = np.multiply.outer(v, v)
     neg = exact < 0
@@ -202,14 +202,14 @@ def from_c(source, function_name: str, *, kind: str = "int", bits: int = 8, sign
     if kind not in ("int", "float"):
         raise ValueError(f"kind must be 'int' or 'float', got {kind!r}.")
     if kind == "int":
-        _format.check_int_bits(bits)
+        _operands.check_int_bits(bits)
         n = 1 << bits
-        lo = _format.int_range(bits, signed)[0]
+        lo = _operands.int_range(bits, signed)[0]
         if result_bits is not None and not (isinstance(result_bits, int) and 2 <= result_bits <= 32):
             raise ValueError(f"result_bits={result_bits!r}: expected an int from 2 to 32.")
     else:
-        _format.check_mantissa_bits(mantissa_bits)
-        _format.check_rounding(rounding)
+        _operands.check_mantissa_bits(mantissa_bits)
+        _operands.check_rounding(rounding)
         if result_bits is not None:
             raise ValueError("result_bits applies to integer models only.")
         n, lo = 1 << mantissa_bits, 0

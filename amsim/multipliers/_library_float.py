@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .. import _format
+from .. import _operands
 from .._multiplier import multiplier
 from ._float import truncate_to
 
@@ -49,7 +49,7 @@ def alm_soa(mantissa_bits: int = 7, k: int | None = None, rounding: str = "neare
     Returns:
         A float :class:`amsim.Multiplier` named ``alm_soa{m}_k{k}``.
     """
-    m = _format.check_mantissa_bits(mantissa_bits)
+    m = _operands.check_mantissa_bits(mantissa_bits)
     k = m // 2 if k is None else _check_int_param("k", k, 0, m, f"the set-one part has 0 to mantissa_bits={m} bits.")
     ones = (1 << k) - 1
     low = max(k - 1, 0)  # bit that predicts the carry out of the set-one part
@@ -152,7 +152,7 @@ def realm(mantissa_bits: int = 7, segments: int | None = None, factor_bits: int 
     Returns:
         A float :class:`amsim.Multiplier` named ``realm{m}_M{M}``.
     """
-    m = _format.check_mantissa_bits(mantissa_bits)
+    m = _operands.check_mantissa_bits(mantissa_bits)
     M = min(8, 1 << m) if segments is None else segments
     _check_int_param("segments", M, 2, min(64, 1 << m),
                      f"with mantissa_bits={m} REALM takes 2 to {min(64, 1 << m)} segments per fraction.")
@@ -194,7 +194,7 @@ def truncated_significand(mantissa_bits: int = 7, t: int | None = None, rounding
     Returns:
         A float :class:`amsim.Multiplier` named ``trunc_sig{m}_t{t}``.
     """
-    m = _format.check_mantissa_bits(mantissa_bits)
+    m = _operands.check_mantissa_bits(mantissa_bits)
     t = m if t is None else _check_int_param(
         "t", t, 0, 2 * m + 1, f"the product of two {m + 1}-bit significands has columns 0 to {2 * m + 1}.")
     rows_cut = min(t, m + 1)  # rows of A with partial products below column t

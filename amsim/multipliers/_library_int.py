@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numba
 
-from .. import _format
+from .. import _operands
 from .._multiplier import int_multiplier
 from ._library_float import _check_int_param
 
@@ -65,7 +65,7 @@ def drum(k: int = 4, bits: int = 8, signed: bool = True):
     Returns:
         An integer :class:`amsim.Multiplier` named ``drum{k}_{int|uint}{bits}``.
     """
-    bits = _format.check_int_bits(bits)
+    bits = _operands.check_int_bits(bits)
     k = _check_int_param("k", k, 1, bits, f"DRUM keeps 1 to bits={bits} bits of each operand.")
 
     @int_multiplier(bits=bits, signed=signed, name=f"drum{k}_{_label(bits, signed)}")
@@ -99,7 +99,7 @@ def broken_array(bits: int = 8, signed: bool = True, hbl: int | None = None, vbl
     Returns:
         An integer :class:`amsim.Multiplier` named ``bam_h{hbl}_v{vbl}_{int|uint}{bits}``.
     """
-    bits = _format.check_int_bits(bits)
+    bits = _operands.check_int_bits(bits)
     hbl = bits // 4 if hbl is None else _check_int_param("hbl", hbl, 0, bits,
                                                          f"a {bits}-bit array has rows 0 to {bits - 1}.")
     vbl = max(bits - 2, 0) if vbl is None else _check_int_param("vbl", vbl, 0, 2 * bits - 1,
@@ -135,7 +135,7 @@ def truncated_array(bits: int = 8, signed: bool = True, t: int | None = None):
     Returns:
         An integer :class:`amsim.Multiplier` named ``trunc_array_t{t}_{int|uint}{bits}``.
     """
-    bits = _format.check_int_bits(bits)
+    bits = _operands.check_int_bits(bits)
     t = bits if t is None else _check_int_param("t", t, 0, 2 * bits - 1,
                                                f"a {bits}-bit array has product columns 0 to {2 * bits - 1}.")
 
@@ -171,7 +171,7 @@ def kulkarni(bits: int = 8, signed: bool = True):
     Returns:
         An integer :class:`amsim.Multiplier` named ``kulkarni_{int|uint}{bits}``.
     """
-    bits = _format.check_int_bits(bits)
+    bits = _operands.check_int_bits(bits)
     digits = (bits + 1) // 2
 
     @int_multiplier(bits=bits, signed=signed, name=f"kulkarni_{_label(bits, signed)}")
@@ -208,7 +208,7 @@ def mitchell_int(bits: int = 8, signed: bool = True):
     Returns:
         An integer :class:`amsim.Multiplier` named ``mitchell_{int|uint}{bits}``.
     """
-    bits = _format.check_int_bits(bits)
+    bits = _operands.check_int_bits(bits)
 
     @int_multiplier(bits=bits, signed=signed, name=f"mitchell_{_label(bits, signed)}")
     def mitchell_int_(a, b):

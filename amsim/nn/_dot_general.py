@@ -12,7 +12,7 @@ import numpy as np
 from jax import lax
 
 from .._errors import UnsupportedError
-from .._ops import check_int_contraction
+from .._operands import check_int_contraction
 from ._callback import _vary_like, bmm
 from . import _native
 from ._config import OpConfig, as_config

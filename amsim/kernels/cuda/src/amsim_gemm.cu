@@ -1,4 +1,4 @@
-// amsim_gemm.cu: CUDA kernels of the CuPy backend (launched from amsim/kernels/_cuda.py).
+// amsim_gemm.cu: CUDA kernels of the CuPy backend (planned in amsim/kernels/cuda/_plan.py).
 //
 // Every kernel is bit-identical to the golden model (amsim/_golden.py, docs/semantics.md):
 //   - each output is the float32 sum over k = 0..K-1 in order, starting from +0.0, one rounding per add
@@ -12,19 +12,19 @@
 //   - zero padding of partial tiles is harmless: a padded operand has code 0 (scale +0), so it adds a +-0,
 //     and a sum that starts at +0.0 is never -0.0, so adding +-0 never changes it.
 // All float arithmetic goes through amsim_fadd / amsim_fmul / amsim_fma (amsim_product.cuh): explicit PTX that
-// keeps subnormals even though CuPy compiles with -ftz=true, and is never contracted. -fmad=false (_nvrtc.py)
+// keeps subnormals even though CuPy compiles with -ftz=true, and is never contracted. -fmad=false (_source.py)
 // guards anything else.
 //
 // Layout codes (template parameter LAYOUT): bit 1 set = A is stored transposed (K x M, element (i, k) at
 // k * lda + i), bit 0 set = B is stored transposed (N x K, element (k, j) at j * ldb + k). 0 = NN, 1 = NT,
 // 2 = TN, 3 = TT. Transposes are never materialised.
 //
-// Tile sizes come from _nvrtc.py (KERNEL_DEFINES) so that the launcher and the kernels cannot disagree.
+// Tile sizes come from _config.py (KERNEL_DEFINES) so that the launcher and the kernels cannot disagree.
 #include "amsim_product.cuh"
 
 #if !defined(AMSIM_EXP_WARPS) || !defined(AMSIM_EXP_TM) || !defined(AMSIM_EXP_BK) || !defined(AMSIM_GAT_BK) || \
     !defined(AMSIM_E16_WARPS) || !defined(AMSIM_E16_TM) || !defined(AMSIM_E16_BK) || !defined(AMSIM_WIDE_TM)
-#error "compile amsim_gemm.cu through amsim.kernels._nvrtc, which defines the tile sizes"
+#error "compile amsim_gemm.cu through amsim.kernels.cuda._source, which defines the tile sizes"
 #endif
 
 // Dynamic shared memory (all kernels use only dynamic shared memory; the host emulation in the tests

@@ -20,7 +20,9 @@
 #include <cstring>
 #endif
 
-#define AMSIM_NAN_BITS 0x7FC00000u
+#ifndef AMSIM_NAN_BITS  // the canonical NaN, defined once in amsim/_operands.py and passed as -DAMSIM_NAN_BITS
+#error "compile through amsim.kernels.cuda._source, which defines AMSIM_NAN_BITS"
+#endif
 #define AMSIM_INF_BITS 0x7F800000u
 #define AMSIM_SIGN_BIT 0x80000000u
 #define AMSIM_EXP_MASK 0x7F800000u

@@ -1,13 +1,13 @@
-"""The CUDA sources of the GPU backend: assembly, compile options, and compilation without a GPU.
+"""The CUDA sources of the GPU backend: assembly, compile options, instantiations, and compilation without a GPU.
 
-The kernels live in ``amsim_gemm.cu`` and ``amsim_product.cuh`` next to this file. :func:`kernel_source`
+The kernels live in ``src/amsim_gemm.cu`` and ``src/amsim_product.cuh`` beside this file. :func:`kernel_source`
 inlines the header, so the source text alone determines the binary (CuPy's kernel cache is keyed on the
 text, and would not notice a changed header). :func:`compile_cubin` compiles instantiations to a CUBIN for
 a chosen architecture through NVRTC (``cupy.cuda.nvrtc``), which needs no GPU: CuPy finds ``libnvrtc``
 through ``cuda.pathfinder``, which looks in site-packages first, i.e. in the ``nvidia-cuda-nvrtc-cu12`` wheel
 (the ``amsim[nvrtc]`` extra). The test suite uses this to compile every instantiation for sm_80 and sm_90.
 
-Run ``python -m amsim.kernels._nvrtc --arch sm_90`` for a table of registers, stack and spills per kernel.
+Run ``python -m amsim.kernels.cuda._source --arch sm_90`` for a table of registers, stack and spills per kernel.
 """
 
 from __future__ import annotations
@@ -18,53 +18,17 @@ import re
 import time
 from pathlib import Path
 
-KERNEL_DIR = Path(__file__).resolve().parent
-HEADER = KERNEL_DIR / "amsim_product.cuh"
-SOURCE = KERNEL_DIR / "amsim_gemm.cu"
+from ._config import (EXPAND_MAX_BITS, EXPAND_MIN_BITS, FLOAT_BITS, KERNEL_DEFINES, LAYOUTS, LUT_BITS,
+                      WIDE_H16_BITS, WIDE_MIN_BITS)
 
-# Tile sizes: the single source of truth for the kernels (passed as -D) and the launcher (_cuda.py).
-KERNEL_DEFINES = {
-    "AMSIM_EXP_WARPS": 8,  # expand kernel: warps per block
-    "AMSIM_EXP_TM": 32,  # expand kernel: rows per thread (block rows = 4 * TM * WARPS)
-    "AMSIM_EXP_BK": 4,  # expand kernel: contraction steps per shared-memory stage
-    "AMSIM_GAT_BK": 16,  # gather and table kernels: contraction steps per stage
-    "AMSIM_E16_WARPS": 8,  # expand16 kernel: warps per block
-    "AMSIM_E16_TM": 16,  # expand16 kernel: rows per thread (block rows = 4 * TM * WARPS)
-    "AMSIM_E16_BK": 4,  # expand16 kernel: contraction steps per shared-memory stage
-    "AMSIM_WIDE_TM": 32,  # wide kernel: rows per thread (block rows = 64 * TM)
-}
-EXP_THREADS = KERNEL_DEFINES["AMSIM_EXP_WARPS"] * 32
-EXP_BM = KERNEL_DEFINES["AMSIM_EXP_WARPS"] * 4 * KERNEL_DEFINES["AMSIM_EXP_TM"]
-EXP_BN = 32
-EXP_BK = KERNEL_DEFINES["AMSIM_EXP_BK"]
-E16_THREADS = KERNEL_DEFINES["AMSIM_E16_WARPS"] * 32
-E16_BM = KERNEL_DEFINES["AMSIM_E16_WARPS"] * 4 * KERNEL_DEFINES["AMSIM_E16_TM"]
-E16_BN = 64
-E16_BK = KERNEL_DEFINES["AMSIM_E16_BK"]
-E16_MIN_BITS = 2  # = EXPAND_MIN_BITS
-WIDE_THREADS = 256
-WIDE_BM = 64 * KERNEL_DEFINES["AMSIM_WIDE_TM"]
-WIDE_BN = 16
-WIDE_MIN_BITS = 2  # the wide kernel's row groups of 4 need 2**m >= 4
-WIDE_H16_BITS = (8, 9, 10)  # fp16 tables for the wide kernel: where L2 traffic matters and fp16 can be exact
-GAT_THREADS = 256
-GAT_BM = GAT_BN = 64
-GAT_BK = KERNEL_DEFINES["AMSIM_GAT_BK"]
-FIXUP_THREADS = 128
-DOT_THREADS = 128
-MAX_SHARED_LUT_BITS = 7  # tables up to 2**14 entries (64 KiB) are staged in shared memory
-EXPAND_MIN_BITS = 2  # expand and expand16 build T four table rows at a time
-EXPAND_MAX_BITS = 7
+SRC_DIR = Path(__file__).resolve().parent / "src"
+HEADER = SRC_DIR / "amsim_product.cuh"
+SOURCE = SRC_DIR / "amsim_gemm.cu"
 
 # -fmad=false: no contraction of a * b + c into an fma anywhere (the kernels call __fmaf_rn explicitly only
 # where the product is provably exact). -ftz=false (NVRTC's default, stated): subnormal partial sums are kept, as
 # the golden model keeps them.
 BASE_OPTIONS = ("-std=c++17", "-fmad=false", "-ftz=false")
-
-LAYOUTS = {"NN": 0, "NT": 1, "TN": 2, "TT": 3}
-FLOAT_BITS = range(1, 12)
-LUT_BITS = range(2, 9)  # integer operands and full-operand table codes
-
 
 def kernel_source() -> str:
     """The complete CUDA source: amsim_gemm.cu with amsim_product.cuh inlined."""

@@ -1,0 +1,40 @@
+"""CPU kernels (Numba), bit-identical to the golden model in amsim/_golden.py.
+
+Float GEMM strategy ("row expansion"). Write the approximate product as ``s_a * (LUT[ma, mb] * s_b)`` with
+``s = +-2**e`` the operands' signed power-of-two scales. For a block of KB values of k and NB = 32 columns j,
+expand the table against the decoded B operand,
+
+    T[k, ma, j] = LUT[ma, mb[k, j]] * s_b[k, j]            (all 2**m values of ma)
+
+and every row i of A then needs only ``acc[j] += s_a[i, k] * T[k, ma[i, k], j]``: a broadcast, a contiguous
+load, a multiply and an add on 8-lane vectors, with the 32 accumulators of a row held in registers over the
+k block. Both multiplications by powers of two are exact while everything stays in the normal range, so the
+result is the semantics' exactly formed product, added in k order with one float32 rounding per add (plain
+IEEE fmul/fadd, no fast-math, hence no FMA contraction).
+
+Layout matters more than arithmetic here:
+- T is built with 8x8 register transposes of rows of the *transposed* table (``T[k, r, j..j+7]`` is row r of
+  ``LUT[:, mb[k, j..j+7]]``), a fraction of a cycle per element; it is sized to stay in L2.
+- A is decoded into k-block-major panels ``(k block, row, KB)`` and each work item accumulates into its own
+  contiguous (rows, 32) tile in a 2 MiB-aligned workspace: sweeping rows of the user's arrays directly runs
+  into 4 KiB cache aliasing, and scattered pages into L2 set conflicts.
+- One parallel region: work items are (batch, 32-column block, row block), handed out dynamically, and each
+  thread owns its T and tile. Expansion costs ``2**m`` table rows per k and column block, amortised over the
+  rows swept, so the larger of M and N is swept (computing C^T = B^T A^T when N > M).
+
+Operands whose exponent could take an intermediate or a product out of the normal range (and Inf/NaN) make
+their whole row or column "flagged"; those outputs are recomputed by the scalar path, which assembles each
+product from bits as the semantics say. The exponent window of each side is chosen per call from the data, so
+ordinary tensors never take that path. Zeros and subnormals stay on the fast path as signed zero scales.
+
+Problems too small to amortise an expansion use a direct per-element kernel; problems too small to amortise a
+parallel region run serial twins of the same kernels.
+
+Integer GEMM uses the same expansion without scales (int32 adds, exact: the caller bounds K * max|LUT|).
+"""
+
+from __future__ import annotations
+
+from ._gemm import NB, float_kernel_tables, gemm_f32, gemm_i32, multiply_f32, multiply_i32, use_expansion
+
+__all__ = ["float_kernel_tables", "gemm_f32", "gemm_i32", "multiply_f32", "multiply_i32", "use_expansion", "NB"]

@@ -1,0 +1,308 @@
+"""The CPU GEMM and elementwise drivers: kernel-side tables, workspaces, the cost model that picks the kernel,
+and the exponent windows that decide which rows and columns the scalar path recomputes."""
+
+from __future__ import annotations
+
+import threading
+
+import numba
+import numpy as np
+
+from ..._operands import exponent_windows
+from ._kernels import (NO_EXP, _choose_window, _decode_cols_f32, _decode_rows_f32, _decode_rows_t_f32, _direct_f32,
+                       _expand, _fixup_f32, _flagged, _gemm_direct_i32, _k, _multiply_f32, _multiply_i32,
+                       _pack_rows_i32, _pack_rows_t_i32, _pad_cols_i32)
+
+NB = 32  # columns per expansion block: four 8-lane accumulators per row (8 for narrow operands)
+_T_BYTES = 128 * 1024  # target size of one thread's expanded table (L2-resident)
+_KB_MAX = 32
+# rough costs in ns on one core (Zen 3, see docs/performance.md), used to pick expansion vs the direct kernel
+_COST_BUILD = 0.17  # per expanded table element
+_COST_SWEEP = 0.06  # per multiply-accumulate of the expansion sweep
+_COST_DIRECT = 1.2  # per multiply-accumulate of the direct kernel, tables up to 1 MiB (more above: cache misses)
+# a parallel region costs tens of microseconds (far more when another process holds a core): below these, the
+# serial twins run
+_SERIAL_NS = 100_000  # estimated single-core work
+_SERIAL_ELEMS = 1 << 15  # elementwise products
+
+
+# ---------------------------------------------------------------------------------------------------------
+# table preparation
+# ---------------------------------------------------------------------------------------------------------
+class KernelTables(tuple):
+    """``(lutf, lut_e, lut_f, ranges)`` with attributes ``lutt`` (the table transposed, contiguous) and
+    ``exp_lo``/``exp_hi`` (exponent range of the nonzero entries)."""
+
+    lutt: np.ndarray
+    exp_lo: int
+    exp_hi: int
+
+
+def float_kernel_tables(values: np.ndarray) -> KernelTables:
+    """Split a float32 table into (float table, exponent, 23-bit fraction) and the tame exponent ranges.
+
+    Returns (lutf, lut_e, lut_f, ranges) where ``ranges = (a_lo, a_hi, b_lo, b_hi)`` bounds the unbiased
+    operand exponents for which every product and the intermediate ``p * 2**eb`` stay normal (a symmetric
+    split; gemm_f32 picks windows from the data when that flags less).
+    """
+    lutf = np.ascontiguousarray(values, dtype=np.float32)
+    p = lutf.astype(np.float64)
+    frac, exp = np.frexp(p)  # p = frac * 2**exp, frac in [0.5, 1): normalised even for float32 subnormals
+    nz = p > 0
+    lut_e = np.where(nz, exp - 1, NO_EXP).astype(np.int32)
+    mant = np.where(nz, frac * 2.0 - 1.0, 0.0)  # in [0, 1), 23 significant bits at most
+    lut_f = np.round(mant * 2.0**23).astype(np.uint32)
+    ranges, e_lo, e_hi = exponent_windows(lutf)  # (1, 0, 1, 0) when empty: everything takes the exact path
+    kt = KernelTables((lutf, lut_e, lut_f, np.array(ranges, dtype=np.int32)))
+    kt.lutt = np.ascontiguousarray(lutf.T)
+    kt.exp_lo, kt.exp_hi = e_lo, e_hi
+    return kt
+
+
+def _windows(xmin, xmax, ymin, ymax, e_lo, e_hi, sym):
+    """Flagged (x rows, y columns), each as (batch indices, row indices)."""
+    w = _choose_window(xmin, xmax, ymin, ymax, -126 - e_lo, 127 - e_hi, np.asarray(sym, dtype=np.int64))
+    return _flagged(xmin, xmax, w[0], w[1]), _flagged(ymin, ymax, w[2], w[3])
+
+
+# ---------------------------------------------------------------------------------------------------------
+# drivers
+# ---------------------------------------------------------------------------------------------------------
+_HUGE = 2 << 20
+_WS_CACHE_MAX = 32 << 20
+_ws_local = threading.local()
+
+
+def _workspace(nbytes: int) -> np.ndarray:
+    """A 2 MiB-aligned byte buffer for the per-thread tables and tiles, reused across calls (per Python thread).
+
+    Alignment plus NumPy's huge-page advice for large arrays make the buffer physically contiguous, so the
+    expanded table and the tile never fight over the same L2 sets (with scattered 4 KiB pages a call was up to
+    a third slower, depending on where its pages landed).
+    """
+    ws = getattr(_ws_local, "buf", None)
+    if ws is not None and ws.size >= nbytes:
+        return ws
+    raw = np.empty(nbytes + _HUGE, np.uint8)
+    off = (-raw.ctypes.data) % _HUGE
+    ws = raw[off : off + nbytes]
+    if nbytes <= _WS_CACHE_MAX:
+        _ws_local.buf = ws
+    return ws
+
+
+_SCRATCH_MAX = 16 << 20
+
+
+def _scratch(key: str, shape, dtype) -> np.ndarray:
+    """An uninitialised array for decoded operands, reused across calls of the same Python thread.
+
+    Fresh multi-megabyte arrays cost page faults on first touch, and two threads faulting into the same new
+    mapping serialise in the kernel: a small-batch GEMM ran slower on two threads than on one. Buffers up to
+    _SCRATCH_MAX bytes each are kept (at most a few per thread); larger ones are allocated per call.
+    """
+    nbytes = int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize
+    cache = getattr(_ws_local, "scratch", None)
+    if cache is None:
+        cache = _ws_local.scratch = {}
+    buf = cache.get(key)
+    if buf is None or buf.size < nbytes:
+        buf = np.empty(max(nbytes, 1), np.uint8)
+        if nbytes <= _SCRATCH_MAX:
+            cache[key] = buf
+    return buf[:nbytes].view(dtype).reshape(shape)
+
+
+def _thread_buffers(nthreads: int, t_elems: int, c_elems: int, dtype):
+    """(nthreads, t_elems) tables and (nthreads, c_elems) tiles carved from the workspace, tables first."""
+    t_bytes = nthreads * t_elems * 4
+    t_bytes += (-t_bytes) % 4096
+    ws = _workspace(t_bytes + nthreads * c_elems * 4)
+    tbuf = ws[: nthreads * t_elems * 4].view(dtype).reshape(nthreads, t_elems)
+    cbuf = ws[t_bytes : t_bytes + nthreads * c_elems * 4].view(dtype).reshape(nthreads, c_elems)
+    return tbuf, cbuf
+
+
+def _nbw(ny: int) -> int:
+    """Column-block width: 32, or 8 when the expanded operand is so narrow that 32 would mostly be padding."""
+    return 8 if ny <= 16 else NB
+
+
+def _kb(n_l: int, k_len: int, nbw: int) -> int:
+    return max(1, min(_KB_MAX, k_len, _T_BYTES // (n_l * nbw * 4)))
+
+
+def _costs(m_rows: int, n_cols: int, k_len: int, n_l: int) -> tuple[float, float]:
+    """Estimated single-core ns of (expansion, direct kernel) for one (M, K) @ (K, N) product.
+
+    Expansion builds 2**m table rows per k and (padded) column block, amortised over the max(M, N) rows swept;
+    the direct kernel pays a table lookup and a serial add per product.
+    """
+    sweep, other = max(m_rows, n_cols), min(m_rows, n_cols)
+    nbw = _nbw(other)
+    npad = -(-other // nbw) * nbw
+    expand = k_len * npad * (n_l * _COST_BUILD + sweep * _COST_SWEEP * (1.5 if nbw == 8 else 1.0))
+    direct = m_rows * n_cols * k_len * _COST_DIRECT * max(1.0, n_l / 512)
+    return expand, direct
+
+
+def use_expansion(m_rows: int, n_cols: int, k_len: int, n_l: int, nbatch: int = 1) -> bool:
+    """Whether row expansion beats the direct kernel for (M, K) @ (K, N) products (the batch size cancels)."""
+    expand, direct = _costs(m_rows, n_cols, k_len, n_l)
+    return expand < direct
+
+
+def _is_small(m_rows: int, n_cols: int, k_len: int, n_l: int, nbatch: int) -> bool:
+    return nbatch * min(_costs(m_rows, n_cols, k_len, n_l)) < _SERIAL_NS
+
+
+def _row_blocks(nbatch: int, n_cb: int, m_rows: int, nthreads: int) -> int:
+    """Split the swept rows only when there are too few (batch, column block) items to keep threads busy."""
+    items = nbatch * n_cb
+    if items >= 2 * nthreads:
+        return 1
+    return max(1, min(-(-2 * nthreads // items), m_rows // 256))
+
+
+class _Layout:
+    """Blocking of an expansion that sweeps mx = max(M, N) rows and expands ny = min(M, N) columns."""
+
+    def __init__(self, m_rows, n_cols, k_len, n_l, nbatch, serial):
+        self.mx, self.ny = max(m_rows, n_cols), min(m_rows, n_cols)
+        self.nbw = _nbw(self.ny)
+        self.kbs = _kb(n_l, k_len, self.nbw)
+        self.nkb = -(-k_len // self.kbs)
+        self.npad = -(-self.ny // self.nbw) * self.nbw
+        # get_num_threads() also starts Numba's thread pool, which must exist before a kernel that calls
+        # get_thread_id() is loaded from the on-disk cache, even the serial twin (otherwise: a null call, segfault)
+        nthreads = numba.get_num_threads()
+        self.n_rb = 1 if serial else _row_blocks(nbatch, self.npad // self.nbw, self.mx, nthreads)
+        self.nthreads = 1 if serial else nthreads
+
+    def buffers(self, n_l, dtype):
+        return _thread_buffers(self.nthreads, self.kbs * n_l * self.nbw, -(-self.mx // self.n_rb) * self.nbw, dtype)
+
+
+def _decode_plain(x, m, truncate, serial, key):
+    """Decode x (batch, R, K) into (batch, R, K) index/scale arrays plus the per-row exponent ranges."""
+    nbatch, rows, k_len = x.shape
+    idx = _scratch(f"idx{key}", (nbatch, 1, rows, k_len), np.int32)
+    scale = _scratch(f"scale{key}", (nbatch, 1, rows, k_len), np.float32)
+    emin = np.empty((nbatch, rows), np.int32)
+    emax = np.empty((nbatch, rows), np.int32)
+    _k(_decode_rows_f32, serial)(x, m, truncate, idx, scale, emin, emax)
+    return idx.reshape(nbatch, rows, k_len), scale.reshape(nbatch, rows, k_len), emin, emax
+
+
+def _lut_exp_range(kt, lut_e):
+    e_lo = getattr(kt, "exp_lo", None)
+    if e_lo is not None:
+        return e_lo, kt.exp_hi
+    nz = lut_e != NO_EXP
+    return (int(lut_e[nz].min()), int(lut_e[nz].max())) if nz.any() else (0, 0)
+
+
+def gemm_f32(a, b, out, m, truncate, kt):
+    """out[bt] = a[bt] @ b[bt] for 3-D float32 arrays (batch already broadcast). ``kt`` from float_kernel_tables."""
+    lutf, lut_e, lut_f, ranges = kt[0], kt[1], kt[2], kt[3]
+    n_l = lutf.shape[0]
+    nbatch, m_rows, k_len = a.shape
+    n_cols = b.shape[2]
+    if out.size == 0:
+        return out
+    if k_len == 0:
+        out[...] = 0.0
+        return out
+    e_lo, e_hi = _lut_exp_range(kt, lut_e)
+    serial = _is_small(m_rows, n_cols, k_len, n_l, nbatch)
+    swapped = False
+    if not use_expansion(m_rows, n_cols, k_len, n_l, nbatch):
+        ia, sa, xmin, xmax = _decode_plain(a, m, truncate, serial, "a")
+        ib, sb, ymin, ymax = _decode_plain(np.swapaxes(b, 1, 2), m, truncate, serial, "b")
+        _k(_direct_f32, serial)(out, ia, sa, ib, sb, lutf)
+    else:
+        swapped = m_rows < n_cols
+        if swapped:  # sweep the longer side: C^T = B^T (x) A^T with the table transposed
+            x, y, c = np.swapaxes(b, 1, 2), np.swapaxes(a, 1, 2), np.swapaxes(out, 1, 2)
+            lutt = lutf
+        else:
+            x, y, c = a, b, out
+            lutt = getattr(kt, "lutt", None)
+            if lutt is None:
+                lutt = np.ascontiguousarray(lutf.T)
+        lay = _Layout(m_rows, n_cols, k_len, n_l, nbatch, serial)
+        iap = _scratch("iap", (nbatch, lay.nkb, lay.mx, lay.kbs), np.int32)
+        sap = _scratch("sap", (nbatch, lay.nkb, lay.mx, lay.kbs), np.float32)
+        xmin = np.empty((nbatch, lay.mx), np.int32)
+        xmax = np.empty((nbatch, lay.mx), np.int32)
+        if swapped:
+            pmin = np.empty((nbatch, lay.nkb, lay.mx), np.int32)
+            pmax = np.empty((nbatch, lay.nkb, lay.mx), np.int32)
+            _k(_decode_rows_t_f32, serial)(b, m, truncate, iap, sap, pmin, pmax)
+            xmin, xmax = pmin.min(axis=1), pmax.max(axis=1)
+        else:
+            _k(_decode_rows_f32, serial)(x, m, truncate, iap, sap, xmin, xmax)
+        ib = _scratch("ib", (nbatch, k_len, lay.npad), np.int32)
+        sb = _scratch("sb", (nbatch, k_len, lay.npad), np.float32)
+        ymin = np.empty((nbatch, lay.ny), np.int32)
+        ymax = np.empty((nbatch, lay.ny), np.int32)
+        _k(_decode_cols_f32, serial)(y, m, truncate, ib, sb, ymin, ymax, lay.nbw)
+        tbuf, cbuf = lay.buffers(n_l, np.float32)
+        with numba.parallel_chunksize(1):  # items are big: hand them out dynamically (a busy core stalls less)
+            _k(_expand, serial)(c, iap, sap, ib, sb, lutt, lay.nbw, lay.n_rb, tbuf, cbuf)
+    rows, cols = _windows(xmin, xmax, ymin, ymax, e_lo, e_hi, ranges)
+    if rows[0].size or cols[0].size:
+        if swapped:
+            rows, cols = cols, rows
+        fix_serial = (rows[0].size * n_cols + cols[0].size * m_rows) * k_len * 3.0 < _SERIAL_NS
+        _k(_fixup_f32, fix_serial)(out, a, b, rows[0], rows[1], cols[0], cols[1], m, truncate, lut_e, lut_f)
+    return out
+
+
+def gemm_i32(ia, ib, out, lut):
+    """out[bt] = sum_k lut[ia[bt, :, k], ib[bt, k, :]] for 3-D int32 table-index arrays.
+
+    ``lut`` int32 (integer multipliers: indices are operand - lowest value; exact int32 sums) or float32
+    (full-operand tables: indices are format codes; float32 sums in k order from +0.0).
+    """
+    n_l = lut.shape[0]
+    nbatch, m_rows, k_len = ia.shape
+    n_cols = ib.shape[2]
+    if out.size == 0:
+        return out
+    if k_len == 0:
+        out[...] = 0
+        return out
+    serial = _is_small(m_rows, n_cols, k_len, n_l, nbatch)
+    if not use_expansion(m_rows, n_cols, k_len, n_l, nbatch):
+        _k(_gemm_direct_i32, serial)(out, np.ascontiguousarray(ia), np.ascontiguousarray(np.swapaxes(ib, 1, 2)),
+                                     lut, lut.dtype.type(0))
+        return out
+    swapped = m_rows < n_cols
+    if swapped:
+        y, c, lutt = np.swapaxes(ia, 1, 2), np.swapaxes(out, 1, 2), lut
+    else:
+        y, c, lutt = ib, out, lut.T
+    lutt = np.ascontiguousarray(lutt)
+    lay = _Layout(m_rows, n_cols, k_len, n_l, nbatch, serial)
+    iap = _scratch("iap", (nbatch, lay.nkb, lay.mx, lay.kbs), np.int32)
+    if swapped:
+        _k(_pack_rows_t_i32, serial)(ib, iap)
+    else:
+        _k(_pack_rows_i32, serial)(ia, iap)
+    ibp = _scratch("ib", (nbatch, k_len, lay.npad), np.int32)
+    _k(_pad_cols_i32, serial)(y, ibp)
+    tbuf, cbuf = lay.buffers(n_l, lutt.dtype)
+    with numba.parallel_chunksize(1):
+        _k(_expand, serial)(c, iap, None, ibp, None, lutt, lay.nbw, lay.n_rb, tbuf, cbuf)
+    return out
+
+
+def multiply_f32(a, b, out, m, truncate, lut_e, lut_f):
+    """Elementwise products of equally shaped flat float32 arrays, written to ``out``."""
+    _k(_multiply_f32, a.shape[0] < _SERIAL_ELEMS)(a, b, out, m, truncate, lut_e, lut_f)
+
+
+def multiply_i32(ia, ib, out, lut):
+    """Elementwise table products of equally shaped flat int32 index arrays, written to ``out``."""
+    _k(_multiply_i32, ia.shape[0] < _SERIAL_ELEMS)(ia, ib, out, lut)
