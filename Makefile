@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 DATA := $(VENV)/.data
 
-.PHONY: demo test bench gpu-check gpu-check-emulated clean
+.PHONY: demo test lint bench gpu-check gpu-check-emulated clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -24,7 +24,11 @@ demo: $(STAMP) $(DATA)
 	$(BIN)/python -m amsim.demo
 
 test: $(STAMP) $(DATA)
-	AMSIM_NB_QUICK=1 $(BIN)/python -m pytest -q
+	AMSIM_NB_QUICK=1 $(BIN)/python -m pytest -q --nbmake
+
+lint: $(STAMP)
+	$(BIN)/python -m ruff check amsim tests benchmarks scripts
+	$(BIN)/python scripts/import_graph.py
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_cpu_gemm.py

@@ -13,9 +13,8 @@ from . import formats, golden, gpu, interop, multipliers
 from ._errors import AmsimError, InvalidTableError, ModelCompileError, RuleError, UnsupportedError
 from ._metrics import ErrorStats, format_table
 from ._multiplier import Multiplier, int_multiplier, multiplier
-from ._plots import error_heatmap
 from ._ops import matmul, multiply
-
+from ._plots import error_heatmap
 from ._version import __version__ as __version__
 
 __all__ = [

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from ._operands import CANONICAL_NAN_BITS
 from ._fpenv import under_default_fp
+from ._operands import CANONICAL_NAN_BITS
 
 __all__ = ["quantize", "multiply", "matmul"]
 

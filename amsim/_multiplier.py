@@ -11,8 +11,7 @@ import numpy as np
 from . import _operands
 from ._errors import InvalidTableError, ModelCompileError
 from ._version import __version__
-from .lut import (Table, build_code_table, build_float_table, build_int_table, fingerprint, validate,
-                  validate_code_table)
+from .lut import Table, build_code_table, build_float_table, build_int_table, fingerprint, validate, validate_code_table
 
 __all__ = ["Multiplier", "multiplier", "int_multiplier"]
 
@@ -210,13 +209,13 @@ class Multiplier:
         return table
 
     # -- variants and persistence --------------------------------------------------------------------------
-    def with_rounding(self, rounding: str) -> "Multiplier":
+    def with_rounding(self, rounding: str) -> Multiplier:
         """The same multiplier with operands rounded by ``rounding`` ("nearest" or "truncate")."""
         if self.is_int:
             raise ValueError("integer multipliers take integer operands; they have no rounding mode.")
         return self._variant(rounding=rounding)
 
-    def with_format(self, operand_format) -> "Multiplier":
+    def with_format(self, operand_format) -> Multiplier:
         """The same significand table applied to operands converted to ``operand_format`` first (fp16, FP8...).
 
         The format's fraction bits must equal the multiplier's ``mantissa_bits``.
@@ -239,7 +238,7 @@ class Multiplier:
                                else None, builder=self._builder, identity=self._identity)
 
     @classmethod
-    def load(cls, path) -> "Multiplier":
+    def load(cls, path) -> Multiplier:
         """Read a multiplier saved with :meth:`save`; a file whose values or metadata were altered is refused."""
         table, meta = Table.load(path)
         fmt = meta.get("operand_format")
@@ -262,7 +261,7 @@ class Multiplier:
 
     @classmethod
     def from_table(cls, values, *, name: str, kind: str | None = None, signed: bool | None = None,
-                   rounding: str = "nearest", operand_format=None) -> "Multiplier":
+                   rounding: str = "nearest", operand_format=None) -> Multiplier:
         """Wrap a table that came from elsewhere.
 
         Arguments:

@@ -80,7 +80,7 @@ def plot_results(results: list[RunResult], path) -> Path:
 
     fig, (ax_l, ax_a) = plt.subplots(1, 2, figsize=(10, 4))
     for r in results:
-        xs, ys = zip(*r.loss_curve) if r.loss_curve else ((), ())
+        xs, ys = zip(*r.loss_curve, strict=True) if r.loss_curve else ((), ())
         ax_l.plot(xs, ys, label=r.config.label, lw=1.2)
         ax_a.plot([h["epoch"] for h in r.history], [100 * h["test_acc"] for h in r.history], "o-",
                   label=r.config.label)
@@ -184,7 +184,7 @@ def compare(multipliers, *, out_dir="results", resume: bool = True, progress: bo
     cfgs = [RunConfig(multiplier=spec, **config) for spec in multipliers]
     resolved = [_Resolved.of(cfg) for cfg in cfgs]  # every spec resolved (and its file read) before any training
     results = []
-    for cfg, res in zip(cfgs, resolved):
+    for cfg, res in zip(cfgs, resolved, strict=True):
         results.append(train(cfg, progress=progress, checkpoint_dir=out / "checkpoints", resume=resume,
                              resolved=res))
         save_run(out, results[-1])

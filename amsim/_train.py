@@ -127,7 +127,7 @@ class _Resolved:
     rules: tuple
 
     @classmethod
-    def of(cls, cfg) -> "_Resolved":
+    def of(cls, cfg) -> _Resolved:
         return cls(resolve_multiplier(cfg.multiplier), tuple((p, resolve_multiplier(s)) for p, s in cfg.rules))
 
     def all(self):
@@ -202,7 +202,7 @@ class RunResult:
     finished: str = ""  # when its run file was written (set by amsim._report.load_runs)
 
     @classmethod
-    def from_dict(cls, d: dict) -> "RunResult":
+    def from_dict(cls, d: dict) -> RunResult:
         """The inverse of :meth:`as_dict` (multipliers in the config are their names)."""
         cfg = dict(d["config"])
         cfg["rules"] = tuple(tuple(r) for r in cfg.get("rules", ()))

@@ -89,7 +89,7 @@ def cmd_inspect(args):
         from ._plots import error_heatmap
 
         fig, axes = plt.subplots(1, len(mults), figsize=(4.2 * len(mults), 3.6), squeeze=False)
-        for ax, m in zip(axes[0], mults):
+        for ax, m in zip(axes[0], mults, strict=True):
             error_heatmap(m, ax=ax)
         fig.tight_layout()
         from ._io import atomic_writer

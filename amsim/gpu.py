@@ -10,8 +10,16 @@ CuPy is imported on the first call, never by ``import amsim``.
 from __future__ import annotations
 
 # the kernel choice and its cost model, pure functions of sizes (for benchmarks and experiments)
-from .kernels.cuda._plan import (ALGOS, algo_estimate, bf16_pair_table, choose_algo, choose_lut_algo, conv_geometry,
-                                 fp16_table, usable_algos)
+from .kernels.cuda._plan import (
+    ALGOS,
+    algo_estimate,
+    bf16_pair_table,
+    choose_algo,
+    choose_lut_algo,
+    conv_geometry,
+    fp16_table,
+    usable_algos,
+)
 
 __all__ = ["gemm", "conv2d_nhwc", "precompile", "clear_plan_cache", "device_limits", "ALGOS", "choose_algo",
            "choose_lut_algo", "algo_estimate", "usable_algos", "bf16_pair_table", "fp16_table", "conv_geometry"]

@@ -245,7 +245,7 @@ def main(argv=None):
                   ("1024x1024x1024", (), 1024, 1024, 1024, amsim.multipliers.mbm(10)),
                   ("1024x1024x1024", (), 1024, 1024, 1024, amsim.multipliers.mbm(11))]
     for _, _, _, _, _, mult in cases:
-        mult.table  # build outside the timings
+        _ = mult.table  # build outside the timings
 
     print(f"# amsim CPU GEMM benchmark ({'quick' if args.quick else 'full'}, best of {repeats})")
     results = []

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import functools
 import json
 import os
 import sys
@@ -90,12 +91,12 @@ def weight_gradient_shapes(reps, cp, check=True, batch=128, rows=None, save=None
         k_ = batch * pixels
         a = cp.asarray(rng.standard_normal((m_, k_)).astype(np.float32))
         b = cp.asarray(rng.standard_normal((k_, n_)).astype(np.float32))
-        t_ref = _time_it(lambda: cp.matmul(a, b), reps, cp)
+        t_ref = _time_it(functools.partial(cp.matmul, a, b), reps, cp)
         chosen = gpu.choose_algo(7, 1, m_, n_, *gpu.device_limits(), bf16_table=True)
         for algo in ("auto", "dot", "gather", "wide"):
             out = cp.empty((m_, n_), np.float32)
             kw = {} if algo == "auto" else {"algo": algo}
-            t = _time_it(lambda: gpu.gemm(a, b, mult, out=out, **kw), reps, cp)
+            t = _time_it(functools.partial(gpu.gemm, a, b, mult, out=out, **kw), reps, cp)
             ok = _spot_check(a, b, out, mult, cp) if check else None
             kernel = chosen if algo == "auto" else algo
             rows.append({"shape": [m_, k_, n_], "algo": algo, "kernel": kernel, "seconds": t, "cublas_seconds": t_ref,
@@ -161,8 +162,7 @@ def int8_gemm(n, reps, cp, check=True, rows=None, save=None):
     """An int8 multiplier (exact_int(8), a 256 x 256 int32 table) at n^3 with both table kernels, against
     cupy.matmul in float32 on the same values."""
     import amsim
-    from amsim import golden
-    from amsim import gpu
+    from amsim import golden, gpu
 
     mult = amsim.multipliers.exact_int(8, signed=True)
     rng = np.random.default_rng(2)
@@ -176,7 +176,7 @@ def int8_gemm(n, reps, cp, check=True, rows=None, save=None):
     for algo in ("auto", "lut", "lutw"):
         out = cp.empty((n, n), np.int32)
         kw = {} if algo == "auto" else {"algo": algo}
-        t = _time_it(lambda: gpu.gemm(a, b, mult, out=out, **kw), reps, cp)
+        t = _time_it(functools.partial(gpu.gemm, a, b, mult, out=out, **kw), reps, cp)
         ok = bool((cp.asnumpy(out[[0, n - 1]]) == want).all()) if check else None
         rows.append({"algo": algo, "seconds": t, "cublas_fp32_seconds": t_ref, "ratio_vs_cublas": t_ref / t,
                      "golden_rows_match": ok})
@@ -221,7 +221,7 @@ def jax_training_step_comparison(steps: int = 10, batch: int = 128, names=("lene
             opt = optax.sgd(1e-2, momentum=0.9)
             opt_state = opt.init(params)
 
-            def loss_fn(p, s, model=model, has_bn=bool(stats)):
+            def loss_fn(p, s, model=model, has_bn=bool(stats), x=x, y=y):
                 if has_bn:
                     logits, upd = model.apply({"params": p, "batch_stats": s}, x, train=True,
                                               mutable=["batch_stats"])
@@ -328,7 +328,7 @@ def main(argv=None):
             chosen = algo if algo != "auto" else gpu.choose_algo(m, 1, n, n, *gpu.device_limits(),
                                                                    bf16_table=bf16_table, fp16_table=fp16_table)
             out = cp.empty((n, n), np.float32)
-            t = _time_it(lambda: gpu.gemm(a, b, mult, out=out, **kw), args.reps, cp)
+            t = _time_it(functools.partial(gpu.gemm, a, b, mult, out=out, **kw), args.reps, cp)
             ok = None if args.no_check else _spot_check(a, b, out, mult, cp)
             row = {"mult": name, "algo": algo, "kernel": chosen, "seconds": t, "tflops": flops / t / 1e12,
                    "ratio_vs_cublas": t_ref / t, "golden_rows_match": ok, **_rates((n, n, n), chosen, mult, t, cp)}

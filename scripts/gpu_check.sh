@@ -5,7 +5,8 @@
 #
 # 1. card, driver and library versions;
 # 2. fills CuPy's kernel cache in parallel (every instantiation, fully optimised; minutes saved below);
-# 3. pytest -m gpu (tests/test_gpu.py: CuPy results bit for bit against the golden model, JAX bridge on the GPU);
+# 3. pytest -m gpu (tests/test_gpu.py, and the CuPy cases of tests/test_backends.py and test_aliasing.py: CuPy
+#    results bit for bit against the golden model, JAX bridge on the GPU);
 # 4. benchmarks/bench_gpu.py (4096^3 approximate GEMM, every kernel, vs cuBLAS FP32);
 # 5. LeNet-5 / ResNet-20 training step, every product approximate, vs plain JAX FP32 (bench_gpu.py --jax-only);
 # 6. registers / spills per kernel for this card's architecture;
@@ -17,7 +18,7 @@
 # runs out leaves its partial output in the log, and the JSON files hold what was measured before.)
 #
 # AMSIM_EMULATED_GPU=1: a dry run on a machine without a GPU (`make gpu-check-emulated`). The GPU steps then use
-# the emulated CuPy of tests/emulated_gpu (kernels under a host emulation, minutes per 4096^3 GEMM), the
+# the emulated CuPy of tests/support/emulated_gpu (kernels under a host emulation, minutes per 4096^3 GEMM), the
 # benchmarks run at small sizes and the JAX bridge's GPU test is left out: this checks the script and the code
 # paths, not the GPU; its numbers mean nothing.
 set -u
@@ -36,7 +37,7 @@ JAX_BENCH=()
 DESELECT=()
 SMI=nvidia-smi
 if [ "${AMSIM_EMULATED_GPU:-0}" = 1 ]; then
-    G=(env "PYTHONPATH=tests/emulated_gpu:$PYTHONPATH")
+    G=(env "PYTHONPATH=tests/support/emulated_gpu:$PYTHONPATH")
     BENCH=(--size 128 --reps 1 --wgrad-batch 1 --overhead-calls 2)
     JAX_BENCH=(--jax-models lenet5 --jax-batch 2 --jax-steps 1)
     DESELECT=(--deselect tests/test_gpu.py::test_jax_bridge_on_gpu_forward_and_gradients)
@@ -67,7 +68,8 @@ print(p[\"name\"], \"sm_%d%d\" % (p[\"major\"], p[\"minor\"]), p[\"multiProcesso
 p[\"sharedMemPerBlockOptin\"], \"B smem/block\")'"
 step precompile 50 "${G[@]}" "$PY" -c "import os, time; from amsim import gpu; t = time.time(); \
 n = gpu.precompile(workers=min(16, os.cpu_count() or 1)); print(n, 'kernels in', round(time.time() - t, 1), 's')"
-step pytest_gpu 80 "${G[@]}" "${PYTEST[@]}" -m gpu -q tests/test_gpu.py tests/test_aliasing.py "${DESELECT[@]}"
+step pytest_gpu 80 "${G[@]}" "${PYTEST[@]}" -m gpu -q tests/test_gpu.py tests/test_backends.py tests/test_aliasing.py \
+    "${DESELECT[@]}"
 step bench_gpu 70 "${G[@]}" "$PY" benchmarks/bench_gpu.py "${BENCH[@]}" --json "$OUT/bench_gpu.json"
 step bench_jax 50 "${G[@]}" "$PY" benchmarks/bench_gpu.py --jax-only "${JAX_BENCH[@]}" --json "$OUT/bench_jax.json"
 ARCH=$("${G[@]}" "$PY" -c 'import cupy; p = cupy.cuda.runtime.getDeviceProperties(0); \

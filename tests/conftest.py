@@ -1,57 +1,10 @@
+"""Fixtures shared by the test files; helpers (bit comparisons, special values, the CUDA emulation) live in
+tests/support."""
+
 import zlib
 
 import numpy as np
 import pytest
-
-F32 = np.float32
-
-
-def bits(x):
-    return np.ascontiguousarray(x, dtype=np.float32).view(np.uint32)
-
-
-def assert_bits_equal(actual, expected):
-    """Bit-for-bit equality of float32 arrays (so -0 != +0); any NaN equals any NaN (payloads may differ)."""
-    actual = np.asarray(actual)
-    expected = np.asarray(expected)
-    assert actual.shape == expected.shape, (actual.shape, expected.shape)
-    assert actual.dtype == expected.dtype, (actual.dtype, expected.dtype)
-    if actual.dtype != np.float32:
-        np.testing.assert_array_equal(actual, expected)
-        return
-    nan_a, nan_e = np.isnan(actual), np.isnan(expected)
-    mism = (nan_a != nan_e) | (~nan_a & (bits(actual) != bits(expected)))
-    if mism.any():
-        idx = np.argwhere(mism)[:5]
-        detail = [(tuple(int(v) for v in i), float(actual[tuple(i)]), float(expected[tuple(i)])) for i in idx]
-        raise AssertionError(f"{int(mism.sum())} of {mism.size} elements differ (index, actual, expected): {detail}")
-
-
-def special_values() -> np.ndarray:
-    """Float32 values at every boundary the semantics care about."""
-    u = [
-        0x00000000, 0x80000000,  # +-0
-        0x00000001, 0x80000001, 0x007FFFFF, 0x807FFFFF, 0x00400000,  # subnormals (0x007FFFFF rounds up to normal)
-        0x00800000, 0x80800000, 0x00800001,  # min normal
-        0x7F7FFFFF, 0xFF7FFFFF, 0x7F000000,  # max normal (rounds to Inf under RNE), 2**127
-        0x7F800000, 0xFF800000,  # +-Inf
-        0x7FC00000, 0xFFC00001, 0x7F800001,  # NaNs (signalling with low payload too)
-        0x3F800000, 0xBF800000, 0x3FC00000, 0x3FFFFFFF,  # 1, -1, 1.5, just below 2 (rounds to 2)
-        0x3F810000, 0x3F818000, 0x3F828000,  # ties for m=7 rounding
-        0x5F000000, 0x5F800000, 0x20000000, 0x1F800000,  # 2**63, 2**64, 2**-63, 2**-64
-        0x7E800000, 0x01000000, 0x0D800000, 0x71800000,  # 2**126, 2**-125, 2**-100, 2**100
-        0x7EFFFFFF, 0x00FFFFFF,
-    ]
-    return np.array(u, dtype=np.uint32).view(np.float32)
-
-
-def mixed_matrix(rng, shape, special_fraction=0.15):
-    """Random normals with special values sprinkled in."""
-    x = rng.standard_normal(shape).astype(np.float32)
-    sv = special_values()
-    mask = rng.random(shape) < special_fraction
-    x[mask] = sv[rng.integers(0, sv.size, size=int(mask.sum()))]
-    return x
 
 
 @pytest.fixture
@@ -59,3 +12,21 @@ def rng(request):
     # a fresh, reproducible stream per test
     seed = zlib.crc32(request.node.nodeid.encode())
     return np.random.default_rng(seed)
+
+
+def _cupy_or_skip():
+    cp = pytest.importorskip("cupy", reason="CuPy is not installed")
+    try:
+        n = cp.cuda.runtime.getDeviceCount()
+    except Exception:  # no driver, no device, driver too old
+        n = 0
+    if n == 0:
+        pytest.skip("no CUDA device (cupy.cuda.runtime.getDeviceCount)")
+    return cp
+
+
+@pytest.fixture(params=["numpy", pytest.param("cupy", marks=pytest.mark.gpu)])
+def backend(request):
+    """The array module of each backend, for cases that must hold on all of them: NumPy always, CuPy where it
+    sees a CUDA device (a real GPU in scripts/gpu_check.sh; the emulated one in tests/test_gpu_emulated.py)."""
+    return np if request.param == "numpy" else _cupy_or_skip()

@@ -21,8 +21,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import amsim
-from amsim import interop
-from amsim import _train
+from amsim import _train, interop
 from amsim.data import _cifar, _idx
 
 

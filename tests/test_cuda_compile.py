@@ -68,7 +68,8 @@ def test_heavy_kernels_fit_registers_without_spills(arch):
         assert u["spill_stores"] == 0 and u["spill_loads"] == 0 and u["stack"] == 0, (name, u)
     # the expand kernels run one block per SM: their registers must fit the 64K register file
     for name in HEAVY[:7]:
-        threads = {"expand16": _config.E16_THREADS, "wide": _config.WIDE_THREADS}.get(name.split("_")[2], _config.EXP_THREADS)
+        threads = {"expand16": _config.E16_THREADS, "wide": _config.WIDE_THREADS}.get(name.split("_")[2],
+                                                                                   _config.EXP_THREADS)
         assert usage[name]["registers"] * threads <= 65536, (name, usage[name])
     print("\n" + "\n".join(f"{n}: {u}" for n, u in usage.items()))
 

@@ -14,18 +14,18 @@ Warp-level behaviour (bank conflicts, speed) is not emulated; tests/test_gpu.py 
 from __future__ import annotations
 
 import ctypes
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 import amsim
 from amsim import golden
-
-from . import emulated_cuda as emu
-from .conftest import assert_bits_equal, special_values
-
 from amsim._operands import exponent_windows
 from amsim.kernels.cuda import _plan as cuda  # the launch plans: pure, no CuPy needed
+
+from .support import emulated_cuda as emu
+from .support.bits import assert_bits_equal, special_values
 
 F = np.float32
 pytestmark = pytest.mark.skipif(emu.CXX is None, reason="no host C++ compiler (g++ or clang++) on PATH")
@@ -41,16 +41,7 @@ def _lib_or_fail(build):
 # ---------------------------------------------------------------------------------------------------------
 # 1. the scalar product
 # ---------------------------------------------------------------------------------------------------------
-PRODUCT_SRC = r"""
-#include "amsim_product.cuh"
-extern "C" void host_multiply(const float* a, const float* b, float* out, long long n, int m, int truncate,
-                              const float* lut) {
-    for (long long i = 0; i < n; ++i) out[i] = amsim_product(a[i], b[i], m, truncate != 0, lut);
-}
-extern "C" void host_round(const unsigned int* u, unsigned int* out, long long n, int m, int truncate) {
-    for (long long i = 0; i < n; ++i) out[i] = amsim_round_bits(u[i], m, truncate != 0);
-}
-"""
+PRODUCT_SRC = (Path(emu.__file__).parent / "product_host.cpp").read_text()
 
 
 @pytest.fixture(scope="module")

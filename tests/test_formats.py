@@ -10,7 +10,7 @@ import amsim
 from amsim import formats, golden
 from amsim import nn as ann
 
-from .conftest import assert_bits_equal, special_values
+from .support.bits import assert_bits_equal, special_values
 
 F = np.float32
 

@@ -13,7 +13,7 @@ import amsim
 from amsim import _fpenv, golden
 from amsim import nn as ann
 
-from .conftest import assert_bits_equal, mixed_matrix
+from .support.bits import assert_bits_equal, mixed_matrix
 
 pytestmark = pytest.mark.skipif(not _fpenv.MANAGED, reason="amsim manages the FP state on x86-64 and AArch64 only")
 F = np.float32
@@ -104,7 +104,7 @@ def test_numba_workers_started_with_ftz_daz(rng):
 
 
 def test_jax_bridge_under_jit_keeps_subnormal_sums(rng):
-    for label, a, b, m in _cases(rng):
+    for _label, a, b, m in _cases(rng):
         want = golden.matmul(a, b, m)
         got = jax.jit(lambda x, y: ann.bmm(x, y, m))(a, b)  # noqa: B023  (XLA's callback thread: FTZ/DAZ on)
         assert_bits_equal(np.asarray(got), want)

@@ -6,7 +6,7 @@ import pytest
 import amsim
 from amsim import golden
 
-from .conftest import assert_bits_equal, bits
+from .support.bits import assert_bits_equal, bits
 
 F = np.float32
 
@@ -78,7 +78,7 @@ def test_special_cases_hand_worked():
     out = golden.multiply(a, b, mult)
     expected_bits = [0x00000000, 0x80000000, None, None, 0xFF800000, None, 0x00000000, 0x80000000, None,
                      0x7F800000, 0x00000000, 0xFF800000]
-    for o, e in zip(out, expected_bits):
+    for o, e in zip(out, expected_bits, strict=True):
         if e is None:
             assert np.isnan(o)
         else:

@@ -14,7 +14,7 @@ import pytest
 import amsim
 from amsim import golden
 
-from .conftest import assert_bits_equal, mixed_matrix, special_values
+from .support.bits import assert_bits_equal, mixed_matrix
 
 cp = pytest.importorskip("cupy", reason="CuPy is not installed")
 
@@ -56,31 +56,6 @@ def _mult(name, m, rounding="nearest"):
 
 
 # ---- elementwise ------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("name,m", [("mbm", 7), ("mitchell", 3), ("exact", 1), ("exact", 10), ("mitchell", 11)])
-@pytest.mark.parametrize("rounding", ["nearest", "truncate"])
-def test_multiply_special_grid_and_wide_exponents(name, m, rounding, rng):
-    mult = _mult(name, m, rounding)
-    sv = special_values()
-    ga, gb = np.meshgrid(sv, sv, indexing="ij")
-    n = 50000
-    with np.errstate(over="ignore"):
-        wa = np.ldexp(rng.uniform(1, 2, n), rng.integers(-130, 129, n)).astype(F) * rng.choice([-1, 1], n).astype(F)
-        wb = np.ldexp(rng.uniform(1, 2, n), rng.integers(-130, 129, n)).astype(F)
-    a = np.concatenate([ga.ravel(), wa])
-    b = np.concatenate([gb.ravel(), wb])
-    out = cp.full(a.shape, cp.nan, F)  # poisoned
-    amsim.multiply(_dev(a), _dev(b), mult, out=out)
-    assert_bits_equal(_host(out), golden.multiply(a, b, mult))
-
-
-def test_multiply_int_broadcast(rng):
-    mult = amsim.multipliers.exact_int(8, signed=True)
-    a = rng.integers(-128, 128, (30, 1))
-    b = rng.integers(-128, 128, (1, 40))
-    got = amsim.multiply(_dev(a.astype(np.int8)), _dev(b.astype(np.int8)), mult)
-    np.testing.assert_array_equal(_host(got), golden.multiply(a, b, mult))
-
-
 # ---- float GEMM -------------------------------------------------------------------------------------------
 SHAPES = [  # (batch, M, K, N)
     ((), 1, 1, 1), ((), 3, 17, 5), ((), 65, 33, 129), ((2,), 70, 37, 65), ((3,), 513, 21, 40),
@@ -151,15 +126,6 @@ def test_gemm_gather_large_m(cuda, rng):
         assert_bits_equal(_host(cuda.gemm(_dev(a), _dev(b), mult)), golden.matmul(a, b, mult))
 
 
-def test_matmul_special_value_matrix(rng):
-    sv = special_values()
-    a = np.tile(sv, (sv.size, 1))  # every pair of special values meets in some output
-    with np.errstate(over="ignore", invalid="ignore"):  # max normal * 1.5 -> Inf, Inf * 0 -> NaN: wanted
-        b = (np.tile(sv[:, None], (1, 7)) * rng.standard_normal((1, 7)).astype(F)).astype(F)
-    for mult in (_mult("mbm", 7), _mult("exact", 11, "truncate")):
-        assert_bits_equal(_host(amsim.matmul(_dev(a), _dev(b), mult)), golden.matmul(a, b, mult))
-
-
 def test_matmul_exponent_edges(rng):
     mult = _mult("mbm", 7)
     with np.errstate(over="ignore"):
@@ -217,34 +183,7 @@ def test_large_problem_auto_choice_and_exact(cuda, name, m, shape, kernel, rng):
     assert_bits_equal(got[check], golden.matmul(a[check], b, mult))
 
 
-def test_subnormal_table_entries(rng):
-    values = (amsim.multipliers.mbm(4).table.values * F(2.0**-140)).astype(F)  # every entry subnormal
-    mult = amsim.Multiplier.from_table(values, name="subnormal4")
-    a = np.ldexp(rng.uniform(1, 2, (70, 12)), rng.integers(60, 80, (70, 12))).astype(F)
-    b = np.ldexp(rng.uniform(1, 2, (12, 50)), rng.integers(60, 80, (12, 50))).astype(F)
-    assert_bits_equal(_host(amsim.matmul(_dev(a), _dev(b), mult)), golden.matmul(a, b, mult))
-
-
-def test_matmul_broadcast_batch(rng):
-    mult = _mult("mitchell", 5)
-    a = rng.standard_normal((3, 1, 20, 11)).astype(F)
-    b = rng.standard_normal((4, 11, 9)).astype(F)
-    assert_bits_equal(_host(amsim.matmul(_dev(a), _dev(b), mult)), golden.matmul(a, b, mult))
-    w = rng.standard_normal((11, 9)).astype(F)  # one matrix for every batch: a single GEMM over all rows
-    assert_bits_equal(_host(amsim.matmul(_dev(a), _dev(w), mult)), golden.matmul(a, w, mult))
-
-
 # ---- integer and full-operand tables ------------------------------------------------------------------------
-@pytest.mark.parametrize("bits,signed", [(8, True), (4, False), (7, True)])
-def test_matmul_int(bits, signed, rng):
-    mult = amsim.multipliers.exact_int(bits, signed=signed)
-    lo, hi = mult.int_range
-    a = rng.integers(lo, hi + 1, (2, 70, 45))
-    b = rng.integers(lo, hi + 1, (2, 45, 66))
-    got = amsim.matmul(_dev(a.astype(np.int32)), _dev(b.astype(np.int32)), mult)
-    np.testing.assert_array_equal(_host(got), golden.matmul(a, b, mult))
-
-
 @pytest.mark.parametrize("algo", ["lut", "lutw"])
 @pytest.mark.parametrize("trans", LAYOUTS, ids=lambda t: "".join("T" if x else "N" for x in t))
 def test_gemm_int8_table_kernels(cuda, algo, trans, rng):
@@ -257,20 +196,6 @@ def test_gemm_int8_table_kernels(cuda, algo, trans, rng):
     np.testing.assert_array_equal(_host(got), golden.matmul(a, b, mult))
     sms, max_shared = cuda.device_limits()
     assert cuda.choose_lut_algo(8, 1, 4096, 4096, sms, max_shared) == "lutw"
-
-
-def test_matmul_full_operand_table(rng):
-    from amsim import formats
-
-    @amsim.multiplier(operand_format=formats.e4m3(subnormals="keep"), full_table=True)
-    def coarse(x, y):
-        p = x * y
-        return float(int(p * 16.0)) / 16.0 if abs(p) < 1.0 else p
-
-    a = rng.standard_normal((90, 33)).astype(F) * F(4)
-    b = rng.standard_normal((33, 70)).astype(F)
-    a[0, 0] = np.nan
-    assert_bits_equal(_host(amsim.matmul(_dev(a), _dev(b), coarse)), golden.matmul(a, b, coarse))
 
 
 # ---- convolution -----------------------------------------------------------------------------------------
@@ -454,5 +379,5 @@ def test_jax_bridge_on_gpu_forward_and_gradients(rng):
     gpu = jax.jit(jax.grad(loss, argnums=(0, 1)))(jax.device_put(x, devs[0]), jax.device_put(w, devs[0]))
     host = jax.devices("cpu")[0]  # the same jitted function, placed by its inputs
     cpu = jax.jit(jax.grad(loss, argnums=(0, 1)))(jax.device_put(x, host), jax.device_put(w, host))
-    for g_, c_ in zip(gpu, cpu):
+    for g_, c_ in zip(gpu, cpu, strict=True):
         assert_bits_equal(np.asarray(g_), np.asarray(c_))

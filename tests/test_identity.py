@@ -11,7 +11,7 @@ import amsim
 from amsim import formats, golden
 from amsim._formats import decode_all
 
-from .conftest import assert_bits_equal
+from .support.bits import assert_bits_equal
 
 
 def _full_table_model(fmt):

@@ -9,7 +9,7 @@ import pytest
 import amsim
 from amsim import interop
 
-from .conftest import assert_bits_equal
+from .support.bits import assert_bits_equal
 
 F = np.float32
 HAVE_CC = any(shutil.which(c) for c in ("cc", "gcc", "clang"))

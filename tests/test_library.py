@@ -9,10 +9,19 @@ import pytest
 
 import amsim
 from amsim import golden
-from amsim.multipliers import (alm_soa, broken_array, drum, kulkarni, mitchell_int, realm, realm_factors,
-                               truncated_array, truncated_significand)
+from amsim.multipliers import (
+    alm_soa,
+    broken_array,
+    drum,
+    kulkarni,
+    mitchell_int,
+    realm,
+    realm_factors,
+    truncated_array,
+    truncated_significand,
+)
 
-from .conftest import assert_bits_equal
+from .support.bits import assert_bits_equal
 
 F = np.float32
 
@@ -202,7 +211,7 @@ def test_broken_array_matches_definition(bits, signed, levels):
         h = bits // 4 if hbl is None else hbl
         v = max(bits - 2, 0) if vbl is None else vbl
         # partial product a_i b_j (a along the row, one row per bit j of b) kept on or above both break levels
-        core = on_grid(lambda x, y: partial_product_sum(x, y, bits, lambda i, j: (j >= h) & (i + j >= v)))
+        core = on_grid(lambda x, y, h=h, v=v: partial_product_sum(x, y, bits, lambda i, j: (j >= h) & (i + j >= v)))
         np.testing.assert_array_equal(mult.table.values, sign_magnitude(core, a, b), err_msg=mult.name)
 
 
@@ -211,7 +220,7 @@ def test_truncated_array_matches_definition(bits, signed, cuts):
     a, b = operands(bits, signed)
     for t in cuts:
         mult = truncated_array(bits, signed=signed, t=t)
-        core = on_grid(lambda x, y: partial_product_sum(x, y, bits, lambda i, j: i + j >= t))
+        core = on_grid(lambda x, y, t=t: partial_product_sum(x, y, bits, lambda i, j: i + j >= t))
         np.testing.assert_array_equal(mult.table.values, sign_magnitude(core, a, b))
     if bits == 5:  # the truncated array is the broken array without a horizontal break
         np.testing.assert_array_equal(truncated_array(5, signed=True, t=5).table.values,

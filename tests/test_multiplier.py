@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 import amsim
 from amsim import golden
 
-from .conftest import assert_bits_equal
+from .support.bits import assert_bits_equal
 
 F = np.float32
 

@@ -17,7 +17,7 @@ import amsim
 from amsim import golden
 from amsim import nn as ann
 
-from .conftest import assert_bits_equal
+from .support.bits import assert_bits_equal
 
 F = np.float32
 MBM = amsim.multipliers.mbm(7)

@@ -12,7 +12,7 @@ import amsim
 from amsim import golden
 from amsim import nn as ann
 
-from .conftest import assert_bits_equal
+from .support.bits import assert_bits_equal
 
 F = np.float32
 EXACT = amsim.multipliers.exact(11)
@@ -83,7 +83,7 @@ def test_dot_general_gradients_are_true_transposes(ls, rs, dn, rng):
 
     got = jax.grad(loss(dg), argnums=(0, 1))(lhs, rhs)
     want = jax.grad(loss(lambda a, b, d: lax.dot_general(a, b, d, precision="highest")), argnums=(0, 1))(lhs, rhs)
-    for g_, w_ in zip(got, want):
+    for g_, w_ in zip(got, want, strict=True):
         assert g_.shape == w_.shape
         np.testing.assert_allclose(g_, w_, rtol=1e-5, atol=1e-5)  # w pre-rounded: gradient products exact too
 
@@ -102,7 +102,7 @@ def test_gradient_modes_ste_and_exact(rng):
     a, b, g = _rand(rng, (4, 6), False), _rand(rng, (6, 3), False), _rand(rng, (4, 3), False)
     dn = (((1,), (0,)), ((), ()))
     for mode in ("ste", "exact"):
-        _, vjp = jax.vjp(lambda x, y: ann.dot_general(MBM, dlhs=mode, drhs=mode)(x, y, dn), a, b)
+        _, vjp = jax.vjp(lambda x, y, mode=mode: ann.dot_general(MBM, dlhs=mode, drhs=mode)(x, y, dn), a, b)
         da, db = vjp(jnp.asarray(g))
         np.testing.assert_allclose(da, g @ b.T, rtol=1e-6, atol=1e-6)
         np.testing.assert_allclose(db, a.T @ g, rtol=1e-6, atol=1e-6)
@@ -240,11 +240,11 @@ def _golden_conv(x, w, case, mult):
     rd = rd or (1,) * nsp
     win = w.shape[:nsp]
     if isinstance(padding, str):
-        dil_in = [1 + d * (s - 1) for s, d in zip(x.shape[1:-1], ld)]
-        dil_w = [1 + d * (k - 1) for k, d in zip(win, rd)]
+        dil_in = [1 + d * (s - 1) for s, d in zip(x.shape[1:-1], ld, strict=True)]
+        dil_w = [1 + d * (k - 1) for k, d in zip(win, rd, strict=True)]
         padding = lax.padtype_to_pads(dil_in, dil_w, strides, padding)
     # dilate and pad with explicit index arithmetic
-    dil_shape = [1 + d * (s - 1) for s, d in zip(x.shape[1:-1], ld)]
+    dil_shape = [1 + d * (s - 1) for s, d in zip(x.shape[1:-1], ld, strict=True)]
     xd = np.zeros((x.shape[0], *dil_shape, x.shape[-1]), F)
     xd[(slice(None),) + tuple(slice(None, None, d) for d in ld)] = x
     hole = np.ones(dil_shape, bool)
@@ -268,7 +268,7 @@ def _golden_conv(x, w, case, mult):
     for pos in itertools.product(*[range(n) for n in out]):
         rows, taps = [], []
         for offs in itertools.product(*[range(k) for k in win]):
-            idx = tuple(p * s + k * r for p, s, k, r in zip(pos, strides, offs, rd))
+            idx = tuple(p * s + k * r for p, s, k, r in zip(pos, strides, offs, rd, strict=True))
             if not hole[idx]:
                 rows.append(xd[(slice(None),) + idx])  # (N, C)
                 taps.append(offs)
@@ -311,7 +311,7 @@ def test_conv_gradients_match_lax(case, rng):
 
     got = jax.jit(jax.grad(loss(ann.conv_general_dilated(EXACT)), argnums=(0, 1)))(x, w)
     want = jax.grad(loss(native), argnums=(0, 1))(x, w)
-    for g_, w_ in zip(got, want):
+    for g_, w_ in zip(got, want, strict=True):
         np.testing.assert_allclose(g_, w_, rtol=1e-5, atol=1e-5)
 
 
@@ -374,7 +374,7 @@ def _golden_kernel_gradient(x, g, w_shape, case, mult):
     ld, rd = ld or (1,) * nsp, rd or (1,) * nsp
     win, cg, o = w_shape[:nsp], w_shape[-2], w_shape[-1]
     og = o // groups
-    dil = [1 + d * (s - 1) for s, d in zip(x.shape[1:-1], ld)]
+    dil = [1 + d * (s - 1) for s, d in zip(x.shape[1:-1], ld, strict=True)]
     out = g.shape[1:-1]
     dw = np.zeros(w_shape, F)
     for t in itertools.product(*[range(k) for k in win]):

@@ -104,7 +104,7 @@ def _parse(raw: bytes, path):
             if len(items) % 2:
                 raise ValueError("odd SETITEMS")
             target = stack[-1]
-            for k, v in zip(items[::2], items[1::2]):
+            for k, v in zip(items[::2], items[1::2], strict=True):
                 target[_key(k)] = v
         elif name in _INTS or name == "BINFLOAT":
             stack.append(arg)
@@ -251,7 +251,7 @@ def load_cifar10(split: str, data_dir) -> tuple[np.ndarray, np.ndarray]:
             parts = [read_batch(d / n) for n in names]
             return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
         if any(present):
-            missing = ", ".join(n for n, ok in zip(names, present) if not ok)
+            missing = ", ".join(n for n, ok in zip(names, present, strict=True) if not ok)
             raise DatasetNotFoundError(f"CIFAR-10 in {d} is incomplete: {missing} missing. Extract the whole archive.")
     searched = "\n  ".join(str(d) for d in dirs) or "(nothing: neither data_dir nor AMSIM_DATA_DIR is set)"
     raise DatasetNotFoundError(

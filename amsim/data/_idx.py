@@ -123,7 +123,7 @@ def load_idx_dataset(kind: str, split: str, data_dir) -> tuple[np.ndarray, np.nd
         paths = [_find(d, s) for s in stems]
         if all(p is not None for p in paths):
             out = []
-            for p, s in zip(paths, stems):
+            for p, s in zip(paths, stems, strict=True):
                 st = p.stat()
                 out.append(_read_verified(str(p), st.st_size, st.st_mtime_ns, _SHA256[kind][s], f"{_TITLE[kind]} {s}",
                                           _SIZES[s]))

@@ -12,8 +12,18 @@ Everything returns or takes an :class:`amsim.Multiplier`.
 
 from ._approxtrain import approxtrain_bytes, load_approxtrain, save_approxtrain
 from ._c import CCompilerError, CModelError, find_c_compiler, from_c
-from ._int_tables import (c_header_text, from_byte_indexed, from_torchapprox, load_c_header, load_tfapprox,
-                          parse_c_array, save_c_header, save_tfapprox, to_byte_indexed, to_torchapprox)
+from ._int_tables import (
+                          c_header_text,
+                          from_byte_indexed,
+                          from_torchapprox,
+                          load_c_header,
+                          load_tfapprox,
+                          parse_c_array,
+                          save_c_header,
+                          save_tfapprox,
+                          to_byte_indexed,
+                          to_torchapprox,
+)
 
 __all__ = [
     "load_approxtrain",

@@ -68,7 +68,7 @@ class _Walker:
             self.value(d, f"{where}: default argument {i}")
         for k, d in sorted((fn.__kwdefaults__ or {}).items()):
             self.value(d, f"{where}: default argument {k!r}")
-        for var, cell in zip(fn.__code__.co_freevars, fn.__closure__ or ()):
+        for var, cell in zip(fn.__code__.co_freevars, fn.__closure__ or (), strict=True):
             try:
                 contents = cell.cell_contents
             except ValueError:  # an unfilled cell

@@ -76,7 +76,7 @@ class Table:
         return path
 
     @staticmethod
-    def load(path) -> tuple["Table", dict]:
+    def load(path) -> tuple[Table, dict]:
         """Read a table written by :meth:`save`; refuses a file whose values or metadata do not match its digest."""
         values, meta_text = _read_npz(Path(path))
         try:

@@ -79,7 +79,7 @@ class CifarResNet(nn.Module):
         x = nn.Conv(self.widths[0], (3, 3), padding="SAME", use_bias=False, kernel_init=he_normal,
                     conv_general_dilated=self.conv_general_dilated, name="stem")(x)
         x = nn.relu(_batch_norm(train, "stem_bn")(x))
-        for s, (blocks, width) in enumerate(zip(self.stage_sizes, self.widths)):
+        for s, (blocks, width) in enumerate(zip(self.stage_sizes, self.widths, strict=True)):
             for b in range(blocks):
                 stride = 2 if s > 0 and b == 0 else 1
                 block = BasicBlock(

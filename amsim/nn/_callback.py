@@ -28,7 +28,7 @@ def _as_cupy(buf):
     strides = iface.get("strides")
     if strides is not None:  # (plain Python arithmetic: this runs for every operand of every product)
         dense = dtype.itemsize
-        for n, st in zip(shape[::-1], strides[::-1]):
+        for n, st in zip(shape[::-1], strides[::-1], strict=True):
             if n > 1 and st != dense:
                 raise UnsupportedError(f"the JAX bridge got a device buffer of shape {shape} with strides {strides}; "
                                        "the kernels take row-major buffers (XLA's default layout).")
@@ -51,7 +51,7 @@ def _cupy():
 
 def _on_gpu(buf) -> bool:
     try:  # CPU buffers raise (not AttributeError) when asked for the CUDA interface
-        buf.__cuda_array_interface__
+        _ = buf.__cuda_array_interface__
     except Exception:
         return False
     return True
@@ -62,7 +62,7 @@ _OUT_OF_MEMORY = ("amsim's GPU kernels ran out of device memory for their scratc
                   "XLA_PYTHON_CLIENT_MEM_FRACTION) before importing JAX, or use a smaller batch.")
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _host_fn(mult: Multiplier):
     from .._ops import matmul
 

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import Union
 
 from .._multiplier import Multiplier
 from ..multipliers._registry import NATIVE_NAMES
 
 # A mode is a Multiplier (simulate it), "exact" (plain float32 op by XLA: the exact product; "fp32" and "native"
 # are the same) or "ste" (straight-through: the gradient of the exact float32 product, also computed natively).
-Mode = Union[Multiplier, str]
+Mode = Multiplier | str
 NATIVE_MODES = ("exact", "ste")
 
 

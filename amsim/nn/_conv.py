@@ -47,7 +47,8 @@ class _Class:
         return int(np.prod([len(t) for t in self.taps], dtype=np.int64))
 
     def subgrid(self):
-        return tuple(slice(st, st + (n - 1) * sp + 1, sp) for st, n, sp in zip(self.start, self.count, self.step))
+        return tuple(slice(st, st + (n - 1) * sp + 1, sp)
+                     for st, n, sp in zip(self.start, self.count, self.step, strict=True))
 
 
 def _geometry(in_sp, window, strides, padding, lhs_dil, rhs_dil):
@@ -58,7 +59,7 @@ def _geometry(in_sp, window, strides, padding, lhs_dil, rhs_dil):
     padding otherwise. As in lax, holes are not terms of the sum; padding is (a zero operand).
     """
     nsp = len(window)
-    xp_sp = [_dilate(n, d) + lo + hi for n, d, (lo, hi) in zip(in_sp, lhs_dil, padding)]
+    xp_sp = [_dilate(n, d) + lo + hi for n, d, (lo, hi) in zip(in_sp, lhs_dil, padding, strict=True)]
     out = tuple(max(0, (xp_sp[i] - _dilate(window[i], rhs_dil[i])) // strides[i] + 1) for i in range(nsp))
     per_dim = []
     for i in range(nsp):
@@ -96,7 +97,7 @@ def _geometry(in_sp, window, strides, padding, lhs_dil, rhs_dil):
 
 def _padded(x, padding, lhs_dil):
     """x padded (with zeros) and lhs-dilated (holes, also zeros, never read by the patches)."""
-    cfg = [(0, 0, 0)] + [(lo, hi, d - 1) for (lo, hi), d in zip(padding, lhs_dil)] + [(0, 0, 0)]
+    cfg = [(0, 0, 0)] + [(lo, hi, d - 1) for (lo, hi), d in zip(padding, lhs_dil, strict=True)] + [(0, 0, 0)]
     return lax.pad(x, jnp.array(0, x.dtype), cfg)
 
 
@@ -108,17 +109,19 @@ def _class_patches(xp, cls, strides, rhs_dil):
     nsp = len(strides)
     cols = []
     for offs in itertools.product(*cls.taps):
-        start = (0,) + tuple(o0 * s + t * r for o0, s, t, r in zip(cls.start, strides, offs, rhs_dil)) + (0,)
-        step = (1,) + tuple(sp * s for sp, s in zip(cls.step, strides)) + (1,)
-        limit = (xp.shape[0],) + tuple(b + (n - 1) * sv + 1 for b, n, sv in zip(start[1:-1], cls.count, step[1:-1])) \
-            + (xp.shape[-1],)
+        start = (0,) + tuple(o0 * s + t * r for o0, s, t, r in zip(cls.start, strides, offs, rhs_dil, strict=True))
+        start += (0,)
+        step = (1,) + tuple(sp * s for sp, s in zip(cls.step, strides, strict=True)) + (1,)
+        limit = (xp.shape[0],) + tuple(b + (n - 1) * sv + 1
+                                       for b, n, sv in zip(start[1:-1], cls.count, step[1:-1], strict=True))
+        limit += (xp.shape[-1],)
         cols.append(lax.slice(xp, start, limit, step))
     return jnp.stack(cols, axis=1 + nsp)
 
 
 def _class_weights(w, cls):
     """w (*window, Cg, O) restricted to the class's taps, as (ntaps, Cg, O)."""
-    if all(len(t) == k for t, k in zip(cls.taps, w.shape[:-2])):
+    if all(len(t) == k for t, k in zip(cls.taps, w.shape[:-2], strict=True)):
         sub = w
     else:
         sub = w[np.ix_(*[np.array(t, dtype=np.int64) for t in cls.taps])]
@@ -168,7 +171,7 @@ def conv_nhwc(x, w, strides, padding, lhs_dil, rhs_dil, groups, mode, per_channe
         scales = int_scales([a for a, _ in filter(None, parts)], full_b, mode.int_bits, per_channel)
     w_nonfinite = _nonfinite_any(w.reshape(-1, cg, o), 1)  # (window, O)
     y = jnp.zeros((n,) + out + (o,), F32)
-    for cls, part in zip(classes, parts):
+    for cls, part in zip(classes, parts, strict=True):
         shape = (n,) + cls.count + (o,)
         if part is None:
             yc = jnp.zeros(shape, F32)  # no tap on a sample: the empty sum, +0
@@ -262,8 +265,8 @@ _conv.defvjp(_conv_fwd, _conv_bwd)
 
 def _normalize_padding(padding, in_sp, window, strides, lhs_dil, rhs_dil):
     if isinstance(padding, str):
-        dil_in = tuple(_dilate(s, d) for s, d in zip(in_sp, lhs_dil))
-        dil_win = tuple(_dilate(k, d) for k, d in zip(window, rhs_dil))
+        dil_in = tuple(_dilate(s, d) for s, d in zip(in_sp, lhs_dil, strict=True))
+        dil_win = tuple(_dilate(k, d) for k, d in zip(window, rhs_dil, strict=True))
         return tuple(tuple(int(v) for v in p) for p in lax.padtype_to_pads(dil_in, dil_win, strides, padding))
     return tuple((int(lo), int(hi)) for lo, hi in padding)
 

@@ -13,8 +13,8 @@ from jax import lax
 
 from .._errors import UnsupportedError
 from .._operands import check_int_contraction
-from ._callback import _vary_like, bmm
 from . import _native
+from ._callback import _vary_like, bmm
 from ._config import OpConfig, as_config
 
 F32 = jnp.float32

@@ -45,7 +45,7 @@ class Rules:
     items: tuple
 
     @staticmethod
-    def make(spec, dlhs=None, drhs=None) -> "Rules":
+    def make(spec, dlhs=None, drhs=None) -> Rules:
         if isinstance(spec, Rules):
             return spec
         if not isinstance(spec, dict):

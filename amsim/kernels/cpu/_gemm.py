@@ -9,9 +9,24 @@ import numba
 import numpy as np
 
 from ..._operands import exponent_windows
-from ._kernels import (NO_EXP, _choose_window, _decode_cols_f32, _decode_rows_f32, _decode_rows_t_f32, _direct_f32,
-                       _expand, _fixup_f32, _flagged, _gemm_direct_i32, _k, _multiply_f32, _multiply_i32,
-                       _pack_rows_i32, _pack_rows_t_i32, _pad_cols_i32)
+from ._kernels import (
+    NO_EXP,
+    _choose_window,
+    _decode_cols_f32,
+    _decode_rows_f32,
+    _decode_rows_t_f32,
+    _direct_f32,
+    _expand,
+    _fixup_f32,
+    _flagged,
+    _gemm_direct_i32,
+    _k,
+    _multiply_f32,
+    _multiply_i32,
+    _pack_rows_i32,
+    _pack_rows_t_i32,
+    _pad_cols_i32,
+)
 
 NB = 32  # columns per expansion block: four 8-lane accumulators per row (8 for narrow operands)
 _T_BYTES = 128 * 1024  # target size of one thread's expanded table (L2-resident)

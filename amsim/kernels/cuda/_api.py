@@ -12,8 +12,15 @@ import cupy
 import numpy as np
 
 from ..._operands import check_int_contraction, check_operand, finish, kernel_operands, output
-from ._plan import (_check_sizes, conv_geometry, plan_conv2d_nhwc, plan_gemm_f32, plan_gemm_lut, plan_multiply_f32,
-                    plan_multiply_lut)
+from ._plan import (
+    _check_sizes,
+    conv_geometry,
+    plan_conv2d_nhwc,
+    plan_gemm_f32,
+    plan_gemm_lut,
+    plan_multiply_f32,
+    plan_multiply_lut,
+)
 from ._runtime import device_limits, device_table_t, device_tables, run, run_planned
 
 __all__ = ["run_gemm", "multiply", "gemm", "conv2d_nhwc"]
@@ -61,6 +68,11 @@ def _plan_key(mult, algo):
 def run_gemm(mult, algo, a3, b3, c3):
     """``c3[t] = a3[t] @ b3[t]`` through ``mult`` on prepared operands (float32 values for significand tables,
     int32 indices or codes otherwise), planned once per signature and replayed after."""
+    if c3.size == 0:
+        return
+    if a3.shape[-1] == 0:  # K = 0: the empty sum, +0.0 (int 0); no kernel takes a zero-length contraction
+        c3[...] = 0
+        return
     run_planned(("gemm", _plan_key(mult, algo)), lambda: _gemm_planner(mult, algo), (a3, b3, c3))
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from ..._operands import CANONICAL_NAN_BITS
 
-
 # Tile sizes: the single source of truth for the kernels (passed as -D) and the planners (_plan.py).
 KERNEL_DEFINES = {
     "AMSIM_EXP_WARPS": 8,  # expand kernel: warps per block

@@ -78,7 +78,8 @@ def fp16_table(lut: np.ndarray):
 def float_host_tables(values: np.ndarray):
     """(lut, lut_t, ranges, lut_p, lut_h) on the host: the table with -0.0 entries made +0.0 (a zero product's
     sign comes from the operands, and the fast path multiplies the entry's sign in), its transpose,
-    :func:`amsim._operands.exponent_windows`, :func:`bf16_pair_table` (None when the expand16 kernel cannot take the table) and
+    :func:`amsim._operands.exponent_windows`, :func:`bf16_pair_table` (None when the expand16 kernel cannot take
+    the table) and
     :func:`fp16_table` (None when the wide kernel reads it as float32)."""
     lut = np.ascontiguousarray(values, dtype=np.float32)
     lut = np.where(lut == 0, np.float32(0.0), lut).astype(np.float32)
@@ -185,8 +186,8 @@ def _rate(algo, m, fp16_table=False):
 
 
 def _tile(algo):
-    return {"expand16": (cfg.E16_BM, cfg.E16_BN), "expand": (cfg.EXP_BM, cfg.EXP_BN), "wide": (cfg.WIDE_BM, cfg.WIDE_BN),
-            "gather": (cfg.GAT_BM, cfg.GAT_BN)}[algo]
+    return {"expand16": (cfg.E16_BM, cfg.E16_BN), "expand": (cfg.EXP_BM, cfg.EXP_BN),
+            "wide": (cfg.WIDE_BM, cfg.WIDE_BN), "gather": (cfg.GAT_BM, cfg.GAT_BN)}[algo]
 
 
 def dot_shared_bytes(m: int) -> int:

@@ -17,7 +17,7 @@ from ._plan import _ceil, float_host_tables
 __all__ = ["device_tables", "device_table_t", "device_limits", "run", "run_planned", "precompile", "clear_plan_cache"]
 
 
-_DEVICE_TABLES: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+_DEVICE_TABLES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 _DEVICE_TABLES_LOCK = threading.Lock()
 
 
@@ -106,7 +106,7 @@ def run(launches) -> None:
 # plan as a replay: arrays become (slot, byte offset) references to the call's operands or to one scratch
 # buffer, and later calls only allocate that buffer, clear its zeroed part and launch.
 _REPLAY_CACHE_SIZE = 512
-_REPLAYS: "collections.OrderedDict" = collections.OrderedDict()
+_REPLAYS: collections.OrderedDict = collections.OrderedDict()
 _REPLAYS_LOCK = threading.Lock()
 _SCRATCH_ALIGN = 256  # what CuPy's allocator gives each array (the kernels' vector loads need 16)
 
@@ -147,8 +147,8 @@ def _extent(x):
     """Byte range [lo, hi) that an array view can touch, relative to its data pointer."""
     if x.size == 0:
         return 0, 0
-    lo = sum((n - 1) * st for n, st in zip(x.shape, x.strides) if st < 0)
-    hi = sum((n - 1) * st for n, st in zip(x.shape, x.strides) if st > 0)
+    lo = sum((n - 1) * st for n, st in zip(x.shape, x.strides, strict=True) if st < 0)
+    hi = sum((n - 1) * st for n, st in zip(x.shape, x.strides, strict=True) if st > 0)
     return lo, hi + x.dtype.itemsize
 
 
@@ -162,7 +162,7 @@ def _as_replay(launches, operands, rec, persistent):
         lo, hi = _extent(x)
         regions.append((x.data.ptr + lo, x.data.ptr + hi, slot, lo))
     spans = sorted(r[:2] for r in regions if r[1] > r[0])
-    if any(b[0] < a[1] for a, b in zip(spans, spans[1:])):
+    if any(b[0] < a[1] for a, b in zip(spans, spans[1:], strict=False)):
         return None  # which operand a view came from would be ambiguous
     order = [x for x in rec.scratch if x[1]] + [x for x in rec.scratch if not x[1]]  # zeroed ones first
     nbytes = zeroed = 0

@@ -18,8 +18,16 @@ import re
 import time
 from pathlib import Path
 
-from ._config import (EXPAND_MAX_BITS, EXPAND_MIN_BITS, FLOAT_BITS, KERNEL_DEFINES, LAYOUTS, LUT_BITS,
-                      WIDE_H16_BITS, WIDE_MIN_BITS)
+from ._config import (
+    EXPAND_MAX_BITS,
+    EXPAND_MIN_BITS,
+    FLOAT_BITS,
+    KERNEL_DEFINES,
+    LAYOUTS,
+    LUT_BITS,
+    WIDE_H16_BITS,
+    WIDE_MIN_BITS,
+)
 
 SRC_DIR = Path(__file__).resolve().parent / "src"
 HEADER = SRC_DIR / "amsim_product.cuh"

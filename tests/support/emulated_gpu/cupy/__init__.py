@@ -1,16 +1,16 @@
 """An emulated CuPy for running amsim's GPU code path on a machine without a GPU (tests only).
 
-Put ``tests/emulated_gpu`` first on ``sys.path`` (tests/test_gpu_emulated.py does, in a subprocess) and
+Put ``tests/support/emulated_gpu`` first on ``sys.path`` (tests/test_gpu_emulated.py does, in a subprocess) and
 ``import cupy`` gives this module instead of the real one. Arrays are NumPy arrays of a subclass named
 ``cupy.ndarray``, so amsim dispatches them to its CuPy backend; ``RawModule`` kernels run through the host
-emulation of ``amsim_gemm.cu`` (tests/emulated_cuda.py). What it checks: the Python side of the GPU path
+emulation of ``amsim_gemm.cu`` (tests/support/emulated_cuda.py). What it checks: the Python side of the GPU path
 (dispatch, launch plans, arguments, operand conversion, output handling), the launch limits a real device
 enforces, and the kernels themselves, bit for bit, under the emulation. What it does not: CuPy's own behaviour
 (only the names used are checked against the real CuPy, see ``AMSIM_EMULATED_GPU_LOG``), warps, speed, the
 JAX bridge's device buffers.
 
 Environment:
-    AMSIM_EMULATED_GPU_LIB: the compiled emulation library (tests.emulated_cuda.cached_build); built into
+    AMSIM_EMULATED_GPU_LIB: the compiled emulation library (tests.support.emulated_cuda.cached_build); built into
         ``~/.cache/amsim/emulated_gpu`` when unset.
     AMSIM_EMULATED_GPU_LOG: a file to which every ``cupy.*`` / ``cupy.ndarray.*`` name used is appended at exit.
 """
@@ -142,7 +142,7 @@ def empty(shape, dtype=float, order="C"):
     # code that reads memory it never wrote fails the tests
     x = _np.empty(shape, dtype, order=order)
     if x.size:
-        x.view(_np.uint8).fill(0xFF)
+        x.reshape(-1).view(_np.uint8).fill(0xFF)  # (a 0-d array too)
     return x.view(ndarray)
 
 
@@ -186,7 +186,7 @@ _LIB = None
 def _library():
     global _LIB
     if _LIB is None:
-        from tests import emulated_cuda
+        from tests.support import emulated_cuda
 
         path = os.environ.get("AMSIM_EMULATED_GPU_LIB") or emulated_cuda.cached_build(
             os.path.expanduser("~/.cache/amsim/emulated_gpu"))
