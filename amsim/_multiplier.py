@@ -215,14 +215,15 @@ class Multiplier:
             raise ValueError("integer multipliers take integer operands; they have no rounding mode.")
         return self._variant(rounding=rounding)
 
-    def with_format(self, operand_format) -> Multiplier:
+    def with_format(self, operand_format, name: str | None = None) -> Multiplier:
         """The same significand table applied to operands converted to ``operand_format`` first (fp16, FP8...).
 
-        The format's fraction bits must equal the multiplier's ``mantissa_bits``.
+        The format's fraction bits must equal the multiplier's ``mantissa_bits``. ``name`` renames the variant
+        (a label only: names are not part of a multiplier's identity).
         """
         if self.is_int:
             raise ValueError("integer multipliers have no float operand format.")
-        return self._variant(operand_format=operand_format)
+        return self._variant(operand_format=operand_format, **({"name": name} if name else {}))
 
     def _variant(self, **changes):
         kw = dict(kind=self._kind, bits=self._bits, signed=self._signed, rounding=self._rounding, name=self._name,

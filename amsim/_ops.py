@@ -18,10 +18,18 @@ __all__ = ["multiply", "matmul"]
 
 
 def check_mult(mult) -> Multiplier:
-    """``mult`` itself, if it is a :class:`Multiplier`; raises naming the fix otherwise."""
+    """``mult`` as a :class:`Multiplier`: itself, or the built-in a name gives ("mbm", "alm_soa(m=7, k=3)");
+    raises naming the fix otherwise."""
+    if isinstance(mult, str):
+        from .multipliers import NATIVE_NAMES, get
+
+        if mult.strip().lower() in NATIVE_NAMES:
+            raise ValueError(f"{mult!r} means the native float32 product, which amsim does not simulate: use "
+                             "a @ b (NumPy/CuPy) for it, or name a simulated multiplier such as 'exact7'.")
+        return get(mult)
     if not isinstance(mult, Multiplier):
-        raise TypeError(f"expected an amsim.Multiplier, got {type(mult).__name__}; decorate the model with "
-                        "@amsim.multiplier(...) or use one from amsim.multipliers.")
+        raise TypeError(f"expected an amsim.Multiplier or a built-in name, got {type(mult).__name__}; decorate the "
+                        "model with @amsim.multiplier(...) or use one from amsim.multipliers.")
     return mult
 
 

@@ -148,6 +148,8 @@ class RunConfig:
         epochs, batch_size, lr, optimizer ("adam" or "sgd" with momentum 0.9), seed: training.
         train_limit, test_limit: use only the first N examples (quick runs); None = all.
         data_dir: searched first for dataset files.
+        init_from: start from trained weights (fine-tuning): a run file, a checkpoint or a params file of the same
+            model. The weights themselves (their digest), not the path, are part of the run's identity.
     """
 
     model: str = "lenet5"
@@ -163,6 +165,7 @@ class RunConfig:
     train_limit: int | None = None
     test_limit: int | None = None
     data_dir: str | None = None
+    init_from: str | None = None
 
     def __post_init__(self):
         if self.backward not in ("approx", "exact", "ste"):
@@ -177,7 +180,8 @@ class RunConfig:
         """The multiplier, the backward mode and every rule applied, e.g. ``mbm+bwd-ste+conv1=mitchell``."""
         name = lambda m: m if isinstance(m, str) else m.name  # noqa: E731
         extra = "" if self.backward == "approx" else f"+bwd-{self.backward}"
-        return f"{name(self.multiplier)}{extra}" + "".join(f"+{pat}={name(spec)}" for pat, spec in self.rules)
+        rules = "".join(f"+{pat}={name(spec)}" for pat, spec in self.rules)
+        return f"{name(self.multiplier)}{extra}{rules}" + ("+finetuned" if self.init_from else "")
 
 
 
@@ -199,6 +203,7 @@ class RunResult:
     multipliers: dict = dataclasses.field(default_factory=dict)
     resumed_from: int = 0  # the epoch a checkpoint supplied (0: trained from scratch)
     checkpoint: str | None = None
+    compile_time: float = 0.0  # seconds compiling the step and evaluation (not in any epoch_time)
     finished: str = ""  # when its run file was written (set by amsim._report.load_runs)
 
     @classmethod
@@ -209,7 +214,7 @@ class RunResult:
         return cls(RunConfig(**cfg), d["history"], d["loss_curve"], [tuple(a) for a in d["approximated"]],
                    d.get("params", 0), run_id=d["run_id"], identity=d.get("identity", {}),
                    multipliers=d.get("multipliers", {}), resumed_from=d.get("resumed_from", 0),
-                   checkpoint=d.get("checkpoint"))
+                   checkpoint=d.get("checkpoint"), compile_time=d.get("compile_time", 0.0))
 
     @property
     def test_acc(self) -> float:
@@ -224,7 +229,7 @@ class RunResult:
         return {"run_id": self.run_id, "config": cfg, "label": self.config.label, "history": self.history,
                 "loss_curve": self.loss_curve, "approximated": self.approximated, "params": self.params,
                 "multipliers": self.multipliers, "identity": self.identity, "resumed_from": self.resumed_from,
-                "checkpoint": self.checkpoint}
+                "checkpoint": self.checkpoint, "compile_time": self.compile_time}
 
 
 def _build_model(cfg: RunConfig, num_classes: int, resolved: _Resolved):
@@ -308,6 +313,58 @@ def jax_tree_shapes(tree):
             for x in jax.tree_util.tree_leaves(tree)]
 
 
+class Evaluator:
+    """Test-set loss, top-1 and (with more than 5 classes) top-5 accuracy of a model's weights: one compiled
+    function, fixed batches (the last one padded and masked), no gradients."""
+
+    def __init__(self, model, has_bn: bool, num_classes: int, batch: int = 1000):
+        import jax
+        import jax.numpy as jnp
+        import optax
+
+        self.batch, self.k = batch, 5 if num_classes > 5 else 0
+
+        def fn(p, s, x, y, w):
+            logits = model.apply({"params": p, "batch_stats": s} if has_bn else {"params": p}, x, train=False)
+            loss = (optax.softmax_cross_entropy_with_integer_labels(logits, y) * w).sum()
+            top1 = ((jnp.argmax(logits, -1) == y) * w).sum()
+            top5 = ((jax.lax.top_k(logits, self.k)[1] == y[:, None]).any(-1) * w).sum() if self.k else top1
+            return loss, top1, top5
+
+        self.fn = jax.jit(fn)
+
+    def compile(self, p, s, x):
+        """Compile ahead for test sets like ``x``; returns the seconds it took."""
+        import time
+
+        import jax
+        import jax.numpy as jnp
+
+        t0 = time.perf_counter()
+        b = min(self.batch, len(x))
+        spec = lambda shape, dt: jax.ShapeDtypeStruct(shape, dt)  # noqa: E731
+        self.fn = self.fn.lower(p, s, spec((b,) + x.shape[1:], jnp.float32), spec((b,), jnp.int32),
+                                spec((b,), jnp.float32)).compile()
+        return time.perf_counter() - t0
+
+    def __call__(self, p, s, x, y) -> dict:
+        import jax.numpy as jnp
+
+        n, b = len(x), min(self.batch, len(x))
+        tot = np.zeros(3)
+        for start in range(0, n, b):
+            xb, yb = x[start:start + b], y[start:start + b]
+            w = np.ones(len(xb), np.float32)
+            if len(xb) < b:  # pad the last batch: one compiled shape
+                pad = b - len(xb)
+                xb = np.concatenate([xb, np.zeros((pad,) + xb.shape[1:], xb.dtype)])
+                yb = np.concatenate([yb, np.zeros(pad, yb.dtype)])
+                w = np.concatenate([w, np.zeros(pad, np.float32)])
+            out = self.fn(p, s, jnp.asarray(xb, jnp.float32), jnp.asarray(yb, jnp.int32), jnp.asarray(w))
+            tot += [float(v) for v in out]
+        return {"loss": tot[0] / n, "top1": tot[1] / n, "top5": tot[2] / n if self.k else None, "n": n}
+
+
 def _prepare(cfg: RunConfig, resolved: _Resolved):
     """The run's data, model, initial variables, identity and run id (no training)."""
     import jax
@@ -317,6 +374,10 @@ def _prepare(cfg: RunConfig, resolved: _Resolved):
     xtr, ytr, xte, yte = arrays
     model = _build_model(cfg, int(max(ytr.max(), yte.max())) + 1, resolved)
     variables = model.init(jax.random.key(cfg.seed), jnp.asarray(xtr[:2]), train=False)
+    if cfg.init_from:
+        from ._weights import load_variables
+
+        variables = load_variables(cfg.init_from, variables)
     identity = run_identity(cfg, resolved, _array_digest(*arrays),
                             _array_digest(*jax.tree_util.tree_leaves(variables)))
     run_id = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:32]
@@ -385,11 +446,7 @@ def train(cfg: RunConfig, *, progress: bool = True, checkpoint: str | Path | Non
         upd, o = opt.update(g, o, p)
         return optax.apply_updates(p, upd), s, o, loss, acc
 
-    @jax.jit
-    def evaluate(p, s, x, y):
-        v = {"params": p, "batch_stats": s} if has_bn else {"params": p}
-        logits = model.apply(v, x, train=False)
-        return optax.softmax_cross_entropy_with_integer_labels(logits, y).sum(), jnp.sum(jnp.argmax(logits, -1) == y)
+    evaluator = Evaluator(model, has_bn, int(max(ytr.max(), yte.max())) + 1)
 
     history: list = []
     curve: list = []
@@ -417,6 +474,14 @@ def train(cfg: RunConfig, *, progress: bool = True, checkpoint: str | Path | Non
 
     n_train = len(xtr) // cfg.batch_size * cfg.batch_size
     log_every = max(1, (len(xtr) // cfg.batch_size) // 20)
+    compile_time = 0.0
+    if start_epoch < cfg.epochs:  # compiled ahead, so that no epoch's time includes compilation
+        t0 = time.perf_counter()
+        xs = jax.ShapeDtypeStruct((cfg.batch_size,) + xtr.shape[1:], jnp.asarray(xtr[:1]).dtype)
+        ys = jax.ShapeDtypeStruct((cfg.batch_size,), jnp.asarray(ytr[:1]).dtype)
+        step = step.lower(params, stats, opt_state, xs, ys).compile()
+        evaluator.compile(params, stats, xte)
+        compile_time = time.perf_counter() - t0
 
     def train_epoch(epoch):
         """One epoch, its evaluation and its checkpoint; returns the epoch number once it is saved."""
@@ -441,18 +506,15 @@ def train(cfg: RunConfig, *, progress: bool = True, checkpoint: str | Path | Non
                                 sps=f"{done / (time.perf_counter() - t0):.0f}")
         bar.close()
         epoch_time = time.perf_counter() - t0
-        te_loss = te_hits = 0.0
-        for xb, yb in data.batches(xte, yte, 1000, shuffle=False):
-            lsum, hits = evaluate(params, stats, jnp.asarray(xb), jnp.asarray(yb))
-            te_loss += float(lsum)
-            te_hits += int(hits)
+        te = evaluator(params, stats, xte, yte)
         steps = len(it)
         history.append({
             "epoch": epoch + 1,
             "train_loss": tot_loss / steps,
             "train_acc": tot_acc / steps,
-            "test_loss": te_loss / len(xte),
-            "test_acc": te_hits / len(xte),
+            "test_loss": te["loss"],
+            "test_acc": te["top1"],
+            **({"test_top5": te["top5"]} if te["top5"] is not None else {}),
             "epoch_time": epoch_time,
             "samples_per_s": n_train / epoch_time,
         })
@@ -461,7 +523,8 @@ def train(cfg: RunConfig, *, progress: bool = True, checkpoint: str | Path | Non
             print(f"{cfg.label:>14} epoch {epoch + 1}: test acc {100 * h['test_acc']:.2f} %, "
                   f"test loss {h['test_loss']:.4f}, {h['epoch_time']:.1f} s", flush=True)
         if ckpt is not None:
-            meta = {"run_id": run_id, "identity": identity, "epoch": epoch + 1, "history": history, "curve": curve}
+            meta = {"run_id": run_id, "identity": identity, "epoch": epoch + 1, "history": history, "curve": curve,
+                    "config": json.loads(json.dumps(dataclasses.asdict(cfg), default=_spec_id))}
             blob = {"state": flax.serialization.to_state_dict({"p": params, "s": stats, "o": opt_state}),
                     "meta": json.dumps(meta)}
             ckpt.parent.mkdir(parents=True, exist_ok=True)
@@ -478,4 +541,4 @@ def train(cfg: RunConfig, *, progress: bool = True, checkpoint: str | Path | Non
 
     return RunResult(cfg, history, [list(c) for c in curve], approximated, param_count({"params": params}),
                      run_id=run_id, identity=identity, multipliers=mults, resumed_from=start_epoch,
-                     checkpoint=str(ckpt) if ckpt else None)
+                     checkpoint=str(ckpt) if ckpt else None, compile_time=compile_time)

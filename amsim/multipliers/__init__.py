@@ -11,7 +11,7 @@ from ._float import exact, exact_truncated, mbm, mitchell
 from ._int import exact_int
 from ._library_float import alm_soa, realm, realm_factors, truncated_significand
 from ._library_int import broken_array, drum, kulkarni, mitchell_int, truncated_array
-from ._registry import available, get
+from ._registry import NATIVE_NAMES, available, expand, get, split_specs
 
 __all__ = [
     "exact",
@@ -30,4 +30,7 @@ __all__ = [
     "mitchell_int",
     "get",
     "available",
+    "NATIVE_NAMES",
+    "expand",
+    "split_specs",
 ]

@@ -19,6 +19,8 @@ import threading
 
 import jax
 import jax.numpy as jnp
+import numpy as np
+from jax import lax
 from jax._src.lax import convolution as _conv_mod
 from jax._src.lax import lax as _lax_mod
 from jax._src.numpy import einsum as _einsum_mod
@@ -95,13 +97,14 @@ def describe_ops(records) -> str:
 @dataclasses.dataclass
 class TraceRecord:
     """One intercepted op: where it ran, the rule that chose its multiplier and the config it got (None: native
-    float32), with its operands' shapes (recorded at trace time)."""
+    float32), its operands' shapes and its multiply-accumulates (recorded at trace time)."""
 
     path: str
     op: str
     config: OpConfig | None
     rule: str = "*"
     shapes: tuple = ()
+    macs: int = 0  # products of the forward op (for the whole batch that was traced)
 
 
 def _current_path() -> str:
@@ -121,16 +124,32 @@ def _active():
     return getattr(_STATE, "stack", None)
 
 
-def _resolve(op, lhs, rhs):
+def _resolve(op, lhs, rhs, macs):
     rules, log = _active()[-1]
     path = _current_path()
     pat, cfg = rules.match(path, op)
-    log.append(TraceRecord(path, op, cfg, pat, (tuple(jnp.shape(lhs)), tuple(jnp.shape(rhs)))))
+    log.append(TraceRecord(path, op, cfg, pat, (tuple(jnp.shape(lhs)), tuple(jnp.shape(rhs))), int(macs)))
     return cfg
 
 
+def _dot_macs(lhs, rhs, dimension_numbers):
+    """Every lhs element meets every free rhs element of its batch: size(lhs) * size(rhs's free dims)."""
+    (_, rc), (_, rb) = dimension_numbers
+    free = [d for d in range(jnp.ndim(rhs)) if d not in tuple(rc) + tuple(rb)]
+    return int(np.prod(jnp.shape(lhs), dtype=np.int64)) * int(np.prod([jnp.shape(rhs)[d] for d in free],
+                                                                        dtype=np.int64))
+
+
+def _conv_macs(lhs, rhs, args):
+    """size(output) * window * input channels per group (from lax's own output shape, on abstract values)."""
+    out = jax.eval_shape(lambda a, b: _native.conv_general_dilated(a, b, *args[2:]), lhs, rhs)
+    rhs_spec = lax.conv_dimension_numbers(jnp.shape(lhs), jnp.shape(rhs), args[6]).rhs_spec
+    per_out = int(np.prod([jnp.shape(rhs)[d] for d in rhs_spec[1:]], dtype=np.int64))  # I and the window
+    return int(np.prod(out.shape, dtype=np.int64)) * per_out
+
+
 def _dot_general(lhs, rhs, dimension_numbers, precision=None, preferred_element_type=None, **kw):
-    cfg = _resolve("dot_general", lhs, rhs)
+    cfg = _resolve("dot_general", lhs, rhs, _dot_macs(lhs, rhs, dimension_numbers))
     if cfg is None:
         return _native.dot_general(lhs, rhs, dimension_numbers, precision=precision,
                                    preferred_element_type=preferred_element_type, **kw)
@@ -140,9 +159,9 @@ def _dot_general(lhs, rhs, dimension_numbers, precision=None, preferred_element_
 def _conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilation=None,
                           dimension_numbers=None, feature_group_count=1, batch_group_count=1, precision=None,
                           preferred_element_type=None, out_sharding=None):
-    cfg = _resolve("conv_general_dilated", lhs, rhs)
     args = (lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation, dimension_numbers, feature_group_count,
             batch_group_count, precision, preferred_element_type)
+    cfg = _resolve("conv_general_dilated", lhs, rhs, _conv_macs(lhs, rhs, args))
     if cfg is None:
         return _native.conv_general_dilated(*args, out_sharding=out_sharding)
     return ConvGeneralDilated(cfg)(*args, out_sharding=out_sharding)
