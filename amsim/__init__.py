@@ -6,15 +6,30 @@ Multiplier -> LUT -> kernel -> JAX bridge -> Flax layer:
   table is built by Numba (``amsim/lut``);
 - :func:`multiply` and :func:`matmul` run approximate products on NumPy (Numba kernels) or CuPy arrays
   (``amsim/kernels``), bit-identical to the NumPy golden model in :mod:`amsim.golden`;
-- :mod:`amsim.nn` bridges them into JAX and Flax.
+- :mod:`amsim.nn` bridges them into JAX and Flax;
+- the workflow: :func:`train` (from scratch or fine-tuning), :func:`evaluate` trained weights without retraining,
+  :func:`sensitivity` per layer, :func:`layers` (what rules name), :func:`compare` sweeps (multipliers x seeds),
+  :func:`protocol` (pretrain, evaluate, fine-tune), :func:`report` and :func:`results_table` (paper tables).
 """
 
 from . import formats, golden, gpu, interop, multipliers
 from ._errors import AmsimError, InvalidTableError, ModelCompileError, RuleError, UnsupportedError
+from ._evaluate import EvalResult, SensitivityResult, evaluate, evaluation_table, layers, layers_table, sensitivity
 from ._metrics import ErrorStats, format_table
 from ._multiplier import Multiplier, int_multiplier, multiplier
 from ._ops import matmul, multiply
 from ._plots import error_heatmap
+from ._report import (
+    ProtocolResult,
+    compare,
+    load_runs,
+    plot_results,
+    protocol,
+    report,
+    results_table,
+    save_run,
+)
+from ._train import RunConfig, RunResult, TrainingInterrupted, resolve_multiplier, train
 from ._version import __version__ as __version__
 
 __all__ = [
@@ -29,6 +44,26 @@ __all__ = [
     "gpu",
     "interop",
     "error_heatmap",
+    "RunConfig",
+    "RunResult",
+    "TrainingInterrupted",
+    "resolve_multiplier",
+    "train",
+    "evaluate",
+    "EvalResult",
+    "evaluation_table",
+    "sensitivity",
+    "SensitivityResult",
+    "layers",
+    "layers_table",
+    "compare",
+    "protocol",
+    "ProtocolResult",
+    "results_table",
+    "plot_results",
+    "report",
+    "load_runs",
+    "save_run",
     "ErrorStats",
     "format_table",
     "AmsimError",

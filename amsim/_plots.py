@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 
 from ._metrics import exact_grid
 
-__all__ = ["error_heatmap", "relative_error_grid"]
+__all__ = ["error_heatmap", "relative_error_grid", "new_figure", "save_figure"]
 
 
 def relative_error_grid(mult) -> np.ndarray:
@@ -67,3 +69,21 @@ def error_heatmap(mult, ax=None, *, limit: float | None = None, cmap: str = "RdB
     if colorbar:
         ax.figure.colorbar(image, ax=ax, label="relative error (%)")
     return ax
+
+
+def new_figure(**kw):
+    """A matplotlib Figure drawn without pyplot: the caller's backend (a notebook's inline one) is left alone."""
+    _require_matplotlib()
+    from matplotlib.figure import Figure
+
+    return Figure(**kw)
+
+
+def save_figure(fig, path) -> Path:
+    """Write a figure as PNG, atomically."""
+    from ._io import atomic_writer
+
+    path = Path(path)
+    with atomic_writer(path) as fh:
+        fig.savefig(fh, dpi=110, format="png")
+    return path

@@ -1,45 +1,100 @@
-"""Comparing multipliers on one model/dataset: runs, results files (JSON, CSV), plots and the paper-style table."""
+"""Comparing multipliers: sweeps of runs (multipliers x seeds), the fine-tuning protocol, the results files kept
+per run and merged per model and dataset, paper tables (text, Markdown, LaTeX, CSV) and plots."""
 
 from __future__ import annotations
 
 import csv
 import dataclasses
 import json
+import statistics
 from pathlib import Path
 
 from ._errors import AmsimError
 from ._io import atomic_write, atomic_writer
-from ._train import RunConfig, RunResult, _Resolved, _versions, train
+from ._tables import format_rows
+from ._train import RunConfig, RunResult, _Resolved, _versions, canonical_spec, train
 
-__all__ = ["compare", "results_table", "plot_results", "load_runs", "write_summary", "save_run"]
-
-
-def _baseline_key(cfg: RunConfig):
-    """What a run shares with the fp32 run it is compared with: everything but the multiplier choice."""
-    d = dataclasses.asdict(cfg)
-    for k in ("multiplier", "rules", "backward", "data_dir"):
-        d.pop(k)
-    return json.dumps(d, sort_keys=True)
+__all__ = ["compare", "protocol", "results_table", "plot_results", "load_runs", "write_summary", "save_run",
+           "report", "ProtocolResult"]
 
 
-def results_table(results: list[RunResult]) -> str:
-    """Test accuracy per run, the difference to the fp32 run of the same model, data and settings (if any), the
-    epochs and the median epoch time."""
+# ---- the results table --------------------------------------------------------------------------------------
+def _setting(run: RunResult, *, baseline: bool) -> str:
+    """What makes runs one row of the table: their identity (table digests, data, model, training settings,
+    versions) without the seed and the initial weights that come with it, and the epoch count. With
+    ``baseline``, the multipliers are left out too: the key of the fp32 row a row is compared with."""
+    ident = dict(run.identity) or {"config": dataclasses.asdict(run.config)}
+    for k in ("seed", "init") + (("multipliers", "backward") if baseline else ()):
+        ident.pop(k, None)
+    if "config" in ident:  # a run file without identity (never written by this version)
+        ident["config"] = {k: v for k, v in ident["config"].items() if k not in ("seed", "data_dir")}
+    ident["finetuned"] = bool(run.config.init_from)
+    ident["epochs"] = len(run.history)
+    return json.dumps(ident, sort_keys=True, default=str)
+
+
+def _mean_std(values):
+    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
+
+
+def aggregate(results: list[RunResult]) -> list[dict]:
+    """Rows of the table: runs with the same settings but their seed, in order of first appearance, with the
+    mean and standard deviation of the final test accuracy over the seeds and the Δ to the fp32 row of the same
+    model, data and training settings."""
+    groups: dict[str, list[RunResult]] = {}
+    for r in results:
+        groups.setdefault(_setting(r, baseline=False), []).append(r)
+    rows = []
+    for runs in groups.values():
+        accs = [r.test_acc for r in runs]
+        m, s = _mean_std(accs)
+        rows.append({"config": runs[0].config, "label": runs[0].config.label, "epochs": len(runs[0].history),
+                     "seeds": sorted(r.config.seed for r in runs), "mean": m, "std": s, "accs": accs,
+                     "epoch_time": statistics.median(r.epoch_time for r in runs),
+                     "compile_time": statistics.median(r.compile_time for r in runs), "runs": runs})
     base = {}
-    for r in results:
-        if r.config.label == "fp32":
-            base.setdefault(_baseline_key(r.config), r)
-    head = (f"{'model':<9} {'dataset':<14} {'multiplier':<26} {'epochs':>6} {'seed':>4} {'test acc':>9} "
-            f"{'Δ vs fp32':>10} {'epoch time':>11}")
-    lines = [head, "-" * len(head)]
-    for r in results:
-        b = base.get(_baseline_key(r.config))
-        delta = "—" if b is None or b is r else f"{100 * (r.test_acc - b.test_acc):+.2f}"
-        lines.append(f"{r.config.model:<9} {r.config.dataset:<14} {r.config.label:<26} {len(r.history):>6} "
-                     f"{r.config.seed:>4} {100 * r.test_acc:8.2f} % {delta:>10} {r.epoch_time:9.1f} s")
-    return "\n".join(lines)
+    for row in rows:
+        if all(m == "fp32" for _, m in row["runs"][0].identity.get("multipliers", [["*", row["label"]]])):
+            base.setdefault(_setting(row["runs"][0], baseline=True), row)
+    for row in rows:
+        b = base.get(_setting(row["runs"][0], baseline=True))
+        row["delta"] = None if b is None or b is row else row["mean"] - b["mean"]
+    return rows
 
 
+def results_table(results: list[RunResult], fmt: str = "text") -> str:
+    """The paper table: final test accuracy per setting (mean ± std over its seeds), Δ vs the fp32 row of the same
+    settings, epochs, seeds, median epoch time (compilation excluded) and compile time.
+
+    Arguments:
+        results: runs, e.g. from :func:`compare` or :func:`load_runs`; runs that differ only in their seed make
+            one row.
+        fmt: "text", "md", "latex" or "csv" (CSV has numbers only: percentages, std and Δ in their own columns).
+
+    Returns:
+        The table as a string.
+    """
+    rows = aggregate(results)
+    if fmt == "csv":
+        head = ["model", "dataset", "multiplier", "epochs", "seeds", "test_acc_mean_pct", "test_acc_std_pct",
+                "delta_vs_fp32_pct", "epoch_s", "compile_s"]
+        num = lambda v: "" if v is None else f"{100 * v:.4f}"  # noqa: E731
+        return format_rows(head, [[r["config"].model, r["config"].dataset, r["label"], str(r["epochs"]),
+                                   " ".join(map(str, r["seeds"])), num(r["mean"]),
+                                   num(r["std"]) if len(r["seeds"]) > 1 else "", num(r["delta"]),
+                                   f"{r['epoch_time']:.3f}", f"{r['compile_time']:.3f}"] for r in rows], "csv")
+    out = []
+    for row in rows:
+        cfg = row["config"]
+        acc = f"{100 * row['mean']:.2f}" + (f" ± {100 * row['std']:.2f}" if len(row["seeds"]) > 1 else "")
+        delta = "—" if row["delta"] is None else f"{100 * row['delta']:+.2f}"
+        out.append([cfg.model, cfg.dataset, row["label"], str(row["epochs"]), ",".join(map(str, row["seeds"])), acc,
+                    delta, f"{row['epoch_time']:.1f}", f"{row['compile_time']:.1f}"])
+    head = ["model", "dataset", "multiplier", "epochs", "seeds", "test acc %", "Δ vs fp32", "epoch s", "compile s"]
+    return format_rows(head, out, fmt)
+
+
+# ---- provenance and files -------------------------------------------------------------------------------------
 def provenance() -> dict:
     """Date, command line, library versions and machine, recorded with every results file."""
     import datetime
@@ -71,32 +126,52 @@ def _cpu_model() -> str:
     return platform.processor()
 
 
-def plot_results(results: list[RunResult], path) -> Path:
-    """Training loss (per logged step) and test accuracy (per epoch), one line per multiplier, saved as PNG."""
+def plot_results(results: list[RunResult], path=None):
+    """Training loss, test accuracy per epoch (mean over seeds) and final test accuracy (bars with the seeds'
+    standard deviation), one colour per setting, the legend below the plots so it hides no data.
+
+    Returns:
+        The PNG's path if ``path`` is given, else the matplotlib Figure (a notebook shows it inline).
+    """
     import matplotlib
+    import numpy as np
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from ._plots import new_figure, save_figure
 
-    fig, (ax_l, ax_a) = plt.subplots(1, 2, figsize=(10, 4))
-    for r in results:
-        xs, ys = zip(*r.loss_curve, strict=True) if r.loss_curve else ((), ())
-        ax_l.plot(xs, ys, label=r.config.label, lw=1.2)
-        ax_a.plot([h["epoch"] for h in r.history], [100 * h["test_acc"] for h in r.history], "o-",
-                  label=r.config.label)
-    ax_l.set(xlabel="epoch", ylabel="training loss", yscale="log", title="training loss")
+    rows = aggregate(results)
+    fig = new_figure(figsize=(14, 4.2))
+    ax_l, ax_a, ax_b = fig.subplots(1, 3)
+    colors = matplotlib.rcParams["axes.prop_cycle"].by_key()["color"]
+    for i, row in enumerate(rows):
+        c = colors[i % len(colors)]
+        r0 = row["runs"][0]
+        if r0.loss_curve:
+            xs, ys = zip(*r0.loss_curve, strict=True)
+            ax_l.plot(xs, ys, lw=1.1, color=c)
+        epochs = [h["epoch"] for h in r0.history]
+        acc = np.array([[100 * h["test_acc"] for h in r.history] for r in row["runs"]
+                        if len(r.history) == len(epochs)])
+        ax_a.plot(epochs, acc.mean(0), "o-", color=c, label=row["label"] + (f" ({len(row['seeds'])} seeds)"
+                                                                           if len(row["seeds"]) > 1 else ""))
+        if len(acc) > 1:
+            ax_a.fill_between(epochs, acc.mean(0) - acc.std(0, ddof=1), acc.mean(0) + acc.std(0, ddof=1), color=c,
+                              alpha=0.2)
+        ax_b.bar(i, 100 * row["mean"], yerr=100 * row["std"] if len(row["seeds"]) > 1 else None, color=c, capsize=4)
+    ax_l.set(xlabel="epoch", ylabel="training loss", yscale="log", title="training loss (first seed)")
     ax_a.set(xlabel="epoch", ylabel="test accuracy (%)", title="test accuracy")
-    for ax in (ax_l, ax_a):
+    lo = min((100 * min(r["accs"]) for r in rows), default=0)
+    ax_b.set(xticks=range(len(rows)), ylabel="final test accuracy (%)", title="final accuracy (± std over seeds)",
+             ylim=(max(0.0, lo - 5), 100))
+    ax_b.set_xticklabels([r["label"] for r in rows], rotation=30, ha="right", fontsize=8)
+    for ax in (ax_l, ax_a, ax_b):
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
-    r0 = results[0].config
-    fig.suptitle(f"{r0.model} on {r0.dataset}")
-    fig.tight_layout()
-    path = Path(path)
-    with atomic_writer(path) as fh:
-        fig.savefig(fh, dpi=110, format="png")
-    plt.close(fig)
-    return path
+    fig.legend(*ax_a.get_legend_handles_labels(), loc="lower center", ncol=min(4, max(1, len(rows))), fontsize=8,
+               bbox_to_anchor=(0.5, 0.0), frameon=False)
+    r0 = rows[0]["config"] if rows else None
+    if r0 is not None:
+        fig.suptitle(f"{r0.model} on {r0.dataset}")
+    fig.tight_layout(rect=(0, 0.04 + 0.04 * ((len(rows) - 1) // 4), 1, 1))
+    return fig if path is None else save_figure(fig, path)
 
 
 def run_file(out_dir, result: RunResult) -> Path:
@@ -110,9 +185,17 @@ def run_file(out_dir, result: RunResult) -> Path:
 
 
 def save_run(out_dir, result: RunResult) -> Path:
-    """Write one finished run (with its provenance) to its own file; returns the path."""
+    """Write one finished run (with its provenance) to its own file; returns the path. A file already kept for
+    the same run and epoch count stays as it is: it records the session that trained those epochs (a resumed
+    run that trained nothing has only its own compile time to add)."""
     path = run_file(out_dir, result)
     path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        kept = json.loads(path.read_text())["run"]
+        if kept["run_id"] == result.run_id and kept["history"] == json.loads(json.dumps(result.history)):
+            return path
+    except (OSError, ValueError, KeyError, TypeError):
+        pass  # missing or unreadable: (re)written below
     atomic_write(path, json.dumps({"format": "amsim-run", "format_version": 1, **provenance(),
                                    "run": result.as_dict()}, indent=1))
     return path
@@ -157,23 +240,17 @@ def write_summary(out_dir, model: str, dataset: str, plot: bool = True) -> list[
     return runs
 
 
-def compare(multipliers, *, out_dir="results", resume: bool = True, progress: bool = True, plot: bool = True,
-            **config) -> list[RunResult]:
-    """Train the same model once per multiplier, keep each run in ``<out_dir>/runs/`` and merge every run of
-    that model and dataset kept there into ``<out_dir>/<model>-<dataset>.{json,csv,png}``.
+def report(out_dir, fmt: str = "md", model: str | None = None, dataset: str | None = None) -> str:
+    """The paper table of every run kept in ``out_dir`` (merged over seeds), as text, md, latex or csv."""
+    runs = load_runs(out_dir, model, dataset)
+    if not runs:
+        raise AmsimError(f"{out_dir} keeps no runs (looked in {Path(out_dir) / 'runs'}); run amsim compare/train with "
+                         f"--out {out_dir} first.")
+    return results_table(runs, fmt)
 
-    Arguments:
-        multipliers: specs (see :func:`amsim.resolve_multiplier`), e.g. ``["fp32", "bf16", "mbm", "mitchell"]``;
-            all are resolved before the first run starts.
-        out_dir: where results, run files and per-run checkpoints go (created if missing).
-        resume: continue runs from their checkpoints (the same run) instead of starting over.
-        progress: progress bars.
-        plot: write the PNG of loss and accuracy curves.
-        **config: fields of :class:`RunConfig` (model, dataset, epochs, batch_size, lr, rules, backward, ...).
 
-    Returns:
-        One :class:`RunResult` per multiplier, in order (the summary files hold these and earlier runs).
-    """
+# ---- running sweeps ---------------------------------------------------------------------------------------------
+def _out_dir(out_dir) -> Path:
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise AmsimError(f"the results directory {out} is a file; pass --out a directory (it is created if missing).")
@@ -181,8 +258,48 @@ def compare(multipliers, *, out_dir="results", resume: bool = True, progress: bo
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise AmsimError(f"cannot create the results directory {out}: {exc.strerror or exc}.") from None
-    cfgs = [RunConfig(multiplier=spec, **config) for spec in multipliers]
-    resolved = [_Resolved.of(cfg) for cfg in cfgs]  # every spec resolved (and its file read) before any training
+    return out
+
+
+def _sweep(specs, seeds, config):
+    from .multipliers import expand
+
+    seeds = list(seeds) if seeds is not None else [config.pop("seed", 0)]
+    config.pop("seed", None)
+    if not seeds:
+        raise ValueError("no seeds given: pass at least one, e.g. seeds=[0, 1, 2] (--seeds 0,1,2).")
+    cfgs, resolved = [], []
+    for e in [e for spec in specs for e in (expand(spec) if isinstance(spec, str) else [spec])]:
+        res = _Resolved.of(RunConfig(multiplier=e, **config))  # every spec resolved (and read) before any training
+        named = {"multiplier": canonical_spec(e, res.multiplier) if isinstance(e, str) else e,
+                 "rules": tuple((p, canonical_spec(s, m) if isinstance(s, str) else s)
+                                for (p, s), (_, m) in zip(config.get("rules", ()), res.rules, strict=True))}
+        cfgs += [RunConfig(seed=int(s), **{**config, **named}) for s in seeds]
+        resolved += [res] * len(seeds)
+    return cfgs, resolved
+
+
+def compare(multipliers, *, out_dir="results", resume: bool = True, progress: bool = True, plot: bool = True,
+            seeds=None, **config) -> list[RunResult]:
+    """Train the same model once per multiplier (and seed), keep each run in ``<out_dir>/runs/`` and merge every
+    run of that model and dataset kept there into ``<out_dir>/<model>-<dataset>.{json,csv,png}``.
+
+    Arguments:
+        multipliers: specs (see :func:`amsim.resolve_multiplier`), e.g. ``["fp32", "bf16", "mbm", "drum(k=3..6)"]``;
+            all are resolved before the first run starts.
+        out_dir: where results, run files and per-run checkpoints go (created if missing).
+        resume: continue runs from their checkpoints (the same run) instead of starting over; an interrupted sweep
+            rerun with the same arguments skips the runs it finished.
+        progress: progress bars.
+        plot: write the PNG of loss and accuracy curves and final accuracies.
+        seeds: run every configuration once per seed (the table reports mean ± std); default: ``seed`` of config.
+        **config: fields of :class:`RunConfig` (model, dataset, epochs, batch_size, lr, rules, backward, init_from...).
+
+    Returns:
+        One :class:`RunResult` per multiplier and seed, in order (the summary files hold these and earlier runs).
+    """
+    out = _out_dir(out_dir)
+    cfgs, resolved = _sweep(multipliers, seeds, dict(config))
     results = []
     for cfg, res in zip(cfgs, resolved, strict=True):
         results.append(train(cfg, progress=progress, checkpoint_dir=out / "checkpoints", resume=resume,
@@ -190,3 +307,71 @@ def compare(multipliers, *, out_dir="results", resume: bool = True, progress: bo
         save_run(out, results[-1])
     write_summary(out, cfgs[0].model, cfgs[0].dataset, plot)
     return results
+
+
+@dataclasses.dataclass
+class ProtocolResult:
+    """The fine-tuning protocol: fp32 pretraining, then per multiplier the accuracy of the fp32 weights under it
+    (before retraining) and after fine-tuning with it (per seed)."""
+
+    pretrained: list  # RunResult per seed
+    before: dict  # multiplier label -> list of EvalResult (per seed)
+    after: dict  # multiplier label -> list of RunResult (per seed)
+
+    def table(self, fmt: str = "text") -> str:
+        fp32 = [r.test_acc for r in self.pretrained]
+        rows = []
+        for label, evals in self.before.items():
+            b = [e.top1 for e in evals]
+            a = [r.test_acc for r in self.after[label]]
+            ms = lambda v: f"{100 * _mean_std(v)[0]:.2f}" + (f" ± {100 * _mean_std(v)[1]:.2f}"  # noqa: E731
+                                                           if len(v) > 1 else "")
+            rows.append([label, ms(fp32), ms(b), f"{100 * (_mean_std(b)[0] - _mean_std(fp32)[0]):+.2f}", ms(a),
+                         f"{100 * (_mean_std(a)[0] - _mean_std(fp32)[0]):+.2f}"])
+        head = ["multiplier", "fp32 %", "before retraining %", "Δ", "after fine-tuning %", "Δ"]
+        return format_rows(head, rows, fmt)
+
+
+def protocol(multipliers, *, pretrain_epochs: int, finetune_epochs: int, out_dir="results", resume: bool = True,
+             progress: bool = True, seeds=None, lr_finetune: float | None = None, **config) -> ProtocolResult:
+    """The paper protocol in one call: train in fp32 for ``pretrain_epochs``; evaluate those weights under each
+    multiplier (no retraining); fine-tune them with each multiplier for ``finetune_epochs``; per seed.
+
+    Arguments:
+        multipliers: specs, resolved before anything runs; fp32 is the pretraining and is not fine-tuned.
+        pretrain_epochs, finetune_epochs: epochs of each phase.
+        lr_finetune: learning rate of the fine-tuning (default: the pretraining's ``lr``).
+        out_dir, resume, progress, seeds, config: as for :func:`compare`; every run is kept in ``out_dir``.
+
+    Returns:
+        A :class:`ProtocolResult` (``.table()``).
+    """
+    from ._evaluate import evaluate
+
+    out = _out_dir(out_dir)
+    config = dict(config)
+    from .multipliers import NATIVE_NAMES
+
+    specs = [s for s in multipliers if not (isinstance(s, str) and s.strip().lower() in NATIVE_NAMES)]
+    if not specs:
+        raise ValueError("the protocol needs at least one multiplier besides fp32 (the pretraining).")
+    pre_cfgs, pre_res = _sweep(["fp32"], seeds, {**config, "epochs": pretrain_epochs})
+    _sweep(specs, seeds, {**config, "epochs": finetune_epochs})  # resolve every spec before training
+    result = ProtocolResult([], {}, {})
+    for cfg, res in zip(pre_cfgs, pre_res, strict=True):
+        pre = train(cfg, progress=progress, checkpoint_dir=out / "checkpoints", resume=resume, resolved=res)
+        src = save_run(out, pre)
+        result.pretrained.append(pre)
+        evals = evaluate(src, specs, rules=cfg.rules, progress=progress, data_dir=cfg.data_dir)[1:]  # [0]: fp32
+        ft_config = {**config, "epochs": finetune_epochs, "init_from": str(src)}
+        if lr_finetune is not None:
+            ft_config["lr"] = lr_finetune
+        ft_cfgs, ft_res = _sweep(specs, [cfg.seed], ft_config)  # the same expansion, in the same order
+        for ev, fcfg, fres in zip(evals, ft_cfgs, ft_res, strict=True):
+            ft = train(fcfg, progress=progress, checkpoint_dir=out / "checkpoints", resume=resume, resolved=fres)
+            save_run(out, ft)
+            result.before.setdefault(ev.label, []).append(ev)
+            result.after.setdefault(ev.label, []).append(ft)
+    write_summary(out, pre_cfgs[0].model, pre_cfgs[0].dataset)
+    atomic_write(out / f"{pre_cfgs[0].model}-{pre_cfgs[0].dataset}-protocol.md", result.table("md") + "\n")
+    return result

@@ -82,6 +82,17 @@ def resolve_multiplier(spec):
     return get(s)
 
 
+def canonical_spec(spec, resolved) -> str:
+    """The name a run is labelled and filed under: a built-in by its printed name (``drum(k=3)`` and ``drum3`` are
+    both ``drum3_int8``), fp32 by ``fp32``; a file or module spec as given (its path is how the user named it)."""
+    if resolved == "fp32":
+        return "fp32"
+    s = spec.name if isinstance(spec, Multiplier) else str(spec).strip()
+    if isinstance(spec, Multiplier) or ".py:" in s or s.endswith((".npz", ".bin")):
+        return s
+    return resolved.name
+
+
 def _spec_id(obj) -> str:
     """How a spec appears in results files: a Multiplier by its name, anything else as given."""
     return obj.name if isinstance(obj, Multiplier) else str(obj)
@@ -345,6 +356,9 @@ class Evaluator:
         spec = lambda shape, dt: jax.ShapeDtypeStruct(shape, dt)  # noqa: E731
         self.fn = self.fn.lower(p, s, spec((b,) + x.shape[1:], jnp.float32), spec((b,), jnp.int32),
                                 spec((b,), jnp.float32)).compile()
+        # one call, discarded: the simulation kernels behind the callbacks are compiled on first use
+        jax.block_until_ready(self.fn(p, s, jnp.asarray(x[:b], jnp.float32), jnp.zeros(b, jnp.int32),
+                                      jnp.ones(b, jnp.float32)))
         return time.perf_counter() - t0
 
     def __call__(self, p, s, x, y) -> dict:
@@ -389,9 +403,9 @@ def run_id_of(cfg: RunConfig) -> str:
     return _prepare(cfg, _Resolved.of(cfg))[-1]
 
 
-def train(cfg: RunConfig, *, progress: bool = True, checkpoint: str | Path | None = None,
-          checkpoint_dir: str | Path | None = None, resume: bool = True,
-          resolved: _Resolved | None = None) -> RunResult:
+def train(cfg: RunConfig | None = None, *, progress: bool = True, checkpoint: str | Path | None = None,
+          checkpoint_dir: str | Path | None = None, resume: bool = True, resolved: _Resolved | None = None,
+          **fields) -> RunResult:
     """Train ``cfg.model`` on ``cfg.dataset`` with every product through ``cfg.multiplier``; evaluate each epoch.
 
     A run is identified by :func:`run_identity` (multipliers' table digests, model and initial parameters, data,
@@ -400,7 +414,8 @@ def train(cfg: RunConfig, *, progress: bool = True, checkpoint: str | Path | Non
     starts afresh in a checkpoint of its own. A resume is announced in one line.
 
     Arguments:
-        cfg: the run.
+        cfg: the run; or give its fields as keywords (``amsim.train(model="lenet5", multiplier="mbm", epochs=2)``),
+            which also override those of ``cfg``.
         progress: show a tqdm bar per epoch (loss, accuracy, samples/s).
         checkpoint: a checkpoint file to save after every epoch and resume from; one that holds another run is
             refused (choose another file, or delete it).
@@ -420,8 +435,17 @@ def train(cfg: RunConfig, *, progress: bool = True, checkpoint: str | Path | Non
     from . import data
     from .models import param_count
 
+    if fields:
+        cfg = dataclasses.replace(cfg, **fields) if cfg is not None else RunConfig(**fields)
+    elif cfg is None:
+        raise TypeError("train() needs a RunConfig or its fields, e.g. train(model='lenet5', multiplier='mbm').")
+    if resolved is not None and fields:
+        raise TypeError("train(): resolved= belongs to the config it was resolved from; give no other fields.")
     resolved = resolved or _Resolved.of(cfg)
     (xtr, ytr, xte, yte), model, variables, identity, run_id = _prepare(cfg, resolved)
+    if len(xtr) < cfg.batch_size:
+        raise ValueError(f"{cfg.label}: {len(xtr)} training examples do not fill one batch of {cfg.batch_size} "
+                         "(incomplete batches are dropped); lower batch_size (--batch-size) or raise train_limit.")
     approximated = [(r.path, r.op, r.config.fwd.name if r.config else "fp32")
                     for r in getattr(model, "trace_log", [])]
     params = variables["params"]
@@ -480,6 +504,9 @@ def train(cfg: RunConfig, *, progress: bool = True, checkpoint: str | Path | Non
         xs = jax.ShapeDtypeStruct((cfg.batch_size,) + xtr.shape[1:], jnp.asarray(xtr[:1]).dtype)
         ys = jax.ShapeDtypeStruct((cfg.batch_size,), jnp.asarray(ytr[:1]).dtype)
         step = step.lower(params, stats, opt_state, xs, ys).compile()
+        # one step, its result discarded (the step is a pure function): the kernels behind the callbacks compile
+        jax.block_until_ready(step(params, stats, opt_state, jnp.asarray(xtr[: cfg.batch_size]),
+                                   jnp.asarray(ytr[: cfg.batch_size])))
         evaluator.compile(params, stats, xte)
         compile_time = time.perf_counter() - t0
 

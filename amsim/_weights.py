@@ -44,21 +44,42 @@ def _read_msgpack(path: Path) -> dict:
     return obj
 
 
+def _run_info(path, ckpt, run_id, epochs, config) -> dict:
+    """A finished run's weights are its checkpoint, provided it still holds that run at that epoch: a longer run
+    of the same identity continues the same checkpoint, and the weights of the shorter one are gone."""
+    where = path or f"run {str(run_id)[:12]}"
+    if not ckpt or not Path(ckpt).is_file():
+        raise AmsimError(f"the run in {where} kept no checkpoint, or it is gone ({ckpt}); rerun it with an --out "
+                         "directory, or give its weights as a params file.")
+    try:
+        meta = json.loads(_read_msgpack(Path(ckpt))["meta"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise AmsimError(f"checkpoint {ckpt} (of the run in {where}) has unreadable metadata ({exc}).") from None
+    if meta.get("run_id") != run_id or meta.get("epoch") != epochs:
+        raise AmsimError(f"checkpoint {ckpt} now holds epoch {meta.get('epoch')} of run "
+                         f"{str(meta.get('run_id'))[:12]}, not epoch {epochs} of run {str(run_id)[:12]} ({where}): "
+                         "a longer run continued it. Evaluate the newer run file or the checkpoint itself, or "
+                         "rerun this run to get its weights back.")
+    return {"kind": "run", "path": str(path or ckpt), "checkpoint": str(ckpt), "config": config, "run_id": run_id,
+            "epoch": epochs}
+
+
 def source_info(source) -> dict:
     """What a source says about itself: ``kind`` ("run", "checkpoint" or "params"), ``path``, and for runs and
     checkpoints the ``config`` (a RunConfig dict), ``run_id`` and ``epoch`` of the weights."""
+    if hasattr(source, "run_id") and hasattr(source, "history"):  # a RunResult in hand: its checkpoint
+        if not source.checkpoint:
+            raise AmsimError(f"run {source.run_id[:12]} kept no checkpoint: train it with checkpoint_dir= (or "
+                             "amsim.compare, which keeps every run), then evaluate it.")
+        return _run_info(None, source.checkpoint, source.run_id, len(source.history), source.as_dict()["config"])
     path = Path(source)
     if not path.is_file():
         raise AmsimError(f"weights source {path} does not exist; give a run file (<out>/runs/*.json), a checkpoint "
                          "(.msgpack) or a params file (.msgpack, .npz).")
     if path.suffix == ".json":
         run = _read_run(path)
-        ckpt = run.get("checkpoint")
-        if not ckpt or not Path(ckpt).is_file():
-            raise AmsimError(f"the run in {path} kept no checkpoint, or it is gone ({ckpt}); rerun it with an --out "
-                             "directory, or give its weights as a params file.")
-        return {"kind": "run", "path": str(path), "checkpoint": ckpt, "config": run.get("config"),
-                "run_id": run.get("run_id"), "epoch": len(run.get("history", []))}
+        return _run_info(path, run.get("checkpoint"), run.get("run_id"), len(run.get("history", [])),
+                         run.get("config"))
     if path.suffix == ".msgpack":
         obj = _read_msgpack(path)
         if "meta" in obj and "state" in obj:

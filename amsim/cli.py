@@ -1,6 +1,11 @@
-"""The ``amsim`` command line: compare multipliers by training, inspect multipliers, list what is available.
+"""The ``amsim`` command line.
 
-    amsim compare --model lenet5 --dataset mnist --multipliers fp32,bf16,mbm,mitchell --epochs 2
+    amsim compare --model lenet5 --dataset mnist --multipliers fp32,bf16,mbm,mitchell --epochs 2 --seeds 0,1,2
+    amsim compare --pretrain-epochs 2 --finetune-epochs 1 --multipliers mbm,mitchell,drum4   # the paper protocol
+    amsim evaluate --from results/runs/<run>.json --multipliers mbm,mitchell,"drum(k=3..6)"
+    amsim sensitivity --from results/runs/<run>.json --multiplier mitchell
+    amsim layers --model lenet5
+    amsim report results --format latex
     amsim inspect mbm mitchell --heatmap mbm.png
     amsim list
 """
@@ -23,35 +28,60 @@ def _rules(items):
     return tuple(rules)
 
 
+def _specs(text):
+    from .multipliers import split_specs
+
+    return split_specs(text)
+
+
+def _seeds(text):
+    if text is None:
+        return None
+    try:
+        return [int(s) for s in text.split(",") if s.strip()]
+    except ValueError:
+        raise ValueError(f"--seeds expects comma-separated integers, e.g. 0,1,2; got {text!r}.") from None
+
+
+def _add_data_args(p, model_default="lenet5"):
+    p.add_argument("--model", default=model_default, help="model name (see `amsim list`)")
+    p.add_argument("--dataset", default="mnist" if model_default else None, help="dataset name (see `amsim list`)")
+    p.add_argument("--test-limit", type=int, default=None, help="use only the first N test examples")
+    p.add_argument("--data-dir", default=None, help="searched first for dataset files (also $AMSIM_DATA_DIR)")
+
+
 def _add_run_args(p):
-    p.add_argument("--model", default="lenet5", help="model name (see `amsim list`)")
-    p.add_argument("--dataset", default="mnist", help="dataset name (see `amsim list`)")
+    _add_data_args(p)
     p.add_argument("--epochs", type=int, default=2)
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--optimizer", choices=["adam", "sgd"], default="adam")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seeds", default=None, help="comma-separated seeds: every configuration once per seed")
     p.add_argument("--train-limit", type=int, default=None, help="use only the first N training examples")
-    p.add_argument("--test-limit", type=int, default=None, help="use only the first N test examples")
-    p.add_argument("--data-dir", default=None, help="searched first for dataset files (also $AMSIM_DATA_DIR)")
     p.add_argument("--rule", action="append", metavar="PATTERN=MULT",
-                   help="per-layer override: regex on the Flax module path = multiplier (repeatable)")
+                   help="per-layer override: regex on the operation path (see `amsim layers`) = multiplier")
     p.add_argument("--backward", choices=["approx", "exact", "ste"], default="approx",
                    help="gradient products: through the multiplier (approx), native float32 (exact), or "
                         "straight-through (ste)")
-    p.add_argument("--out", default="results", help="directory for JSON/CSV/PNG results and checkpoints")
+    p.add_argument("--init-from", default=None, metavar="RUN|CHECKPOINT|PARAMS",
+                   help="start from trained weights (fine-tuning): a run file, checkpoint or params file")
+    p.add_argument("--out", default="results", help="directory for JSON/CSV/PNG results, runs and checkpoints")
     p.add_argument("--no-resume", action="store_true", help="start over even if a checkpoint exists")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def _config(args):
+    return dict(model=args.model, dataset=args.dataset, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
+                optimizer=args.optimizer, seed=args.seed, train_limit=args.train_limit, test_limit=args.test_limit,
+                data_dir=args.data_dir, rules=_rules(args.rule), backward=args.backward, init_from=args.init_from)
 
 
 def _run(args, specs):
     from ._report import compare, load_runs, results_table
 
     results = compare(specs, out_dir=args.out, resume=not args.no_resume, progress=not args.no_progress,
-                      model=args.model, dataset=args.dataset, epochs=args.epochs, batch_size=args.batch_size,
-                      lr=args.lr, optimizer=args.optimizer, seed=args.seed, train_limit=args.train_limit,
-                      test_limit=args.test_limit, data_dir=args.data_dir, rules=_rules(args.rule),
-                      backward=args.backward)
+                      seeds=_seeds(args.seeds), **_config(args))
     kept = load_runs(args.out, args.model, args.dataset)
     print()
     print(results_table(kept))
@@ -62,11 +92,111 @@ def _run(args, specs):
 
 
 def cmd_compare(args):
-    return _run(args, [s for s in args.multipliers.split(",") if s.strip()])
+    if (args.pretrain_epochs is None) != (args.finetune_epochs is None):
+        raise ValueError("the fine-tuning protocol needs both --pretrain-epochs and --finetune-epochs.")
+    if args.pretrain_epochs is None:
+        return _run(args, _specs(args.multipliers))
+    from ._report import protocol
+
+    cfg = _config(args)
+    for key in ("epochs", "init_from"):
+        cfg.pop(key)
+    res = protocol(_specs(args.multipliers), pretrain_epochs=args.pretrain_epochs,
+                   finetune_epochs=args.finetune_epochs, out_dir=args.out, resume=not args.no_resume,
+                   progress=not args.no_progress, seeds=_seeds(args.seeds), lr_finetune=args.lr_finetune, **cfg)
+    print()
+    print(res.table())
+    print(f"→ {Path(args.out) / f'{args.model}-{args.dataset}-protocol.md'} (and every run in "
+          f"{Path(args.out) / 'runs'})")
+    return 0
 
 
 def cmd_train(args):
     return _run(args, [args.multiplier])
+
+
+def _result_path(out, kind, source, doc, suffix=".json"):
+    """``<out>/<kind>-<source>-<digest>``: the digest covers what determines the numbers (weights, multipliers'
+    tables, rules, test examples), so a different evaluation never overwrites this one and the same one does."""
+    import hashlib
+    import json
+
+    from ._train import _slug
+
+    key = hashlib.sha256(json.dumps(doc, sort_keys=True, default=str).encode()).hexdigest()[:12]
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    return out / f"{kind}-{_slug(Path(source).stem, 48)}-{key}{suffix}"
+
+
+def _output(path) -> Path:
+    """A file the user named: its folder is created if missing (``--heatmap results/m.png`` on a fresh checkout)."""
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        from ._errors import AmsimError
+
+        raise AmsimError(f"cannot create the folder of {path}: {exc.strerror or exc}.") from None
+    return path
+
+
+def _save_json(path, doc):
+    import json
+
+    from ._io import atomic_write
+    from ._report import provenance
+
+    atomic_write(path, json.dumps({**provenance(), **doc}, indent=1, default=str))
+    return path
+
+
+def cmd_evaluate(args):
+    from ._evaluate import evaluate, evaluation_table
+
+    res = evaluate(args.source, _specs(args.multipliers), rules=_rules(args.rule), model=args.model,
+                   dataset=args.dataset, data_dir=args.data_dir, test_limit=args.test_limit,
+                   progress=not args.no_progress)
+    print(evaluation_table(res, args.format))
+    key = [res[0].weights, res[0].n] + [[r.rules, r.multipliers] for r in res]
+    path = _save_json(_result_path(args.out, "evaluate", args.source, key),
+                      {"format": "amsim-evaluation", "source": args.source, "results": [r.as_dict() for r in res]})
+    print(f"→ {path}")
+    return 0
+
+
+def cmd_sensitivity(args):
+    from ._evaluate import sensitivity
+
+    res = sensitivity(args.source, args.multiplier, model=args.model, dataset=args.dataset, data_dir=args.data_dir,
+                      test_limit=args.test_limit, progress=not args.no_progress)
+    print(res.table(args.format))
+    path = _result_path(args.out, "sensitivity", args.source, [res.weights, res.n, res.multipliers])
+    _save_json(path, {"format": "amsim-sensitivity", **res.as_dict()})
+    png = res.plot(path.with_suffix(".png"))
+    print(f"({res.seconds:.0f} s) → {path}, {png}")
+    return 0
+
+
+def cmd_layers(args):
+    from ._evaluate import layers, layers_table
+
+    print(layers_table(layers(args.model, args.dataset or "mnist"), args.format))
+    return 0
+
+
+def cmd_report(args):
+    from ._report import report
+
+    text = report(args.dir, args.format, model=args.model, dataset=args.dataset)
+    if args.output:
+        from ._io import atomic_write
+
+        atomic_write(_output(args.output), text + "\n")
+        print(f"→ {args.output}")
+    else:
+        print(text)
+    return 0
 
 
 def cmd_inspect(args):
@@ -94,7 +224,7 @@ def cmd_inspect(args):
         fig.tight_layout()
         from ._io import atomic_writer
 
-        with atomic_writer(args.heatmap) as fh:
+        with atomic_writer(_output(args.heatmap)) as fh:
             fig.savefig(fh, dpi=110, format=Path(args.heatmap).suffix.lstrip(".") or "png")
         print(f"→ {args.heatmap}")
     return 0
@@ -103,8 +233,11 @@ def cmd_inspect(args):
 def cmd_list(args):
     from . import data, models, multipliers
 
-    print("multipliers:", ", ".join(multipliers.available()))
-    print("  also: fp32 (no simulation), path/to/module.py:function, table.npz, ApproxTrain NAME_m.bin")
+    print("multipliers:")
+    for line in multipliers.available():
+        print("  ", line)
+    print("   also: fp32 (= exact, native: no simulation), path/to/module.py:function, table.npz, ApproxTrain "
+          "NAME_m.bin; ranges for sweeps: drum(k=3..6)")
     print("models:     ", ", ".join(models.available()))
     print("datasets:   ", ", ".join(data.available()))
     return 0
@@ -116,14 +249,49 @@ def main(argv=None) -> int:
     common.add_argument("--debug", action="store_true", help="show the traceback of errors (also AMSIM_DEBUG=1)")
     sub = ap.add_subparsers(dest="cmd", required=True)
     add = lambda name, **kw: sub.add_parser(name, parents=[common], **kw)  # noqa: E731
-    p = add("compare", help="train one model per multiplier and tabulate the accuracies")
-    p.add_argument("--multipliers", default="fp32,bf16,mbm,mitchell", help="comma-separated multiplier specs")
+    p = add("compare", help="train one model per multiplier (and seed) and tabulate the accuracies")
+    p.add_argument("--multipliers", default="fp32,bf16,mbm,mitchell",
+                   help="comma-separated multiplier specs (names, call syntax, ranges such as drum(k=3..6), files)")
+    p.add_argument("--pretrain-epochs", type=int, default=None,
+                   help="the fine-tuning protocol: fp32 pretraining epochs (with --finetune-epochs)")
+    p.add_argument("--finetune-epochs", type=int, default=None, help="the protocol: fine-tuning epochs per multiplier")
+    p.add_argument("--lr-finetune", type=float, default=None, help="the protocol's fine-tuning learning rate")
     _add_run_args(p)
     p.set_defaults(fn=cmd_compare)
     p = add("train", help="train with one multiplier")
     p.add_argument("--multiplier", default="mbm")
     _add_run_args(p)
     p.set_defaults(fn=cmd_train)
+    fmt = dict(choices=["text", "md", "latex", "csv"], default="text", help="table format")
+    p = add("evaluate", help="accuracy of trained weights under multipliers, without retraining")
+    p.add_argument("--from", dest="source", required=True, metavar="RUN|CHECKPOINT|PARAMS")
+    p.add_argument("--multipliers", default="bf16,mbm,mitchell", help="comma-separated specs (fp32 is always added)")
+    p.add_argument("--rule", action="append", metavar="PATTERN=MULT", help="per-layer choice (repeatable)")
+    _add_data_args(p, model_default=None)
+    p.add_argument("--out", default="results", help="where the evaluation's JSON goes")
+    p.add_argument("--format", **fmt)
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(fn=cmd_evaluate)
+    p = add("sensitivity", help="per layer: accuracy with only it, and all but it, through a multiplier")
+    p.add_argument("--from", dest="source", required=True, metavar="RUN|CHECKPOINT|PARAMS")
+    p.add_argument("--multiplier", required=True)
+    _add_data_args(p, model_default=None)
+    p.add_argument("--out", default="results", help="where the table's JSON and the bar plot go")
+    p.add_argument("--format", **fmt)
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(fn=cmd_sensitivity)
+    p = add("layers", help="the model's approximable operations: paths (what rules match), shapes, MACs, params")
+    p.add_argument("--model", default="lenet5")
+    p.add_argument("--dataset", default="mnist", help="sets the input shape and classes")
+    p.add_argument("--format", **fmt)
+    p.set_defaults(fn=cmd_layers)
+    p = add("report", help="the paper table of every run kept in a results directory")
+    p.add_argument("dir")
+    p.add_argument("--format", choices=["text", "md", "latex", "csv"], default="md")
+    p.add_argument("--model", default=None)
+    p.add_argument("--dataset", default=None)
+    p.add_argument("--output", "-o", default=None, help="write the table to this file")
+    p.set_defaults(fn=cmd_report)
     p = add("inspect", help="error metrics (and a heat map) of multipliers")
     p.add_argument("multipliers", nargs="+")
     p.add_argument("--heatmap", default=None, help="write a relative-error heat map PNG")
@@ -131,14 +299,20 @@ def main(argv=None) -> int:
     p = add("list", help="available multipliers, models and datasets")
     p.set_defaults(fn=cmd_list)
     args = ap.parse_args(argv)
-    debug = args.debug or bool(os.environ.get("AMSIM_DEBUG"))
+    return guarded(lambda: args.fn(args), args.debug)
+
+
+def guarded(fn, debug: bool = False) -> int:
+    """Run ``fn()`` as a command: errors a user can cause become one line and exit status 2, Ctrl-C says what
+    was kept and gives 130; ``--debug`` or ``AMSIM_DEBUG=1`` shows tracebacks instead."""
+    debug = debug or bool(os.environ.get("AMSIM_DEBUG"))
     import zipfile
 
     from ._errors import AmsimError
     from ._train import TrainingInterrupted
 
     try:
-        return args.fn(args)
+        return fn()
     except KeyboardInterrupt as exc:  # Ctrl-C: say what was kept, no traceback
         if debug:
             raise
@@ -159,7 +333,6 @@ def main(argv=None) -> int:
             f"{exc.strerror or exc}" + (f": {exc.filename}" if getattr(exc, "filename", None) else "")
         print(f"amsim: error: {msg}\n(rerun with --debug for the traceback)", file=sys.stderr)
         return 2
-
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -193,7 +193,11 @@ def test_bad_operands(rng):
     with pytest.raises(ValueError, match="broadcast"):
         amsim.multiply(np.zeros(3, F), np.zeros(4, F), mult)
     with pytest.raises(TypeError, match="amsim.Multiplier"):
-        amsim.matmul(a, a.T, "mbm")
+        amsim.matmul(a, a.T, 3)
+    with pytest.raises(ValueError, match="Did you mean 'mbm'"):
+        amsim.matmul(a, a.T, "mbmx")
+    # a built-in name is the same multiplier as the object
+    np.testing.assert_array_equal(amsim.matmul(a, a.T, "mbm"), amsim.matmul(a, a.T, mult))
     with pytest.raises(ValueError, match="out has shape"):
         amsim.matmul(a, a.T, mult, out=np.empty((4, 5), F))
     i8 = amsim.multipliers.exact_int(8)

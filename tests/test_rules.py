@@ -86,10 +86,10 @@ def test_cli_rule_exact_is_native_and_labels_name_the_rules(tmp_path, capsys):
                    "--no-progress", "--rule", "conv1=exact", "--rule", "fc.*=mitchell3"])
     assert rc == 0
     data = json.loads((tmp_path / "lenet5-mnist.json").read_text())["runs"]
-    assert data[0]["label"] == "mbm5+conv1=exact+fc.*=mitchell3"
+    assert data[0]["label"] == "mbm5+conv1=fp32+fc.*=mitchell3"  # "exact" in a rule is native fp32
     layers = {a[0]: a[2] for a in data[0]["approximated"]}
     assert layers == {"conv1": "fp32", "conv2": "mbm5", "fc1": "mitchell3", "fc2": "mitchell3", "fc3": "mitchell3"}
-    assert "mbm5+conv1=exact+fc.*=mitchell3" in capsys.readouterr().out
+    assert "mbm5+conv1=fp32+fc.*=mitchell3" in capsys.readouterr().out
 
 
 def test_cli_rule_matching_nothing_stops_before_training(tmp_path, capsys):

@@ -164,7 +164,7 @@ def test_changed_model_body_is_a_new_run_not_the_old_result(tmp_path, capsys):
     assert all("/" not in p.name and "my_models" not in str(p.parent) for p in ckpts)
 
 
-def test_overwritten_table_file_is_a_new_run(tmp_path):
+def test_overwritten_table_file_is_a_new_run(tmp_path, capsys):
     luts = tmp_path / "luts"
     luts.mkdir()
     path = luts / "x_7.bin"
@@ -175,10 +175,12 @@ def test_overwritten_table_file_is_a_new_run(tmp_path):
     assert _cli_train(tmp_path, str(path)) == 0
     second = _latest(tmp_path)
     assert second["run_id"] != first["run_id"] and second["resumed_from"] == 0
+    capsys.readouterr()
     assert _cli_train(tmp_path, str(path)) == 0  # the same table again: resumed (complete), same result
-    third = _latest(tmp_path)
-    assert third["run_id"] == second["run_id"] and third["resumed_from"] == 1
-    assert third["history"] == second["history"]
+    out = capsys.readouterr().out
+    assert f"run {second['run_id'][:12]} already has 1 epoch(s)" in out
+    third = _latest(tmp_path)  # the run file of the session that trained it is kept as it was
+    assert third["run_id"] == second["run_id"] and third["history"] == second["history"]
 
 
 def test_settings_that_decide_the_result_are_part_of_the_run(tmp_path):

@@ -8,6 +8,13 @@ import numba
 
 from .._multiplier import multiplier
 
+# a rounding other than the family's default is part of the printed name, so that names stay one per multiplier
+ROUNDING_SUFFIX = {"nearest": "_rne", "truncate": "_rtz"}
+
+
+def rounded_name(name: str, rounding: str, default: str) -> str:
+    return name if rounding == default else name + ROUNDING_SUFFIX.get(rounding, f"_{rounding}")
+
 
 @numba.njit(inline="always")
 def truncate_to(p, m):
@@ -23,7 +30,8 @@ def exact(mantissa_bits: int = 7, rounding: str = "nearest"):
     with ``mantissa_bits=7`` this is a bfloat16-operand multiply with float32 accumulation.
     """
 
-    @multiplier(mantissa_bits=mantissa_bits, rounding=rounding, name=f"exact{mantissa_bits}")
+    @multiplier(mantissa_bits=mantissa_bits, rounding=rounding,
+                name=rounded_name(f"exact{mantissa_bits}", rounding, "nearest"))
     def exact_(x, y):
         return x * y
 
@@ -38,7 +46,7 @@ def exact_truncated(mantissa_bits: int = 7, rounding: str = "truncate"):
     """
     m = mantissa_bits
 
-    @multiplier(mantissa_bits=m, rounding=rounding, name=f"exact_truncated{m}")
+    @multiplier(mantissa_bits=m, rounding=rounding, name=rounded_name(f"exact_truncated{m}", rounding, "truncate"))
     def exact_truncated_(x, y):
         return truncate_to(x * y, m)
 
@@ -53,7 +61,7 @@ def mitchell(mantissa_bits: int = 7, rounding: str = "nearest"):
     """
     m = mantissa_bits
 
-    @multiplier(mantissa_bits=m, rounding=rounding, name=f"mitchell{m}")
+    @multiplier(mantissa_bits=m, rounding=rounding, name=rounded_name(f"mitchell{m}", rounding, "nearest"))
     def mitchell_(x, y):
         s = (x - 1.0) + (y - 1.0)
         p = 1.0 + s if s < 1.0 else 2.0 * s
@@ -73,7 +81,7 @@ def mbm(mantissa_bits: int = 7, rounding: str = "nearest"):
     half_ulp = 2.0 ** -(m + 1)
     corr = 2.0**-4 + 2.0**-6
 
-    @multiplier(mantissa_bits=m, rounding=rounding, name=f"mbm{m}")
+    @multiplier(mantissa_bits=m, rounding=rounding, name=rounded_name(f"mbm{m}", rounding, "nearest"))
     def mbm_(x, y):
         s = (x - 1.0 + half_ulp) + (y - 1.0 + half_ulp)
         if s < 1.0:

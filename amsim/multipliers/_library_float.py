@@ -10,7 +10,7 @@ import numpy as np
 
 from .. import _operands
 from .._multiplier import multiplier
-from ._float import truncate_to
+from ._float import rounded_name, truncate_to
 
 __all__ = ["alm_soa", "realm", "realm_factors", "truncated_significand"]
 
@@ -56,7 +56,8 @@ def alm_soa(mantissa_bits: int = 7, k: int | None = None, rounding: str = "neare
     use_cin = 1 if k > 0 else 0
     one = 1 << m
 
-    @multiplier(mantissa_bits=m, rounding=rounding, fields=True, name=f"alm_soa{m}_k{k}")
+    @multiplier(mantissa_bits=m, rounding=rounding, fields=True,
+                name=rounded_name(f"alm_soa{m}_k{k}", rounding, "nearest"))
     def alm_soa_(fa, fb):
         cin = ((fa >> low) & (fb >> low) & 1) * use_cin
         s = ((((fa >> k) + (fb >> k) + cin) << k) | ones)
@@ -165,7 +166,7 @@ def realm(mantissa_bits: int = 7, segments: int | None = None, factor_bits: int 
     unit = 2.0**-q
     seg = float(M)
 
-    @multiplier(mantissa_bits=m, rounding=rounding, name=f"realm{m}_M{M}")
+    @multiplier(mantissa_bits=m, rounding=rounding, name=rounded_name(f"realm{m}_M{M}", rounding, "nearest"))
     def realm_(x, y):
         fx = x - 1.0
         fy = y - 1.0
@@ -199,7 +200,8 @@ def truncated_significand(mantissa_bits: int = 7, t: int | None = None, rounding
         "t", t, 0, 2 * m + 1, f"the product of two {m + 1}-bit significands has columns 0 to {2 * m + 1}.")
     rows_cut = min(t, m + 1)  # rows of A with partial products below column t
 
-    @multiplier(mantissa_bits=m, rounding=rounding, fields=True, name=f"trunc_sig{m}_t{t}")
+    @multiplier(mantissa_bits=m, rounding=rounding, fields=True,
+                name=rounded_name(f"trunc_sig{m}_t{t}", rounding, "nearest"))
     def trunc_sig_(fa, fb):
         A = (1 << m) | fa
         B = (1 << m) | fb

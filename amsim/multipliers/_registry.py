@@ -21,6 +21,7 @@ import inspect
 import re
 
 from . import _float, _int, _library_float, _library_int
+from ._float import ROUNDING_SUFFIX
 
 __all__ = ["get", "available", "expand", "split_specs", "NATIVE_NAMES"]
 
@@ -182,6 +183,10 @@ def get(name: str, **params):
     if re.fullmatch(r"u?int\d+", key):  # exact integer formats
         signed = not key.startswith("u")
         return _build(s, "exact_int", {"bits": int(key.lstrip("uint")), "signed": signed, **params})
+    for rounding, suffix in ROUNDING_SUFFIX.items():  # mbm5_rtz: a non-default rounding, as names print it
+        if s.endswith(suffix) and "rounding" not in params:
+            s, params = s[: -len(suffix)], {**params, "rounding": rounding}
+            break
     m = _NAME.fullmatch(s)
     if m is None:
         raise ValueError(_close(s))
