@@ -9,12 +9,26 @@ Multiplier -> LUT -> kernel -> JAX bridge -> Flax layer:
 - :mod:`amsim.nn` bridges them into JAX and Flax;
 - the workflow: :func:`train` (from scratch or fine-tuning), :func:`evaluate` trained weights without retraining,
   :func:`sensitivity` per layer, :func:`layers` (what rules name), :func:`compare` sweeps (multipliers x seeds),
-  :func:`protocol` (pretrain, evaluate, fine-tune), :func:`report` and :func:`results_table` (paper tables).
+  :func:`protocol` (pretrain, evaluate, fine-tune), :func:`report` and :func:`results_table` (paper tables);
+- hardware cost: :class:`Cost` on a multiplier (``with_cost``, EvoApproxLib circuits through
+  :func:`amsim.interop.load_evoapprox`), :func:`energy` (first-order multiplication energy), :func:`plot_pareto`,
+  and :func:`search` (per-layer multipliers within an accuracy budget).
 """
 
 from . import formats, golden, gpu, interop, multipliers
+from ._cost import Cost
+from ._energy import EnergyEstimate, plot_pareto
 from ._errors import AmsimError, InvalidTableError, ModelCompileError, RuleError, UnsupportedError
-from ._evaluate import EvalResult, SensitivityResult, evaluate, evaluation_table, layers, layers_table, sensitivity
+from ._evaluate import (
+    EvalResult,
+    SensitivityResult,
+    energy,
+    evaluate,
+    evaluation_table,
+    layers,
+    layers_table,
+    sensitivity,
+)
 from ._metrics import ErrorStats, format_table
 from ._multiplier import Multiplier, int_multiplier, multiplier
 from ._ops import matmul, multiply
@@ -29,6 +43,7 @@ from ._report import (
     results_table,
     save_run,
 )
+from ._search import SearchResult, load_rules, search
 from ._train import RunConfig, RunResult, TrainingInterrupted, resolve_multiplier, train
 from ._version import __version__ as __version__
 
@@ -64,6 +79,13 @@ __all__ = [
     "report",
     "load_runs",
     "save_run",
+    "Cost",
+    "energy",
+    "EnergyEstimate",
+    "plot_pareto",
+    "search",
+    "SearchResult",
+    "load_rules",
     "ErrorStats",
     "format_table",
     "AmsimError",

@@ -14,6 +14,7 @@ import time
 
 import numpy as np
 
+from ._energy import EnergyEstimate, assignment, estimate
 from ._errors import AmsimError
 from ._tables import format_rows
 from ._train import (
@@ -27,7 +28,7 @@ from ._train import (
     describe_multiplier,
 )
 
-__all__ = ["evaluate", "sensitivity", "layers", "EvalResult", "SensitivityResult"]
+__all__ = ["evaluate", "sensitivity", "layers", "energy", "EvalResult", "SensitivityResult"]
 
 
 @dataclasses.dataclass
@@ -48,6 +49,7 @@ class EvalResult:
     multipliers: dict
     source: str
     weights: str  # digest of the evaluated weights: what the numbers stand for, whatever the file is called
+    energy: float | None = None  # relative multiplication energy (amsim.energy); None where a cost is unknown
 
     def as_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -99,6 +101,24 @@ class _Weights:
         return cfg, res, _build_model(cfg, self.num_classes, res)
 
 
+def _energy_of(w: _Weights, res) -> float | None:
+    ops = layers_of(w.cfg.model, w.num_classes, w.x.shape[1:])
+    return estimate(ops, assignment([o["path"] for o in ops], res)).relative
+
+
+def energy(model: str, multiplier="fp32", rules=(), dataset: str = "mnist") -> EnergyEstimate:
+    """The first-order multiplication energy of ``model`` with ``multiplier`` and per-layer ``rules`` (specs or
+    Multipliers, as for :func:`amsim.train`): Σ layers MACs × the power of the layer's multiplier, relative to
+    the exact multiplier of the same width (see :mod:`amsim._energy` and docs/cost.md).
+
+    Returns:
+        An :class:`EnergyEstimate` (``relative``, ``saving``, ``absolute_nj``, per-layer figures).
+    """
+    ops = layers(model, dataset)
+    res = _Resolved.of(RunConfig(model=model, dataset=dataset, multiplier=multiplier, rules=tuple(rules)))
+    return estimate(ops, assignment([o["path"] for o in ops], res))
+
+
 def _evaluate_one(w: _Weights, spec, rules, progress):
     cfg, res, model = w.model(spec, rules)
     p = w.variables["params"]
@@ -147,16 +167,21 @@ def evaluate(source, multipliers=("fp32",), *, rules=(), model: str | None = Non
         label, out, secs, comp, mults = _evaluate_one(w, spec, r, progress)
         base = results[0].top1 if results else out["top1"]
         results.append(EvalResult(label, str(spec), r, out["top1"], out["top5"], out["loss"],
-                                  out["top1"] - base, out["n"], secs, comp, mults, w.source, w.digest))
+                                  out["top1"] - base, out["n"], secs, comp, mults, w.source, w.digest,
+                                  _energy_of(w, w.resolve(spec, r)[1])))
     return results
 
 
 def evaluation_table(results: list[EvalResult], fmt: str = "text") -> str:
     """The paper table of an evaluation: top-1 (and top-5) accuracy and Δ top-1 vs fp32, per multiplier."""
     has5 = any(r.top5 is not None for r in results)
-    head = ["multiplier", "top-1 %"] + (["top-5 %"] if has5 else []) + ["Δ vs fp32", "time s"]
+    hasE = any(r.energy is not None and r.energy != 1.0 for r in results)  # a cost is known somewhere
+    head = ["multiplier", "top-1 %"] + (["top-5 %"] if has5 else []) + ["Δ vs fp32"] + \
+        (["rel. energy"] if hasE else []) + ["time s"]
     rows = [[r.label, f"{100 * r.top1:.2f}"] + ([f"{100 * r.top5:.2f}" if r.top5 is not None else "—"] if has5 else [])
-            + ["—" if i == 0 else f"{100 * r.delta:+.2f}", f"{r.seconds:.1f}"] for i, r in enumerate(results)]
+            + ["—" if i == 0 else f"{100 * r.delta:+.2f}"]
+            + ([f"{r.energy:.3f}" if r.energy is not None else "—"] if hasE else []) + [f"{r.seconds:.1f}"]
+            for i, r in enumerate(results)]
     return format_rows(head, rows, fmt)
 
 

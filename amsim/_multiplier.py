@@ -9,6 +9,7 @@ import threading
 import numpy as np
 
 from . import _operands
+from ._cost import Cost
 from ._errors import InvalidTableError, ModelCompileError
 from ._version import __version__
 from .lut import Table, build_code_table, build_float_table, build_int_table, fingerprint, validate, validate_code_table
@@ -35,7 +36,7 @@ class Multiplier:
     """
 
     def __init__(self, *, kind, bits, signed=False, rounding="nearest", name, model=None, fields=False,
-                 table: Table | None = None, doc=None, operand_format=None, builder=None):
+                 table: Table | None = None, doc=None, operand_format=None, builder=None, cost=None):
         if kind == "float":
             _operands.check_mantissa_bits(bits)
             _operands.check_rounding(rounding)
@@ -57,6 +58,9 @@ class Multiplier:
         self._model = model
         self._fields = fields
         self._table = table
+        if cost is not None and not isinstance(cost, Cost):
+            raise TypeError(f"cost must be an amsim.Cost (or use with_cost(power_mw=...)), got {type(cost).__name__}.")
+        self._cost = cost  # describes the circuit, never the products: not part of the identity
         if operand_format is not None and kind != "code":
             if kind != "float" or operand_format.mantissa_bits != bits:
                 raise ValueError(f"operand format {operand_format.name} has {operand_format.mantissa_bits} "
@@ -225,10 +229,32 @@ class Multiplier:
             raise ValueError("integer multipliers have no float operand format.")
         return self._variant(operand_format=operand_format, **({"name": name} if name else {}))
 
+    @property
+    def cost(self) -> Cost | None:
+        """The circuit's hardware cost (power, area, delay), or None if none is known."""
+        return self._cost
+
+    def with_cost(self, cost: Cost | None = None, *, power_mw=None, area_um2=None, delay_ns=None, source="user",
+                  technology="", relative=False, published=()) -> Multiplier:
+        """The same multiplier (same table, same identity) carrying a hardware cost.
+
+        Arguments:
+            cost: an :class:`amsim.Cost`; or give its fields: ``power_mw`` (mW, or relative to the exact
+                multiplier of the same width with ``relative=True``), ``area_um2`` (µm²), ``delay_ns`` (ns),
+                ``source``, ``technology`` and ``published`` metrics.
+
+        Returns:
+            A :class:`Multiplier` equal to this one, with :attr:`cost` set (kept by :meth:`save`).
+        """
+        if cost is None:
+            cost = Cost(power_mw=power_mw, area_um2=area_um2, delay_ns=delay_ns, source=source,
+                        technology=technology, relative=relative, published=published)
+        return self._variant(cost=cost)
+
     def _variant(self, **changes):
         kw = dict(kind=self._kind, bits=self._bits, signed=self._signed, rounding=self._rounding, name=self._name,
                   model=self._model, fields=self._fields, table=self._table if self._model is None else None,
-                  doc=self.__doc__, operand_format=self._format, builder=self._builder)
+                  doc=self.__doc__, operand_format=self._format, builder=self._builder, cost=self._cost)
         kw.update(changes)
         return Multiplier(**kw)
 
@@ -236,7 +262,8 @@ class Multiplier:
         """Write the table and its metadata (name, kind, rounding, operand format, fingerprint, the amsim version
         that built it, identity) to an ``.npz`` file whose digest covers all of it."""
         return self.table.save(path, rounding=self._rounding, operand_format=self._format.spec() if self._format
-                               else None, builder=self._builder, identity=self._identity)
+                               else None, builder=self._builder, identity=self._identity,
+                               cost=self._cost.as_dict() if self._cost else None)
 
     @classmethod
     def load(cls, path) -> Multiplier:
@@ -251,8 +278,9 @@ class Multiplier:
             except (TypeError, ValueError) as exc:
                 raise InvalidTableError(f"{path}: its operand format {fmt!r} is not valid: {exc}") from None
         try:
+            cost = Cost.from_dict(meta["cost"]) if meta.get("cost") else None
             mult = cls(kind=table.kind, bits=table.bits, signed=table.signed, rounding=meta.get("rounding"),
-                       name=table.name, table=table, operand_format=fmt, builder=meta.get("builder"))
+                       name=table.name, table=table, operand_format=fmt, builder=meta.get("builder"), cost=cost)
         except (TypeError, ValueError) as exc:
             raise InvalidTableError(f"{path}: its metadata does not describe a valid multiplier: {exc}") from None
         if meta.get("identity") != mult.identity:

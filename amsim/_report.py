@@ -312,30 +312,36 @@ def compare(multipliers, *, out_dir="results", resume: bool = True, progress: bo
 @dataclasses.dataclass
 class ProtocolResult:
     """The fine-tuning protocol: fp32 pretraining, then per multiplier the accuracy of the fp32 weights under it
-    (before retraining) and after fine-tuning with it (per seed)."""
+    (before retraining) and after fine-tuning with it (per seed). ``control`` is the same fine-tuning in fp32:
+    the after-fine-tuning Δ is taken against it, so that the extra epochs themselves are not counted as
+    recovery."""
 
     pretrained: list  # RunResult per seed
     before: dict  # multiplier label -> list of EvalResult (per seed)
     after: dict  # multiplier label -> list of RunResult (per seed)
+    control: list = dataclasses.field(default_factory=list)  # fp32 fine-tuned the same way, per seed
 
     def table(self, fmt: str = "text") -> str:
         fp32 = [r.test_acc for r in self.pretrained]
+        ctrl = [r.test_acc for r in self.control] or fp32
+        ms = lambda v: f"{100 * _mean_std(v)[0]:.2f}" + (f" ± {100 * _mean_std(v)[1]:.2f}"  # noqa: E731
+                                                       if len(v) > 1 else "")
         rows = []
         for label, evals in self.before.items():
             b = [e.top1 for e in evals]
             a = [r.test_acc for r in self.after[label]]
-            ms = lambda v: f"{100 * _mean_std(v)[0]:.2f}" + (f" ± {100 * _mean_std(v)[1]:.2f}"  # noqa: E731
-                                                           if len(v) > 1 else "")
             rows.append([label, ms(fp32), ms(b), f"{100 * (_mean_std(b)[0] - _mean_std(fp32)[0]):+.2f}", ms(a),
-                         f"{100 * (_mean_std(a)[0] - _mean_std(fp32)[0]):+.2f}"])
-        head = ["multiplier", "fp32 %", "before retraining %", "Δ", "after fine-tuning %", "Δ"]
+                         f"{100 * (_mean_std(a)[0] - _mean_std(ctrl)[0]):+.2f}"])
+        head = ["multiplier", "fp32 %", "before retraining %", "Δ", "after fine-tuning %",
+                "Δ vs fp32 fine-tuned" + (f" ({ms(ctrl)})" if self.control else "")]
         return format_rows(head, rows, fmt)
 
 
 def protocol(multipliers, *, pretrain_epochs: int, finetune_epochs: int, out_dir="results", resume: bool = True,
              progress: bool = True, seeds=None, lr_finetune: float | None = None, **config) -> ProtocolResult:
     """The paper protocol in one call: train in fp32 for ``pretrain_epochs``; evaluate those weights under each
-    multiplier (no retraining); fine-tune them with each multiplier for ``finetune_epochs``; per seed.
+    multiplier (no retraining); fine-tune them with each multiplier (and, as the control, in fp32) for
+    ``finetune_epochs``; per seed.
 
     Arguments:
         multipliers: specs, resolved before anything runs; fp32 is the pretraining and is not fine-tuned.
@@ -366,6 +372,10 @@ def protocol(multipliers, *, pretrain_epochs: int, finetune_epochs: int, out_dir
         ft_config = {**config, "epochs": finetune_epochs, "init_from": str(src)}
         if lr_finetune is not None:
             ft_config["lr"] = lr_finetune
+        (ccfg,), (cres,) = _sweep(["fp32"], [cfg.seed], ft_config)  # the control: the same fine-tuning in fp32
+        control = train(ccfg, progress=progress, checkpoint_dir=out / "checkpoints", resume=resume, resolved=cres)
+        save_run(out, control)
+        result.control.append(control)
         ft_cfgs, ft_res = _sweep(specs, [cfg.seed], ft_config)  # the same expansion, in the same order
         for ev, fcfg, fres in zip(evals, ft_cfgs, ft_res, strict=True):
             ft = train(fcfg, progress=progress, checkpoint_dir=out / "checkpoints", resume=resume, resolved=fres)

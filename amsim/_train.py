@@ -6,6 +6,7 @@ import dataclasses
 import hashlib
 import importlib.util
 import json
+import os
 import re
 import time
 from pathlib import Path
@@ -33,8 +34,9 @@ def resolve_multiplier(spec):
 
     Accepts a :class:`Multiplier`, "fp32" (= "exact", "native": no simulation, XLA's float32), a built-in name
     ("mbm", "mitchell5", "bf16", "int8", ...), ``path/to/module.py:function`` (a function decorated with
-    ``@amsim.multiplier``, or a factory returning a Multiplier), or a table file (``.npz`` saved by amsim,
-    ``.bin`` from ApproxTrain).
+    ``@amsim.multiplier``, or a factory returning a Multiplier), a table file (``.npz`` saved by amsim,
+    ``.bin`` from ApproxTrain), or an EvoApproxLib circuit: ``evo:mul8s_1L2H`` (under ``$AMSIM_EVOAPPROX_DIR``)
+    or its ``.c`` file, with its power, area and delay.
 
     Returns:
         A :class:`Multiplier`, or the string "fp32".
@@ -71,6 +73,8 @@ def resolve_multiplier(spec):
             raise TypeError(f"{spec}: {func!r} is not an amsim.Multiplier; decorate it with "
                             "@amsim.multiplier(mantissa_bits=...) (or @amsim.int_multiplier(...)).")
         return obj
+    if s.lower().startswith("evo:") or s.endswith(".c"):
+        return _evoapprox(s)
     if s.endswith(".npz"):
         return Multiplier.load(s)
     if s.endswith(".bin"):
@@ -82,6 +86,46 @@ def resolve_multiplier(spec):
     return get(s)
 
 
+EVOAPPROX_ENV = "AMSIM_EVOAPPROX_DIR"
+_EVO_CACHE: dict = {}
+
+
+def _evoapprox(spec: str) -> Multiplier:
+    """``evo:mul8s_1L2H`` (found under ``$AMSIM_EVOAPPROX_DIR``, the CLI's ``--evoapprox-dir``) or a circuit's
+    ``.c`` path. Tabulated once per process and file content (a changed file is a new table)."""
+    from . import interop
+
+    if spec.lower().startswith("evo:"):
+        name = spec[4:].strip()
+        root = os.environ.get(EVOAPPROX_ENV)
+        if not root:
+            raise AmsimError(f"{spec!r}: say where EvoApproxLib is (--evoapprox-dir DIR or ${EVOAPPROX_ENV}), or give "
+                             "the circuit's .c file.")
+        hits = sorted(Path(root).rglob(f"{name}.c"))
+        if not hits:
+            raise AmsimError(f"{spec!r}: no {name}.c under {root} (EvoApproxLib circuits are named like "
+                             "mul8s_1L2H; `amsim list --evoapprox-dir DIR` lists them).")
+        path = hits[0]
+    else:
+        path = Path(spec)
+        if not path.is_file():
+            raise FileNotFoundError(f"EvoApproxLib circuit {spec!r} not found.")
+    key = hashlib.sha256(path.read_bytes()).hexdigest()
+    if key not in _EVO_CACHE:
+        _EVO_CACHE[key] = interop.load_evoapprox(path)
+    return _EVO_CACHE[key]
+
+
+def for_network(m):
+    """The multiplier a network layer uses: an unsigned integer circuit in a sign-magnitude datapath (named
+    ``<circuit>_sm``), since the bridge quantises tensors to signed integers; anything else as it is."""
+    if isinstance(m, Multiplier) and m.is_int and not m.signed:
+        from .interop import sign_magnitude
+
+        return sign_magnitude(m)
+    return m
+
+
 def canonical_spec(spec, resolved) -> str:
     """The name a run is labelled and filed under: a built-in by its printed name (``drum(k=3)`` and ``drum3`` are
     both ``drum3_int8``), fp32 by ``fp32``; a file or module spec as given (its path is how the user named it)."""
@@ -90,7 +134,7 @@ def canonical_spec(spec, resolved) -> str:
     s = spec.name if isinstance(spec, Multiplier) else str(spec).strip()
     if isinstance(spec, Multiplier) or ".py:" in s or s.endswith((".npz", ".bin")):
         return s
-    return resolved.name
+    return resolved.name  # built-ins and EvoApproxLib circuits by their own names
 
 
 def _spec_id(obj) -> str:
@@ -127,7 +171,7 @@ def describe_multiplier(m) -> dict:
         return {"name": "fp32", "native": True}
     return {"name": m.name, "kind": m.kind, "bits": m.bits, "signed": m.signed, "rounding": m.rounding,
             "operand_format": m.operand_format.spec() if m.operand_format else None, "identity": m.identity,
-            "digest": m.digest, "stats": m.stats().as_dict()}
+            "digest": m.digest, "stats": m.stats().as_dict(), "cost": m.cost.as_dict() if m.cost else None}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -139,7 +183,8 @@ class _Resolved:
 
     @classmethod
     def of(cls, cfg) -> _Resolved:
-        return cls(resolve_multiplier(cfg.multiplier), tuple((p, resolve_multiplier(s)) for p, s in cfg.rules))
+        return cls(for_network(resolve_multiplier(cfg.multiplier)),
+                   tuple((p, for_network(resolve_multiplier(s))) for p, s in cfg.rules))
 
     def all(self):
         return (("*", self.multiplier),) + self.rules

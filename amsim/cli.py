@@ -18,6 +18,16 @@ import sys
 from pathlib import Path
 
 
+def _all_rules(args):
+    """--rule options, then the rules of a --rules file."""
+    rules = _rules(args.rule)
+    if getattr(args, "rules", None):
+        from ._search import load_rules
+
+        rules += load_rules(args.rules)
+    return rules
+
+
 def _rules(items):
     rules = []
     for item in items or ():
@@ -61,6 +71,9 @@ def _add_run_args(p):
     p.add_argument("--train-limit", type=int, default=None, help="use only the first N training examples")
     p.add_argument("--rule", action="append", metavar="PATTERN=MULT",
                    help="per-layer override: regex on the operation path (see `amsim layers`) = multiplier")
+    p.add_argument("--rules", default=None, metavar="FILE", help="per-layer rules from a file (`amsim search`); "
+                   "--rule options come first")
+    p.add_argument("--pareto", action="store_true", help="also plot final accuracy vs multiplication energy")
     p.add_argument("--backward", choices=["approx", "exact", "ste"], default="approx",
                    help="gradient products: through the multiplier (approx), native float32 (exact), or "
                         "straight-through (ste)")
@@ -74,7 +87,7 @@ def _add_run_args(p):
 def _config(args):
     return dict(model=args.model, dataset=args.dataset, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
                 optimizer=args.optimizer, seed=args.seed, train_limit=args.train_limit, test_limit=args.test_limit,
-                data_dir=args.data_dir, rules=_rules(args.rule), backward=args.backward, init_from=args.init_from)
+                data_dir=args.data_dir, rules=_all_rules(args), backward=args.backward, init_from=args.init_from)
 
 
 def _run(args, specs):
@@ -88,6 +101,13 @@ def _run(args, specs):
     stem = Path(args.out) / f"{args.model}-{args.dataset}"
     print(f"({len(results)} run(s) of this command, {len(kept)} kept in {Path(args.out) / 'runs'})")
     print(f"→ {stem}.json, {stem}.csv, {stem}.png")
+    if getattr(args, "pareto", False):
+        from ._energy import plot_pareto
+        from ._evaluate import energy
+
+        rows = [(r.config.label, energy(r.config.model, r.config.multiplier, r.config.rules,
+                                        r.config.dataset).relative, r.test_acc) for r in results]
+        print(f"→ {plot_pareto(rows, stem.with_name(stem.name + '-pareto.png'))}")
     return 0
 
 
@@ -154,7 +174,7 @@ def _save_json(path, doc):
 def cmd_evaluate(args):
     from ._evaluate import evaluate, evaluation_table
 
-    res = evaluate(args.source, _specs(args.multipliers), rules=_rules(args.rule), model=args.model,
+    res = evaluate(args.source, _specs(args.multipliers), rules=_all_rules(args), model=args.model,
                    dataset=args.dataset, data_dir=args.data_dir, test_limit=args.test_limit,
                    progress=not args.no_progress)
     print(evaluation_table(res, args.format))
@@ -162,6 +182,30 @@ def cmd_evaluate(args):
     path = _save_json(_result_path(args.out, "evaluate", args.source, key),
                       {"format": "amsim-evaluation", "source": args.source, "results": [r.as_dict() for r in res]})
     print(f"→ {path}")
+    if args.pareto:
+        from ._energy import plot_pareto
+
+        png = plot_pareto([(r.label, r.energy, r.top1) for r in res[1:]], path.with_name(path.stem + "-pareto.png"),
+                          baseline=res[0].top1, title=f"{Path(args.source).stem}: accuracy vs multiplication energy")
+        print(f"→ {png}")
+    return 0
+
+
+def cmd_search(args):
+    from ._search import search
+
+    res = search(args.source, _specs(args.multipliers), max_drop=args.max_drop, out_dir=args.out,
+                 search_limit=args.search_limit, model=args.model, dataset=args.dataset, data_dir=args.data_dir,
+                 finetune_epochs=args.finetune_epochs, progress=not args.no_progress)
+    print(res.table(args.format))
+    status = "within" if res.within_budget else "NOT within"
+    print(f"verified on {res.n_verify} test examples: Δ {100 * (res.top1 - res.fp32):+.2f} points, {status} the "
+          f"{args.max_drop} budget; relative multiplication energy {res.energy:.3f} ({res.evaluations} new "
+          "evaluations)")
+    if res.finetuned:
+        print(f"after {res.finetuned['epochs']} epoch(s) of fine-tuning: top-1 {100 * res.finetuned['top1']:.2f} %")
+    rules = sorted(Path(args.out).glob("search-*.rules.json"), key=lambda q: q.stat().st_mtime)[-1]
+    print(f"→ {rules} (use it with --rules)")
     return 0
 
 
@@ -210,6 +254,14 @@ def cmd_inspect(args):
             raise SystemExit("amsim inspect: 'fp32' is XLA's own multiply, not a table to inspect.")
         mults.append(m)
     print(format_table([m.stats() for m in mults]))
+    costs = [(m.name, m.cost) for m in mults if m.cost is not None]
+    if costs:
+        from ._energy import relative_power
+
+        print("\ncost:")
+        for (name, c), m in zip(costs, [m for m in mults if m.cost is not None], strict=True):
+            rel = relative_power(m)
+            print(f"  {name:22s} {c.describe()}" + (f"; {rel:.3f} x the exact multiplier's power" if rel else ""))
     if args.heatmap:
         import matplotlib
 
@@ -237,9 +289,19 @@ def cmd_list(args):
     for line in multipliers.available():
         print("  ", line)
     print("   also: fp32 (= exact, native: no simulation), path/to/module.py:function, table.npz, ApproxTrain "
-          "NAME_m.bin; ranges for sweeps: drum(k=3..6)")
+          "NAME_m.bin, EvoApproxLib evo:NAME (with --evoapprox-dir) or its .c file; ranges for sweeps: drum(k=3..6)")
     print("models:     ", ", ".join(models.available()))
     print("datasets:   ", ", ".join(data.available()))
+    from ._train import EVOAPPROX_ENV
+
+    root = os.environ.get(EVOAPPROX_ENV)
+    if root:
+        from .interop import load_evoapprox
+
+        lib = load_evoapprox(root, bits=8, progress=True)
+        print(f"EvoApproxLib circuits in {root} ({len(lib)}, 8-bit, by power; use as evo:NAME):")
+        for name, m in lib.items():
+            print(f"   {name:12s} {'signed  ' if m.signed else 'unsigned'} {m.cost.describe()}")
     return 0
 
 
@@ -247,6 +309,8 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="amsim", description="Train and evaluate networks with approximate multipliers.")
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--debug", action="store_true", help="show the traceback of errors (also AMSIM_DEBUG=1)")
+    common.add_argument("--evoapprox-dir", default=None, metavar="DIR",
+                        help="EvoApproxLib checkout for evo:NAME multiplier specs (also $AMSIM_EVOAPPROX_DIR)")
     sub = ap.add_subparsers(dest="cmd", required=True)
     add = lambda name, **kw: sub.add_parser(name, parents=[common], **kw)  # noqa: E731
     p = add("compare", help="train one model per multiplier (and seed) and tabulate the accuracies")
@@ -267,6 +331,8 @@ def main(argv=None) -> int:
     p.add_argument("--from", dest="source", required=True, metavar="RUN|CHECKPOINT|PARAMS")
     p.add_argument("--multipliers", default="bf16,mbm,mitchell", help="comma-separated specs (fp32 is always added)")
     p.add_argument("--rule", action="append", metavar="PATTERN=MULT", help="per-layer choice (repeatable)")
+    p.add_argument("--rules", default=None, metavar="FILE", help="per-layer rules from a file (`amsim search`)")
+    p.add_argument("--pareto", action="store_true", help="also plot accuracy vs multiplication energy")
     _add_data_args(p, model_default=None)
     p.add_argument("--out", default="results", help="where the evaluation's JSON goes")
     p.add_argument("--format", **fmt)
@@ -298,8 +364,32 @@ def main(argv=None) -> int:
     p.set_defaults(fn=cmd_inspect)
     p = add("list", help="available multipliers, models and datasets")
     p.set_defaults(fn=cmd_list)
+    p = add("search", help="per-layer multipliers minimising multiplication energy within an accuracy budget")
+    p.add_argument("--from", dest="source", required=True, metavar="RUN|CHECKPOINT|PARAMS")
+    p.add_argument("--multipliers", required=True, help="candidates with a cost, e.g. evo:mul8s_1L2H,evo:mul8s_1KR3")
+    p.add_argument("--max-drop", type=float, default=0.5, help="accuracy budget in top-1 points (default 0.5)")
+    p.add_argument("--search-limit", type=int, default=None,
+                   help="search on the first N test examples (the result is verified on all of them)")
+    p.add_argument("--finetune-epochs", type=int, default=0, help="fine-tune the chosen assignment and report it")
+    _add_data_args(p, model_default=None)
+    p.add_argument("--out", default="results", help="where the evaluation cache and the rules file go")
+    p.add_argument("--format", **fmt)
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(fn=cmd_search)
     args = ap.parse_args(argv)
-    return guarded(lambda: args.fn(args), args.debug)
+    if not args.evoapprox_dir:
+        return guarded(lambda: args.fn(args), args.debug)
+    from ._train import EVOAPPROX_ENV
+
+    old = os.environ.get(EVOAPPROX_ENV)
+    os.environ[EVOAPPROX_ENV] = str(Path(args.evoapprox_dir).resolve())  # for every spec this command resolves
+    try:
+        return guarded(lambda: args.fn(args), args.debug)
+    finally:
+        if old is None:
+            os.environ.pop(EVOAPPROX_ENV, None)
+        else:
+            os.environ[EVOAPPROX_ENV] = old
 
 
 def guarded(fn, debug: bool = False) -> int:

@@ -195,8 +195,11 @@ def test_protocol_pretrain_evaluate_finetune(tmp_path):
     # "before" is the pretrained weights evaluated under the multiplier; fine-tuning starts from those weights
     assert before.weights == after.identity["init"] and before.delta == before.top1 - pre.test_acc
     assert after.config.init_from and after.config.epochs == 1 and after.run_id != pre.run_id
+    (control,) = res.control  # the same fine-tuning in fp32: the after-fine-tuning Δ is against it
+    assert control.config.label == "fp32+finetuned" and control.identity["init"] == before.weights
     table = res.table("md")
     assert "| mitchell3 |" in table and f"{100 * after.test_acc:.2f}" in table
+    assert f"{100 * (after.test_acc - control.test_acc):+.2f}" in table
     assert (tmp_path / "lenet300-digits-protocol.md").read_text().strip() == table.strip()
     # the same protocol again trains nothing: every run is found in the folder
     again = amsim.protocol(["mitchell3"], pretrain_epochs=1, finetune_epochs=1, out_dir=tmp_path, progress=False,

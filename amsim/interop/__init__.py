@@ -5,13 +5,15 @@
 - AdaPT / TransAxx C headers ``lut[uint8(a)][uint8(b)]``: :func:`load_c_header`, :func:`save_c_header`, and the
   same layout as arrays: :func:`from_byte_indexed`, :func:`to_byte_indexed`;
 - TorchApprox int32 arrays (same bit-pattern order): :func:`from_torchapprox`, :func:`to_torchapprox`;
-- C models (EvoApprox ``mul8u_*`` / ``mul8s_*``, ApproxTrain ``.inl``): :func:`from_c`.
+- C models (EvoApprox ``mul8u_*`` / ``mul8s_*``, ApproxTrain ``.inl``): :func:`from_c`;
+- EvoApproxLib circuits with their power, area and delay, checked against their headers: :func:`load_evoapprox`.
 
 Everything returns or takes an :class:`amsim.Multiplier`.
 """
 
 from ._approxtrain import approxtrain_bytes, load_approxtrain, save_approxtrain
 from ._c import CCompilerError, CModelError, find_c_compiler, from_c
+from ._evoapprox import load_evoapprox, parse_evoapprox_header
 from ._int_tables import (
                           c_header_text,
                           from_byte_indexed,
@@ -21,6 +23,7 @@ from ._int_tables import (
                           parse_c_array,
                           save_c_header,
                           save_tfapprox,
+                          sign_magnitude,
                           to_byte_indexed,
                           to_torchapprox,
 )
@@ -40,6 +43,9 @@ __all__ = [
     "from_torchapprox",
     "to_torchapprox",
     "from_c",
+    "load_evoapprox",
+    "sign_magnitude",
+    "parse_evoapprox_header",
     "find_c_compiler",
     "CCompilerError",
     "CModelError",

@@ -25,6 +25,7 @@ __all__ = [
     "save_tfapprox",
     "load_c_header",
     "save_c_header",
+    "sign_magnitude",
 ]
 
 
@@ -309,3 +310,26 @@ def save_c_header(mult: Multiplier, path, *, array_name: str = "lut", ctype: str
         The path written.
     """
     return atomic_write(path, c_header_text(mult, array_name=array_name, ctype=ctype))
+
+
+def sign_magnitude(mult: Multiplier, name: str | None = None) -> Multiplier:
+    """A signed multiplier built from an unsigned circuit the way a sign-magnitude datapath uses it:
+    ``p(a, b) = sign(a) * sign(b) * U(|a|, |b|)`` for ``bits``-bit two's-complement operands (|-2^(bits-1)| fits
+    the unsigned range). The circuit's cost is kept (the sign logic is one XOR).
+
+    Arguments:
+        mult: an unsigned integer multiplier (e.g. an EvoApproxLib ``mul8u_*`` circuit).
+        name: the new name (default: the circuit's name with ``_sm``).
+
+    Returns:
+        A signed integer :class:`amsim.Multiplier` of the same width.
+    """
+    _check_int_mult(mult, "sign_magnitude()")
+    if mult.signed:
+        raise ValueError(f"{mult.name} is already signed; sign_magnitude() takes an unsigned circuit.")
+    bits = mult.int_bits
+    v = np.arange(-(1 << (bits - 1)), 1 << (bits - 1), dtype=np.int64)
+    mag = np.abs(v)
+    prod = mult.table.values.astype(np.int64)[np.ix_(mag, mag)] * np.multiply.outer(np.sign(v), np.sign(v))
+    out = Multiplier.from_table(prod.astype(np.int32), kind="int", signed=True, name=name or f"{mult.name}_sm")
+    return out.with_cost(mult.cost) if mult.cost is not None else out
