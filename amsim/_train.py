@@ -200,7 +200,8 @@ class RunConfig:
         multiplier: spec for :func:`resolve_multiplier` ("fp32" = plain XLA float32, no simulation).
         rules: ``((pattern, spec), ...)`` per-layer overrides (regex on the Flax module path), applied before
             the run's multiplier, which covers every other layer.
-        backward: "approx" (both gradient products through the multiplier), "exact" (native float32) or "ste".
+        backward: "approx" (both gradient products through the multiplier), "exact" (native float32), "ste", or
+            "table" (the derivative of the multiplier's own table, float multipliers; see amsim.nn._table_grad).
         epochs, batch_size, lr, optimizer ("adam" or "sgd" with momentum 0.9), seed: training.
         train_limit, test_limit: use only the first N examples (quick runs); None = all.
         data_dir: searched first for dataset files.
@@ -224,8 +225,8 @@ class RunConfig:
     init_from: str | None = None
 
     def __post_init__(self):
-        if self.backward not in ("approx", "exact", "ste"):
-            raise ValueError(f"backward={self.backward!r}: choose 'approx', 'exact' or 'ste'.")
+        if self.backward not in ("approx", "exact", "ste", "table"):
+            raise ValueError(f"backward={self.backward!r}: choose 'approx', 'exact', 'ste' or 'table'.")
         if self.optimizer not in ("adam", "sgd"):
             raise ValueError(f"optimizer={self.optimizer!r}: choose 'adam' or 'sgd'.")
         if self.epochs < 1 or self.batch_size < 1:

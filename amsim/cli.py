@@ -74,9 +74,9 @@ def _add_run_args(p):
     p.add_argument("--rules", default=None, metavar="FILE", help="per-layer rules from a file (`amsim search`); "
                    "--rule options come first")
     p.add_argument("--pareto", action="store_true", help="also plot final accuracy vs multiplication energy")
-    p.add_argument("--backward", choices=["approx", "exact", "ste"], default="approx",
-                   help="gradient products: through the multiplier (approx), native float32 (exact), or "
-                        "straight-through (ste)")
+    p.add_argument("--backward", choices=["approx", "exact", "ste", "table"], default="approx",
+                   help="gradient products: through the multiplier (approx), native float32 (exact), "
+                        "straight-through (ste), or the derivative of the multiplier's table (table)")
     p.add_argument("--init-from", default=None, metavar="RUN|CHECKPOINT|PARAMS",
                    help="start from trained weights (fine-tuning): a run file, checkpoint or params file")
     p.add_argument("--out", default="results", help="directory for JSON/CSV/PNG results, runs and checkpoints")

@@ -14,6 +14,13 @@ NATIVE_MODES = ("exact", "ste")
 
 
 def check_mode(mode, what: str) -> Mode:
+    from ._table_grad import TableGradient
+
+    if isinstance(mode, TableGradient) or (isinstance(mode, str) and mode.strip().lower() == "table"):
+        if what == "fwd":
+            raise ValueError("'table' is a gradient mode (dlhs/drhs): the derivative of the forward multiplier's "
+                             "table; the forward product needs a multiplier or 'exact'.")
+        return mode if isinstance(mode, TableGradient) else "table"
     if isinstance(mode, Multiplier):
         if mode.is_int and not mode.signed:
             from .._errors import UnsupportedError
@@ -29,7 +36,7 @@ def check_mode(mode, what: str) -> Mode:
 
         return get(mode)
     raise TypeError(f"{what} must be an amsim.Multiplier, a built-in multiplier name, 'exact' (= 'fp32', "
-                    "'native') or 'ste'; "
+                    "'native'), 'ste' or (for the gradients) 'table'; "
                     f"got {mode!r}.")
 
 
@@ -41,7 +48,8 @@ class OpConfig:
         fwd: multiplier of the forward product, or "exact" (native float32).
         dlhs: multiplier of the gradient product ``g x rhs`` that gives d(lhs); None = same as ``fwd``.
             "exact" computes it natively in float32; "ste" (straight-through) is the same native gradient of the
-            exact product, named for the rounding it passes over.
+            exact product, named for the rounding it passes over; "table" is the derivative of the forward
+            multiplier's own product, estimated from its table (:mod:`amsim.nn._table_grad`).
         drhs: likewise for ``lhs x g`` that gives d(rhs).
         per_channel: integer multipliers only: quantise the rhs per output column (weights per channel) rather
             than per tensor.
@@ -55,9 +63,17 @@ class OpConfig:
     per_channel: bool = True
 
     def __post_init__(self):
+        from ._table_grad import TableGradient
+
         object.__setattr__(self, "fwd", check_mode(self.fwd, "fwd"))
-        object.__setattr__(self, "dlhs", check_mode(self.fwd if self.dlhs is None else self.dlhs, "dlhs"))
-        object.__setattr__(self, "drhs", check_mode(self.fwd if self.drhs is None else self.drhs, "drhs"))
+        for side in ("dlhs", "drhs"):
+            mode = check_mode(self.fwd if getattr(self, side) is None else getattr(self, side), side)
+            if mode == "table":  # the derivative of the forward multiplier's own table
+                if not isinstance(self.fwd, Multiplier):
+                    raise ValueError(f"{side}='table' needs a forward multiplier to take the derivative of; the "
+                                     "forward product here is native fp32 (use 'exact' for its gradient).")
+                mode = TableGradient(self.fwd)
+            object.__setattr__(self, side, mode)
 
     @property
     def is_native(self) -> bool:

@@ -21,6 +21,7 @@ from .._errors import UnsupportedError
 from . import _native
 from ._config import OpConfig, as_config
 from ._dot_general import F32, check_float_operand, int_scales, match_vma, matmul3
+from ._table_grad import TableGradient, grad_lhs, grad_rhs
 
 
 def _dilate(size, d):
@@ -211,6 +212,23 @@ def _conv_bwd(geom, cfg, res, g):
     x, w = res
     if 0 in g.shape:  # an empty output (or batch): nothing flows back
         return match_vma(jnp.zeros_like(x), x), match_vma(jnp.zeros_like(w), w)
+    if isinstance(cfg.dlhs, TableGradient) or isinstance(cfg.drhs, TableGradient):
+        nsp_ = x.ndim - 2
+        sp = "DHW"[-nsp_:] if nsp_ <= 3 else None
+        if sp is None:
+            raise UnsupportedError("the table-derived gradient supports convolutions of 1 to 3 spatial dimensions.")
+        cdn = lax.conv_dimension_numbers(x.shape, w.shape, (f"N{sp}C", f"{sp}IO", f"N{sp}C"))
+        native = lambda a, b: _native.conv_general_dilated(  # noqa: E731 - XLA's own conv for the r products
+            a, b, strides, padding, lhs_dil, rhs_dil, cdn, feature_group_count=groups)
+        plain = dataclasses.replace(cfg, dlhs="exact" if isinstance(cfg.dlhs, TableGradient) else cfg.dlhs,
+                                    drhs="exact" if isinstance(cfg.drhs, TableGradient) else cfg.drhs)
+        dx, dw = _conv_bwd(geom, plain, res, g) if not (isinstance(cfg.dlhs, TableGradient) and
+                                                       isinstance(cfg.drhs, TableGradient)) else (None, None)
+        if isinstance(cfg.dlhs, TableGradient):
+            dx = match_vma(grad_lhs(native, x, w, g, cfg.dlhs), x)
+        if isinstance(cfg.drhs, TableGradient):
+            dw = match_vma(grad_rhs(native, x, w, g, cfg.drhs), w)
+        return dx, dw
     nsp = x.ndim - 2
     window = w.shape[:nsp]
     cg, o = w.shape[-2], w.shape[-1]

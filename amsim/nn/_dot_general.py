@@ -16,6 +16,7 @@ from .._operands import check_int_contraction
 from . import _native
 from ._callback import _vary_like, bmm
 from ._config import OpConfig, as_config
+from ._table_grad import TableGradient, grad_lhs, grad_rhs
 
 F32 = jnp.float32
 
@@ -143,15 +144,22 @@ def _dot_general_bwd(dn, cfg, res, g):
     g_rf = tuple(range(nb + nlf, nb + nlf + nrf))
     # d(lhs) = g x rhs, contracting rhs's free dims; result dims: batch, lhs free, rhs's contracting dims in
     # ascending rhs order (= lhs contracting dims permuted accordingly)
-    d_lhs = contract(g, rhs, ((g_rf, rf), (g_b, rb)), cfg.dlhs, cfg.per_channel)
-    rc_sorted = sorted(range(len(rc)), key=lambda i: rc[i])
-    lhs_order = lb + lf + tuple(lc[i] for i in rc_sorted)
-    d_lhs = jnp.transpose(d_lhs, np.argsort(lhs_order))
+    native = lambda a, b: _native.dot_general(a, b, dn)  # noqa: E731 - the table gradient's contractions
+    if isinstance(cfg.dlhs, TableGradient):
+        d_lhs = grad_lhs(native, lhs, rhs, g, cfg.dlhs)
+    else:
+        d_lhs = contract(g, rhs, ((g_rf, rf), (g_b, rb)), cfg.dlhs, cfg.per_channel)
+        rc_sorted = sorted(range(len(rc)), key=lambda i: rc[i])
+        lhs_order = lb + lf + tuple(lc[i] for i in rc_sorted)
+        d_lhs = jnp.transpose(d_lhs, np.argsort(lhs_order))
     # d(rhs) = lhs x g, contracting lhs's free dims; result dims: batch, lhs's contracting dims ascending, rhs free
-    d_rhs = contract(lhs, g, ((lf, g_lf), (lb, g_b)), cfg.drhs, cfg.per_channel)
-    lc_sorted = sorted(range(len(lc)), key=lambda i: lc[i])
-    rhs_order = rb + tuple(rc[i] for i in lc_sorted) + rf
-    d_rhs = jnp.transpose(d_rhs, np.argsort(rhs_order))
+    if isinstance(cfg.drhs, TableGradient):
+        d_rhs = grad_rhs(native, lhs, rhs, g, cfg.drhs)
+    else:
+        d_rhs = contract(lhs, g, ((lf, g_lf), (lb, g_b)), cfg.drhs, cfg.per_channel)
+        lc_sorted = sorted(range(len(lc)), key=lambda i: lc[i])
+        rhs_order = rb + tuple(rc[i] for i in lc_sorted) + rf
+        d_rhs = jnp.transpose(d_rhs, np.argsort(rhs_order))
     return match_vma(d_lhs, lhs), match_vma(d_rhs, rhs)
 
 
