@@ -49,6 +49,7 @@ def aggregate(results: list[RunResult]) -> list[dict]:
         accs = [r.test_acc for r in runs]
         m, s = _mean_std(accs)
         rows.append({"config": runs[0].config, "label": runs[0].config.label, "epochs": len(runs[0].history),
+                     "energy": runs[0].energy,
                      "seeds": sorted(r.config.seed for r in runs), "mean": m, "std": s, "accs": accs,
                      "epoch_time": statistics.median(r.epoch_time for r in runs),
                      "compile_time": statistics.median(r.compile_time for r in runs), "runs": runs})
@@ -75,23 +76,26 @@ def results_table(results: list[RunResult], fmt: str = "text") -> str:
         The table as a string.
     """
     rows = aggregate(results)
+    has_e = any(r["energy"] not in (None, 1.0) for r in rows)  # a cost is known somewhere
     if fmt == "csv":
         head = ["model", "dataset", "multiplier", "epochs", "seeds", "test_acc_mean_pct", "test_acc_std_pct",
-                "delta_vs_fp32_pct", "epoch_s", "compile_s"]
+                "delta_vs_fp32_pct", "epoch_s", "compile_s", "relative_energy"]
         num = lambda v: "" if v is None else f"{100 * v:.4f}"  # noqa: E731
         return format_rows(head, [[r["config"].model, r["config"].dataset, r["label"], str(r["epochs"]),
                                    " ".join(map(str, r["seeds"])), num(r["mean"]),
                                    num(r["std"]) if len(r["seeds"]) > 1 else "", num(r["delta"]),
-                                   f"{r['epoch_time']:.3f}", f"{r['compile_time']:.3f}"] for r in rows], "csv")
+                                   f"{r['epoch_time']:.3f}", f"{r['compile_time']:.3f}",
+                                   "" if r["energy"] is None else f"{r['energy']:.4f}"] for r in rows], "csv")
     out = []
     for row in rows:
         cfg = row["config"]
         acc = f"{100 * row['mean']:.2f}" + (f" ± {100 * row['std']:.2f}" if len(row["seeds"]) > 1 else "")
         delta = "—" if row["delta"] is None else f"{100 * row['delta']:+.2f}"
         out.append([cfg.model, cfg.dataset, row["label"], str(row["epochs"]), ",".join(map(str, row["seeds"])), acc,
-                    delta, f"{row['epoch_time']:.1f}", f"{row['compile_time']:.1f}"])
+                    delta, f"{row['epoch_time']:.1f}", f"{row['compile_time']:.1f}"]
+                   + (["—" if row["energy"] is None else f"{row['energy']:.3f}"] if has_e else []))
     head = ["model", "dataset", "multiplier", "epochs", "seeds", "test acc %", "Δ vs fp32", "epoch s", "compile s"]
-    return format_rows(head, out, fmt)
+    return format_rows(head + (["rel. energy"] if has_e else []), out, fmt)
 
 
 # ---- provenance and files -------------------------------------------------------------------------------------
@@ -279,6 +283,16 @@ def _sweep(specs, seeds, config):
     return cfgs, resolved
 
 
+def _with_energy(result: RunResult, resolved) -> RunResult:
+    """Record the run's first-order multiplication energy (see docs/cost.md) in its result."""
+    from ._energy import assignment, estimate
+    from ._evaluate import layers
+
+    ops = layers(result.config.model, result.config.dataset)
+    result.energy = estimate(ops, assignment([o["path"] for o in ops], resolved)).relative
+    return result
+
+
 def compare(multipliers, *, out_dir="results", resume: bool = True, progress: bool = True, plot: bool = True,
             seeds=None, **config) -> list[RunResult]:
     """Train the same model once per multiplier (and seed), keep each run in ``<out_dir>/runs/`` and merge every
@@ -302,8 +316,8 @@ def compare(multipliers, *, out_dir="results", resume: bool = True, progress: bo
     cfgs, resolved = _sweep(multipliers, seeds, dict(config))
     results = []
     for cfg, res in zip(cfgs, resolved, strict=True):
-        results.append(train(cfg, progress=progress, checkpoint_dir=out / "checkpoints", resume=resume,
-                             resolved=res))
+        results.append(_with_energy(train(cfg, progress=progress, checkpoint_dir=out / "checkpoints",
+                                          resume=resume, resolved=res), res))
         save_run(out, results[-1])
     write_summary(out, cfgs[0].model, cfgs[0].dataset, plot)
     return results
@@ -365,7 +379,8 @@ def protocol(multipliers, *, pretrain_epochs: int, finetune_epochs: int, out_dir
     _sweep(specs, seeds, {**config, "epochs": finetune_epochs})  # resolve every spec before training
     result = ProtocolResult([], {}, {})
     for cfg, res in zip(pre_cfgs, pre_res, strict=True):
-        pre = train(cfg, progress=progress, checkpoint_dir=out / "checkpoints", resume=resume, resolved=res)
+        pre = _with_energy(train(cfg, progress=progress, checkpoint_dir=out / "checkpoints", resume=resume,
+                                 resolved=res), res)
         src = save_run(out, pre)
         result.pretrained.append(pre)
         evals = evaluate(src, specs, rules=cfg.rules, progress=progress, data_dir=cfg.data_dir)[1:]  # [0]: fp32
@@ -373,12 +388,14 @@ def protocol(multipliers, *, pretrain_epochs: int, finetune_epochs: int, out_dir
         if lr_finetune is not None:
             ft_config["lr"] = lr_finetune
         (ccfg,), (cres,) = _sweep(["fp32"], [cfg.seed], ft_config)  # the control: the same fine-tuning in fp32
-        control = train(ccfg, progress=progress, checkpoint_dir=out / "checkpoints", resume=resume, resolved=cres)
+        control = _with_energy(train(ccfg, progress=progress, checkpoint_dir=out / "checkpoints", resume=resume,
+                                     resolved=cres), cres)
         save_run(out, control)
         result.control.append(control)
         ft_cfgs, ft_res = _sweep(specs, [cfg.seed], ft_config)  # the same expansion, in the same order
         for ev, fcfg, fres in zip(evals, ft_cfgs, ft_res, strict=True):
-            ft = train(fcfg, progress=progress, checkpoint_dir=out / "checkpoints", resume=resume, resolved=fres)
+            ft = _with_energy(train(fcfg, progress=progress, checkpoint_dir=out / "checkpoints", resume=resume,
+                                    resolved=fres), fres)
             save_run(out, ft)
             result.before.setdefault(ev.label, []).append(ev)
             result.after.setdefault(ev.label, []).append(ft)

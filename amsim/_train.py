@@ -262,6 +262,7 @@ class RunResult:
     checkpoint: str | None = None
     compile_time: float = 0.0  # seconds compiling the step and evaluation (not in any epoch_time)
     finished: str = ""  # when its run file was written (set by amsim._report.load_runs)
+    energy: float | None = None  # relative multiplication energy (set by compare/protocol; None: a cost unknown)
 
     @classmethod
     def from_dict(cls, d: dict) -> RunResult:
@@ -271,7 +272,7 @@ class RunResult:
         return cls(RunConfig(**cfg), d["history"], d["loss_curve"], [tuple(a) for a in d["approximated"]],
                    d.get("params", 0), run_id=d["run_id"], identity=d.get("identity", {}),
                    multipliers=d.get("multipliers", {}), resumed_from=d.get("resumed_from", 0),
-                   checkpoint=d.get("checkpoint"), compile_time=d.get("compile_time", 0.0))
+                   checkpoint=d.get("checkpoint"), compile_time=d.get("compile_time", 0.0), energy=d.get("energy"))
 
     @property
     def test_acc(self) -> float:
@@ -286,7 +287,7 @@ class RunResult:
         return {"run_id": self.run_id, "config": cfg, "label": self.config.label, "history": self.history,
                 "loss_curve": self.loss_curve, "approximated": self.approximated, "params": self.params,
                 "multipliers": self.multipliers, "identity": self.identity, "resumed_from": self.resumed_from,
-                "checkpoint": self.checkpoint, "compile_time": self.compile_time}
+                "checkpoint": self.checkpoint, "compile_time": self.compile_time, "energy": self.energy}
 
 
 def _build_model(cfg: RunConfig, num_classes: int, resolved: _Resolved):

@@ -103,10 +103,8 @@ def _run(args, specs):
     print(f"→ {stem}.json, {stem}.csv, {stem}.png")
     if getattr(args, "pareto", False):
         from ._energy import plot_pareto
-        from ._evaluate import energy
 
-        rows = [(r.config.label, energy(r.config.model, r.config.multiplier, r.config.rules,
-                                        r.config.dataset).relative, r.test_acc) for r in results]
+        rows = [(r.config.label, r.energy, r.test_acc) for r in results]
         print(f"→ {plot_pareto(rows, stem.with_name(stem.name + '-pareto.png'))}")
     return 0
 

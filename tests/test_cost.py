@@ -136,6 +136,15 @@ def test_cli_takes_evoapprox_specs_everywhere(trained, capsys, monkeypatch):
     assert rows["mul8s_T02"]["energy"] == pytest.approx(0.75) and rows["drum4_int8"]["energy"] is None
     assert rows["mul8s_T02"]["multipliers"]["*"]["cost"]["power_mw"] == 0.3
     assert next(out.glob("evaluate-*-pareto.png")).stat().st_size > 10_000
+    # training with a circuit: the run records its energy, the table and the Pareto plot show it
+    assert cli.main(["compare", "--model", "lenet300", "--dataset", "digits", "--multipliers", "fp32,evo:mul8s_T02",
+                     "--epochs", "1", "--train-limit", "256", "--test-limit", "100", "--batch-size", "64",
+                     "--out", str(out / "c"), "--no-progress", "--pareto", "--evoapprox-dir", str(LIB)]) == 0
+    text = capsys.readouterr().out
+    assert "rel. energy" in text and "0.750" in text
+    runs = {r["label"]: r for r in json.loads((out / "c" / "lenet300-digits.json").read_text())["runs"]}
+    assert runs["mul8s_T02"]["energy"] == pytest.approx(0.75) and runs["fp32"]["energy"] == 1.0
+    assert (out / "c" / "lenet300-digits-pareto.png").stat().st_size > 10_000
     # a .c path works without the folder option; evo: without it is a clear error
     assert cli.main(["inspect", str(LIB / "multiplers/8x8_signed/pareto_pwr_mae/mul8s_T01.c")]) == 0
     assert cli.main(["inspect", "evo:mul8s_T02"]) == 2
@@ -157,6 +166,11 @@ def test_search_within_budget_verified_resumable_and_its_rules_reproduce(trained
     assert amsim.load_rules(rules_file) == tuple(tuple(r) for r in res.rules)
     again = amsim.search(run_file, cands, max_drop=2.0, out_dir=tmp_path, progress=False)
     assert again.evaluations == 0 and again.assignment == res.assignment
+    # the CLI takes the rules file: the same accuracy again
+    assert cli.main(["evaluate", "--from", str(run_file), "--multipliers", "fp32", "--rules", str(rules_file),
+                     "--out", str(tmp_path / "ev"), "--no-progress", "--format", "csv"]) == 0
+    doc = json.loads(next((tmp_path / "ev").glob("evaluate-*.json")).read_text())
+    assert doc["results"][1]["top1"] == res.top1
     # a rules file whose circuit changed since the search is refused
     doc = json.loads(rules_file.read_text())
     if doc["rules"]:
