@@ -50,6 +50,7 @@ class EvalResult:
     source: str
     weights: str  # digest of the evaluated weights: what the numbers stand for, whatever the file is called
     energy: float | None = None  # relative multiplication energy (amsim.energy); None where a cost is unknown
+    data: str = ""  # digest of the test examples evaluated
 
     def as_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -87,6 +88,7 @@ class _Weights:
         self.variables = load_variables(source, like)
         self.source = str(source)
         self.digest = _array_digest(*jax.tree_util.tree_leaves(self.variables))
+        self.data = _array_digest(self.x, self.y)  # what was evaluated, not just how many
 
     def resolve(self, spec, rules=()):
         """The config (built-ins by their printed names) and resolved multipliers of one evaluation."""
@@ -102,8 +104,9 @@ class _Weights:
 
 
 def _energy_of(w: _Weights, res) -> float | None:
-    ops = layers_of(w.cfg.model, w.num_classes, w.x.shape[1:])
-    return estimate(ops, assignment([o["path"] for o in ops], res)).relative
+    if not hasattr(w, "_ops"):  # traced once per source
+        w._ops = layers_of(w.cfg.model, w.num_classes, w.x.shape[1:])
+    return estimate(w._ops, assignment([o["path"] for o in w._ops], res)).relative
 
 
 def energy(model: str, multiplier="fp32", rules=(), dataset: str = "mnist") -> EnergyEstimate:
@@ -143,7 +146,8 @@ def evaluate(source, multipliers=("fp32",), *, rules=(), model: str | None = Non
         rules: ``((pattern, spec), ...)`` per-layer choices applied with every multiplier (see :func:`amsim.train`);
             with rules, ``fp32`` in ``multipliers`` is the rules' layers approximate and the rest fp32.
         model, dataset: needed for a params file (taken from the run or checkpoint otherwise).
-        data_dir, test_limit: where the data is; evaluate on the first N test examples only.
+        data_dir, test_limit: where the data is; evaluate on the first N test examples only (default: the
+            source run's own test set).
         progress: a progress bar over the multipliers.
 
     Returns:
@@ -168,7 +172,7 @@ def evaluate(source, multipliers=("fp32",), *, rules=(), model: str | None = Non
         base = results[0].top1 if results else out["top1"]
         results.append(EvalResult(label, str(spec), r, out["top1"], out["top5"], out["loss"],
                                   out["top1"] - base, out["n"], secs, comp, mults, w.source, w.digest,
-                                  _energy_of(w, w.resolve(spec, r)[1])))
+                                  _energy_of(w, w.resolve(spec, r)[1]), w.data))
     return results
 
 
@@ -199,6 +203,7 @@ class SensitivityResult:
     n: int  # test examples
     multipliers: dict  # the multiplier's description (table digest, format, error metrics)
     seconds: float
+    data: str = ""  # digest of the test examples
 
     def as_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -267,7 +272,7 @@ def sensitivity(source, multiplier, *, model: str | None = None, dataset: str | 
                     "all_but": acc[3 + 2 * i]})
     mults = {pat: describe_multiplier(m) for pat, m in w.resolve(multiplier)[1].all()}
     return SensitivityResult(name, acc[0], acc[1], per, w.source, w.digest, len(w.y), mults,
-                             time.perf_counter() - t0)
+                             time.perf_counter() - t0, w.data)
 
 
 # ---- the model's approximable operations ------------------------------------------------------------------

@@ -12,8 +12,9 @@ Algorithm (greedy, verified by evaluation at every step):
    within the budget there.
 
 Every evaluation is kept in ``<out>/search-<key>.json`` as soon as it is done, keyed by the weights, the test
-examples and the multipliers' table digests, so an interrupted search rerun with the same arguments continues
-where it stopped. The result is written as a rules file that ``amsim train/evaluate/compare --rules`` take.
+examples (their digest) and the multipliers' table digests, so an interrupted search rerun with the same
+arguments continues where it stopped. The result is written as a rules file that ``amsim train/evaluate/
+compare --rules`` take.
 """
 
 from __future__ import annotations
@@ -161,12 +162,12 @@ def search(source, multipliers, *, max_drop: float = 0.5, out_dir="results", sea
     ops = layers_of(w.cfg.model, w.num_classes, w.x.shape[1:])
     paths = sorted(dict.fromkeys(o["path"] for o in ops), key=lambda p: -sum(o["macs"] for o in ops
                                                                                  if o["path"] == p))
-    key = _key(full.digest, len(w.y), sorted(m.digest for _, m, _ in cands), max_drop)
+    key = _key(full.digest, w.data, sorted(m.digest for _, m, _ in cands), max_drop)
     cache = _Cache(out / f"search-{key}.json")
 
     def acc(assign: dict, weights=w) -> float:
         rules = tuple((_exact_path(p), m) for p, m in assign.items())
-        k = _key(weights.digest, len(weights.y), sorted((p, m.digest) for p, m in assign.items()))
+        k = _key(weights.digest, weights.data, sorted((p, m.digest) for p, m in assign.items()))
         return cache.get(k, lambda: float(_evaluate_one(weights, "fp32", rules, False)[1]["top1"]))
 
     n_evals = 1 + len(paths) * len(cands)

@@ -135,7 +135,8 @@ def cmd_train(args):
 
 def _result_path(out, kind, source, doc, suffix=".json"):
     """``<out>/<kind>-<source>-<digest>``: the digest covers what determines the numbers (weights, multipliers'
-    tables, rules, test examples), so a different evaluation never overwrites this one and the same one does."""
+    tables, rules, the test examples' digest), so a different evaluation never overwrites this one and the same
+    one does."""
     import hashlib
     import json
 
@@ -176,7 +177,7 @@ def cmd_evaluate(args):
                    dataset=args.dataset, data_dir=args.data_dir, test_limit=args.test_limit,
                    progress=not args.no_progress)
     print(evaluation_table(res, args.format))
-    key = [res[0].weights, res[0].n] + [[r.rules, r.multipliers] for r in res]
+    key = [res[0].weights, res[0].data] + [[r.rules, r.multipliers] for r in res]
     path = _save_json(_result_path(args.out, "evaluate", args.source, key),
                       {"format": "amsim-evaluation", "source": args.source, "results": [r.as_dict() for r in res]})
     print(f"→ {path}")
@@ -213,7 +214,7 @@ def cmd_sensitivity(args):
     res = sensitivity(args.source, args.multiplier, model=args.model, dataset=args.dataset, data_dir=args.data_dir,
                       test_limit=args.test_limit, progress=not args.no_progress)
     print(res.table(args.format))
-    path = _result_path(args.out, "sensitivity", args.source, [res.weights, res.n, res.multipliers])
+    path = _result_path(args.out, "sensitivity", args.source, [res.weights, res.data, res.multipliers])
     _save_json(path, {"format": "amsim-sensitivity", **res.as_dict()})
     png = res.plot(path.with_suffix(".png"))
     print(f"({res.seconds:.0f} s) → {path}, {png}")
