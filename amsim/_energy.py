@@ -16,7 +16,6 @@ left out, and every multiplier is assumed to run at the same clock, so power sta
 from __future__ import annotations
 
 import dataclasses
-import re
 
 import numpy as np
 
@@ -55,17 +54,12 @@ class EnergyEstimate:
 
 
 def assignment(paths, resolved) -> dict:
-    """Which multiplier each layer path gets from a resolved run config: the first rule whose pattern is
-    searched in the path (as the bridge matches them), else the run's multiplier."""
-    out = {}
-    for p in paths:
-        m = resolved.multiplier
-        for pat, mult in resolved.rules:
-            if pat == "*" or re.search(pat, p):
-                m = mult
-                break
-        out[p] = m
-    return out
+    """Which multiplier each layer path gets from a resolved run config, matched by the bridge's own rule
+    matching (the first rule whose pattern is found in the path, else the run's multiplier)."""
+    from .nn._intercept import Rules
+
+    rules = Rules(tuple(resolved.rules) + (("*", resolved.multiplier),))
+    return {p: rules.lookup(p, "op") for p in paths}
 
 
 def estimate(ops: list[dict], chosen: dict) -> EnergyEstimate:
