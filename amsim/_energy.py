@@ -30,6 +30,11 @@ def relative_power(m) -> float | None:
     if not isinstance(m, Multiplier):
         return 1.0
     c = m.cost
+    if (c is None or c.power_mw is None) and m.is_int:
+        from .multipliers import exact_int
+
+        # the exact product is the reference of the relative model, whatever its cost
+        return 1.0 if m.digest == exact_int(m.int_bits, signed=m.signed).digest else None
     if c is None or c.power_mw is None:
         return None
     if c.relative:
@@ -97,9 +102,11 @@ def pareto_front(points) -> list[int]:
     return front
 
 
-def plot_pareto(rows, path=None, *, title: str = "accuracy vs multiplication energy", baseline: float | None = None):
+def plot_pareto(rows, path=None, *, title: str = "accuracy vs multiplication energy", baseline: float | None = None,
+                zoom: float = 3.0):
     """Accuracy (%) against relative multiplication energy, one point per row ``(label, energy, accuracy)``, the
-    Pareto front drawn and its points labelled; rows without an energy are listed under the plot.
+    Pareto front drawn; rows without an energy are listed under the plot. When some points lie more than ``zoom``
+    points below the best, a second panel shows the top ``zoom`` points, where the front's labels are legible.
 
     Returns:
         The PNG's path if ``path`` is given, else the Figure.
@@ -108,21 +115,31 @@ def plot_pareto(rows, path=None, *, title: str = "accuracy vs multiplication ene
 
     pts = [(e, a) for _, e, a in rows]
     front = pareto_front(pts)
-    fig = new_figure(figsize=(7.5, 4.8))
-    ax = fig.subplots()
     known = [i for i, (e, a) in enumerate(pts) if e is not None]
-    ax.scatter([pts[i][0] for i in known], [100 * pts[i][1] for i in known], s=18, color="0.55",
-               label="evaluated", zorder=2)
-    ax.plot([pts[i][0] for i in front], [100 * pts[i][1] for i in front], "o-", color="C3", ms=5, lw=1.2,
-            label="Pareto front", zorder=3)
-    for i in front:
-        ax.annotate(rows[i][0], (pts[i][0], 100 * pts[i][1]), textcoords="offset points", xytext=(4, -10),
-                    fontsize=7)
-    if baseline is not None:
-        ax.axhline(100 * baseline, color="k", lw=0.8, ls="--", label="fp32")
-    ax.set(xlabel="relative multiplication energy (exact multiplier = 1)", ylabel="top-1 accuracy (%)", title=title)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="lower right")
+    best = max((100 * pts[i][1] for i in known), default=0.0)
+    lo = best - zoom
+    two = any(100 * pts[i][1] < lo for i in known)
+    fig = new_figure(figsize=(13.0 if two else 7.5, 4.8))
+    axes = fig.subplots(1, 2 if two else 1, squeeze=False)[0]
+    for k, ax in enumerate(axes):
+        show = [i for i in known if not (two and k == 1) or 100 * pts[i][1] >= lo]
+        ax.scatter([pts[i][0] for i in show], [100 * pts[i][1] for i in show], s=18, color="0.55",
+                   label="evaluated", zorder=2)
+        fr = [i for i in front if i in show]
+        ax.plot([pts[i][0] for i in fr], [100 * pts[i][1] for i in fr], "o-", color="C3", ms=5, lw=1.2,
+                label="Pareto front", zorder=3)
+        if k == len(axes) - 1:  # labels where they can be read
+            for j, i in enumerate(fr):
+                ax.annotate(rows[i][0], (pts[i][0], 100 * pts[i][1]), textcoords="offset points",
+                            xytext=(4, -11 if j % 2 else 5), fontsize=7)
+        if baseline is not None:
+            ax.axhline(100 * baseline, color="k", lw=0.8, ls="--", label="fp32")
+        ax.set(xlabel="relative multiplication energy (exact multiplier = 1)", ylabel="top-1 accuracy (%)",
+               title=title if k == 0 else f"within {zoom:g} points of the best")
+        if two and k == 1:
+            ax.set_ylim(lo, best + 0.15 * zoom)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8, loc="lower right")
     missing = [rows[i][0] for i, (e, _) in enumerate(pts) if e is None]
     if missing:
         fig.text(0.01, 0.01, "no cost known (not plotted): " + ", ".join(missing), fontsize=7, wrap=True)
