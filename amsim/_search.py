@@ -8,8 +8,10 @@ Algorithm (greedy, verified by evaluation at every step):
 3. Visit the layers in order of multiply-accumulates (largest first, where a cheaper multiplier saves most);
    for each, try its candidates cheapest first on top of the choices made so far and keep the first one whose
    whole-network accuracy stays within the budget (else the layer stays exact).
-4. Evaluate the final assignment on the full test set (the search may use a subset) and report whether it is
-   within the budget there.
+4. Evaluate the final assignment on the full test set (the search may use a subset). While it is over the
+   budget there, repair it: for each chosen layer, try its next more expensive candidate (or exact) on the full
+   set, and apply the move that is within the budget at the least energy, else the one that recovers the most
+   accuracy. Report whether the result is within the budget.
 
 Every evaluation is kept in ``<out>/search-<key>.json`` as soon as it is done, keyed by the weights, the test
 examples (their digest) and the multipliers' table digests, so an interrupted search rerun with the same
@@ -180,19 +182,36 @@ def search(source, multipliers, *, max_drop: float = 0.5, out_dir="results", sea
             only[p, spec] = acc({p: m})
             bar.update()
     bar.close()
-    chosen, steps = {}, []
+    chosen, steps, ok = {}, [], {}
     for p in tqdm(paths, desc="search: greedy", unit="layer", disable=not progress, leave=False):
-        ok = sorted((c for c in cands if base - only[p, c[0]] <= budget and c[2] < 1.0), key=lambda c: c[2])
-        for _spec, m, _ in ok:
+        ok[p] = [c[1] for c in sorted((c for c in cands if base - only[p, c[0]] <= budget and c[2] < 1.0),
+                                      key=lambda c: c[2])]
+        for m in ok[p]:
             trial = {**chosen, p: m}
             a = acc(trial)
             steps.append({"layer": p, "multiplier": m.name, "top1": a, "accepted": bool(base - a <= budget)})
             if base - a <= budget:
                 chosen[p] = m
                 break
-    specs = {p: next(s for s, m2, _ in cands if m2 is m) for p, m in chosen.items()}
     fp32_full = acc({}, full) if full is not w else base
     top1 = acc(chosen, full) if full is not w else acc(chosen)
+    energy_of = lambda a: estimate(ops, {p: a.get(p, "fp32") for p in paths}).relative  # noqa: E731
+    # repair on the verification set: while over budget, move one layer to its next more expensive candidate
+    # (or exact), the move that stays within budget at least energy, else the one that recovers most accuracy
+    while fp32_full - top1 > budget and chosen:
+        options = []
+        for p, m in chosen.items():
+            i = next(k for k, c in enumerate(ok[p]) if c is m)
+            trial = {q: c for q, c in chosen.items() if q != p}
+            if i + 1 < len(ok[p]):
+                trial[p] = ok[p][i + 1]
+            options.append((acc(trial, full), energy_of(trial), trial, p))
+        within = [o for o in options if fp32_full - o[0] <= budget]
+        a, _, chosen, p = min(within, key=lambda o: o[1]) if within else max(options, key=lambda o: o[0])
+        top1 = a
+        steps.append({"layer": p, "multiplier": chosen[p].name if p in chosen else "fp32", "top1": a,
+                      "accepted": True, "repair": True})
+    specs = {p: next(s for s, m2, _ in cands if m2 is m) for p, m in chosen.items()}
     assign = {p: (chosen[p].name if p in chosen else "fp32") for p in sorted(paths, key=lambda q: [o["path"] for o in
                                                                                                      ops].index(q))}
     est = estimate(ops, {p: chosen.get(p, "fp32") for p in assign})

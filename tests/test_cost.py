@@ -180,3 +180,7 @@ def test_search_within_budget_verified_resumable_and_its_rules_reproduce(trained
             amsim.load_rules(rules_file)
     with pytest.raises(amsim.AmsimError, match="cost"):
         amsim.search(run_file, ["drum4"], out_dir=tmp_path, progress=False)
+    # searched on a small subset with no slack: the choice is verified (and repaired) on the whole test set
+    small = amsim.search(run_file, cands, max_drop=0.0, search_limit=40, out_dir=tmp_path / "s", progress=False)
+    assert small.n_search == 40 and small.n_verify == 300 and small.within_budget and small.top1 >= small.fp32
+    assert small.energy <= 1.0
