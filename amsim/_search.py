@@ -13,10 +13,10 @@ Algorithm (greedy, verified by evaluation at every step):
    set, and apply the move that is within the budget at the least energy, else the one that recovers the most
    accuracy. Report whether the result is within the budget.
 
-Every evaluation is kept in ``<out>/search-<key>.json`` as soon as it is done, keyed by the weights, the test
-examples (their digest) and the multipliers' table digests, so an interrupted search rerun with the same
-arguments continues where it stopped. The result is written as a rules file that ``amsim train/evaluate/
-compare --rules`` take.
+Every evaluation is kept in ``<out>/search-evaluations-<key>.json`` (one file per weights and test data) as soon
+as it is done, keyed by the assignment's table digests, so an interrupted search rerun with the same arguments
+continues where it stopped, and a search over more candidates reuses what an earlier one evaluated. The result
+is written as a rules file that ``amsim train/evaluate/compare --rules`` take.
 """
 
 from __future__ import annotations
@@ -165,7 +165,8 @@ def search(source, multipliers, *, max_drop: float = 0.5, out_dir="results", sea
     paths = sorted(dict.fromkeys(o["path"] for o in ops), key=lambda p: -sum(o["macs"] for o in ops
                                                                                  if o["path"] == p))
     key = _key(full.digest, w.data, sorted(m.digest for _, m, _ in cands), max_drop)
-    cache = _Cache(out / f"search-{key}.json")
+    # evaluations are keyed by their whole assignment: every search on these weights and data shares them
+    cache = _Cache(out / f"search-evaluations-{_key(full.digest, w.data)}.json")
 
     def acc(assign: dict, weights=w) -> float:
         rules = tuple((_exact_path(p), m) for p, m in assign.items())
