@@ -120,7 +120,8 @@ class _Cache:
 
 
 def search(source, multipliers, *, max_drop: float = 0.5, out_dir="results", search_limit: int | None = None,
-           model=None, dataset=None, data_dir=None, finetune_epochs: int = 0, progress: bool = True) -> SearchResult:
+           model=None, dataset=None, data_dir=None, test_limit: int | None = None, finetune_epochs: int = 0,
+           progress: bool = True) -> SearchResult:
     """Choose a multiplier per layer that minimises the first-order multiplication energy with the accuracy drop
     within ``max_drop`` points (greedy, see the module docstring); verify it with a full evaluation.
 
@@ -133,6 +134,7 @@ def search(source, multipliers, *, max_drop: float = 0.5, out_dir="results", sea
             source run).
         finetune_epochs: fine-tune the chosen assignment from the weights for this many epochs and report it.
         model, dataset, data_dir: for a params file.
+        test_limit: verify on the first N test examples (default: the source run's test set).
         progress: progress bars.
 
     Returns:
@@ -159,7 +161,7 @@ def search(source, multipliers, *, max_drop: float = 0.5, out_dir="results", sea
     budget = max_drop / 100.0
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    full = _Weights(source, model, dataset, data_dir)
+    full = _Weights(source, model, dataset, data_dir, test_limit)
     w = _Weights(source, model, dataset, data_dir, search_limit) if search_limit else full
     ops = layers_of(w.cfg.model, w.num_classes, w.x.shape[1:])
     paths = sorted(dict.fromkeys(o["path"] for o in ops), key=lambda p: -sum(o["macs"] for o in ops

@@ -60,9 +60,18 @@ def _add_data_args(p, model_default="lenet5"):
     p.add_argument("--data-dir", default=None, help="searched first for dataset files (also $AMSIM_DATA_DIR)")
 
 
+def _add_weights_args(p, fmt, out_help):
+    """What every command on trained weights takes: the source, its data, where results go, the table format."""
+    p.add_argument("--from", dest="source", required=True, metavar="RUN|CHECKPOINT|PARAMS")
+    _add_data_args(p, model_default=None)
+    p.add_argument("--out", default="results", help=out_help)
+    p.add_argument("--format", **fmt)
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
 def _add_run_args(p):
     _add_data_args(p)
-    p.add_argument("--epochs", type=int, default=2)
+    p.add_argument("--epochs", type=int, default=None, help="training epochs (default 2)")
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--optimizer", choices=["adam", "sgd"], default="adam")
@@ -85,9 +94,10 @@ def _add_run_args(p):
 
 
 def _config(args):
-    return dict(model=args.model, dataset=args.dataset, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
-                optimizer=args.optimizer, seed=args.seed, train_limit=args.train_limit, test_limit=args.test_limit,
-                data_dir=args.data_dir, rules=_all_rules(args), backward=args.backward, init_from=args.init_from)
+    return dict(model=args.model, dataset=args.dataset, epochs=2 if args.epochs is None else args.epochs,
+                batch_size=args.batch_size, lr=args.lr, optimizer=args.optimizer, seed=args.seed,
+                train_limit=args.train_limit, test_limit=args.test_limit, data_dir=args.data_dir,
+                rules=_all_rules(args), backward=args.backward, init_from=args.init_from)
 
 
 def _run(args, specs):
@@ -116,6 +126,10 @@ def cmd_compare(args):
         return _run(args, _specs(args.multipliers))
     from ._report import protocol
 
+    for given, name in ((args.epochs, "--epochs"), (args.init_from, "--init-from")):
+        if given is not None:  # the protocol sets both itself: say so rather than ignore the option
+            raise ValueError(f"{name} does not apply to the protocol (--pretrain-epochs/--finetune-epochs): it "
+                             "pretrains its own fp32 weights; to fine-tune weights you have, use compare --init-from.")
     cfg = _config(args)
     for key in ("epochs", "init_from"):
         cfg.pop(key)
@@ -195,7 +209,7 @@ def cmd_search(args):
 
     res = search(args.source, _specs(args.multipliers), max_drop=args.max_drop, out_dir=args.out,
                  search_limit=args.search_limit, model=args.model, dataset=args.dataset, data_dir=args.data_dir,
-                 finetune_epochs=args.finetune_epochs, progress=not args.no_progress)
+                 test_limit=args.test_limit, finetune_epochs=args.finetune_epochs, progress=not args.no_progress)
     print(res.table(args.format))
     status = "within" if res.within_budget else "NOT within"
     print(f"verified on {res.n_verify} test examples: Δ {100 * (res.top1 - res.fp32):+.2f} points, {status} the "
@@ -327,23 +341,15 @@ def main(argv=None) -> int:
     p.set_defaults(fn=cmd_train)
     fmt = dict(choices=["text", "md", "latex", "csv"], default="text", help="table format")
     p = add("evaluate", help="accuracy of trained weights under multipliers, without retraining")
-    p.add_argument("--from", dest="source", required=True, metavar="RUN|CHECKPOINT|PARAMS")
+    _add_weights_args(p, fmt, "where the evaluation's JSON goes")
     p.add_argument("--multipliers", default="bf16,mbm,mitchell", help="comma-separated specs (fp32 is always added)")
     p.add_argument("--rule", action="append", metavar="PATTERN=MULT", help="per-layer choice (repeatable)")
     p.add_argument("--rules", default=None, metavar="FILE", help="per-layer rules from a file (`amsim search`)")
     p.add_argument("--pareto", action="store_true", help="also plot accuracy vs multiplication energy")
-    _add_data_args(p, model_default=None)
-    p.add_argument("--out", default="results", help="where the evaluation's JSON goes")
-    p.add_argument("--format", **fmt)
-    p.add_argument("--no-progress", action="store_true")
     p.set_defaults(fn=cmd_evaluate)
     p = add("sensitivity", help="per layer: accuracy with only it, and all but it, through a multiplier")
-    p.add_argument("--from", dest="source", required=True, metavar="RUN|CHECKPOINT|PARAMS")
+    _add_weights_args(p, fmt, "where the table's JSON and the bar plot go")
     p.add_argument("--multiplier", required=True)
-    _add_data_args(p, model_default=None)
-    p.add_argument("--out", default="results", help="where the table's JSON and the bar plot go")
-    p.add_argument("--format", **fmt)
-    p.add_argument("--no-progress", action="store_true")
     p.set_defaults(fn=cmd_sensitivity)
     p = add("layers", help="the model's approximable operations: paths (what rules match), shapes, MACs, params")
     p.add_argument("--model", default="lenet5")
@@ -364,16 +370,12 @@ def main(argv=None) -> int:
     p = add("list", help="available multipliers, models and datasets")
     p.set_defaults(fn=cmd_list)
     p = add("search", help="per-layer multipliers minimising multiplication energy within an accuracy budget")
-    p.add_argument("--from", dest="source", required=True, metavar="RUN|CHECKPOINT|PARAMS")
+    _add_weights_args(p, fmt, "where the evaluation cache and the rules file go")
     p.add_argument("--multipliers", required=True, help="candidates with a cost, e.g. evo:mul8s_1L2H,evo:mul8s_1KR3")
     p.add_argument("--max-drop", type=float, default=0.5, help="accuracy budget in top-1 points (default 0.5)")
     p.add_argument("--search-limit", type=int, default=None,
                    help="search on the first N test examples (the result is verified on all of them)")
     p.add_argument("--finetune-epochs", type=int, default=0, help="fine-tune the chosen assignment and report it")
-    _add_data_args(p, model_default=None)
-    p.add_argument("--out", default="results", help="where the evaluation cache and the rules file go")
-    p.add_argument("--format", **fmt)
-    p.add_argument("--no-progress", action="store_true")
     p.set_defaults(fn=cmd_search)
     args = ap.parse_args(argv)
     if not args.evoapprox_dir:
