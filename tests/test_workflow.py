@@ -252,3 +252,10 @@ def test_demo_runs_every_step_and_a_failing_step_fails_it(tmp_path, capsys):
     assert demo.main([*small, "--out", str(blocked / "results")]) == 2
     assert "amsim: error:" in capsys.readouterr().err
     assert demo.main([*small, "--out", str(out), "--multipliers", "mbm5,nosuch"]) == 2
+
+
+def test_protocol_refuses_options_it_would_ignore(capsys):
+    for extra in (["--epochs", "3"], ["--init-from", "x.json"]):
+        assert cli.main(["compare", "--pretrain-epochs", "1", "--finetune-epochs", "1", "--multipliers", "mbm",
+                         "--model", "lenet300", "--dataset", "digits", *extra]) == 2
+        assert f"{extra[0]} does not apply to the protocol" in capsys.readouterr().err
