@@ -13,8 +13,9 @@ Algorithm (greedy, verified by evaluation at every step):
    set, and apply the move that is within the budget at the least energy, else the one that recovers the most
    accuracy. Report whether the result is within the budget.
 
-Every evaluation is kept in ``<out>/search-evaluations-<key>.json`` (one file per weights and test data) as soon
-as it is done, keyed by the assignment's table digests, so an interrupted search rerun with the same arguments
+Every evaluation is kept in ``<out>/search-evaluations-<key>.json`` (one file per weights, test data and library
+versions) as soon as it is done, keyed by the assignment's table digests, so an interrupted search rerun with the
+same arguments
 continues where it stopped, and a search over more candidates reuses what an earlier one evaluated. The result
 is written as a rules file that ``amsim train/evaluate/compare --rules`` take.
 """
@@ -142,7 +143,7 @@ def search(source, multipliers, *, max_drop: float = 0.5, out_dir="results", sea
     """
     from tqdm.auto import tqdm
 
-    from ._train import describe_multiplier, for_network, resolve_multiplier
+    from ._train import _versions, describe_multiplier, for_network, resolve_multiplier
 
     if isinstance(multipliers, str):
         raise TypeError("multipliers: pass a list of specs, e.g. ['evo:mul8s_1L2H', 'drum4'].")
@@ -167,8 +168,9 @@ def search(source, multipliers, *, max_drop: float = 0.5, out_dir="results", sea
     paths = sorted(dict.fromkeys(o["path"] for o in ops), key=lambda p: -sum(o["macs"] for o in ops
                                                                                  if o["path"] == p))
     key = _key(full.digest, w.data, sorted(m.digest for _, m, _ in cands), max_drop)
-    # evaluations are keyed by their whole assignment: every search on these weights and data shares them
-    cache = _Cache(out / f"search-evaluations-{_key(full.digest, w.data)}.json")
+    # evaluations are keyed by their whole assignment: every search on these weights and data (and the same
+    # library versions, which compute them) shares them
+    cache = _Cache(out / f"search-evaluations-{_key(full.digest, w.data, _versions())}.json")
 
     def acc(assign: dict, weights=w) -> float:
         rules = tuple((_exact_path(p), m) for p, m in assign.items())
@@ -196,8 +198,8 @@ def search(source, multipliers, *, max_drop: float = 0.5, out_dir="results", sea
             if base - a <= budget:
                 chosen[p] = m
                 break
-    fp32_full = acc({}, full) if full is not w else base
-    top1 = acc(chosen, full) if full is not w else acc(chosen)
+    fp32_full = acc({}, full)  # (the cached search-set values when the search used the whole test set)
+    top1 = acc(chosen, full)
     energy_of = lambda a: estimate(ops, {p: a.get(p, "fp32") for p in paths}).relative  # noqa: E731
     # repair on the verification set: while over budget, move one layer to its next more expensive candidate
     # (or exact), the move that stays within budget at least energy, else the one that recovers most accuracy
