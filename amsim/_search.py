@@ -15,9 +15,8 @@ Algorithm (greedy, verified by evaluation at every step):
 
 Every evaluation is kept in ``<out>/search-evaluations-<key>.json`` (one file per weights, test data and library
 versions) as soon as it is done, keyed by the assignment's table digests, so an interrupted search rerun with the
-same arguments
-continues where it stopped, and a search over more candidates reuses what an earlier one evaluated. The result
-is written as a rules file that ``amsim train/evaluate/compare --rules`` take.
+same arguments continues where it stopped, and a search over more candidates reuses what an earlier one
+evaluated. The result is written as a rules file that ``amsim train/evaluate/compare --rules`` take.
 """
 
 from __future__ import annotations
