@@ -25,8 +25,34 @@ def _cupy_or_skip():
     return cp
 
 
-@pytest.fixture(params=["numpy", pytest.param("cupy", marks=pytest.mark.gpu)])
-def backend(request):
+@pytest.fixture(params=["numpy", "numpy-w8", pytest.param("cupy", marks=pytest.mark.gpu)])
+def backend(request, monkeypatch):
     """The array module of each backend, for cases that must hold on all of them: NumPy always, CuPy where it
-    sees a CUDA device (a real GPU in scripts/gpu_check.sh; the emulated one in tests/test_gpu_emulated.py)."""
-    return np if request.param == "numpy" else _cupy_or_skip()
+    sees a CUDA device (a real GPU in scripts/gpu_check.sh; the emulated one in tests/test_gpu_emulated.py).
+
+    NumPy runs twice: with the 16-lane (AVX-512) float sweep and with the 8-lane (AVX2) one, whatever the CPU
+    (LLVM splits 16-lane vectors where AVX-512 is missing), so both code paths are tested on every machine."""
+    if request.param == "cupy":
+        return _cupy_or_skip()
+    monkeypatch.setenv("AMSIM_CPU_VECTOR_WIDTH", "8" if request.param == "numpy-w8" else "16")
+    return np
+
+
+@pytest.fixture(params=[8, 16], ids=["w8", "w16"])
+def cpu_width(request, monkeypatch):
+    """The CPU kernels' vector width, forced to each of 8 and 16 lanes."""
+    monkeypatch.setenv("AMSIM_CPU_VECTOR_WIDTH", str(request.param))
+    return request.param
+
+
+@pytest.fixture(params=["expand", "gather"])
+def cpu_kernel(request, monkeypatch):
+    """Forces the CPU GEMM's kernel choice (expansion or gather) by the costs it decides on."""
+    import dataclasses
+
+    from amsim.kernels.cpu import _machine
+
+    real = _machine.costs
+    gather = 1e-6 if request.param == "gather" else 1e6
+    monkeypatch.setattr(_machine, "costs", lambda: dataclasses.replace(real(), gather=gather))
+    return request.param

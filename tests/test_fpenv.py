@@ -30,7 +30,7 @@ def _tiny(rng, shape):
 def _cases(rng):
     m7, mbm = amsim.multipliers.exact(7), amsim.multipliers.mbm(7)
     yield "issue example", np.array([[1.5 * 2.0**-63, 2.0**-63]], F), np.array([[2.0**-63], [-2.0**-63]], F), m7
-    yield "direct kernel", _tiny(rng, (5, 40)), _tiny(rng, (40, 3)), mbm
+    yield "small problem", _tiny(rng, (5, 40)), _tiny(rng, (40, 3)), mbm
     yield "expansion, parallel", _tiny(rng, (300, 64)), _tiny(rng, (64, 70)), mbm
     a = _tiny(rng, (40, 30))
     a[3, 4] = np.inf  # a flagged row: the scalar fix-up path

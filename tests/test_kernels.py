@@ -1,6 +1,6 @@
-"""CPU-specific kernel paths against the golden model, bit for bit: the expansion at the exponent range ends,
-transposed sweeps and row-block splits, data-dependent exponent windows. The cases every backend must pass are in
-test_backends.py."""
+"""CPU-specific kernel paths against the golden model, bit for bit, for each kernel (expansion, gather) and each
+vector width (8 and 16 lanes): the exponent range ends, transposed sweeps and row-block splits, narrow and long
+shapes, data-dependent exponent windows. The cases every backend must pass are in test_backends.py."""
 
 import numpy as np
 import pytest
@@ -27,20 +27,29 @@ def _mults():
 MULTS = _mults()
 
 
-def test_matmul_expansion_at_range_extremes(rng):
+def test_kernel_fixtures_force_the_choice(cpu_kernel):
+    assert cpu.use_expansion(300, 10, 12, 128) == (cpu_kernel == "expand")
+    assert cpu.use_expansion(4, 3, 5, 128) == (cpu_kernel == "expand")
+
+
+def test_matmul_at_range_extremes(cpu_kernel, cpu_width, rng):
     # operands near 2**+-63 and 2**+-126: the power-of-two fast path must hand these to the exact path
     mult = MULTS["mbm7"]
     m_, k_, n_ = 300, 12, 10
     a = np.ldexp(rng.uniform(1, 2, (m_, k_)), rng.integers(-126, 128, (m_, k_))).astype(F)
     b = np.ldexp(rng.uniform(1, 2, (k_, n_)), rng.integers(-126, 128, (k_, n_))).astype(F)
     a[::7] = np.ldexp(rng.uniform(1, 2, (a[::7].shape)), rng.integers(-4, 4, a[::7].shape)).astype(F)
-    assert cpu.use_expansion(m_, n_, k_, 128)
     assert_bits_equal(amsim.matmul(a, b, mult), golden.matmul(a, b, mult))
 
 
-@pytest.mark.parametrize("shape", [(40, 64, 300), (300, 24, 9), (9, 17, 700), (1100, 20, 30)], ids=str)
-def test_matmul_kernel_layout_cases(shape, rng):
-    """Transposed sweeps (N > M, K a multiple of 8, M not), narrow sides, row-block splits."""
+# transposed sweeps (N > M, K a multiple of 8, M not), narrow sides, row-block splits, gather remainders and
+# both gather orientations, a conv-weight-gradient-like long K
+LAYOUTS = [(40, 64, 300), (300, 24, 9), (9, 17, 700), (1100, 20, 30), (30, 40, 5), (5, 33, 30), (13, 3000, 6),
+           (64, 37, 33)]
+
+
+@pytest.mark.parametrize("shape", LAYOUTS, ids=str)
+def test_matmul_kernel_layout_cases(cpu_kernel, cpu_width, shape, rng):
     m_, k_, n_ = shape
     mult = MULTS["mbm7"]
     a = mixed_matrix(rng, (m_, k_), 0.02)
@@ -48,7 +57,21 @@ def test_matmul_kernel_layout_cases(shape, rng):
     assert_bits_equal(amsim.matmul(a, b, mult), golden.matmul(a, b, mult))
 
 
-def test_matmul_data_dependent_exponent_windows(rng):
+@pytest.mark.parametrize("name", list(MULTS))
+def test_matmul_kernels_on_views_and_batches(cpu_kernel, cpu_width, name, rng):
+    """Transposed (non-contiguous) operands, a broadcast batch, and every table size, out poisoned."""
+    mult = MULTS[name]
+    a = mixed_matrix(rng, (3, 21, 19), 0.05)
+    b = np.ascontiguousarray(mixed_matrix(rng, (3, 10, 19), 0.05).transpose(0, 2, 1))[..., ::-1].copy()
+    bt = mixed_matrix(rng, (10, 19), 0.05).T  # a transposed view
+    for x, y in ((a, b), (a, bt), (a.transpose(0, 2, 1)[:, :10, :].transpose(0, 2, 1), bt[:10])):
+        out = np.full(np.broadcast_shapes(x.shape[:-2], y.shape[:-2]) + (x.shape[-2], y.shape[-1]), np.nan, F)
+        got = amsim.matmul(x, y, mult, out=out)
+        assert got is out
+        assert_bits_equal(out, golden.matmul(x, y, mult))
+
+
+def test_matmul_data_dependent_exponent_windows(cpu_kernel, cpu_width, rng):
     mult = MULTS["mitchell3"]
     a = (rng.standard_normal((300, 16)) * 2.0**-90).astype(F)
     b = (rng.standard_normal((16, 20)) * 2.0**60).astype(F)

@@ -9,16 +9,19 @@ import numba
 import numpy as np
 
 from ..._operands import exponent_windows
+from . import _machine
 from ._kernels import (
+    _KC,
     NO_EXP,
     _choose_window,
     _decode_cols_f32,
+    _decode_cols_rows_f32,
     _decode_rows_f32,
     _decode_rows_t_f32,
-    _direct_f32,
     _expand,
     _fixup_f32,
     _flagged,
+    _gather_f32,
     _gemm_direct_i32,
     _k,
     _multiply_f32,
@@ -28,17 +31,11 @@ from ._kernels import (
     _pad_cols_i32,
 )
 
-NB = 32  # columns per expansion block: four 8-lane accumulators per row (8 for narrow operands)
-_T_BYTES = 128 * 1024  # target size of one thread's expanded table (L2-resident)
+NB = 32  # columns per expansion block: two 16-lane or four 8-lane accumulators per row (8 for narrow operands)
 _KB_MAX = 32
-# rough costs in ns on one core (Zen 3, see docs/performance.md), used to pick expansion vs the direct kernel
-_COST_BUILD = 0.17  # per expanded table element
-_COST_SWEEP = 0.06  # per multiply-accumulate of the expansion sweep
-_COST_DIRECT = 1.2  # per multiply-accumulate of the direct kernel, tables up to 1 MiB (more above: cache misses)
-# a parallel region costs tens of microseconds (far more when another process holds a core): below these, the
-# serial twins run
-_SERIAL_NS = 100_000  # estimated single-core work
-_SERIAL_ELEMS = 1 << 15  # elementwise products
+# below this many elementwise products the serial twins run (a parallel region costs tens of microseconds,
+# far more when another process holds a core); GEMMs decide by the measured costs (_machine.costs)
+_SERIAL_ELEMS = 1 << 15
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -106,15 +103,16 @@ def _workspace(nbytes: int) -> np.ndarray:
     return ws
 
 
-_SCRATCH_MAX = 16 << 20
+_SCRATCH_MAX = 128 << 20  # a training step's conv GEMMs decode operands of tens of MB, once per step
 
 
 def _scratch(key: str, shape, dtype) -> np.ndarray:
     """An uninitialised array for decoded operands, reused across calls of the same Python thread.
 
     Fresh multi-megabyte arrays cost page faults on first touch, and two threads faulting into the same new
-    mapping serialise in the kernel: a small-batch GEMM ran slower on two threads than on one. Buffers up to
-    _SCRATCH_MAX bytes each are kept (at most a few per thread); larger ones are allocated per call.
+    mapping serialise in the kernel: a small-batch GEMM ran slower on two threads than on one, and a LeNet-5
+    weight gradient spent more time faulting in its decoded 40 MB operand than computing. Buffers up to
+    _SCRATCH_MAX bytes each are kept (six per Python thread at most); larger ones are allocated per call.
     """
     nbytes = int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize
     cache = getattr(_ws_local, "scratch", None)
@@ -143,32 +141,44 @@ def _nbw(ny: int) -> int:
     return 8 if ny <= 16 else NB
 
 
-def _kb(n_l: int, k_len: int, nbw: int) -> int:
-    return max(1, min(_KB_MAX, k_len, _T_BYTES // (n_l * nbw * 4)))
+def _kb(n_l: int, k_len: int, nbw: int, cost) -> int:
+    kb = max(1, min(_KB_MAX, k_len, cost.t_bytes // (n_l * nbw * 4)))
+    return kb - kb % 8 if kb >= 8 else kb  # whole 8-lane copies into the panels
 
 
-def _costs(m_rows: int, n_cols: int, k_len: int, n_l: int) -> tuple[float, float]:
-    """Estimated single-core ns of (expansion, direct kernel) for one (M, K) @ (K, N) product.
+def _gather_swapped(m_rows: int, n_cols: int) -> bool:
+    """The gather kernel's orientation: rows x 8-column vectors, whichever way needs fewer gathers."""
+    return n_cols * -(-m_rows // 8) < m_rows * -(-n_cols // 8)
+
+
+def _costs(m_rows: int, n_cols: int, k_len: int, n_l: int, cost=None) -> tuple[float, float]:
+    """Estimated single-core ns of (expansion, gather kernel) for one (M, K) @ (K, N) product, from this
+    machine's measured costs.
 
     Expansion builds 2**m table rows per k and (padded) column block, amortised over the max(M, N) rows swept;
-    the direct kernel pays a table lookup and a serial add per product.
+    the gather kernel gathers 8 table entries per row, k and 8 columns (from memory, for tables past L2).
     """
+    cost = cost or _machine.costs()
     sweep, other = max(m_rows, n_cols), min(m_rows, n_cols)
     nbw = _nbw(other)
     npad = -(-other // nbw) * nbw
-    expand = k_len * npad * (n_l * _COST_BUILD + sweep * _COST_SWEEP * (1.5 if nbw == 8 else 1.0))
-    direct = m_rows * n_cols * k_len * _COST_DIRECT * max(1.0, n_l / 512)
-    return expand, direct
+    build = cost.build if n_l <= 512 else cost.build_large
+    expand = k_len * npad * (n_l * build + sweep * (cost.sweep8 if nbw == 8 else cost.sweep))
+    rows, cols = (n_cols, m_rows) if _gather_swapped(m_rows, n_cols) else (m_rows, n_cols)
+    gather = rows * -(-cols // 8) * k_len * cost.gather * max(1.0, n_l / 512)
+    return expand, gather
 
 
-def use_expansion(m_rows: int, n_cols: int, k_len: int, n_l: int, nbatch: int = 1) -> bool:
-    """Whether row expansion beats the direct kernel for (M, K) @ (K, N) products (the batch size cancels)."""
-    expand, direct = _costs(m_rows, n_cols, k_len, n_l)
-    return expand < direct
+def use_expansion(m_rows: int, n_cols: int, k_len: int, n_l: int, nbatch: int = 1, cost=None) -> bool:
+    """Whether row expansion beats the gather kernel for (M, K) @ (K, N) products (the batch size cancels)."""
+    expand, gather = _costs(m_rows, n_cols, k_len, n_l, cost)
+    return expand < gather
 
 
-def _is_small(m_rows: int, n_cols: int, k_len: int, n_l: int, nbatch: int) -> bool:
-    return nbatch * min(_costs(m_rows, n_cols, k_len, n_l)) < _SERIAL_NS
+def _is_small(m_rows: int, n_cols: int, k_len: int, n_l: int, nbatch: int, cost) -> bool:
+    """Whether the serial twins beat a parallel region (its fixed cost counted four times over: on a small
+    machine another process often holds a core)."""
+    return nbatch * min(_costs(m_rows, n_cols, k_len, n_l, cost)) < 4 * cost.parallel
 
 
 def _row_blocks(nbatch: int, n_cb: int, m_rows: int, nthreads: int) -> int:
@@ -182,10 +192,10 @@ def _row_blocks(nbatch: int, n_cb: int, m_rows: int, nthreads: int) -> int:
 class _Layout:
     """Blocking of an expansion that sweeps mx = max(M, N) rows and expands ny = min(M, N) columns."""
 
-    def __init__(self, m_rows, n_cols, k_len, n_l, nbatch, serial):
+    def __init__(self, m_rows, n_cols, k_len, n_l, nbatch, serial, cost):
         self.mx, self.ny = max(m_rows, n_cols), min(m_rows, n_cols)
         self.nbw = _nbw(self.ny)
-        self.kbs = _kb(n_l, k_len, self.nbw)
+        self.kbs = _kb(n_l, k_len, self.nbw, cost)
         self.nkb = -(-k_len // self.kbs)
         self.npad = -(-self.ny // self.nbw) * self.nbw
         # get_num_threads() also starts Numba's thread pool, which must exist before a kernel that calls
@@ -193,6 +203,7 @@ class _Layout:
         nthreads = numba.get_num_threads()
         self.n_rb = 1 if serial else _row_blocks(nbatch, self.npad // self.nbw, self.mx, nthreads)
         self.nthreads = 1 if serial else nthreads
+        self.wide = cost.width == 16
 
     def buffers(self, n_l, dtype):
         return _thread_buffers(self.nthreads, self.kbs * n_l * self.nbw, -(-self.mx // self.n_rb) * self.nbw, dtype)
@@ -205,8 +216,31 @@ def _decode_plain(x, m, truncate, serial, key):
     scale = _scratch(f"scale{key}", (nbatch, 1, rows, k_len), np.float32)
     emin = np.empty((nbatch, rows), np.int32)
     emax = np.empty((nbatch, rows), np.int32)
-    _k(_decode_rows_f32, serial)(x, m, truncate, idx, scale, emin, emax)
+    _k(_decode_rows_f32, serial)(x, m, truncate, idx, scale, emin, emax, 1, 0)  # plain indices
     return idx.reshape(nbatch, rows, k_len), scale.reshape(nbatch, rows, k_len), emin, emax
+
+
+def _decode_cols(y, m, truncate, serial, npad, cw):
+    """Decode the column operand y (batch, K, N) into (batch, K, npad) index/scale arrays padded with index 0,
+    scale 0, plus the per-column exponent ranges."""
+    nbatch, k_len, ny = y.shape
+    ib = _scratch("ib", (nbatch, k_len, npad), np.int32)
+    sb = _scratch("sb", (nbatch, k_len, npad), np.float32)
+    if y.strides[2] == 4:  # rows of y contiguous: decode row by row
+        nkc = -(-k_len // _KC)
+        pmin = np.empty((nbatch, nkc, ny), np.int32)
+        pmax = np.empty((nbatch, nkc, ny), np.int32)
+        _k(_decode_cols_rows_f32, serial)(y, m, truncate, ib, sb, pmin, pmax)
+        return ib, sb, pmin.min(axis=1), pmax.max(axis=1)
+    ymin = np.empty((nbatch, ny), np.int32)
+    ymax = np.empty((nbatch, ny), np.int32)
+    _k(_decode_cols_f32, serial)(y, m, truncate, ib, sb, ymin, ymax, cw)
+    return ib, sb, ymin, ymax
+
+
+def _lutt(kt):
+    lutt = getattr(kt, "lutt", None)
+    return np.ascontiguousarray(kt[0].T) if lutt is None else lutt
 
 
 def _lut_exp_range(kt, lut_e):
@@ -229,12 +263,18 @@ def gemm_f32(a, b, out, m, truncate, kt):
         out[...] = 0.0
         return out
     e_lo, e_hi = _lut_exp_range(kt, lut_e)
-    serial = _is_small(m_rows, n_cols, k_len, n_l, nbatch)
+    cost = _machine.costs()
+    serial = _is_small(m_rows, n_cols, k_len, n_l, nbatch, cost)
     swapped = False
-    if not use_expansion(m_rows, n_cols, k_len, n_l, nbatch):
-        ia, sa, xmin, xmax = _decode_plain(a, m, truncate, serial, "a")
-        ib, sb, ymin, ymax = _decode_plain(np.swapaxes(b, 1, 2), m, truncate, serial, "b")
-        _k(_direct_f32, serial)(out, ia, sa, ib, sb, lutf)
+    if not use_expansion(m_rows, n_cols, k_len, n_l, nbatch, cost):
+        swapped = _gather_swapped(m_rows, n_cols)
+        if swapped:  # C^T = B^T (x) A^T with the table transposed
+            x, y, c, lut = np.swapaxes(b, 1, 2), np.swapaxes(a, 1, 2), np.swapaxes(out, 1, 2), _lutt(kt)
+        else:
+            x, y, c, lut = a, b, out, lutf
+        ia, sa, xmin, xmax = _decode_plain(x, m, truncate, serial, "a")
+        ib, sb, ymin, ymax = _decode_cols(y, m, truncate, serial, -(-y.shape[2] // 8) * 8, 8)
+        _k(_gather_f32, serial)(c, ia, sa, ib, sb, lut)
     else:
         swapped = m_rows < n_cols
         if swapped:  # sweep the longer side: C^T = B^T (x) A^T with the table transposed
@@ -242,10 +282,8 @@ def gemm_f32(a, b, out, m, truncate, kt):
             lutt = lutf
         else:
             x, y, c = a, b, out
-            lutt = getattr(kt, "lutt", None)
-            if lutt is None:
-                lutt = np.ascontiguousarray(lutf.T)
-        lay = _Layout(m_rows, n_cols, k_len, n_l, nbatch, serial)
+            lutt = _lutt(kt)
+        lay = _Layout(m_rows, n_cols, k_len, n_l, nbatch, serial, cost)
         iap = _scratch("iap", (nbatch, lay.nkb, lay.mx, lay.kbs), np.int32)
         sap = _scratch("sap", (nbatch, lay.nkb, lay.mx, lay.kbs), np.float32)
         xmin = np.empty((nbatch, lay.mx), np.int32)
@@ -253,23 +291,19 @@ def gemm_f32(a, b, out, m, truncate, kt):
         if swapped:
             pmin = np.empty((nbatch, lay.nkb, lay.mx), np.int32)
             pmax = np.empty((nbatch, lay.nkb, lay.mx), np.int32)
-            _k(_decode_rows_t_f32, serial)(b, m, truncate, iap, sap, pmin, pmax)
+            _k(_decode_rows_t_f32, serial)(b, m, truncate, iap, sap, pmin, pmax, lay.nbw, n_l * lay.nbw)
             xmin, xmax = pmin.min(axis=1), pmax.max(axis=1)
         else:
-            _k(_decode_rows_f32, serial)(x, m, truncate, iap, sap, xmin, xmax)
-        ib = _scratch("ib", (nbatch, k_len, lay.npad), np.int32)
-        sb = _scratch("sb", (nbatch, k_len, lay.npad), np.float32)
-        ymin = np.empty((nbatch, lay.ny), np.int32)
-        ymax = np.empty((nbatch, lay.ny), np.int32)
-        _k(_decode_cols_f32, serial)(y, m, truncate, ib, sb, ymin, ymax, lay.nbw)
+            _k(_decode_rows_f32, serial)(x, m, truncate, iap, sap, xmin, xmax, lay.nbw, n_l * lay.nbw)
+        ib, sb, ymin, ymax = _decode_cols(y, m, truncate, serial, lay.npad, lay.nbw)
         tbuf, cbuf = lay.buffers(n_l, np.float32)
         with numba.parallel_chunksize(1):  # items are big: hand them out dynamically (a busy core stalls less)
-            _k(_expand, serial)(c, iap, sap, ib, sb, lutt, lay.nbw, lay.n_rb, tbuf, cbuf)
+            _k(_expand, serial)(c, iap, sap, ib, sb, lutt, lay.nbw, lay.n_rb, tbuf, cbuf, lay.wide)
     rows, cols = _windows(xmin, xmax, ymin, ymax, e_lo, e_hi, ranges)
     if rows[0].size or cols[0].size:
         if swapped:
             rows, cols = cols, rows
-        fix_serial = (rows[0].size * n_cols + cols[0].size * m_rows) * k_len * 3.0 < _SERIAL_NS
+        fix_serial = (rows[0].size * n_cols + cols[0].size * m_rows) * k_len * 3.0 < 4 * cost.parallel
         _k(_fixup_f32, fix_serial)(out, a, b, rows[0], rows[1], cols[0], cols[1], m, truncate, lut_e, lut_f)
     return out
 
@@ -288,8 +322,9 @@ def gemm_i32(ia, ib, out, lut):
     if k_len == 0:
         out[...] = 0
         return out
-    serial = _is_small(m_rows, n_cols, k_len, n_l, nbatch)
-    if not use_expansion(m_rows, n_cols, k_len, n_l, nbatch):
+    cost = _machine.costs()
+    serial = _is_small(m_rows, n_cols, k_len, n_l, nbatch, cost)
+    if not use_expansion(m_rows, n_cols, k_len, n_l, nbatch, cost):
         _k(_gemm_direct_i32, serial)(out, np.ascontiguousarray(ia), np.ascontiguousarray(np.swapaxes(ib, 1, 2)),
                                      lut, lut.dtype.type(0))
         return out
@@ -299,17 +334,17 @@ def gemm_i32(ia, ib, out, lut):
     else:
         y, c, lutt = ib, out, lut.T
     lutt = np.ascontiguousarray(lutt)
-    lay = _Layout(m_rows, n_cols, k_len, n_l, nbatch, serial)
+    lay = _Layout(m_rows, n_cols, k_len, n_l, nbatch, serial, cost)
     iap = _scratch("iap", (nbatch, lay.nkb, lay.mx, lay.kbs), np.int32)
     if swapped:
-        _k(_pack_rows_t_i32, serial)(ib, iap)
+        _k(_pack_rows_t_i32, serial)(ib, iap, lay.nbw, n_l * lay.nbw)
     else:
-        _k(_pack_rows_i32, serial)(ia, iap)
+        _k(_pack_rows_i32, serial)(ia, iap, lay.nbw, n_l * lay.nbw)
     ibp = _scratch("ib", (nbatch, k_len, lay.npad), np.int32)
     _k(_pad_cols_i32, serial)(y, ibp)
     tbuf, cbuf = lay.buffers(n_l, lutt.dtype)
     with numba.parallel_chunksize(1):
-        _k(_expand, serial)(c, iap, None, ibp, None, lutt, lay.nbw, lay.n_rb, tbuf, cbuf)
+        _k(_expand, serial)(c, iap, None, ibp, None, lutt, lay.nbw, lay.n_rb, tbuf, cbuf, lay.wide)
     return out
 
 

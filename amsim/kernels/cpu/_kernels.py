@@ -14,10 +14,23 @@ from numba.extending import overload
 
 from ... import _fpenv as fpenv
 from ..._operands import CANONICAL_NAN_BITS
-from ._simd import bits_to_f32, f32_to_bits, vadd, vload, vmul, vsplat, vstore, vtranspose_store
+from ._simd import (
+    bits_to_f32,
+    f32_to_bits,
+    vadd,
+    vgather,
+    vload,
+    vload16,
+    vmul,
+    vsplat,
+    vsplat16,
+    vstore,
+    vtranspose_store,
+)
 
 NAN_BITS = np.uint32(CANONICAL_NAN_BITS)
 NO_EXP = -100000  # lut_e value marking a zero table entry
+_LANES = np.arange(8, dtype=np.int32)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -82,40 +95,76 @@ def _decode_fast(xv, shift, lmask, rnd):
     e = np.int32((u >> np.uint32(23)) & np.uint32(0xFF))
     idx = np.int32((u >> sh) & np.uint32(lmask))
     scale = bits_to_f32(u & np.uint32(0xFF800000))
-    lo = np.int32(1000) if e == 0 else e - np.int32(127)
-    hi = np.int32(128) if infnan else (np.int32(-1000) if e == 0 else e - np.int32(127))
+    ue = np.int32(e - 127)  # (Numba widens int32 arithmetic to int64; int32 keeps the min/max vectors full)
+    lo = np.int32(1000) if e == 0 else ue
+    hi = np.int32(128) if infnan else (np.int32(-1000) if e == 0 else ue)
     return idx, scale, lo, hi
 
 
+_DR = 16  # rows per item of _decode_rows_f32
+
+
+@numba.njit(inline="always")
+def _put_panel(pi, ps, bi, bs, r0, nr, k0, unit_k):
+    """pi[r0 + r, kk] = bi[r, k0 + kk] + kk * unit_k and ps[r0 + r, kk] = bs[r, k0 + kk] for r < nr and the
+    panel's KB columns (fewer in the last panel): 8-lane copies where KB allows (LLVM does not vectorise this
+    loop itself: it cannot rule out that the arrays overlap)."""
+    kbs = pi.shape[1]
+    k_len = bi.shape[1]
+    n = min(kbs, k_len - k0)
+    n8 = n - n % 8 if kbs % 8 == 0 else 0
+    kv = vmul(vload(_LANES, 0), vsplat(np.int32(unit_k)))
+    for r in range(nr):
+        src = r * k_len + k0
+        dst = (r0 + r) * kbs
+        for kk in range(0, n8, 8):
+            vstore(pi, dst + kk, vadd(vload(bi, src + kk), vadd(kv, vsplat(np.int32(kk * unit_k)))))
+            vstore(ps, dst + kk, vload(bs, src + kk))
+        for kk in range(n8, n):
+            pi[r0 + r, kk] = bi[r, k0 + kk] + kk * unit_k
+            ps[r0 + r, kk] = bs[r, k0 + kk]
+
+
 @numba.njit(parallel=True, cache=True)
-def _decode_rows_f32(x, m, truncate, idx, scale, emin, emax):
+def _decode_rows_f32(x, m, truncate, idx, scale, emin, emax, unit_r, unit_k):
     """Swept operand x (batch, M, K) -> k-block panels idx/scale (batch, nkb, M, KB), per-row exponent range.
 
-    emin/emax: smallest/largest unbiased exponent of the row's normal operands (emax = 128: Inf/NaN present).
+    idx holds ``index * unit_r + kk * unit_k`` (kk the position in the k block): with unit_r = NB and
+    unit_k = 2**m * NB, the flat offset of the row in the expanded table the sweep loads, so the sweep does no
+    address arithmetic; (1, 0) gives plain table indices. emin/emax: smallest/largest unbiased exponent of
+    the row's normal operands (emax = 128: Inf/NaN present).
     """
     nbatch, m_rows, k_len = x.shape
+    nkb = idx.shape[1]
     kbs = idx.shape[3]
     shift = 23 - m
     lmask = (1 << m) - 1
     rnd = np.uint32(0) if truncate else np.uint32(0xFFFFFFFF)
-    for q in prange(nbatch * m_rows):
-        bt = q // m_rows
-        i = q - bt * m_rows
-        lo = np.int32(1000)
-        hi = np.int32(-1000)
-        for kbi in range(idx.shape[1]):
-            k0 = kbi * kbs
-            xr = x[bt, i, k0 : min(k0 + kbs, k_len)]
-            ir = idx[bt, kbi, i]
-            sr = scale[bt, kbi, i]
-            for kk in range(xr.shape[0]):
-                ix, sx, el, eh = _decode_fast(xr[kk], shift, lmask, rnd)
-                ir[kk] = ix
-                sr[kk] = sx
+    nrc = (m_rows + _DR - 1) // _DR
+    for q in prange(nbatch * nrc):
+        bt = q // nrc
+        r0 = (q - bt * nrc) * _DR
+        nr = min(m_rows, r0 + _DR) - r0
+        # _DR rows decoded in long row loops (they vectorise), then written panel by panel: contiguous runs of
+        # nr * KB elements (row by row, each row would write one short piece into every panel, far apart)
+        bi = np.empty((_DR, k_len), np.int32)
+        bs = np.empty((_DR, k_len), np.float32)
+        for r in range(nr):
+            xr = x[bt, r0 + r]
+            bir = bi[r]
+            bsr = bs[r]
+            lo = np.int32(1000)
+            hi = np.int32(-1000)
+            for k in range(k_len):
+                ix, sx, el, eh = _decode_fast(xr[k], shift, lmask, rnd)
+                bir[k] = ix * unit_r
+                bsr[k] = sx
                 lo = min(lo, el)
                 hi = max(hi, eh)
-        emin[bt, i] = lo
-        emax[bt, i] = hi
+            emin[bt, r0 + r] = lo
+            emax[bt, r0 + r] = hi
+        for kbi in range(nkb):
+            _put_panel(idx[bt, kbi], scale[bt, kbi], bi, bs, r0, nr, kbi * kbs, unit_k)
 
 
 _TR = 256  # rows per item of the transposing decoders
@@ -141,7 +190,7 @@ def _transpose_panel(dst, src, i0, nr, kb):
 
 
 @numba.njit(parallel=True, cache=True)
-def _decode_rows_t_f32(xt, m, truncate, idx, scale, pmin, pmax):
+def _decode_rows_t_f32(xt, m, truncate, idx, scale, pmin, pmax, unit_r, unit_k):
     """_decode_rows_f32 of x = xt^T, given xt (batch, K, M): when N > M the swept operand is B^T.
 
     Items are (batch, k block, 256 rows): each k row of xt is decoded contiguously into a buffer, which 8x8
@@ -174,9 +223,10 @@ def _decode_rows_t_f32(xt, m, truncate, idx, scale, pmin, pmax):
             xr = xt[bt, k0 + kk, i0 : i0 + nr]
             rbi = bi[kk]
             rbs = bs[kk]
+            off = kk * unit_k
             for ii in range(nr):
                 ix, sx, el, eh = _decode_fast(xr[ii], shift, lmask, rnd)
-                rbi[ii] = ix
+                rbi[ii] = ix * unit_r + off
                 rbs[ii] = sx
                 lo[ii] = min(lo[ii], el)
                 hi[ii] = max(hi[ii], eh)
@@ -220,9 +270,46 @@ def _decode_cols_f32(y, m, truncate, idx, scale, emin, emax, cw):
             emax[bt, j0 + j] = hi[j]
 
 
+_KC = 64  # k rows per item of _decode_cols_rows_f32
+
+
 @numba.njit(parallel=True, cache=True)
-def _pack_rows_i32(x, idx):
-    """Integer indices x (batch, M, K) -> k-block panels (batch, nkb, M, KB)."""
+def _decode_cols_rows_f32(y, m, truncate, idx, scale, pmin, pmax):
+    """_decode_cols_f32 for a y whose rows are contiguous, read row by row: items are (batch, _KC rows of y).
+
+    Exponent ranges are per chunk of rows, pmin/pmax (batch, nkc, N); the caller reduces them.
+    """
+    nbatch, k_len, n_cols = y.shape
+    npad = idx.shape[2]
+    nkc = pmin.shape[1]
+    shift = 23 - m
+    lmask = (1 << m) - 1
+    rnd = np.uint32(0) if truncate else np.uint32(0xFFFFFFFF)
+    for q in prange(nbatch * nkc):
+        bt = q // nkc
+        kc = q - bt * nkc
+        lo = pmin[bt, kc]
+        hi = pmax[bt, kc]
+        lo[:] = 1000
+        hi[:] = -1000
+        for k in range(kc * _KC, min(k_len, kc * _KC + _KC)):
+            yr = y[bt, k]
+            ir = idx[bt, k]
+            sr = scale[bt, k]
+            for j in range(n_cols):
+                ix, sx, el, eh = _decode_fast(yr[j], shift, lmask, rnd)
+                ir[j] = ix
+                sr[j] = sx
+                lo[j] = min(lo[j], el)
+                hi[j] = max(hi[j], eh)
+            for j in range(n_cols, npad):
+                ir[j] = 0
+                sr[j] = np.float32(0.0)
+
+
+@numba.njit(parallel=True, cache=True)
+def _pack_rows_i32(x, idx, unit_r, unit_k):
+    """Integer indices x (batch, M, K) -> k-block panels (batch, nkb, M, KB) of offsets (see _decode_rows_f32)."""
     nbatch, m_rows, k_len = x.shape
     kbs = idx.shape[3]
     for q in prange(nbatch * m_rows):
@@ -231,11 +318,11 @@ def _pack_rows_i32(x, idx):
         for k0 in range(0, k_len, kbs):
             kbi = k0 // kbs
             for kk in range(min(kbs, k_len - k0)):
-                idx[bt, kbi, i, kk] = x[bt, i, k0 + kk]
+                idx[bt, kbi, i, kk] = x[bt, i, k0 + kk] * unit_r + kk * unit_k
 
 
 @numba.njit(parallel=True, cache=True)
-def _pack_rows_t_i32(xt, idx):
+def _pack_rows_t_i32(xt, idx, unit_r, unit_k):
     """_pack_rows_i32 of x = xt^T, given xt (batch, K, M), reading xt along its rows (see _decode_rows_t_f32)."""
     nbatch, k_len, m_rows = xt.shape
     nkb = idx.shape[1]
@@ -253,8 +340,9 @@ def _pack_rows_t_i32(xt, idx):
         for kk in range(kb):
             xr = xt[bt, k0 + kk, i0 : i0 + nr]
             rbi = bi[kk]
+            off = kk * unit_k
             for ii in range(nr):
-                rbi[ii] = xr[ii]
+                rbi[ii] = xr[ii] * unit_r + off
         _transpose_panel(idx[bt, kbi], bi, i0, nr, kb)
 
 
@@ -375,15 +463,26 @@ def _ov_scaled(v, sb, k, j):
     return lambda v, sb, k, j: v * sb[k, j]
 
 
-def _splat(sa, i, kk):
-    """sa[i, kk] in all lanes, or None."""
+def _splat1(sr, kk):
+    """sr[kk] in all 8 lanes, or None."""
 
 
-@overload(_splat, inline="always")
-def _ov_splat(sa, i, kk):
-    if sa is types.none:
-        return lambda sa, i, kk: None
-    return lambda sa, i, kk: vsplat(sa[i, kk])
+@overload(_splat1, inline="always")
+def _ov_splat1(sr, kk):
+    if sr is types.none:
+        return lambda sr, kk: None
+    return lambda sr, kk: vsplat(sr[kk])
+
+
+def _splat16(sr, kk):
+    """sr[kk] in all 16 lanes, or None."""
+
+
+@overload(_splat16, inline="always")
+def _ov_splat16(sr, kk):
+    if sr is types.none:
+        return lambda sr, kk: None
+    return lambda sr, kk: vsplat16(sr[kk])
 
 
 def _madd(acc, s, v):
@@ -425,16 +524,18 @@ def _build_t(t, lutt, ib, sb, k0, kb, j0, nl, nbw):
     npad = ib.shape[1]
     if nl >= 8:
         for kk in range(kb):
+            ibr = ib[k0 + kk]
             for jc in range(0, nbw, 8):
-                o0 = ib[k0 + kk, j0 + jc] * nl
-                o1 = ib[k0 + kk, j0 + jc + 1] * nl
-                o2 = ib[k0 + kk, j0 + jc + 2] * nl
-                o3 = ib[k0 + kk, j0 + jc + 3] * nl
-                o4 = ib[k0 + kk, j0 + jc + 4] * nl
-                o5 = ib[k0 + kk, j0 + jc + 5] * nl
-                o6 = ib[k0 + kk, j0 + jc + 6] * nl
-                o7 = ib[k0 + kk, j0 + jc + 7] * nl
-                sv = _row_scale(sb, (k0 + kk) * npad + j0 + jc)
+                j = j0 + jc
+                o0 = ibr[j] * nl
+                o1 = ibr[j + 1] * nl
+                o2 = ibr[j + 2] * nl
+                o3 = ibr[j + 3] * nl
+                o4 = ibr[j + 4] * nl
+                o5 = ibr[j + 5] * nl
+                o6 = ibr[j + 6] * nl
+                o7 = ibr[j + 7] * nl
+                sv = _row_scale(sb, (k0 + kk) * npad + j)
                 for r in range(0, nl, 8):
                     vtranspose_store(t, (kk * nl + r) * nbw + jc, nbw, sv,
                                      vload(lutt, o0 + r), vload(lutt, o1 + r), vload(lutt, o2 + r),
@@ -448,15 +549,21 @@ def _build_t(t, lutt, ib, sb, k0, kb, j0, nl, nbw):
                     t[base + j] = _scaled(lutt[ib[k0 + kk, j0 + j], r], sb, k0 + kk, j0 + j)
 
 
+# The sweeps take the swept operand as offsets into T (see _decode_rows_f32) and hoist each row's panel rows
+# out of the k loop: what remains per row and k is one offset load, one broadcast, and a load, a multiply and
+# an add per vector.
 @numba.njit(cache=True)
-def _sweep32(ct, t, ia, sa, i0, i1, kb, nl):
+def _sweep32(ct, t, ia, sa, i0, i1, kb):
     """ct[i - i0, 0:32] += sum over kk of sa[i, kk] * T[kk, ia[i, kk], :], in kk order, for rows i0..i1-1.
 
-    Two rows at a time: each accumulator is a serial chain of adds, so independent rows hide the add latency.
+    Two rows at a time on 8-lane vectors: each accumulator is a serial chain of adds, so independent rows hide
+    the add latency.
     """
     i = i0
     while i + 2 <= i1:
         oc = (i - i0) * 32
+        x0, x1 = ia[i], ia[i + 1]
+        s0, s1 = _batch(sa, i), _batch(sa, i + 1)
         a0 = vload(ct, oc)
         a1 = vload(ct, oc + 8)
         a2 = vload(ct, oc + 16)
@@ -466,10 +573,10 @@ def _sweep32(ct, t, ia, sa, i0, i1, kb, nl):
         b2 = vload(ct, oc + 48)
         b3 = vload(ct, oc + 56)
         for kk in range(kb):
-            s = _splat(sa, i, kk)
-            o = (kk * nl + ia[i, kk]) * 32
-            u = _splat(sa, i + 1, kk)
-            p = (kk * nl + ia[i + 1, kk]) * 32
+            s = _splat1(s0, kk)
+            o = x0[kk]
+            u = _splat1(s1, kk)
+            p = x1[kk]
             a0 = _madd(a0, s, vload(t, o))
             b0 = _madd(b0, u, vload(t, p))
             a1 = _madd(a1, s, vload(t, o + 8))
@@ -489,13 +596,15 @@ def _sweep32(ct, t, ia, sa, i0, i1, kb, nl):
         i += 2
     if i < i1:
         oc = (i - i0) * 32
+        x0 = ia[i]
+        s0 = _batch(sa, i)
         a0 = vload(ct, oc)
         a1 = vload(ct, oc + 8)
         a2 = vload(ct, oc + 16)
         a3 = vload(ct, oc + 24)
         for kk in range(kb):
-            s = _splat(sa, i, kk)
-            o = (kk * nl + ia[i, kk]) * 32
+            s = _splat1(s0, kk)
+            o = x0[kk]
             a0 = _madd(a0, s, vload(t, o))
             a1 = _madd(a1, s, vload(t, o + 8))
             a2 = _madd(a2, s, vload(t, o + 16))
@@ -507,21 +616,80 @@ def _sweep32(ct, t, ia, sa, i0, i1, kb, nl):
 
 
 @numba.njit(cache=True)
-def _sweep8(ct, t, ia, sa, i0, i1, kb, nl):
+def _sweep32w(ct, t, ia, sa, i0, i1, kb):
+    """_sweep32 on 16-lane vectors (AVX-512: two registers per row of 32 columns), four rows at a time."""
+    i = i0
+    while i + 4 <= i1:
+        oc = (i - i0) * 32
+        x0, x1, x2, x3 = ia[i], ia[i + 1], ia[i + 2], ia[i + 3]
+        s0, s1, s2, s3 = _batch(sa, i), _batch(sa, i + 1), _batch(sa, i + 2), _batch(sa, i + 3)
+        a0 = vload16(ct, oc)
+        a1 = vload16(ct, oc + 16)
+        b0 = vload16(ct, oc + 32)
+        b1 = vload16(ct, oc + 48)
+        c0 = vload16(ct, oc + 64)
+        c1 = vload16(ct, oc + 80)
+        d0 = vload16(ct, oc + 96)
+        d1 = vload16(ct, oc + 112)
+        for kk in range(kb):
+            s = _splat16(s0, kk)
+            o = x0[kk]
+            u = _splat16(s1, kk)
+            p = x1[kk]
+            v = _splat16(s2, kk)
+            q = x2[kk]
+            w = _splat16(s3, kk)
+            r = x3[kk]
+            a0 = _madd(a0, s, vload16(t, o))
+            b0 = _madd(b0, u, vload16(t, p))
+            c0 = _madd(c0, v, vload16(t, q))
+            d0 = _madd(d0, w, vload16(t, r))
+            a1 = _madd(a1, s, vload16(t, o + 16))
+            b1 = _madd(b1, u, vload16(t, p + 16))
+            c1 = _madd(c1, v, vload16(t, q + 16))
+            d1 = _madd(d1, w, vload16(t, r + 16))
+        vstore(ct, oc, a0)
+        vstore(ct, oc + 16, a1)
+        vstore(ct, oc + 32, b0)
+        vstore(ct, oc + 48, b1)
+        vstore(ct, oc + 64, c0)
+        vstore(ct, oc + 80, c1)
+        vstore(ct, oc + 96, d0)
+        vstore(ct, oc + 112, d1)
+        i += 4
+    while i < i1:
+        oc = (i - i0) * 32
+        x0 = ia[i]
+        s0 = _batch(sa, i)
+        a0 = vload16(ct, oc)
+        a1 = vload16(ct, oc + 16)
+        for kk in range(kb):
+            s = _splat16(s0, kk)
+            o = x0[kk]
+            a0 = _madd(a0, s, vload16(t, o))
+            a1 = _madd(a1, s, vload16(t, o + 16))
+        vstore(ct, oc, a0)
+        vstore(ct, oc + 16, a1)
+        i += 1
+
+
+@numba.njit(cache=True)
+def _sweep8(ct, t, ia, sa, i0, i1, kb):
     """The 8-column sweep (narrow expanded operands): four rows at a time, one accumulator each."""
     i = i0
     while i + 4 <= i1:
         oc = (i - i0) * 8
+        x0, x1, x2, x3 = ia[i], ia[i + 1], ia[i + 2], ia[i + 3]
+        s0, s1, s2, s3 = _batch(sa, i), _batch(sa, i + 1), _batch(sa, i + 2), _batch(sa, i + 3)
         a0 = vload(ct, oc)
         a1 = vload(ct, oc + 8)
         a2 = vload(ct, oc + 16)
         a3 = vload(ct, oc + 24)
         for kk in range(kb):
-            base = kk * nl
-            a0 = _madd(a0, _splat(sa, i, kk), vload(t, (base + ia[i, kk]) * 8))
-            a1 = _madd(a1, _splat(sa, i + 1, kk), vload(t, (base + ia[i + 1, kk]) * 8))
-            a2 = _madd(a2, _splat(sa, i + 2, kk), vload(t, (base + ia[i + 2, kk]) * 8))
-            a3 = _madd(a3, _splat(sa, i + 3, kk), vload(t, (base + ia[i + 3, kk]) * 8))
+            a0 = _madd(a0, _splat1(s0, kk), vload(t, x0[kk]))
+            a1 = _madd(a1, _splat1(s1, kk), vload(t, x1[kk]))
+            a2 = _madd(a2, _splat1(s2, kk), vload(t, x2[kk]))
+            a3 = _madd(a3, _splat1(s3, kk), vload(t, x3[kk]))
         vstore(ct, oc, a0)
         vstore(ct, oc + 8, a1)
         vstore(ct, oc + 16, a2)
@@ -529,18 +697,21 @@ def _sweep8(ct, t, ia, sa, i0, i1, kb, nl):
         i += 4
     while i < i1:
         oc = (i - i0) * 8
+        x0 = ia[i]
+        s0 = _batch(sa, i)
         a0 = vload(ct, oc)
         for kk in range(kb):
-            a0 = _madd(a0, _splat(sa, i, kk), vload(t, (kk * nl + ia[i, kk]) * 8))
+            a0 = _madd(a0, _splat1(s0, kk), vload(t, x0[kk]))
         vstore(ct, oc, a0)
         i += 1
 
 
 @numba.njit(parallel=True, cache=True)
-def _expand(c, iap, sap, ib, sb, lutt, nbw, n_rb, tbuf, cbuf):
+def _expand(c, iap, sap, ib, sb, lutt, nbw, n_rb, tbuf, cbuf, wide):
     """c[bt] = x[bt] (x) y[bt] from the decoded panels (float: scales sap/sb; integer: both None).
 
-    ``c`` may be a transposed view; nbw (32 or 8) is the column-block width. See the module docstring.
+    ``c`` may be a transposed view; nbw (32 or 8) is the column-block width; ``wide``: sweep 32 columns on
+    16-lane vectors (same sums in the same order, so the same bits). See the module docstring.
     """
     nbatch, nkb, m_rows, kbs = iap.shape
     k_len = ib.shape[1]
@@ -565,10 +736,12 @@ def _expand(c, iap, sap, ib, sb, lutt, nbw, n_rb, tbuf, cbuf):
             k0 = kbi * kbs
             kb = min(kbs, k_len - k0)
             _build_t(t, lutt, ib[bt], _batch(sb, bt), k0, kb, j0, nl, nbw)
-            if nbw == 32:
-                _sweep32(ct, t, iap[bt, kbi], _panel(sap, bt, kbi), i0, i1, kb, nl)
+            if nbw == 32 and wide:
+                _sweep32w(ct, t, iap[bt, kbi], _panel(sap, bt, kbi), i0, i1, kb)
+            elif nbw == 32:
+                _sweep32(ct, t, iap[bt, kbi], _panel(sap, bt, kbi), i0, i1, kb)
             else:
-                _sweep8(ct, t, iap[bt, kbi], _panel(sap, bt, kbi), i0, i1, kb, nl)
+                _sweep8(ct, t, iap[bt, kbi], _panel(sap, bt, kbi), i0, i1, kb)
         nbv = min(nbw, n_cols - j0)
         for i in range(i0, i1):
             for j in range(nbv):
@@ -610,50 +783,82 @@ def _fixup_f32(c, a, b, row_bt, row_i, col_bt, col_j, m, truncate, lut_e, lut_f)
         fpenv.leave(fp)
 
 
-@numba.njit(parallel=True, cache=True)
-def _direct_f32(c, ia, sa, ib, sb, lutf):
-    """Per-element kernel for small problems: c[bt, i, j] = sum_k sa[i, k] * (LUT[ia[i, k], ib[j, k]] * sb[j, k]).
+_GR = 8  # rows per item of _gather_f32
 
-    Operands come decoded (B transposed, so both walk k contiguously); as on the expansion path, rows and
-    columns holding operands outside the exact window are recomputed afterwards. Four columns at a time give
-    four independent add chains.
+
+@numba.njit(parallel=True, cache=True)
+def _gather_f32(c, ia, sa, ib, sb, lutf):
+    """The GEMM without an expanded table, for problems whose swept side is too short to amortise one (conv
+    weight gradients: a few rows, a few columns, K of 10^5):
+
+        c[bt, i, j] = sum over k, in k order, of sa[i, k] * (LUT[ia[i, k], ib[k, j]] * sb[k, j])
+
+    the same products and sums as the expansion. Eight columns are one vector: per row and k, one gather of
+    eight table entries from row ia[i, k], two multiplies and an add; the column indices and scales of a k are
+    loaded once for _GR rows. ib/sb (batch, K, Npad) come padded to a multiple of 8 with index 0, scale 0.
+    Rows and columns holding operands outside the exact window are recomputed afterwards, as for expansion.
     """
     nbatch, m_rows, k_len = ia.shape
-    n_cols = ib.shape[1]
-    for q in prange(nbatch * m_rows):
-        bt = q // m_rows
-        i = q - bt * m_rows
+    npad = ib.shape[2]
+    n_cols = c.shape[2]
+    nl = lutf.shape[1]
+    ncb = npad // 8
+    nrb = (m_rows + _GR - 1) // _GR
+    for w in prange(nbatch * ncb * nrb):
+        bt = w // (ncb * nrb)
+        rest = w - bt * (ncb * nrb)
+        j0 = (rest // nrb) * 8
+        i0 = (rest - (rest // nrb) * nrb) * _GR
+        nr = min(m_rows, i0 + _GR) - i0
         fp = fpenv.enter()
-        xi = ia[bt, i]
-        xs = sa[bt, i]
-        j = 0
-        while j + 4 <= n_cols:
-            y0, y1, y2, y3 = ib[bt, j], ib[bt, j + 1], ib[bt, j + 2], ib[bt, j + 3]
-            t0, t1, t2, t3 = sb[bt, j], sb[bt, j + 1], sb[bt, j + 2], sb[bt, j + 3]
-            acc0 = np.float32(0.0)
-            acc1 = np.float32(0.0)
-            acc2 = np.float32(0.0)
-            acc3 = np.float32(0.0)
+        ibb = ib[bt]
+        sbb = sb[bt]
+        acc = np.zeros(_GR * 8, np.float32)  # the sums start from +0.0
+        if nr == _GR:
+            a0 = vload(acc, 0)
+            a1 = vload(acc, 8)
+            a2 = vload(acc, 16)
+            a3 = vload(acc, 24)
+            a4 = vload(acc, 32)
+            a5 = vload(acc, 40)
+            a6 = vload(acc, 48)
+            a7 = vload(acc, 56)
+            x0, x1, x2, x3 = ia[bt, i0], ia[bt, i0 + 1], ia[bt, i0 + 2], ia[bt, i0 + 3]
+            x4, x5, x6, x7 = ia[bt, i0 + 4], ia[bt, i0 + 5], ia[bt, i0 + 6], ia[bt, i0 + 7]
+            s0, s1, s2, s3 = sa[bt, i0], sa[bt, i0 + 1], sa[bt, i0 + 2], sa[bt, i0 + 3]
+            s4, s5, s6, s7 = sa[bt, i0 + 4], sa[bt, i0 + 5], sa[bt, i0 + 6], sa[bt, i0 + 7]
             for k in range(k_len):
-                s = xs[k]
-                row = lutf[xi[k]]
-                acc0 = acc0 + s * (row[y0[k]] * t0[k])
-                acc1 = acc1 + s * (row[y1[k]] * t1[k])
-                acc2 = acc2 + s * (row[y2[k]] * t2[k])
-                acc3 = acc3 + s * (row[y3[k]] * t3[k])
-            c[bt, i, j] = acc0
-            c[bt, i, j + 1] = acc1
-            c[bt, i, j + 2] = acc2
-            c[bt, i, j + 3] = acc3
-            j += 4
-        while j < n_cols:
-            y0 = ib[bt, j]
-            t0 = sb[bt, j]
-            acc0 = np.float32(0.0)
-            for k in range(k_len):
-                acc0 = acc0 + xs[k] * (lutf[xi[k], y0[k]] * t0[k])
-            c[bt, i, j] = acc0
-            j += 1
+                o = k * npad + j0
+                tb = vload(sbb, o)
+                a0 = vadd(a0, vmul(vsplat(s0[k]), vmul(vgather(lutf, x0[k] * nl, ibb, o), tb)))
+                a1 = vadd(a1, vmul(vsplat(s1[k]), vmul(vgather(lutf, x1[k] * nl, ibb, o), tb)))
+                a2 = vadd(a2, vmul(vsplat(s2[k]), vmul(vgather(lutf, x2[k] * nl, ibb, o), tb)))
+                a3 = vadd(a3, vmul(vsplat(s3[k]), vmul(vgather(lutf, x3[k] * nl, ibb, o), tb)))
+                a4 = vadd(a4, vmul(vsplat(s4[k]), vmul(vgather(lutf, x4[k] * nl, ibb, o), tb)))
+                a5 = vadd(a5, vmul(vsplat(s5[k]), vmul(vgather(lutf, x5[k] * nl, ibb, o), tb)))
+                a6 = vadd(a6, vmul(vsplat(s6[k]), vmul(vgather(lutf, x6[k] * nl, ibb, o), tb)))
+                a7 = vadd(a7, vmul(vsplat(s7[k]), vmul(vgather(lutf, x7[k] * nl, ibb, o), tb)))
+            vstore(acc, 0, a0)
+            vstore(acc, 8, a1)
+            vstore(acc, 16, a2)
+            vstore(acc, 24, a3)
+            vstore(acc, 32, a4)
+            vstore(acc, 40, a5)
+            vstore(acc, 48, a6)
+            vstore(acc, 56, a7)
+        else:
+            for r in range(nr):
+                xr = ia[bt, i0 + r]
+                sr = sa[bt, i0 + r]
+                a0 = vload(acc, r * 8)
+                for k in range(k_len):
+                    o = k * npad + j0
+                    a0 = vadd(a0, vmul(vsplat(sr[k]), vmul(vgather(lutf, xr[k] * nl, ibb, o), vload(sbb, o))))
+                vstore(acc, r * 8, a0)
+        nbv = min(8, n_cols - j0)
+        for r in range(nr):
+            for j in range(nbv):
+                c[bt, i0 + r, j0 + j] = acc[r * 8 + j]
         fpenv.leave(fp)
 
 
@@ -703,8 +908,9 @@ def _serial_twin(disp):
     return numba.njit(cache=True)(g)
 
 
-_PARALLEL_KERNELS = (_decode_rows_f32, _decode_rows_t_f32, _decode_cols_f32, _pack_rows_i32, _pack_rows_t_i32,
-                     _pad_cols_i32, _expand, _fixup_f32, _direct_f32, _gemm_direct_i32, _multiply_f32, _multiply_i32)
+_PARALLEL_KERNELS = (_decode_rows_f32, _decode_rows_t_f32, _decode_cols_f32, _decode_cols_rows_f32, _pack_rows_i32,
+                     _pack_rows_t_i32, _pad_cols_i32, _expand, _fixup_f32, _gather_f32, _gemm_direct_i32, _multiply_f32,
+                     _multiply_i32)
 _SERIAL = {k: _serial_twin(k) for k in _PARALLEL_KERNELS}
 
 

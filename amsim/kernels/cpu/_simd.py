@@ -1,5 +1,7 @@
-"""An 8-lane vector type for Numba, just enough to write register-blocked kernels, and float32 bit casts.
+"""8- and 16-lane vector types for Numba, just enough to write register-blocked kernels, and float32 bit casts.
 
+``vload``/``vsplat`` make 8-lane vectors (one AVX2 register), ``vload16``/``vsplat16`` 16-lane ones (one AVX-512
+register; LLVM splits them into two halves on CPUs without AVX-512, so either runs anywhere, bit-identically).
 No fast-math flags anywhere: LLVM keeps fmul and fadd separate (no FMA contraction), each rounded as IEEE says.
 """
 
@@ -10,75 +12,114 @@ from numba.core import types
 from numba.core.datamodel import models, register_default
 from numba.extending import intrinsic
 
-_W = 8
+_W = 8  # lanes of the vectors the 8x8 transposes work on
 
 
-class Vec8(types.Type):
-    def __init__(self, dtype):
+class Vec(types.Type):
+    def __init__(self, dtype, width):
         self.dtype = dtype
-        super().__init__(name=f"Vec8({dtype})")
+        self.width = width
+        super().__init__(name=f"Vec{width}({dtype})")
 
 
-@register_default(Vec8)
-class _Vec8Model(models.PrimitiveModel):
+@register_default(Vec)
+class _VecModel(models.PrimitiveModel):
     def __init__(self, dmm, fe_type):
-        super().__init__(dmm, fe_type, ir.VectorType(dmm.lookup(fe_type.dtype).get_value_type(), _W))
+        super().__init__(dmm, fe_type, ir.VectorType(dmm.lookup(fe_type.dtype).get_value_type(), fe_type.width))
 
 
-def _vty(context, dtype):
-    return ir.VectorType(context.get_value_type(dtype), _W)
+def _vty(context, dtype, width=_W):
+    return ir.VectorType(context.get_value_type(dtype), width)
 
 
-def _vptr(context, builder, aty, aval, off, dtype):
+def _vptr(context, builder, aty, aval, off, dtype, width=_W):
     ary = context.make_array(aty)(context, builder, aval)
-    return builder.bitcast(builder.gep(ary.data, [off]), _vty(context, dtype).as_pointer())
+    return builder.bitcast(builder.gep(ary.data, [off]), _vty(context, dtype, width).as_pointer())
 
 
 def _flat_ok(arr):
     return isinstance(arr, types.Array) and arr.layout == "C" and arr.dtype in (types.float32, types.int32)
 
 
-@intrinsic
-def vload(typingctx, arr, off):
-    """Elements ``off .. off+7`` of a C-contiguous array in flat order. No bounds check."""
-    if not (_flat_ok(arr) and isinstance(off, types.Integer)):
-        return None
+def _make_load(width):
+    @intrinsic
+    def load(typingctx, arr, off):
+        if not (_flat_ok(arr) and isinstance(off, types.Integer)):
+            return None
 
-    def codegen(context, builder, sig, args):
-        return builder.load(_vptr(context, builder, arr, args[0], args[1], arr.dtype), align=4)
+        def codegen(context, builder, sig, args):
+            return builder.load(_vptr(context, builder, arr, args[0], args[1], arr.dtype, width), align=4)
 
-    return Vec8(arr.dtype)(arr, off), codegen
+        return Vec(arr.dtype, width)(arr, off), codegen
+
+    load.__doc__ = f"Elements ``off .. off+{width - 1}`` of a C-contiguous array in flat order. No bounds check."
+    return load
+
+
+vload = _make_load(8)
+vload16 = _make_load(16)
 
 
 @intrinsic
 def vstore(typingctx, arr, off, v):
-    """Store a vector to elements ``off .. off+7`` of a C-contiguous array. No bounds check."""
-    if not (_flat_ok(arr) and isinstance(off, types.Integer) and isinstance(v, Vec8) and v.dtype == arr.dtype):
+    """Store a vector to elements ``off ..`` of a C-contiguous array. No bounds check."""
+    if not (_flat_ok(arr) and isinstance(off, types.Integer) and isinstance(v, Vec) and v.dtype == arr.dtype):
         return None
 
     def codegen(context, builder, sig, args):
-        builder.store(args[2], _vptr(context, builder, arr, args[0], args[1], arr.dtype), align=4)
+        ptr = _vptr(context, builder, arr, args[0], args[1], arr.dtype, v.width)
+        builder.store(args[2], ptr, align=4)
         return context.get_dummy_value()
 
     return types.void(arr, off, v), codegen
 
 
+def _make_splat(width):
+    @intrinsic
+    def splat(typingctx, x):
+        if x not in (types.float32, types.int32):
+            return None
+
+        def codegen(context, builder, sig, args):
+            vt = _vty(context, x, width)
+            v = builder.insert_element(ir.Constant(vt, None), args[0], ir.Constant(ir.IntType(32), 0))
+            return builder.shuffle_vector(v, v, ir.Constant(ir.VectorType(ir.IntType(32), width), [0] * width))
+
+        return Vec(x, width)(x), codegen
+
+    splat.__doc__ = f"``x`` in all {width} lanes."
+    return splat
+
+
+vsplat = _make_splat(8)
+vsplat16 = _make_splat(16)
+
+
 @intrinsic
-def vsplat(typingctx, x):
-    if x not in (types.float32, types.int32):
+def vgather(typingctx, arr, base, idx, off):
+    """8 lanes ``arr.flat[base + idx.flat[off + q]]``: table entries at 8 indices read from an int32 array
+    (both C-contiguous). No bounds check. Scalar loads: on Zen 4 they beat the gather instruction 1.6x."""
+    if not (_flat_ok(arr) and arr.dtype == types.float32 and isinstance(base, types.Integer)
+            and _flat_ok(idx) and idx.dtype == types.int32 and isinstance(off, types.Integer)):
         return None
 
     def codegen(context, builder, sig, args):
-        v = builder.insert_element(ir.Constant(_vty(context, x), None), args[0], ir.Constant(ir.IntType(32), 0))
-        return builder.shuffle_vector(v, v, ir.Constant(ir.VectorType(ir.IntType(32), _W), [0] * _W))
+        row = builder.gep(context.make_array(arr)(context, builder, args[0]).data, [args[1]])
+        ix = builder.gep(context.make_array(idx)(context, builder, args[2]).data, [args[3]])
+        v = ir.Constant(ir.VectorType(ir.FloatType(), _W), None)
+        for q in range(_W):
+            j = builder.load(builder.gep(ix, [ir.Constant(ir.IntType(64), q)]), align=4)
+            x = builder.load(builder.gep(row, [j]), align=4)
+            v = builder.insert_element(v, x, ir.Constant(ir.IntType(32), q))
+        return v
 
-    return Vec8(x)(x), codegen
+    return Vec(types.float32, _W)(arr, base, idx, off), codegen
 
 
 def _vbinop(fop, iop):
     @intrinsic
     def op(typingctx, a, b):
-        if not (isinstance(a, Vec8) and a == b):
+        if not (isinstance(a, Vec) and a == b):
             return None
 
         def codegen(context, builder, sig, args):
@@ -105,10 +146,10 @@ def vtranspose_store(typingctx, arr, off, stride, scale, v0, v1, v2, v3, v4, v5,
     Element p of v_q (times scale[q]) goes to flat element ``off + p * stride + q`` of ``arr``.
     """
     vs = (v0, v1, v2, v3, v4, v5, v6, v7)
-    if not (_flat_ok(arr) and all(isinstance(v, Vec8) and v.dtype == arr.dtype for v in vs)):
+    if not (_flat_ok(arr) and all(isinstance(v, Vec) and v.width == _W and v.dtype == arr.dtype for v in vs)):
         return None
-    has_scale = isinstance(scale, Vec8)
-    if has_scale and scale.dtype != arr.dtype:
+    has_scale = isinstance(scale, Vec)
+    if has_scale and (scale.dtype != arr.dtype or scale.width != _W):
         return None
 
     def codegen(context, builder, sig, args):

@@ -1,0 +1,281 @@
+"""What the CPU kernels know about the machine they run on: the vector width they use, and its measured costs.
+
+The float sweep exists for 8 float32 lanes (AVX2) and 16 (AVX-512). Where the CPU has AVX-512 both are measured
+and the faster is used (on Zen 4, which splits 512-bit operations into two halves, that can be the 8-lane one);
+elsewhere the 8-lane one. ``AMSIM_CPU_VECTOR_WIDTH=8`` or ``16`` forces one (the results are the same bits
+either way: only the speed differs).
+
+Those costs, the others that pick the kernel (expansion or direct, serial or parallel) and the expansion's
+block size are measured at first use, in about a second, and cached on disk beside Numba's cache of the kernels,
+keyed by the CPU, the vector width, the thread count, Numba's version and the kernels' source.
+``AMSIM_CPU_CALIBRATION=off`` uses fixed defaults instead (rough figures of Zen 3 and Zen 4 machines), for runs
+that must not spend the time or write the file.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import os
+import threading
+import time
+from dataclasses import asdict, dataclass, fields, replace
+from pathlib import Path
+
+import numba
+import numpy as np
+
+from ..._io import atomic_write
+from . import _kernels
+
+ENV_WIDTH = "AMSIM_CPU_VECTOR_WIDTH"
+ENV_CALIBRATION = "AMSIM_CPU_CALIBRATION"
+CACHE_NAME = "amsim_cpu_costs.json"
+T_BYTES_CHOICES = (32 << 10, 64 << 10, 128 << 10, 256 << 10)
+
+
+@dataclass(frozen=True)
+class Costs:
+    """Single-core costs in ns, and the expansion's block size.
+
+    Arguments:
+        build: per element of the expanded table, small tables (up to 512 rows).
+        build_large: per element of the expanded table, large tables (their rows come from L3 or memory).
+        sweep: per multiply-accumulate of the 32-column sweep.
+        sweep8: per multiply-accumulate of the 8-column sweep (narrow operands).
+        gather: per row, k and 8 columns of the gather kernel (tables up to 1 MiB).
+        parallel: fixed cost of one parallel region (both cores), the break-even against serial work.
+        t_bytes: size of one thread's expanded table, the fastest of ``T_BYTES_CHOICES``.
+        width: the vector width these costs were measured with (8 or 16 lanes).
+    """
+
+    build: float = 0.17
+    build_large: float = 0.17
+    sweep: float = 0.06
+    sweep8: float = 0.09
+    gather: float = 1.5
+    parallel: float = 25_000.0
+    t_bytes: int = 128 << 10
+    width: int = 8
+
+    @classmethod
+    def from_dict(cls, d) -> Costs | None:
+        """Costs from a cache entry, or None when it is not a well-formed one (a file is never trusted)."""
+        if not isinstance(d, dict) or set(d) != {f.name for f in fields(cls)}:
+            return None
+        vals = {}
+        for f in fields(cls):
+            v = d[f.name]
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not (0 < v < 1e9):
+                return None
+            vals[f.name] = v
+        if vals["t_bytes"] not in T_BYTES_CHOICES or vals["width"] not in (8, 16):
+            return None
+        return cls(**vals)
+
+
+DEFAULT_COSTS = Costs()
+
+
+# ---------------------------------------------------------------------------------------------------------
+# vector width
+# ---------------------------------------------------------------------------------------------------------
+@functools.cache
+def _host_features() -> frozenset:
+    import llvmlite.binding as ll
+
+    feats = numba.core.config.CPU_FEATURES or ll.get_host_cpu_features().flatten()
+    return frozenset(f[1:] for f in feats.split(",") if f.startswith("+"))
+
+
+@functools.cache
+def cpu_name() -> str:
+    """The CPU as LLVM (and so Numba) targets it, e.g. ``znver4`` or ``emeraldrapids``."""
+    import llvmlite.binding as ll
+
+    return numba.core.config.CPU_NAME or ll.get_host_cpu_name()
+
+
+def host_width() -> int:
+    """16 where the CPU has AVX-512 (and Numba targets it), else 8."""
+    return 16 if "avx512f" in _host_features() else 8
+
+
+def forced_width() -> int | None:
+    """``AMSIM_CPU_VECTOR_WIDTH`` (8 or 16) if set, else None (auto).
+
+    Raises:
+        ValueError: the variable holds something else.
+    """
+    v = os.environ.get(ENV_WIDTH, "").strip().lower()
+    if v in ("", "auto"):
+        return None
+    if v in ("8", "16"):
+        return int(v)
+    raise ValueError(f"{ENV_WIDTH}={v!r} is not a vector width: set it to 8 (AVX2 kernels), 16 (AVX-512 kernels) "
+                     "or auto (the widest this CPU has), or unset it.")
+
+
+# ---------------------------------------------------------------------------------------------------------
+# calibration
+# ---------------------------------------------------------------------------------------------------------
+def _best(f, n: int = 7) -> float:
+    f()
+    best = float("inf")
+    for _ in range(n):
+        t0 = time.perf_counter()
+        f()
+        best = min(best, time.perf_counter() - t0)
+    return best * 1e9
+
+
+def vector_width() -> int:
+    """The vector width the float sweep uses now (forced, or the measured faster one)."""
+    return costs().width
+
+
+def _expansion_case(rng, rows, k_len, nl, nbw, t_bytes, width):
+    """Decoded operands of one column block (rows x k_len) @ (k_len x nbw) with an nl-row table, as _expand
+    takes them, and the call that runs it serially. Scales are 1.0: the costs do not depend on values."""
+    from ._gemm import _thread_buffers
+
+    kbs = max(1, min(32, k_len, t_bytes // (nl * nbw * 4)))
+    nkb = -(-k_len // kbs)
+    kk = np.arange(kbs, dtype=np.int32)
+    iap = (rng.integers(0, nl, (1, nkb, rows, kbs)) * nbw + kk * (nl * nbw)).astype(np.int32)  # table offsets
+    sap = np.ones((1, nkb, rows, kbs), np.float32)
+    ib = rng.integers(0, nl, (1, k_len, nbw)).astype(np.int32)
+    sb = np.ones((1, k_len, nbw), np.float32)
+    lutt = rng.uniform(1.0, 4.0, (nl, nl)).astype(np.float32)
+    c = np.empty((1, rows, nbw), np.float32)
+    tbuf, cbuf = _thread_buffers(1, kbs * nl * nbw, rows * nbw, np.float32)
+    wide = width == 16
+    kern = _kernels._SERIAL[_kernels._expand]
+    return lambda: kern(c, iap, sap, ib, sb, lutt, nbw, 1, tbuf, cbuf, wide)
+
+
+def calibrate(width: int) -> Costs:
+    """Measure this machine's costs with the ``width``-lane sweep (about half a second, once compiled)."""
+    rng = np.random.default_rng(0)
+    k_len = 128
+    # sweep and block size: the same problem with each table-block size; the fastest block wins
+    big, small = 1024, 64
+    per_tb = {}
+    for tb in T_BYTES_CHOICES:
+        per_tb[tb] = _best(_expansion_case(rng, big, k_len, 128, 32, tb, width))
+    t_bytes = min(per_tb, key=per_tb.get)
+    t_small = _best(_expansion_case(rng, small, k_len, 128, 32, t_bytes, width))
+    # t(rows) = k_len * nbw * (nl * build + rows * sweep): two row counts separate the two costs
+    sweep = max((per_tb[t_bytes] - t_small) / ((big - small) * k_len * 32), 1e-3)
+    build = max((t_small - small * k_len * 32 * sweep) / (k_len * 32 * 128), 1e-3)
+    t8 = _best(_expansion_case(rng, big, k_len, 128, 8, t_bytes, width))
+    sweep8 = max((t8 - k_len * 8 * 128 * build) / (big * k_len * 8), 1e-3)
+    t_large = _best(_expansion_case(rng, 16, 4, 2048, 32, t_bytes, width), 2)
+    build_large = max((t_large - 16 * 4 * 32 * sweep) / (4 * 32 * 2048), build)
+    # gather kernel: 64 x 1024 x 8 with a 128 x 128 table
+    ia = rng.integers(0, 128, (1, 64, 1024)).astype(np.int32)
+    sa = np.ones((1, 64, 1024), np.float32)
+    ib = rng.integers(0, 128, (1, 1024, 8)).astype(np.int32)
+    sb = np.ones((1, 1024, 8), np.float32)
+    lutf = rng.uniform(1.0, 4.0, (128, 128)).astype(np.float32)
+    c = np.empty((1, 64, 8), np.float32)
+    gather_k = _kernels._SERIAL[_kernels._gather_f32]
+    gather = _best(lambda: gather_k(c, ia, sa, ib, sb, lutf)) / (64 * 1024)
+    # a parallel region: a parallel kernel on a trivial problem, less the same work done serially
+    c1, ione, one = np.empty((1, 1, 1), np.float32), np.zeros((1, 1, 8), np.int32), np.ones((1, 1, 8), np.float32)
+    ia1, sa1, lut1 = np.zeros((1, 1, 1), np.int32), np.ones((1, 1, 1), np.float32), np.ones((1, 1), np.float32)
+    par = _best(lambda: _kernels._gather_f32(c1, ia1, sa1, ione, one, lut1), 5)
+    ser = _best(lambda: gather_k(c1, ia1, sa1, ione, one, lut1), 5)
+    parallel = min(max(par - ser, 10_000.0), 1e6)  # idle-machine figures undersell it
+    return Costs(build=build, build_large=build_large, sweep=sweep, sweep8=sweep8, gather=gather,
+                 parallel=parallel, t_bytes=t_bytes, width=width)
+
+
+def _kernel_source_digest() -> str:
+    h = hashlib.sha256()
+    for f in (_kernels.__file__, __file__):
+        h.update(Path(f).read_bytes())
+    return h.hexdigest()[:16]
+
+
+def cache_key(width: int) -> str:
+    """What the measured costs stand for: the CPU (LLVM's name and features), the width, Numba, the kernels."""
+    feats = ",".join(sorted(_host_features()))
+    return "|".join([cpu_name(), hashlib.sha256(feats.encode()).hexdigest()[:12], f"w{width}",
+                     f"numba-{numba.__version__}", f"src-{_kernel_source_digest()}",
+                     f"threads-{numba.get_num_threads()}"])
+
+
+def cache_path() -> Path:
+    """Beside Numba's cache of these kernels: NUMBA_CACHE_DIR if set, else the kernels' ``__pycache__``."""
+    root = numba.core.config.CACHE_DIR
+    if root:
+        return Path(root) / CACHE_NAME
+    return Path(_kernels.__file__).parent / "__pycache__" / CACHE_NAME
+
+
+def _read_cache(path: Path) -> dict:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError, UnicodeDecodeError):
+        return {}
+    return data if isinstance(data, dict) and len(data) < 1000 else {}
+
+
+_lock = threading.Lock()
+_memo: dict[tuple, Costs] = {}
+
+
+def _measured(width: int) -> Costs:
+    """Costs at ``width`` from memory, the disk cache or a new calibration (which rewrites the file).
+
+    A missing, unreadable or malformed cache file, or entry, means a new calibration; a cache directory that
+    cannot be written means the measurement is kept for this process only.
+    """
+    memo_key = (width, numba.get_num_threads())
+    got = _memo.get(memo_key)
+    if got is not None:
+        return got
+    with _lock:
+        got = _memo.get(memo_key)
+        if got is not None:
+            return got
+        key = cache_key(width)
+        path = cache_path()
+        data = _read_cache(path)
+        got = Costs.from_dict(data.get(key))
+        if got is None or got.width != width:
+            got = calibrate(width)
+            data = {k: v for k, v in data.items() if Costs.from_dict(v) is not None}
+            data[key] = asdict(got)
+            try:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                atomic_write(path, json.dumps(data, indent=1, sort_keys=True))
+            except Exception:  # noqa: BLE001 - a read-only install: measure again next process
+                pass
+        _memo[memo_key] = got
+        return got
+
+
+_chosen: dict[tuple, Costs] = {}
+
+
+def costs() -> Costs:
+    """This machine's costs at the vector width in use: forced by ``AMSIM_CPU_VECTOR_WIDTH``, else the faster
+    sweep of those the CPU has (``DEFAULT_COSTS`` at the host width when ``AMSIM_CPU_CALIBRATION=off``)."""
+    env = (os.environ.get(ENV_WIDTH), os.environ.get(ENV_CALIBRATION), numba.get_num_threads())
+    got = _chosen.get(env)
+    if got is None:
+        got = _chosen[env] = _choose()
+    return got
+
+
+def _choose() -> Costs:
+    forced = forced_width()
+    if os.environ.get(ENV_CALIBRATION, "").strip().lower() in ("off", "0", "no", "false"):
+        return replace(DEFAULT_COSTS, width=forced or host_width())
+    if forced is not None:
+        return _measured(forced)
+    cands = [_measured(w) for w in ((8, 16) if host_width() == 16 else (8,))]
+    return min(cands, key=lambda c: c.sweep + c.build / 8)  # per MAC of a 1024-row sweep at m = 7

@@ -1,0 +1,157 @@
+"""The CPU kernels' knowledge of the machine: the vector width setting, and the calibration that picks kernels and
+block sizes, cached on disk (keyed by what it stands for, never trusted blindly, never fatal)."""
+
+import json
+
+import numpy as np
+import pytest
+
+import amsim
+from amsim import golden
+from amsim.kernels.cpu import _gemm, _machine
+
+from .support.bits import assert_bits_equal
+
+
+@pytest.fixture
+def fresh(tmp_path, monkeypatch):
+    """An empty on-disk cache (as beside Numba's cache dir) and no costs in memory; calibrations are counted."""
+    monkeypatch.setattr(_machine.numba.core.config, "CACHE_DIR", str(tmp_path))
+    monkeypatch.setattr(_machine, "_memo", {})
+    monkeypatch.setattr(_machine, "_chosen", {})
+    monkeypatch.delenv(_machine.ENV_CALIBRATION, raising=False)
+    monkeypatch.setenv(_machine.ENV_WIDTH, "8")
+    calls = []
+    real = _machine.calibrate
+
+    def counting(width):
+        calls.append(width)
+        return real(width)
+
+    monkeypatch.setattr(_machine, "calibrate", counting)
+    return tmp_path / _machine.CACHE_NAME, calls
+
+
+def test_width_setting(monkeypatch):
+    monkeypatch.setenv(_machine.ENV_WIDTH, "8")
+    assert _machine.vector_width() == 8
+    monkeypatch.setenv(_machine.ENV_WIDTH, "16")
+    assert _machine.vector_width() == 16
+    monkeypatch.setenv(_machine.ENV_WIDTH, "auto")
+    assert _machine.vector_width() in ((8, 16) if _machine.host_width() == 16 else (8,))
+    monkeypatch.setenv(_machine.ENV_WIDTH, "32")
+    with pytest.raises(ValueError, match="AMSIM_CPU_VECTOR_WIDTH='32' is not a vector width.*8.*16.*auto"):
+        _machine.vector_width()
+
+
+def test_bad_width_setting_is_one_clear_error_before_any_work(monkeypatch):
+    monkeypatch.setenv(_machine.ENV_WIDTH, "avx9000")
+    a = np.ones((40, 30), np.float32)
+    out = np.full((40, 40), 7.0, np.float32)
+    with pytest.raises(ValueError, match="AMSIM_CPU_VECTOR_WIDTH"):
+        amsim.matmul(a, a.T.copy(), amsim.multipliers.mbm(7), out=out)
+    assert (out == 7.0).all()  # nothing written
+
+
+def test_host_width_follows_the_cpu_features():
+    assert _machine.host_width() == (16 if "avx512f" in _machine._host_features() else 8)
+
+
+def test_calibration_is_measured_once_and_cached_on_disk(fresh):
+    path, calls = fresh
+    got = _machine.costs()
+    assert calls == [8] and got.width == 8
+    assert got.t_bytes in _machine.T_BYTES_CHOICES and 0 < got.sweep < 10 and 0 < got.build < 10
+    data = json.loads(path.read_text())
+    assert list(data) == [_machine.cache_key(8)]
+    assert _machine.Costs.from_dict(data[_machine.cache_key(8)]) == got
+    _machine._memo.clear()
+    _machine._chosen.clear()
+    assert _machine.costs() == got  # read back from the file
+    assert calls == [8]
+
+
+def test_cache_key_names_what_the_costs_stand_for(fresh, monkeypatch):
+    path, calls = fresh
+    _machine.costs()
+    key = _machine.cache_key(8)
+    assert _machine.cpu_name() in key and "w8" in key and f"numba-{_machine.numba.__version__}" in key
+    assert _machine.cache_key(16) != key
+    # another CPU (say, the cache directory copied to another machine): measured again, both entries kept
+    _machine._memo.clear()
+    _machine._chosen.clear()
+    monkeypatch.setattr(_machine, "cpu_name", lambda: "some-other-cpu")
+    _machine.costs()
+    assert calls == [8, 8]
+    assert len(json.loads(path.read_text())) == 2
+
+
+@pytest.mark.parametrize("content", [
+    b"", b"\x00\xff garbage", b"[1, 2, 3]", b'{"k": 1}', b"{" * 100000,
+    json.dumps({"KEY": {"build": -1.0}}).encode(), json.dumps({"KEY": {"build": "NaN"}}).encode(),
+    json.dumps({"KEY": dict(_machine.DEFAULT_COSTS.__dict__, t_bytes=12345)}).encode(),
+    json.dumps({"KEY": dict(_machine.DEFAULT_COSTS.__dict__, sweep=float("nan"))}).encode(),
+    json.dumps({"KEY": dict(_machine.DEFAULT_COSTS.__dict__, width=32)}).encode(),
+    json.dumps({"KEY": dict(_machine.DEFAULT_COSTS.__dict__, extra=1)}).encode(),
+], ids=range(11))
+def test_a_bad_cache_file_means_a_new_calibration(fresh, content):
+    path, calls = fresh
+    path.write_bytes(content.replace(b"KEY", _machine.cache_key(8).encode()))
+    got = _machine.costs()
+    assert calls == [8]
+    assert _machine.Costs.from_dict(json.loads(path.read_text())[_machine.cache_key(8)]) == got
+
+
+def test_an_unwritable_cache_directory_is_not_fatal(fresh, monkeypatch, tmp_path):
+    _, calls = fresh
+    blocker = tmp_path / "a_file"
+    blocker.write_text("")
+    monkeypatch.setattr(_machine.numba.core.config, "CACHE_DIR", str(blocker))  # a file, not a directory
+    got = _machine.costs()
+    assert calls == [8] and got.width == 8
+
+
+def test_calibration_off_uses_the_defaults_and_writes_nothing(fresh, monkeypatch):
+    path, calls = fresh
+    monkeypatch.setenv(_machine.ENV_CALIBRATION, "off")
+    assert _machine.costs() == _machine.DEFAULT_COSTS
+    assert calls == [] and not path.exists()
+
+
+def test_auto_width_takes_the_faster_measured_sweep(fresh, monkeypatch):
+    _, calls = fresh
+    monkeypatch.setenv(_machine.ENV_WIDTH, "auto")
+    monkeypatch.setattr(_machine, "host_width", lambda: 16)
+    fast8 = _machine.Costs(sweep=0.01, width=8)
+    fast16 = _machine.Costs(sweep=0.02, width=16)
+    monkeypatch.setattr(_machine, "calibrate", lambda w: fast8 if w == 8 else fast16)
+    assert _machine.costs() == fast8
+    monkeypatch.setattr(_machine, "host_width", lambda: 8)  # no AVX-512: never the 16-lane sweep
+    _machine._chosen.clear()
+    _machine._memo.clear()
+    monkeypatch.setattr(_machine, "calibrate", lambda w: fast16 if w == 16 else fast8)
+    assert _machine.costs().width == 8
+
+
+def test_kernel_and_block_size_follow_the_measured_costs(monkeypatch):
+    base = _machine.costs()
+    for gather, expect in ((1e-6, False), (1e6, True)):
+        monkeypatch.setattr(_machine, "costs", lambda g=gather: _machine.Costs(**dict(base.__dict__, gather=g)))
+        assert _gemm.use_expansion(64, 64, 64, 128) is expect
+    for t_bytes, kb in ((32 << 10, 2), (128 << 10, 8), (256 << 10, 16)):
+        cost = _machine.Costs(**dict(base.__dict__, t_bytes=t_bytes))
+        assert _gemm._kb(128, 1000, 32, cost) == kb
+
+
+def test_results_do_not_depend_on_the_costs(monkeypatch, rng):
+    a = rng.standard_normal((70, 90)).astype(np.float32)
+    b = rng.standard_normal((90, 50)).astype(np.float32)
+    mult = amsim.multipliers.mbm(7)
+    want = golden.matmul(a, b, mult)
+    base = _machine.costs()
+    for width in (8, 16):
+        for t_bytes in _machine.T_BYTES_CHOICES:
+            for gather in (1e-6, 1e6):
+                c = _machine.Costs(**dict(base.__dict__, t_bytes=t_bytes, gather=gather, width=width))
+                monkeypatch.setattr(_machine, "costs", lambda c=c: c)
+                assert_bits_equal(amsim.matmul(a, b, mult), want)
