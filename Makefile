@@ -32,6 +32,7 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_cpu_gemm.py
+	$(BIN)/python benchmarks/bench_train_step.py
 	$(BIN)/python benchmarks/bench_bridge.py
 
 gpu-check: $(STAMP)

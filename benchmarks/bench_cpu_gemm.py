@@ -13,7 +13,9 @@ machine when absolute numbers do not. The machine's load average is printed so n
 from __future__ import annotations
 
 import argparse
+import contextlib
 import ctypes
+import dataclasses
 import datetime
 import glob
 import json
@@ -63,6 +65,38 @@ def cpu_flags() -> str:
     return "?"
 
 
+def cpu_family_model() -> str:
+    """CPU family/model/stepping from /proc/cpuinfo: what a VM's bare "AMD EPYC" hides (25/17 is Zen 4 Genoa)."""
+    got = {}
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                key = line.split(":", 1)[0].strip()
+                if key in ("cpu family", "model", "stepping") and key not in got:
+                    got[key] = line.split(":", 1)[1].strip()
+                if len(got) == 3:
+                    break
+    except OSError:
+        return "?"
+    return f"family {got.get('cpu family', '?')} model {got.get('model', '?')} stepping {got.get('stepping', '?')}"
+
+
+def cache_size(level: str) -> str:
+    """Per-core cache size as sysfs reports it for CPU 0 (e.g. "1024K"), or "?"."""
+    for d in sorted(glob.glob("/sys/devices/system/cpu/cpu0/cache/index*")):
+        try:
+            with open(os.path.join(d, "level")) as f:
+                lvl = f.read().strip()
+            with open(os.path.join(d, "type")) as f:
+                typ = f.read().strip()
+            if f"L{lvl}" == level and typ in ("Unified", "Data"):
+                with open(os.path.join(d, "size")) as f:
+                    return f.read().strip()
+        except OSError:
+            continue
+    return "?"
+
+
 def blas_info() -> str:
     """Which BLAS numpy uses and, for OpenBLAS, the kernel (core) it picked at run time."""
     try:
@@ -96,11 +130,19 @@ def blas_info() -> str:
 
 
 def describe_machine() -> dict:
+    from amsim.kernels.cpu import _machine
+
+    costs = _machine.costs()
     return {
         "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
         "cpu": cpu_model(),
+        "cpu_family_model": cpu_family_model(),
         "simd": cpu_flags(),
-        "llvm_cpu": numba.core.config.CPU_NAME or __import__("llvmlite.binding").binding.get_host_cpu_name(),
+        "llvm_cpu": _machine.cpu_name(),
+        "host_vector_width": _machine.host_width(),
+        "vector_width": costs.width,
+        "calibrated_costs": dataclasses.asdict(costs),
+        "l2_cache": cache_size("L2"),
         "cores": os.cpu_count(),
         "numba_threads": numba.get_num_threads(),
         "threading_layer": None,  # filled in after the first parallel call
@@ -177,6 +219,23 @@ def naive_ns_per_mac(mult, size: int, repeats: int, rng) -> tuple[float, bool]:
 # ---------------------------------------------------------------------------------------------------------
 # cases
 # ---------------------------------------------------------------------------------------------------------
+@contextlib.contextmanager
+def forced_width(width):
+    """AMSIM_CPU_VECTOR_WIDTH set to ``width`` for the block (None: left as it is)."""
+    if width is None:
+        yield
+        return
+    old = os.environ.get("AMSIM_CPU_VECTOR_WIDTH")
+    os.environ["AMSIM_CPU_VECTOR_WIDTH"] = str(width)
+    try:
+        yield
+    finally:
+        if old is None:
+            del os.environ["AMSIM_CPU_VECTOR_WIDTH"]
+        else:
+            os.environ["AMSIM_CPU_VECTOR_WIDTH"] = old
+
+
 def gemm_case(label, batch, m_rows, k_len, n_cols, mult, repeats, rng, kind="float"):
     shape_a = batch + (m_rows, k_len)
     shape_b = batch + (k_len, n_cols)
@@ -227,6 +286,8 @@ def main(argv=None):
     ap.add_argument("--naive-size", type=int, default=None, help="N of the N^3 naive-simulation run (default 256, "
                     "quick 128)")
     ap.add_argument("--json", default=None, help="also write the results to this JSON file")
+    ap.add_argument("--both-widths", action="store_true", help="time every amsim case with the 8-lane and the "
+                    "16-lane float sweep forced (AMSIM_CPU_VECTOR_WIDTH), besides the automatic choice")
     args = ap.parse_args(argv)
     repeats = args.repeats or (4 if args.quick else 7)
     naive_size = args.naive_size or (128 if args.quick else 256)
@@ -243,20 +304,35 @@ def main(argv=None):
                   ("64 x (128x64 @ 64x128)", (64,), 128, 64, 128, mbm7),
                   ("8x1024x4096", (), 8, 1024, 4096, mbm7),
                   ("1024x1024x1024", (), 1024, 1024, 1024, amsim.multipliers.mbm(10)),
-                  ("1024x1024x1024", (), 1024, 1024, 1024, amsim.multipliers.mbm(11))]
+                  ("1024x1024x1024", (), 1024, 1024, 1024, amsim.multipliers.mbm(11)),
+                  # LeNet-5 training-step GEMMs (batch 128): conv2 input gradient, conv1 forward, conv1 and conv2
+                  # weight gradients, a dense layer
+                  ("25088x400x6 (conv2 dx)", (), 25088, 400, 6, mbm7),
+                  ("100352x25x6 (conv1 fwd)", (), 100352, 25, 6, mbm7),
+                  ("25x100352x6 (conv1 dW)", (), 25, 100352, 6, mbm7),
+                  ("150x12800x16 (conv2 dW)", (), 150, 12800, 16, mbm7),
+                  ("128x400x120 (fc1 fwd)", (), 128, 400, 120, mbm7)]
     for _, _, _, _, _, mult in cases:
         _ = mult.table  # build outside the timings
 
-    print(f"# amsim CPU GEMM benchmark ({'quick' if args.quick else 'full'}, best of {repeats})")
+    print(f"# amsim CPU GEMM benchmark ({'quick' if args.quick else 'full'}, best of {repeats}, float sweep "
+          f"{machine['vector_width']} lanes; CPU has {machine['host_vector_width']})")
     results = []
+    widths = (8, 16, None) if args.both_widths else (None,)
     for label, batch, m_rows, k_len, n_cols, mult in cases:
-        r = gemm_case(label, batch, m_rows, k_len, n_cols, mult, repeats, rng)
-        results.append(r)
-        print(f"  {label:24s} {mult.name:8s} amsim {r['amsim_gmacs']:7.2f} GMAC/s  numpy {r['numpy_gmacs']:7.2f} "
-              f"GMAC/s  ratio {r['ratio']:6.2f}", flush=True)
+        for width in widths:
+            with forced_width(width):
+                r = gemm_case(label, batch, m_rows, k_len, n_cols, mult, repeats, rng)
+            r["width"] = width or machine["vector_width"]
+            r["forced"] = width is not None
+            results.append(r)
+            tag = f"w{width}" if width else "auto"
+            print(f"  {label:24s} {mult.name:8s} {tag:4s} amsim {r['amsim_gmacs']:7.2f} GMAC/s  numpy "
+                  f"{r['numpy_gmacs']:7.2f} GMAC/s  ratio {r['ratio']:6.2f}", flush=True)
     int_mult = amsim.multipliers.exact_int(8)
     if not args.quick:
         r = gemm_case("1024x1024x1024 int8", (), 1024, 1024, 1024, int_mult, repeats, rng, kind="int")
+        r["width"], r["forced"] = machine["vector_width"], False
         results.append(r)
         print(f"  {r['case']:24s} {int_mult.name:8s} amsim {r['amsim_gmacs']:7.2f} GMAC/s  numpy(f32) "
               f"{r['numpy_gmacs']:7.2f} GMAC/s  ratio {r['ratio']:6.2f}", flush=True)
@@ -279,11 +355,12 @@ def main(argv=None):
     print("\n## machine")
     for k, v in machine.items():
         print(f"- {k}: {v}")
-    print("\n| case | multiplier | amsim GMAC/s | numpy f32 GMAC/s | amsim / numpy time | speed-up vs naive |")
-    print("| --- | --- | ---: | ---: | ---: | ---: |")
+    print("\n| case | multiplier | lanes | amsim GMAC/s | numpy f32 GMAC/s | amsim / numpy time | speed-up vs naive |")
+    print("| --- | --- | --- | ---: | ---: | ---: | ---: |")
     for r in results:
         sp = f"{r['speedup_vs_naive']:.0f}x" if r["speedup_vs_naive"] else "-"
-        print(f"| {r['case']} | {r['multiplier']} | {r['amsim_gmacs']:.2f} | {r['numpy_gmacs']:.2f} | "
+        lanes = f"{r['width']}{' (forced)' if r['forced'] else ''}"
+        print(f"| {r['case']} | {r['multiplier']} | {lanes} | {r['amsim_gmacs']:.2f} | {r['numpy_gmacs']:.2f} | "
               f"{r['ratio']:.2f} | {sp} |")
     if args.json:
         from amsim._io import atomic_write

@@ -5,7 +5,7 @@
 Both steps are jitted and timed in alternating blocks in the same process (best of ``--repeats`` after a
 warm-up), so the ratio holds even where absolute times drift. The approximate step runs the forward products
 and both gradient products through the multiplier; its GEMMs (the CPU kernel calls inside the step) are
-listed with their shapes and their share of the step, which says where the time goes.
+listed with their shapes, operand layouts and share of the step, which says where the time goes.
 """
 
 from __future__ import annotations
@@ -49,6 +49,11 @@ def make_step(model, params):
     return step, opt.init(params)
 
 
+def _layout(x) -> str:
+    """"r" for rows contiguous (row-major), "c" for columns contiguous (a transposed view), "-" otherwise."""
+    return "r" if x.strides[-1] == x.itemsize else ("c" if x.strides[-2] == x.itemsize else "-")
+
+
 class GemmLog:
     """Wraps the CPU GEMM drivers to record (kind, batch, M, K, N) and seconds of every call."""
 
@@ -64,7 +69,7 @@ class GemmLog:
                     return fn(a, b, out, *args)
                 t0 = time.perf_counter()
                 r = fn(a, b, out, *args)
-                c = self.calls[(name, a.shape[0], a.shape[1], a.shape[2], b.shape[2])]
+                c = self.calls[(name, a.shape[0], a.shape[1], a.shape[2], b.shape[2], _layout(a) + _layout(b))]
                 c[0] += 1
                 c[1] += time.perf_counter() - t0
                 return r
@@ -132,13 +137,14 @@ def main(argv=None):
           f"ratio {ratio:.2f}")
     rows = sorted(log.calls.items(), key=lambda kv: -kv[1][1])
     print(f"\nGEMMs of one approximate step (timed separately: {logged_step * 1e3:.2f} ms per step)")
-    print("| kind | batch x M x K x N | calls/step | ms/step | share |")
-    print("| --- | --- | ---: | ---: | ---: |")
+    print("| kind | batch x M x K x N | layouts (A, B) | calls/step | ms/step | share |")
+    print("| --- | --- | --- | ---: | ---: | ---: |")
     gemms = []
-    for (kind, nb, m_, k_, n_), (cnt, sec) in rows:
+    for (kind, nb, m_, k_, n_, lay), (cnt, sec) in rows:
         per = sec / reps
-        gemms.append({"kind": kind, "shape": [nb, m_, k_, n_], "calls": cnt // reps, "ms": per * 1e3})
-        print(f"| {kind} | {nb} x {m_} x {k_} x {n_} | {cnt // reps} | {per * 1e3:.2f} | "
+        gemms.append({"kind": kind, "shape": [nb, m_, k_, n_], "layouts": lay, "calls": cnt // reps,
+                      "ms": per * 1e3})
+        print(f"| {kind} | {nb} x {m_} x {k_} x {n_} | {lay} | {cnt // reps} | {per * 1e3:.2f} | "
               f"{100 * per / logged_step:.0f} % |")
     if args.json:
         from amsim._io import atomic_write

@@ -7,17 +7,18 @@ expand the table against the decoded B operand,
     T[k, ma, j] = LUT[ma, mb[k, j]] * s_b[k, j]            (all 2**m values of ma)
 
 and every row i of A then needs only ``acc[j] += s_a[i, k] * T[k, ma[i, k], j]``: a broadcast, a contiguous
-load, a multiply and an add on 8-lane vectors, with the 32 accumulators of a row held in registers over the
-k block. Both multiplications by powers of two are exact while everything stays in the normal range, so the
-result is the semantics' exactly formed product, added in k order with one float32 rounding per add (plain
-IEEE fmul/fadd, no fast-math, hence no FMA contraction).
+load, a multiply and an add on 16-lane (AVX-512) or 8-lane (AVX2) vectors, with the 32 accumulators of a row
+held in registers over the k block. Both multiplications by powers of two are exact while everything stays in
+the normal range, so the result is the semantics' exactly formed product, added in k order with one float32
+rounding per add (plain IEEE fmul/fadd, no fast-math, hence no FMA contraction).
 
 Layout matters more than arithmetic here:
 - T is built with 8x8 register transposes of rows of the *transposed* table (``T[k, r, j..j+7]`` is row r of
   ``LUT[:, mb[k, j..j+7]]``), a fraction of a cycle per element; it is sized to stay in L2.
-- A is decoded into k-block-major panels ``(k block, row, KB)`` and each work item accumulates into its own
-  contiguous (rows, 32) tile in a 2 MiB-aligned workspace: sweeping rows of the user's arrays directly runs
-  into 4 KiB cache aliasing, and scattered pages into L2 set conflicts.
+- A is decoded into k-block-major panels ``(k block, row, KB)`` that hold each operand's offset into T (the
+  sweep does no address arithmetic), and each work item accumulates into its own contiguous (rows, 32) tile
+  in a 2 MiB-aligned workspace: sweeping rows of the user's arrays directly runs into 4 KiB cache aliasing,
+  and scattered pages into L2 set conflicts.
 - One parallel region: work items are (batch, 32-column block, row block), handed out dynamically, and each
   thread owns its T and tile. Expansion costs ``2**m`` table rows per k and column block, amortised over the
   rows swept, so the larger of M and N is swept (computing C^T = B^T A^T when N > M).
@@ -27,8 +28,11 @@ their whole row or column "flagged"; those outputs are recomputed by the scalar 
 product from bits as the semantics say. The exponent window of each side is chosen per call from the data, so
 ordinary tensors never take that path. Zeros and subnormals stay on the fast path as signed zero scales.
 
-Problems too small to amortise an expansion use a direct per-element kernel; problems too small to amortise a
-parallel region run serial twins of the same kernels.
+Problems whose swept side is too short to amortise an expansion (a few rows, K of 10^5: conv weight gradients)
+use the gather kernel: the same products and sums, eight table entries loaded per row and k. Which kernel, the
+vector width, the k-block size and whether to run serially are decided from this machine's measured costs
+(``_machine.py``: a short calibration at first use, cached on disk); problems too small to amortise a parallel
+region run serial twins of the same kernels.
 
 Integer GEMM uses the same expansion without scales (int32 adds, exact: the caller bounds K * max|LUT|).
 """

@@ -147,23 +147,24 @@ def _decode_rows_f32(x, m, truncate, idx, scale, emin, emax, unit_r, unit_k):
         nr = min(m_rows, r0 + _DR) - r0
         # _DR rows decoded in long row loops (they vectorise), then written panel by panel: contiguous runs of
         # nr * KB elements (row by row, each row would write one short piece into every panel, far apart)
-        bi = np.empty((_DR, k_len), np.int32)
-        bs = np.empty((_DR, k_len), np.float32)
+        single = nkb == 1  # one panel: rows go straight into it, no buffer
+        bi = np.empty((1 if single else _DR, k_len), np.int32)
+        bs = np.empty((1 if single else _DR, k_len), np.float32)
         for r in range(nr):
             xr = x[bt, r0 + r]
-            bir = bi[r]
-            bsr = bs[r]
+            bir = idx[bt, 0, r0 + r] if single else bi[r]
+            bsr = scale[bt, 0, r0 + r] if single else bs[r]
             lo = np.int32(1000)
             hi = np.int32(-1000)
             for k in range(k_len):
                 ix, sx, el, eh = _decode_fast(xr[k], shift, lmask, rnd)
-                bir[k] = ix * unit_r
+                bir[k] = ix * unit_r + (k * unit_k if single else 0)
                 bsr[k] = sx
                 lo = min(lo, el)
                 hi = max(hi, eh)
             emin[bt, r0 + r] = lo
             emax[bt, r0 + r] = hi
-        for kbi in range(nkb):
+        for kbi in range(0 if single else nkb):
             _put_panel(idx[bt, kbi], scale[bt, kbi], bi, bs, r0, nr, kbi * kbs, unit_k)
 
 

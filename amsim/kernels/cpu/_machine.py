@@ -28,6 +28,7 @@ import numpy as np
 
 from ..._io import atomic_write
 from . import _kernels
+from ._buffers import _thread_buffers
 
 ENV_WIDTH = "AMSIM_CPU_VECTOR_WIDTH"
 ENV_CALIBRATION = "AMSIM_CPU_CALIBRATION"
@@ -138,8 +139,6 @@ def vector_width() -> int:
 def _expansion_case(rng, rows, k_len, nl, nbw, t_bytes, width):
     """Decoded operands of one column block (rows x k_len) @ (k_len x nbw) with an nl-row table, as _expand
     takes them, and the call that runs it serially. Scales are 1.0: the costs do not depend on values."""
-    from ._gemm import _thread_buffers
-
     kbs = max(1, min(32, k_len, t_bytes // (nl * nbw * 4)))
     nkb = -(-k_len // kbs)
     kk = np.arange(kbs, dtype=np.int32)
