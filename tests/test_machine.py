@@ -93,7 +93,9 @@ def test_cache_key_names_what_the_costs_stand_for(fresh, monkeypatch):
     json.dumps({"KEY": dict(_machine.DEFAULT_COSTS.__dict__, sweep=float("nan"))}).encode(),
     json.dumps({"KEY": dict(_machine.DEFAULT_COSTS.__dict__, width=32)}).encode(),
     json.dumps({"KEY": dict(_machine.DEFAULT_COSTS.__dict__, extra=1)}).encode(),
-], ids=range(11))
+    json.dumps({"KEY": dict(_machine.DEFAULT_COSTS.__dict__, t_bytes=131072.0)}).encode(),
+    json.dumps({"KEY": dict(_machine.DEFAULT_COSTS.__dict__, width=8.0)}).encode(),
+], ids=range(13))
 def test_a_bad_cache_file_means_a_new_calibration(fresh, content):
     path, calls = fresh
     path.write_bytes(content.replace(b"KEY", _machine.cache_key(8).encode()))

@@ -71,8 +71,9 @@ class Costs:
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not (0 < v < 1e9):
                 return None
             vals[f.name] = v
-        if vals["t_bytes"] not in T_BYTES_CHOICES or vals["width"] not in (8, 16):
-            return None
+        if not (type(vals["t_bytes"]) is int and vals["t_bytes"] in T_BYTES_CHOICES
+                and type(vals["width"]) is int and vals["width"] in (8, 16)):
+            return None  # (131072.0 == 131072, but a float block size would break the kernels' shapes)
         return cls(**vals)
 
 
