@@ -77,3 +77,64 @@ def test_matmul_data_dependent_exponent_windows(cpu_kernel, cpu_width, rng):
     b = (rng.standard_normal((16, 20)) * 2.0**60).astype(F)
     assert_bits_equal(amsim.matmul(a, b, mult), golden.matmul(a, b, mult))
     assert_bits_equal(amsim.matmul(b.T.copy(), a.T.copy(), mult), golden.matmul(b.T.copy(), a.T.copy(), mult))
+
+
+def _fast_path_matrix(rng, shape, specials=True):
+    """Normals over a spread of exponents with zeros, -0.0 and subnormals (all on the fast path) and, with
+    ``specials``, a few rows holding NaN, Inf or a huge value (recomputed by the exact path)."""
+    x = (rng.standard_normal(shape) * np.exp2(rng.integers(-20, 20, shape))).astype(F)
+    x[rng.random(shape) < 0.05] = 0.0
+    x[rng.random(shape) < 0.02] = -0.0
+    x[rng.random(shape) < 0.02] = F(3e-41)
+    if not specials:
+        return x
+    x[..., min(3, shape[-2] - 1), 1] = np.nan
+    x[..., min(10, shape[-2] - 1), 0] = -np.inf
+    x[..., min(20, shape[-2] - 1), -1] = F(2.0**120)
+    return x
+
+
+@pytest.mark.parametrize("serial", [False, True], ids=["parallel", "serial"])
+@pytest.mark.parametrize("rounding", ["nearest", "truncate"])
+@pytest.mark.parametrize("name", ["mbm7", "mitchell3", "exact1"])
+@pytest.mark.parametrize("shape", [(700, 100, 6), (301, 37, 20), (97, 45, 1), (2, 130, 90, 8)], ids=str)
+def test_matmul_fused_narrow_expansion(cpu_width, shape, name, rounding, serial, monkeypatch, rng):
+    """The expansion fused with decoding (one column block, several k blocks): taken, and exact, with vector
+    decodes that end in an overlapping vector (K not a multiple of 16) and batches."""
+    import dataclasses
+
+    from amsim.kernels.cpu import _gemm, _machine
+
+    real = _machine.costs
+    monkeypatch.setattr(_machine, "costs", lambda: dataclasses.replace(
+        real(), gather=1e6, parallel=1e12 if serial else 1e-3))
+    taken = []
+    narrow = _gemm._narrow_rows
+    monkeypatch.setattr(_gemm, "_narrow_rows", lambda *a: taken.append(narrow(*a)) or taken[-1])
+    mult = MULTS[name].with_rounding(rounding)
+    *batch, m_, k_, n_ = shape
+    a = _fast_path_matrix(rng, (*batch, m_, k_))
+    b = _fast_path_matrix(rng, (*batch, k_, n_), specials=False)
+    out = np.full((*batch, m_, n_), np.nan, F)
+    amsim.matmul(a, b, mult, out=out)
+    assert taken and all(t > 0 for t in taken)
+    ref = golden.matmul(a, b, mult)
+    assert_bits_equal(out, ref)
+    assert np.isfinite(ref).mean() > 0.9  # most outputs came from the sweep, not the exact path
+
+
+def test_gemm_fused_narrow_falls_back_on_views(cpu_width, monkeypatch, rng):
+    """The driver given a swept operand that is not C-contiguous (matmul itself passes contiguous ones) takes
+    the panels, with the same bits."""
+    from amsim.kernels.cpu import _gemm
+
+    taken = []
+    narrow = _gemm._narrow_rows
+    monkeypatch.setattr(_gemm, "_narrow_rows", lambda *a: taken.append(narrow(*a)) or taken[-1])
+    mult = MULTS["mbm7"]
+    a = _fast_path_matrix(rng, (100, 1400)).T[None]  # 1 x 1400 x 100, columns contiguous
+    b = _fast_path_matrix(rng, (1, 100, 6), specials=False)
+    out = np.full((1, 1400, 6), np.nan, F)
+    cpu.gemm_f32(a, b, out, 7, False, cpu.float_kernel_tables(mult.table.values))
+    assert_bits_equal(out[0], golden.matmul(a[0], b[0], mult))
+    assert taken == [0]

@@ -18,6 +18,7 @@ from ._kernels import (
     _decode_rows_f32,
     _decode_rows_t_f32,
     _expand,
+    _expand_narrow,
     _fixup_f32,
     _flagged,
     _gather_f32,
@@ -155,6 +156,25 @@ class _Layout:
         return _thread_buffers(self.nthreads, self.kbs * n_l * self.nbw, -(-self.mx // self.n_rb) * self.nbw, dtype)
 
 
+_TALL_MAX = 2 << 20  # bytes of _expand_narrow's whole-K table: it must stay in (about) one core's L2
+_FR_BYTES = 256 << 10  # of one thread's decoded rows in _expand_narrow
+
+
+def _narrow_rows(lay, x, k_len: int, n_l: int, nthreads: int) -> int:
+    """Rows per work item of _expand_narrow, or 0 where it does not apply.
+
+    It pays where each decoded row is swept once (one column block) and the panels would be spread over
+    several k blocks: scattering rows into the panels of a LeNet-5 conv input gradient (25088 x 400 @ 400 x 6)
+    cost twice what decoding them did, and the sweep again. The swept operand must be C-contiguous (rows of a
+    transposed view would be read across) and the whole-K table small (offsets into it int32).
+    """
+    t_elems = k_len * n_l * lay.npad
+    if lay.npad != lay.nbw or lay.nkb == 1 or not x.flags.c_contiguous or x.shape[0] * t_elems * 4 > _TALL_MAX:
+        return 0
+    fr = max(4, min(256, _FR_BYTES // (8 * k_len), -(-lay.mx // (4 * nthreads))))
+    return fr - fr % 4
+
+
 def _decode_plain(x, m, truncate, serial, key):
     """Decode x (batch, R, K) into (batch, R, K) index/scale arrays plus the per-row exponent ranges."""
     nbatch, rows, k_len = x.shape
@@ -230,21 +250,31 @@ def gemm_f32(a, b, out, m, truncate, kt):
             x, y, c = a, b, out
             lutt = _lutt(kt)
         lay = _Layout(m_rows, n_cols, k_len, n_l, nbatch, serial, cost)
-        iap = _scratch("iap", (nbatch, lay.nkb, lay.mx, lay.kbs), np.int32)
-        sap = _scratch("sap", (nbatch, lay.nkb, lay.mx, lay.kbs), np.float32)
+        ib, sb, ymin, ymax = _decode_cols(y, m, truncate, serial, lay.npad, lay.nbw)
         xmin = np.empty((nbatch, lay.mx), np.int32)
         xmax = np.empty((nbatch, lay.mx), np.int32)
-        if swapped:
-            pmin = np.empty((nbatch, lay.nkb, lay.mx), np.int32)
-            pmax = np.empty((nbatch, lay.nkb, lay.mx), np.int32)
-            _k(_decode_rows_t_f32, serial)(b, m, truncate, iap, sap, pmin, pmax, lay.nbw, n_l * lay.nbw)
-            xmin, xmax = pmin.min(axis=1), pmax.max(axis=1)
+        fr = 0 if swapped else _narrow_rows(lay, x, k_len, n_l, lay.nthreads)
+        if fr:  # one column block: decode and sweep fused
+            tall = _scratch("tall", (nbatch, lay.npad // lay.nbw, k_len * n_l * lay.nbw), np.float32)
+            pbi = _scratch("pbi", (lay.nthreads, fr, k_len), np.int32)
+            pbs = _scratch("pbs", (lay.nthreads, fr, k_len), np.float32)
+            ct = _scratch("ct", (lay.nthreads, fr * lay.nbw), np.float32)
+            with numba.parallel_chunksize(1):
+                _k(_expand_narrow, serial)(c, x, m, truncate, ib, sb, lutt, lay.nbw, fr, lay.kbs, tall, pbi, pbs, ct,
+                                           xmin, xmax, lay.wide)
         else:
-            _k(_decode_rows_f32, serial)(x, m, truncate, iap, sap, xmin, xmax, lay.nbw, n_l * lay.nbw)
-        ib, sb, ymin, ymax = _decode_cols(y, m, truncate, serial, lay.npad, lay.nbw)
-        tbuf, cbuf = lay.buffers(n_l, np.float32)
-        with numba.parallel_chunksize(1):  # items are big: hand them out dynamically (a busy core stalls less)
-            _k(_expand, serial)(c, iap, sap, ib, sb, lutt, lay.nbw, lay.n_rb, tbuf, cbuf, lay.wide)
+            iap = _scratch("iap", (nbatch, lay.nkb, lay.mx, lay.kbs), np.int32)
+            sap = _scratch("sap", (nbatch, lay.nkb, lay.mx, lay.kbs), np.float32)
+            if swapped:
+                pmin = np.empty((nbatch, lay.nkb, lay.mx), np.int32)
+                pmax = np.empty((nbatch, lay.nkb, lay.mx), np.int32)
+                _k(_decode_rows_t_f32, serial)(b, m, truncate, iap, sap, pmin, pmax, lay.nbw, n_l * lay.nbw)
+                xmin, xmax = pmin.min(axis=1), pmax.max(axis=1)
+            else:
+                _k(_decode_rows_f32, serial)(x, m, truncate, iap, sap, xmin, xmax, lay.nbw, n_l * lay.nbw)
+            tbuf, cbuf = lay.buffers(n_l, np.float32)
+            with numba.parallel_chunksize(1):  # items are big: hand them out dynamically (a busy core stalls less)
+                _k(_expand, serial)(c, iap, sap, ib, sb, lutt, lay.nbw, lay.n_rb, tbuf, cbuf, lay.wide)
     rows, cols = _windows(xmin, xmax, ymin, ymax, e_lo, e_hi, ranges)
     if rows[0].size or cols[0].size:
         if swapped:

@@ -18,10 +18,18 @@ from ._simd import (
     bits_to_f32,
     f32_to_bits,
     vadd,
+    vand,
+    vbitcast,
+    vfma_exact,
     vgather,
     vload,
     vload16,
+    vmax_lanes,
+    vmin_lanes,
     vmul,
+    vsel_eq,
+    vsel_lt,
+    vshr,
     vsplat,
     vsplat16,
     vstore,
@@ -31,6 +39,7 @@ from ._simd import (
 NAN_BITS = np.uint32(CANONICAL_NAN_BITS)
 NO_EXP = -100000  # lut_e value marking a zero table entry
 _LANES = np.arange(8, dtype=np.int32)
+_LANES16 = np.arange(16, dtype=np.int32)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -101,6 +110,79 @@ def _decode_fast(xv, shift, lmask, rnd):
     return idx, scale, lo, hi
 
 
+def _decode_row(xr, bir, bsr, shift, lmask, rnd, unit_r, koff, unit_k):
+    """Decode one row: bir[k] = index * unit_r + koff + k * unit_k, bsr[k] = scale; returns the row's (lo, hi)
+    exponent pair (see _decode_fast)."""
+
+
+@overload(_decode_row, inline="always")
+def _ov_decode_row(xr, bir, bsr, shift, lmask, rnd, unit_r, koff, unit_k):
+    if all(isinstance(a, types.Array) and a.layout == "C" for a in (xr, bir, bsr)):
+        return _decode_row16
+    return _decode_row_scalar
+
+
+def _decode_row_scalar(xr, bir, bsr, shift, lmask, rnd, unit_r, koff, unit_k):
+    lo = np.int32(1000)
+    hi = np.int32(-1000)
+    for k in range(xr.shape[0]):
+        ix, sx, el, eh = _decode_fast(xr[k], shift, lmask, rnd)
+        bir[k] = ix * unit_r + koff + k * unit_k
+        bsr[k] = sx
+        lo = min(lo, el)
+        hi = max(hi, eh)
+    return lo, hi
+
+
+def _decode_row16(xr, bir, bsr, shift, lmask, rnd, unit_r, koff, unit_k):
+    """_decode_row of C-contiguous rows: _decode_fast on 16-lane int32 vectors (Numba's code for the scalar loop
+    works on int64 lanes, three times slower); the same bits."""
+    k_len = xr.shape[0]
+    sh = vsplat16(np.int32(shift))
+    expm = vsplat16(np.int32(0x7F800000))
+    inc = vsplat16(np.int32((1 << (shift - 1)) - 1))
+    one = vsplat16(np.int32(1))
+    rndv = vsplat16(np.int32(-1) if rnd != 0 else np.int32(0))
+    keep = vsplat16(np.int32(~((1 << shift) - 1)))
+    sgn_exp = vsplat16(np.int32(-8388608))  # 0xFF800000: sign and exponent
+    e8 = vsplat16(np.int32(0xFF))
+    s23 = vsplat16(np.int32(23))
+    lm = vsplat16(np.int32(lmask))
+    bias = vsplat16(np.int32(-127))
+    zero = vsplat16(np.int32(0))
+    big = vsplat16(np.int32(1000))
+    small = vsplat16(np.int32(-1000))
+    e128 = vsplat16(np.int32(128))
+    ur = vsplat16(np.int32(unit_r))
+    lanes = vmul(vload16(_LANES16, 0), vsplat16(np.int32(unit_k)))
+    lo_v = big
+    hi_v = small
+    k = 0
+    while k < k_len and k_len >= 16:
+        k = min(k, k_len - 16)  # the last vector may overlap the one before: the same values written twice
+        u0 = vbitcast(vload16(xr, k), np.int32)
+        u = vand(vadd(u0, vand(vadd(inc, vand(vshr(u0, sh), one)), rndv)), keep)
+        e = vand(vshr(u, s23), e8)
+        ue = vadd(e, bias)
+        kv = vadd(lanes, vsplat16(np.int32(koff + k * unit_k)))
+        vstore(bir, k, vadd(vmul(vand(vshr(u, sh), lm), ur), kv))
+        vstore(bsr, k, vbitcast(vand(u, sgn_exp), np.float32))
+        lo = vsel_eq(e, zero, big, ue)
+        hi = vsel_eq(vand(u0, expm), expm, e128, vsel_eq(e, zero, small, ue))
+        lo_v = vsel_lt(lo, lo_v, lo, lo_v)
+        hi_v = vsel_lt(hi_v, hi, hi, hi_v)
+        k += 16
+    lo_s = vmin_lanes(lo_v)
+    hi_s = vmax_lanes(hi_v)
+    for kk in range(k, k_len):  # rows shorter than a vector
+        ix, sx, el, eh = _decode_fast(xr[kk], shift, lmask, rnd)
+        bir[kk] = ix * unit_r + koff + kk * unit_k
+        bsr[kk] = sx
+        lo_s = min(lo_s, el)
+        hi_s = max(hi_s, eh)
+    return lo_s, hi_s
+
+
 _DR = 16  # rows per item of _decode_rows_f32
 
 
@@ -154,14 +236,7 @@ def _decode_rows_f32(x, m, truncate, idx, scale, emin, emax, unit_r, unit_k):
             xr = x[bt, r0 + r]
             bir = idx[bt, 0, r0 + r] if single else bi[r]
             bsr = scale[bt, 0, r0 + r] if single else bs[r]
-            lo = np.int32(1000)
-            hi = np.int32(-1000)
-            for k in range(k_len):
-                ix, sx, el, eh = _decode_fast(xr[k], shift, lmask, rnd)
-                bir[k] = ix * unit_r + (k * unit_k if single else 0)
-                bsr[k] = sx
-                lo = min(lo, el)
-                hi = max(hi, eh)
+            lo, hi = _decode_row(xr, bir, bsr, shift, lmask, rnd, unit_r, 0, unit_k if single else 0)
             emin[bt, r0 + r] = lo
             emax[bt, r0 + r] = hi
         for kbi in range(0 if single else nkb):
@@ -487,14 +562,14 @@ def _ov_splat16(sr, kk):
 
 
 def _madd(acc, s, v):
-    """acc + s * v (one rounding each, never fused), or acc + v."""
+    """acc + s * v, the product exact (a power-of-two scale), so fusing it changes no bit; or acc + v."""
 
 
 @overload(_madd, inline="always")
 def _ov_madd(acc, s, v):
     if s is types.none:
         return lambda acc, s, v: vadd(acc, v)
-    return lambda acc, s, v: vadd(acc, vmul(s, v))
+    return lambda acc, s, v: vfma_exact(s, v, acc)
 
 
 def _panel(p, bt, kbi):
@@ -520,8 +595,9 @@ def _ov_batch(p, bt):
 
 
 @numba.njit(inline="always")
-def _build_t(t, lutt, ib, sb, k0, kb, j0, nl, nbw):
-    """T[kk, r, 0:nbw] = LUT[r, ib[k0+kk, j0:j0+nbw]] (* sb[...] unless sb is None); ``lutt`` is LUT transposed."""
+def _build_t(t, t0, lutt, ib, sb, k0, kb, j0, nl, nbw):
+    """T[kk, r, 0:nbw] = LUT[r, ib[k0+kk, j0:j0+nbw]] (* sb[...] unless sb is None) at flat offset t0 of t;
+    ``lutt`` is LUT transposed."""
     npad = ib.shape[1]
     if nl >= 8:
         for kk in range(kb):
@@ -538,14 +614,14 @@ def _build_t(t, lutt, ib, sb, k0, kb, j0, nl, nbw):
                 o7 = ibr[j + 7] * nl
                 sv = _row_scale(sb, (k0 + kk) * npad + j)
                 for r in range(0, nl, 8):
-                    vtranspose_store(t, (kk * nl + r) * nbw + jc, nbw, sv,
+                    vtranspose_store(t, t0 + (kk * nl + r) * nbw + jc, nbw, sv,
                                      vload(lutt, o0 + r), vload(lutt, o1 + r), vload(lutt, o2 + r),
                                      vload(lutt, o3 + r), vload(lutt, o4 + r), vload(lutt, o5 + r),
                                      vload(lutt, o6 + r), vload(lutt, o7 + r))
     else:  # 2 or 4 table rows: too few for the 8x8 transposes
         for kk in range(kb):
             for r in range(nl):
-                base = (kk * nl + r) * nbw
+                base = t0 + (kk * nl + r) * nbw
                 for j in range(nbw):
                     t[base + j] = _scaled(lutt[ib[k0 + kk, j0 + j], r], sb, k0 + kk, j0 + j)
 
@@ -554,7 +630,7 @@ def _build_t(t, lutt, ib, sb, k0, kb, j0, nl, nbw):
 # out of the k loop: what remains per row and k is one offset load, one broadcast, and a load, a multiply and
 # an add per vector.
 @numba.njit(cache=True)
-def _sweep32(ct, t, ia, sa, i0, i1, kb):
+def _sweep32(ct, t, ia, sa, i0, i1, k0, kb):
     """ct[i - i0, 0:32] += sum over kk of sa[i, kk] * T[kk, ia[i, kk], :], in kk order, for rows i0..i1-1.
 
     Two rows at a time on 8-lane vectors: each accumulator is a serial chain of adds, so independent rows hide
@@ -573,7 +649,7 @@ def _sweep32(ct, t, ia, sa, i0, i1, kb):
         b1 = vload(ct, oc + 40)
         b2 = vload(ct, oc + 48)
         b3 = vload(ct, oc + 56)
-        for kk in range(kb):
+        for kk in range(k0, k0 + kb):
             s = _splat1(s0, kk)
             o = x0[kk]
             u = _splat1(s1, kk)
@@ -603,7 +679,7 @@ def _sweep32(ct, t, ia, sa, i0, i1, kb):
         a1 = vload(ct, oc + 8)
         a2 = vload(ct, oc + 16)
         a3 = vload(ct, oc + 24)
-        for kk in range(kb):
+        for kk in range(k0, k0 + kb):
             s = _splat1(s0, kk)
             o = x0[kk]
             a0 = _madd(a0, s, vload(t, o))
@@ -617,7 +693,7 @@ def _sweep32(ct, t, ia, sa, i0, i1, kb):
 
 
 @numba.njit(cache=True)
-def _sweep32w(ct, t, ia, sa, i0, i1, kb):
+def _sweep32w(ct, t, ia, sa, i0, i1, k0, kb):
     """_sweep32 on 16-lane vectors (AVX-512: two registers per row of 32 columns), four rows at a time."""
     i = i0
     while i + 4 <= i1:
@@ -632,7 +708,7 @@ def _sweep32w(ct, t, ia, sa, i0, i1, kb):
         c1 = vload16(ct, oc + 80)
         d0 = vload16(ct, oc + 96)
         d1 = vload16(ct, oc + 112)
-        for kk in range(kb):
+        for kk in range(k0, k0 + kb):
             s = _splat16(s0, kk)
             o = x0[kk]
             u = _splat16(s1, kk)
@@ -664,7 +740,7 @@ def _sweep32w(ct, t, ia, sa, i0, i1, kb):
         s0 = _batch(sa, i)
         a0 = vload16(ct, oc)
         a1 = vload16(ct, oc + 16)
-        for kk in range(kb):
+        for kk in range(k0, k0 + kb):
             s = _splat16(s0, kk)
             o = x0[kk]
             a0 = _madd(a0, s, vload16(t, o))
@@ -675,7 +751,7 @@ def _sweep32w(ct, t, ia, sa, i0, i1, kb):
 
 
 @numba.njit(cache=True)
-def _sweep8(ct, t, ia, sa, i0, i1, kb):
+def _sweep8(ct, t, ia, sa, i0, i1, k0, kb):
     """The 8-column sweep (narrow expanded operands): four rows at a time, one accumulator each."""
     i = i0
     while i + 4 <= i1:
@@ -686,7 +762,7 @@ def _sweep8(ct, t, ia, sa, i0, i1, kb):
         a1 = vload(ct, oc + 8)
         a2 = vload(ct, oc + 16)
         a3 = vload(ct, oc + 24)
-        for kk in range(kb):
+        for kk in range(k0, k0 + kb):
             a0 = _madd(a0, _splat1(s0, kk), vload(t, x0[kk]))
             a1 = _madd(a1, _splat1(s1, kk), vload(t, x1[kk]))
             a2 = _madd(a2, _splat1(s2, kk), vload(t, x2[kk]))
@@ -701,7 +777,7 @@ def _sweep8(ct, t, ia, sa, i0, i1, kb):
         x0 = ia[i]
         s0 = _batch(sa, i)
         a0 = vload(ct, oc)
-        for kk in range(kb):
+        for kk in range(k0, k0 + kb):
             a0 = _madd(a0, _splat1(s0, kk), vload(t, x0[kk]))
         vstore(ct, oc, a0)
         i += 1
@@ -736,17 +812,82 @@ def _expand(c, iap, sap, ib, sb, lutt, nbw, n_rb, tbuf, cbuf, wide):
         for kbi in range(nkb):
             k0 = kbi * kbs
             kb = min(kbs, k_len - k0)
-            _build_t(t, lutt, ib[bt], _batch(sb, bt), k0, kb, j0, nl, nbw)
+            _build_t(t, 0, lutt, ib[bt], _batch(sb, bt), k0, kb, j0, nl, nbw)
             if nbw == 32 and wide:
-                _sweep32w(ct, t, iap[bt, kbi], _panel(sap, bt, kbi), i0, i1, kb)
+                _sweep32w(ct, t, iap[bt, kbi], _panel(sap, bt, kbi), i0, i1, 0, kb)
             elif nbw == 32:
-                _sweep32(ct, t, iap[bt, kbi], _panel(sap, bt, kbi), i0, i1, kb)
+                _sweep32(ct, t, iap[bt, kbi], _panel(sap, bt, kbi), i0, i1, 0, kb)
             else:
-                _sweep8(ct, t, iap[bt, kbi], _panel(sap, bt, kbi), i0, i1, kb)
+                _sweep8(ct, t, iap[bt, kbi], _panel(sap, bt, kbi), i0, i1, 0, kb)
         nbv = min(nbw, n_cols - j0)
         for i in range(i0, i1):
             for j in range(nbv):
                 c[bt, i, j0 + j] = ct[(i - i0) * nbw + j]
+        fpenv.leave(fp)
+
+
+_TK = 32  # k per item of the table build in _expand_narrow
+
+
+@numba.njit(parallel=True, cache=True)
+def _expand_narrow(c, x, m, truncate, ib, sb, lutt, nbw, fr, kbs, tall, pbi, pbs, cbuf, emin, emax, wide):
+    """_expand fused with the decoding of the swept operand x (batch, M, K), C-contiguous, for float GEMMs
+    whose expanded operand has a few column blocks (conv layers with a few channels).
+
+    Such GEMMs do a few multiply-accumulates per element of x, so moving x's decoded panels through memory
+    costs more than the sweep. Instead the whole expanded table, all of K for every column block (``tall``:
+    batch, blocks, K * 2**m * nbw; small enough for L2), is built first; then each work item decodes ``fr``
+    rows into its thread's buffers (pbi/pbs: threads x fr x K) and sweeps them over all of K, block by block.
+    emin/emax (batch, M): the rows' exponent ranges, as _decode_rows_f32 gives them.
+    """
+    nbatch, m_rows, k_len = x.shape
+    ncb = tall.shape[1]
+    nl = lutt.shape[0]
+    n_cols = c.shape[2]
+    tk = nl * nbw
+    shift = 23 - m
+    lmask = (1 << m) - 1
+    rnd = np.uint32(0) if truncate else np.uint32(0xFFFFFFFF)
+    nkc = (k_len + _TK - 1) // _TK
+    for q in prange(nbatch * ncb * nkc):
+        bt = q // (ncb * nkc)
+        rest = q - bt * (ncb * nkc)
+        cb = rest // nkc
+        k0 = (rest - cb * nkc) * _TK
+        fp = fpenv.enter()
+        _build_t(tall[bt, cb], k0 * tk, lutt, ib[bt], sb[bt], k0, min(_TK, k_len - k0), cb * nbw, nl, nbw)
+        fpenv.leave(fp)
+    nrb = (m_rows + fr - 1) // fr
+    for q in prange(nbatch * nrb):
+        bt = q // nrb
+        r0 = (q - bt * nrb) * fr
+        nr = min(m_rows, r0 + fr) - r0
+        fp = fpenv.enter()
+        tid = numba.get_thread_id()
+        bi = pbi[tid]
+        bs = pbs[tid]
+        ct = cbuf[tid]
+        for r in range(nr):
+            lo, hi = _decode_row(x[bt, r0 + r], bi[r], bs[r], shift, lmask, rnd, nbw, 0, tk)
+            emin[bt, r0 + r] = lo
+            emax[bt, r0 + r] = hi
+        for cb in range(ncb):
+            for p in range(nr * nbw):
+                ct[p] = 0  # the sum starts from +0.0
+            t = tall[bt, cb]
+            for k0 in range(0, k_len, kbs):  # by k blocks: the table rows a block reads stay in L2
+                kb = min(kbs, k_len - k0)
+                if nbw == 32 and wide:
+                    _sweep32w(ct, t, bi, bs, 0, nr, k0, kb)
+                elif nbw == 32:
+                    _sweep32(ct, t, bi, bs, 0, nr, k0, kb)
+                else:
+                    _sweep8(ct, t, bi, bs, 0, nr, k0, kb)
+            j0 = cb * nbw
+            nbv = min(nbw, n_cols - j0)
+            for i in range(nr):
+                for j in range(nbv):
+                    c[bt, r0 + i, j0 + j] = ct[i * nbw + j]
         fpenv.leave(fp)
 
 
@@ -831,14 +972,14 @@ def _gather_f32(c, ia, sa, ib, sb, lutf):
             for k in range(k_len):
                 o = k * npad + j0
                 tb = vload(sbb, o)
-                a0 = vadd(a0, vmul(vsplat(s0[k]), vmul(vgather(lutf, x0[k] * nl, ibb, o), tb)))
-                a1 = vadd(a1, vmul(vsplat(s1[k]), vmul(vgather(lutf, x1[k] * nl, ibb, o), tb)))
-                a2 = vadd(a2, vmul(vsplat(s2[k]), vmul(vgather(lutf, x2[k] * nl, ibb, o), tb)))
-                a3 = vadd(a3, vmul(vsplat(s3[k]), vmul(vgather(lutf, x3[k] * nl, ibb, o), tb)))
-                a4 = vadd(a4, vmul(vsplat(s4[k]), vmul(vgather(lutf, x4[k] * nl, ibb, o), tb)))
-                a5 = vadd(a5, vmul(vsplat(s5[k]), vmul(vgather(lutf, x5[k] * nl, ibb, o), tb)))
-                a6 = vadd(a6, vmul(vsplat(s6[k]), vmul(vgather(lutf, x6[k] * nl, ibb, o), tb)))
-                a7 = vadd(a7, vmul(vsplat(s7[k]), vmul(vgather(lutf, x7[k] * nl, ibb, o), tb)))
+                a0 = vfma_exact(vsplat(s0[k]), vmul(vgather(lutf, x0[k] * nl, ibb, o), tb), a0)
+                a1 = vfma_exact(vsplat(s1[k]), vmul(vgather(lutf, x1[k] * nl, ibb, o), tb), a1)
+                a2 = vfma_exact(vsplat(s2[k]), vmul(vgather(lutf, x2[k] * nl, ibb, o), tb), a2)
+                a3 = vfma_exact(vsplat(s3[k]), vmul(vgather(lutf, x3[k] * nl, ibb, o), tb), a3)
+                a4 = vfma_exact(vsplat(s4[k]), vmul(vgather(lutf, x4[k] * nl, ibb, o), tb), a4)
+                a5 = vfma_exact(vsplat(s5[k]), vmul(vgather(lutf, x5[k] * nl, ibb, o), tb), a5)
+                a6 = vfma_exact(vsplat(s6[k]), vmul(vgather(lutf, x6[k] * nl, ibb, o), tb), a6)
+                a7 = vfma_exact(vsplat(s7[k]), vmul(vgather(lutf, x7[k] * nl, ibb, o), tb), a7)
             vstore(acc, 0, a0)
             vstore(acc, 8, a1)
             vstore(acc, 16, a2)
@@ -854,7 +995,7 @@ def _gather_f32(c, ia, sa, ib, sb, lutf):
                 a0 = vload(acc, r * 8)
                 for k in range(k_len):
                     o = k * npad + j0
-                    a0 = vadd(a0, vmul(vsplat(sr[k]), vmul(vgather(lutf, xr[k] * nl, ibb, o), vload(sbb, o))))
+                    a0 = vfma_exact(vsplat(sr[k]), vmul(vgather(lutf, xr[k] * nl, ibb, o), vload(sbb, o)), a0)
                 vstore(acc, r * 8, a0)
         nbv = min(8, n_cols - j0)
         for r in range(nr):
@@ -910,8 +1051,8 @@ def _serial_twin(disp):
 
 
 _PARALLEL_KERNELS = (_decode_rows_f32, _decode_rows_t_f32, _decode_cols_f32, _decode_cols_rows_f32, _pack_rows_i32,
-                     _pack_rows_t_i32, _pad_cols_i32, _expand, _fixup_f32, _gather_f32, _gemm_direct_i32, _multiply_f32,
-                     _multiply_i32)
+                     _pack_rows_t_i32, _pad_cols_i32, _expand, _expand_narrow, _fixup_f32, _gather_f32,
+                     _gemm_direct_i32, _multiply_f32, _multiply_i32)
 _SERIAL = {k: _serial_twin(k) for k in _PARALLEL_KERNELS}
 
 

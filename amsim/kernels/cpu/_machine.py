@@ -27,7 +27,7 @@ import numba
 import numpy as np
 
 from ..._io import atomic_write
-from . import _kernels
+from . import _kernels, _simd
 from ._buffers import _thread_buffers
 
 ENV_WIDTH = "AMSIM_CPU_VECTOR_WIDTH"
@@ -194,7 +194,7 @@ def calibrate(width: int) -> Costs:
 
 def _kernel_source_digest() -> str:
     h = hashlib.sha256()
-    for f in (_kernels.__file__, __file__):
+    for f in (_kernels.__file__, _simd.__file__, __file__):
         h.update(Path(f).read_bytes())
     return h.hexdigest()[:16]
 

@@ -8,7 +8,7 @@ No fast-math flags anywhere: LLVM keeps fmul and fadd separate (no FMA contracti
 from __future__ import annotations
 
 from llvmlite import ir
-from numba.core import types
+from numba.core import cgutils, types
 from numba.core.datamodel import models, register_default
 from numba.extending import intrinsic
 
@@ -133,6 +133,111 @@ def _vbinop(fop, iop):
 # no fast-math flags on these: LLVM keeps fmul and fadd separate (no FMA), each rounded as IEEE says
 vadd = _vbinop("fadd", "add")
 vmul = _vbinop("fmul", "mul")
+
+
+def _vintop(iop):
+    @intrinsic
+    def op(typingctx, a, b):
+        if not (isinstance(a, Vec) and a == b and a.dtype == types.int32):
+            return None
+
+        def codegen(context, builder, sig, args):
+            return getattr(builder, iop)(args[0], args[1])
+
+        return a(a, b), codegen
+
+    return op
+
+
+# bitwise ops and shifts of int32 vectors (lshr: logical; shift counts below 32)
+vand = _vintop("and_")
+vor = _vintop("or_")
+vshr = _vintop("lshr")
+vshl = _vintop("shl")
+
+
+def _vcmpsel(pred):
+    @intrinsic
+    def op(typingctx, a, b, x, y):
+        if not (isinstance(a, Vec) and a == b and a.dtype == types.int32 and isinstance(x, Vec) and x == y
+                and x.width == a.width):
+            return None
+
+        def codegen(context, builder, sig, args):
+            return builder.select(builder.icmp_signed(pred, args[0], args[1]), args[2], args[3])
+
+        return x(a, b, x, y), codegen
+
+    return op
+
+
+# per lane: x where a (pred) b else y, int32 lanes compared as signed
+vsel_eq = _vcmpsel("==")
+vsel_lt = _vcmpsel("<")
+
+
+@intrinsic
+def vbitcast(typingctx, v, dtype):
+    """The lanes of ``v`` reinterpreted as ``dtype`` (float32 <-> int32, a register bitcast)."""
+    if not isinstance(v, Vec) or not isinstance(dtype, (types.DType, types.NumberClass)):
+        return None
+    to = dtype.dtype if isinstance(dtype, types.DType) else dtype.instance_type
+    if {v.dtype, to} != {types.float32, types.int32}:
+        return None
+
+    def codegen(context, builder, sig, args):
+        return builder.bitcast(args[0], _vty(context, to, v.width))
+
+    return Vec(to, v.width)(v, dtype), codegen
+
+
+def _vreduce(name):
+    @intrinsic
+    def op(typingctx, v):
+        if not (isinstance(v, Vec) and v.dtype == types.int32):
+            return None
+
+        def codegen(context, builder, sig, args):
+            vt = args[0].type
+            fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(vt.element, [vt]),
+                                                f"llvm.vector.reduce.{name}.v{v.width}i32")
+            return builder.call(fn, [args[0]])
+
+        return types.int32(v), codegen
+
+    return op
+
+
+# the smallest / largest lane of an int32 vector (signed)
+vmin_lanes = _vreduce("smin")
+vmax_lanes = _vreduce("smax")
+
+
+def _host_has_fma() -> bool:
+    import llvmlite.binding as ll
+    from numba.core import config
+
+    feats = config.CPU_FEATURES or ll.get_host_cpu_features().flatten()
+    return "+fma" in feats.split(",") or ll.get_process_triple().startswith(("aarch64", "arm64"))
+
+
+@intrinsic
+def vfma_exact(typingctx, a, b, c):
+    """``a * b + c`` for float vectors whose products ``a * b`` are exact (a power-of-two scale times a value in
+    the normal range, or a zero): one instruction where the CPU has FMA, else fmul then fadd. With an exact
+    product the fused and the separate forms round the same sum once, so they give the same bits."""
+    if not (isinstance(a, Vec) and a == b == c and a.dtype == types.float32):
+        return None
+
+    def codegen(context, builder, sig, args):
+        if not _host_has_fma():
+            return builder.fadd(builder.fmul(args[0], args[1]), args[2])
+        vt = args[0].type
+        fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(vt, [vt, vt, vt]),
+                                            f"llvm.fma.v{a.width}f32")
+        return builder.call(fn, list(args))
+
+    return a(a, b, c), codegen
 
 
 def _shuffle(builder, a, b, mask):
