@@ -29,6 +29,7 @@ from ._evaluate import (
     layers_table,
     sensitivity,
 )
+from ._malloc import reuse_freed_memory
 from ._metrics import ErrorStats, format_table
 from ._multiplier import Multiplier, int_multiplier, multiplier
 from ._ops import matmul, multiply
@@ -59,6 +60,7 @@ __all__ = [
     "gpu",
     "interop",
     "error_heatmap",
+    "reuse_freed_memory",
     "RunConfig",
     "RunResult",
     "TrainingInterrupted",

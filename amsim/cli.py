@@ -378,6 +378,9 @@ def main(argv=None) -> int:
     p.add_argument("--finetune-epochs", type=int, default=0, help="fine-tune the chosen assignment and report it")
     p.set_defaults(fn=cmd_search)
     args = ap.parse_args(argv)
+    from ._malloc import reuse_freed_memory
+
+    reuse_freed_memory()  # a command is the process's owner: steps reuse their buffers' pages (see _malloc.py)
     if not args.evoapprox_dir:
         return guarded(lambda: args.fn(args), args.debug)
     from ._train import EVOAPPROX_ENV

@@ -71,6 +71,9 @@ def _workflow(a) -> int:
 
 def main(argv=None) -> int:
     a = _args(sys.argv[1:] if argv is None else argv)
+    from ._malloc import reuse_freed_memory
+
+    reuse_freed_memory()
     return cli.guarded(lambda: _workflow(a))
 
 

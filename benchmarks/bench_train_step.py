@@ -93,7 +93,11 @@ def main(argv=None):
     ap.add_argument("--batch", type=int, default=128)
     ap.add_argument("--repeats", type=int, default=15)
     ap.add_argument("--json", default=None, help="also write the results to this JSON file")
+    ap.add_argument("--default-malloc", action="store_true",
+                    help="leave glibc's allocator as it is (the amsim commands make it reuse freed memory)")
     args = ap.parse_args(argv)
+    malloc = "default" if args.default_malloc else ("reuse freed memory (amsim.reuse_freed_memory)"
+                                                    if amsim.reuse_freed_memory() else "default (no mallopt)")
     mult = amsim._train.resolve_multiplier(args.multiplier)
     rng = np.random.default_rng(0)
     x = jnp.asarray(rng.standard_normal((args.batch, 28, 28, 1), dtype=np.float32))
@@ -129,6 +133,7 @@ def main(argv=None):
     machine = describe_machine()
     machine["jax"] = jax.__version__
     machine["vector_width"] = _gemm._machine.costs().width
+    machine["malloc"] = malloc
     ratio = best["approx"] / best["fp32"]
     print(f"# LeNet-5 training step, batch {args.batch}, {mult.name} (forward and both gradient products)")
     for k, v in machine.items():

@@ -101,3 +101,27 @@ def _vary_like(out, *inputs):
         return out
     missing = tuple(sorted(a for a in want if a not in have))
     return jax.lax.pcast(out, missing, to="varying") if missing else out
+
+
+@functools.cache
+def _patches_fn(geometry, transposed: bool):
+    from ..kernels import cpu
+
+    def callback(ctx, out, xp):
+        cpu.conv_patches(np.asarray(xp), np.asarray(out), *geometry, transposed)
+
+    return callback
+
+
+def host_patches(xp, start, step, count, ty, tx, groups: int, transposed: bool):
+    """The patch matrix of a 2-D convolution class, written by amsim's CPU kernel (see
+    ``amsim/kernels/cpu/_patches.py``) from the padded input xp (N, H, W, C): (G, N * OH * OW, taps * Cg), or
+    its per-group transpose. CPU buffers only: the conv op selects it for the CPU with ``lax.platform_dependent``.
+    """
+    n, c = xp.shape[0], xp.shape[-1]
+    rows, k = n * count[0] * count[1], len(ty) * len(tx) * (c // groups)
+    shape = (groups, k, rows) if transposed else (groups, rows, k)
+    geometry = tuple(tuple(int(v) for v in t) for t in (start, step, count, ty, tx))
+    f = buffer_callback(_patches_fn(geometry, transposed), jax.ShapeDtypeStruct(shape, jnp.float32),
+                        vmap_method="expand_dims")
+    return _vary_like(f(xp), xp)

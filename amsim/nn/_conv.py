@@ -19,6 +19,7 @@ from jax import lax
 
 from .._errors import UnsupportedError
 from . import _native
+from ._callback import host_patches
 from ._config import OpConfig, as_config
 from ._dot_general import F32, check_float_operand, int_scales, match_vma, matmul3
 from ._table_grad import TableGradient, grad_lhs, grad_rhs
@@ -120,6 +121,42 @@ def _class_patches(xp, cls, strides, rhs_dil):
     return jnp.stack(cols, axis=1 + nsp)
 
 
+def _xla_patch_matrix(xp, cls, strides, rhs_dil, groups, transposed):
+    """_patch_matrix by XLA's slices."""
+    n, c = xp.shape[0], xp.shape[-1]
+    cg = c // groups
+    rows = n * int(np.prod(cls.count, dtype=np.int64))
+    p = _class_patches(xp, cls, strides, rhs_dil).reshape(rows, cls.ntaps, groups, cg)
+    if transposed:
+        return p.transpose(2, 1, 3, 0).reshape(groups, cls.ntaps * cg, rows)
+    return p.transpose(2, 0, 1, 3).reshape(groups, rows, cls.ntaps * cg)
+
+
+def _patch_matrix(xp, cls, strides, rhs_dil, groups, transposed):
+    """The class's patches as GEMM operands: (G, rows, taps * Cg), or (G, taps * Cg, rows) when ``transposed``
+    (the kernel gradient's left operand). On the CPU amsim's kernel writes them (XLA's strided slices are slower
+    than the GEMM that follows); elsewhere, and for 3-D convolutions, XLA does."""
+    def by_xla(xp):
+        return _xla_patch_matrix(xp, cls, strides, rhs_dil, groups, transposed)
+
+    nsp = len(strides)
+    if nsp > 2 or xp.shape[0] * int(np.prod(cls.count, dtype=np.int64)) == 0:
+        return by_xla(xp)
+    step = [sp * s for sp, s in zip(cls.step, strides, strict=True)]
+    offs = [[t * r for t in taps] for taps, r in zip(cls.taps, rhs_dil, strict=True)]
+    start, count = list(cls.start), list(cls.count)
+    if nsp == 1:  # as a 2-D conv with one row
+        start, step, count, offs = [0] + [start[0] * strides[0]], [1] + step, [1] + count, [[0]] + offs
+    else:
+        start = [o * s for o, s in zip(start, strides, strict=True)]
+
+    def by_amsim(xp):
+        x2 = xp[:, None] if nsp == 1 else xp
+        return host_patches(x2, start, step, count, offs[0], offs[1], groups, transposed)
+
+    return lax.platform_dependent(xp, cpu=by_amsim, default=by_xla)
+
+
 def _class_weights(w, cls):
     """w (*window, Cg, O) restricted to the class's taps, as (ntaps, Cg, O)."""
     if all(len(t) == k for t, k in zip(cls.taps, w.shape[:-2], strict=True)):
@@ -160,10 +197,8 @@ def conv_nhwc(x, w, strides, padding, lhs_dil, rhs_dil, groups, mode, per_channe
         if cls.ntaps == 0:
             parts.append(None)
             continue
-        rows = n * int(np.prod(cls.count, dtype=np.int64))
-        p = _class_patches(xp, cls, strides, rhs_dil)
-        # (rows, taps, G, Cg) -> (G, rows, taps * Cg); weights (taps, Cg, G, og) -> (G, taps * Cg, og)
-        a = p.reshape(rows, cls.ntaps, groups, cg).transpose(2, 0, 1, 3).reshape(groups, rows, cls.ntaps * cg)
+        a = _patch_matrix(xp, cls, strides, rhs_dil, groups, False)  # (G, rows, taps * Cg)
+        # weights (taps, Cg, G, og) -> (G, taps * Cg, og)
         b = _class_weights(w, cls).reshape(cls.ntaps, cg, groups, og).transpose(2, 0, 1, 3)
         parts.append((a, b.reshape(groups, cls.ntaps * cg, og)))
     scales = None
@@ -249,8 +284,7 @@ def _conv_bwd(geom, cfg, res, g):
         if cls.ntaps == 0:
             continue
         rows = n * int(np.prod(cls.count, dtype=np.int64))
-        p = _class_patches(xp, cls, strides, rhs_dil)
-        a = p.reshape(rows, cls.ntaps, groups, cg).transpose(2, 1, 3, 0).reshape(groups, cls.ntaps * cg, rows)
+        a = _patch_matrix(xp, cls, strides, rhs_dil, groups, True)  # (G, taps * Cg, rows)
         gb = g[(slice(None),) + cls.subgrid()].reshape(rows, groups, og).transpose(1, 0, 2)
         parts.append((cls, a, gb))
     scales = None

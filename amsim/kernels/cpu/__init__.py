@@ -40,5 +40,7 @@ Integer GEMM uses the same expansion without scales (int32 adds, exact: the call
 from __future__ import annotations
 
 from ._gemm import NB, float_kernel_tables, gemm_f32, gemm_i32, multiply_f32, multiply_i32, use_expansion
+from ._patches import conv_patches
 
-__all__ = ["float_kernel_tables", "gemm_f32", "gemm_i32", "multiply_f32", "multiply_i32", "use_expansion", "NB"]
+__all__ = ["conv_patches", "float_kernel_tables", "gemm_f32", "gemm_i32", "multiply_f32", "multiply_i32",
+           "use_expansion", "NB"]
