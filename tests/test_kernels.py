@@ -42,10 +42,11 @@ def test_matmul_at_range_extremes(cpu_kernel, cpu_width, rng):
     assert_bits_equal(amsim.matmul(a, b, mult), golden.matmul(a, b, mult))
 
 
-# transposed sweeps (N > M, K a multiple of 8, M not), narrow sides, row-block splits, gather remainders and
-# both gather orientations, a conv-weight-gradient-like long K
+# transposed sweeps (N > M, K a multiple of 8, M not), narrow sides (8-, 16- and 32-column blocks, 16 split into
+# two 8s when the rows are too few to share), row-block splits, gather remainders and both gather orientations,
+# a conv-weight-gradient-like long K
 LAYOUTS = [(40, 64, 300), (300, 24, 9), (9, 17, 700), (1100, 20, 30), (30, 40, 5), (5, 33, 30), (13, 3000, 6),
-           (64, 37, 33)]
+           (64, 37, 33), (600, 70, 16), (150, 900, 12)]
 
 
 @pytest.mark.parametrize("shape", LAYOUTS, ids=str)
@@ -97,7 +98,8 @@ def _fast_path_matrix(rng, shape, specials=True):
 @pytest.mark.parametrize("serial", [False, True], ids=["parallel", "serial"])
 @pytest.mark.parametrize("rounding", ["nearest", "truncate"])
 @pytest.mark.parametrize("name", ["mbm7", "mitchell3", "exact1"])
-@pytest.mark.parametrize("shape", [(700, 100, 6), (301, 37, 20), (97, 45, 1), (2, 130, 90, 8)], ids=str)
+@pytest.mark.parametrize("shape", [(700, 100, 6), (301, 37, 20), (97, 45, 1), (2, 130, 90, 8), (203, 50, 13)],
+                         ids=str)
 def test_matmul_fused_narrow_expansion(cpu_width, shape, name, rounding, serial, monkeypatch, rng):
     """The expansion fused with decoding (one column block, several k blocks): taken, and exact, with vector
     decodes that end in an overlapping vector (K not a multiple of 16) and batches."""
@@ -138,3 +140,19 @@ def test_gemm_fused_narrow_falls_back_on_views(cpu_width, monkeypatch, rng):
     cpu.gemm_f32(a, b, out, 7, False, cpu.float_kernel_tables(mult.table.values))
     assert_bits_equal(out[0], golden.matmul(a[0], b[0], mult))
     assert taken == [0]
+
+
+def test_column_block_widths(monkeypatch):
+    """8, 16 or 32 columns per expansion block by the expanded side's width; 16 split into two 8s where the
+    swept rows are too few to share among the threads (each row block would build the table again)."""
+    import numba
+
+    from amsim.kernels.cpu import _gemm, _machine
+
+    cost = _machine.DEFAULT_COSTS
+    assert [_gemm._nbw(n) for n in (1, 8, 9, 16, 17, 32, 100)] == [8, 8, 16, 16, 32, 32, 32]
+    assert _gemm._Layout(600, 16, 70, 128, 1, False, cost).nbw == 16  # fused: the whole table is small
+    assert _gemm._Layout(2000, 12, 5000, 128, 1, False, cost).nbw == 16  # rows enough for two row blocks
+    wanted = 8 if numba.get_num_threads() > 1 else 16
+    assert _gemm._Layout(150, 16, 12800, 128, 1, False, cost).nbw == wanted  # conv2 weight gradient
+    assert _gemm._Layout(150, 16, 12800, 128, 1, True, cost).nbw == 16  # serial: nothing to share

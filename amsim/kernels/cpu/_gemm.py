@@ -81,8 +81,8 @@ def _windows(xmin, xmax, ymin, ymax, e_lo, e_hi, sym):
 # drivers
 # ---------------------------------------------------------------------------------------------------------
 def _nbw(ny: int) -> int:
-    """Column-block width: 32, or 8 when the expanded operand is so narrow that 32 would mostly be padding."""
-    return 8 if ny <= 16 else NB
+    """Column-block width: 32, or 16 or 8 when the expanded operand is so narrow that 32 would mostly be padding."""
+    return 8 if ny <= 8 else (16 if ny <= 16 else NB)
 
 
 def _kb(n_l: int, k_len: int, nbw: int, cost) -> int:
@@ -110,7 +110,7 @@ def _costs(m_rows: int, n_cols: int, k_len: int, n_l: int, cost=None) -> tuple[f
     nbw = _nbw(other)
     npad = -(-other // nbw) * nbw
     build = cost.build if n_l <= 512 else cost.build_large
-    expand = k_len * npad * (n_l * build + sweep * (cost.sweep8 if nbw == 8 else cost.sweep))
+    expand = k_len * npad * (n_l * build + sweep * (cost.sweep8 if nbw == 8 else cost.sweep))  # (16: as 32)
     rows, cols = (n_cols, m_rows) if _gather_swapped(m_rows, n_cols) else (m_rows, n_cols)
     gather = rows * -(-cols // 8) * k_len * cost.gather * max(1.0, n_l / 512)
     return expand, gather
@@ -141,13 +141,16 @@ class _Layout:
 
     def __init__(self, m_rows, n_cols, k_len, n_l, nbatch, serial, cost):
         self.mx, self.ny = max(m_rows, n_cols), min(m_rows, n_cols)
-        self.nbw = _nbw(self.ny)
-        self.kbs = _kb(n_l, k_len, self.nbw, cost)
-        self.nkb = -(-k_len // self.kbs)
-        self.npad = -(-self.ny // self.nbw) * self.nbw
         # get_num_threads() also starts Numba's thread pool, which must exist before a kernel that calls
         # get_thread_id() is loaded from the on-disk cache, even the serial twin (otherwise: a null call, segfault)
         nthreads = numba.get_num_threads()
+        self.nbw = _nbw(self.ny)
+        if (self.nbw == 16 and not serial and nbatch * max(1, self.mx // 256) < nthreads
+                and not _whole_table_fits(nbatch, k_len, n_l, 16)):
+            self.nbw = 8  # two 8-column blocks keep two threads busy where the rows are too few to split
+        self.kbs = _kb(n_l, k_len, self.nbw, cost)
+        self.nkb = -(-k_len // self.kbs)
+        self.npad = -(-self.ny // self.nbw) * self.nbw
         self.n_rb = 1 if serial else _row_blocks(nbatch, self.npad // self.nbw, self.mx, nthreads)
         self.nthreads = 1 if serial else nthreads
         self.wide = cost.width == 16
@@ -160,6 +163,11 @@ _TALL_MAX = 2 << 20  # bytes of _expand_narrow's whole-K table: it must stay in 
 _FR_BYTES = 256 << 10  # of one thread's decoded rows in _expand_narrow
 
 
+def _whole_table_fits(nbatch: int, k_len: int, n_l: int, npad: int) -> bool:
+    """Whether _expand_narrow's table for all of K (and offsets into it, int32) is small enough."""
+    return nbatch * k_len * n_l * npad * 4 <= _TALL_MAX
+
+
 def _narrow_rows(lay, x, k_len: int, n_l: int, nthreads: int) -> int:
     """Rows per work item of _expand_narrow, or 0 where it does not apply.
 
@@ -168,8 +176,8 @@ def _narrow_rows(lay, x, k_len: int, n_l: int, nthreads: int) -> int:
     cost twice what decoding them did, and the sweep again. The swept operand must be C-contiguous (rows of a
     transposed view would be read across) and the whole-K table small (offsets into it int32).
     """
-    t_elems = k_len * n_l * lay.npad
-    if lay.npad != lay.nbw or lay.nkb == 1 or not x.flags.c_contiguous or x.shape[0] * t_elems * 4 > _TALL_MAX:
+    if (lay.npad != lay.nbw or lay.nkb == 1 or not x.flags.c_contiguous
+            or not _whole_table_fits(x.shape[0], k_len, n_l, lay.npad)):
         return 0
     fr = max(4, min(256, _FR_BYTES // (8 * k_len), -(-lay.mx // (4 * nthreads))))
     return fr - fr % 4

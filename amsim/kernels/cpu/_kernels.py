@@ -751,6 +751,40 @@ def _sweep32w(ct, t, ia, sa, i0, i1, k0, kb):
 
 
 @numba.njit(cache=True)
+def _sweep16(ct, t, ia, sa, i0, i1, k0, kb):
+    """The 16-column sweep (operands of 9 to 16 columns: one 16-lane register per row, two 8-lane ones on AVX2),
+    four rows at a time."""
+    i = i0
+    while i + 4 <= i1:
+        oc = (i - i0) * 16
+        x0, x1, x2, x3 = ia[i], ia[i + 1], ia[i + 2], ia[i + 3]
+        s0, s1, s2, s3 = _batch(sa, i), _batch(sa, i + 1), _batch(sa, i + 2), _batch(sa, i + 3)
+        a0 = vload16(ct, oc)
+        a1 = vload16(ct, oc + 16)
+        a2 = vload16(ct, oc + 32)
+        a3 = vload16(ct, oc + 48)
+        for kk in range(k0, k0 + kb):
+            a0 = _madd(a0, _splat16(s0, kk), vload16(t, x0[kk]))
+            a1 = _madd(a1, _splat16(s1, kk), vload16(t, x1[kk]))
+            a2 = _madd(a2, _splat16(s2, kk), vload16(t, x2[kk]))
+            a3 = _madd(a3, _splat16(s3, kk), vload16(t, x3[kk]))
+        vstore(ct, oc, a0)
+        vstore(ct, oc + 16, a1)
+        vstore(ct, oc + 32, a2)
+        vstore(ct, oc + 48, a3)
+        i += 4
+    while i < i1:
+        oc = (i - i0) * 16
+        x0 = ia[i]
+        s0 = _batch(sa, i)
+        a0 = vload16(ct, oc)
+        for kk in range(k0, k0 + kb):
+            a0 = _madd(a0, _splat16(s0, kk), vload16(t, x0[kk]))
+        vstore(ct, oc, a0)
+        i += 1
+
+
+@numba.njit(cache=True)
 def _sweep8(ct, t, ia, sa, i0, i1, k0, kb):
     """The 8-column sweep (narrow expanded operands): four rows at a time, one accumulator each."""
     i = i0
@@ -787,7 +821,7 @@ def _sweep8(ct, t, ia, sa, i0, i1, k0, kb):
 def _expand(c, iap, sap, ib, sb, lutt, nbw, n_rb, tbuf, cbuf, wide):
     """c[bt] = x[bt] (x) y[bt] from the decoded panels (float: scales sap/sb; integer: both None).
 
-    ``c`` may be a transposed view; nbw (32 or 8) is the column-block width; ``wide``: sweep 32 columns on
+    ``c`` may be a transposed view; nbw (32, 16 or 8) is the column-block width; ``wide``: sweep 32 columns on
     16-lane vectors (same sums in the same order, so the same bits). See the module docstring.
     """
     nbatch, nkb, m_rows, kbs = iap.shape
@@ -817,6 +851,8 @@ def _expand(c, iap, sap, ib, sb, lutt, nbw, n_rb, tbuf, cbuf, wide):
                 _sweep32w(ct, t, iap[bt, kbi], _panel(sap, bt, kbi), i0, i1, 0, kb)
             elif nbw == 32:
                 _sweep32(ct, t, iap[bt, kbi], _panel(sap, bt, kbi), i0, i1, 0, kb)
+            elif nbw == 16:
+                _sweep16(ct, t, iap[bt, kbi], _panel(sap, bt, kbi), i0, i1, 0, kb)
             else:
                 _sweep8(ct, t, iap[bt, kbi], _panel(sap, bt, kbi), i0, i1, 0, kb)
         nbv = min(nbw, n_cols - j0)
@@ -881,6 +917,8 @@ def _expand_narrow(c, x, m, truncate, ib, sb, lutt, nbw, fr, kbs, tall, pbi, pbs
                     _sweep32w(ct, t, bi, bs, 0, nr, k0, kb)
                 elif nbw == 32:
                     _sweep32(ct, t, bi, bs, 0, nr, k0, kb)
+                elif nbw == 16:
+                    _sweep16(ct, t, bi, bs, 0, nr, k0, kb)
                 else:
                     _sweep8(ct, t, bi, bs, 0, nr, k0, kb)
             j0 = cb * nbw

@@ -18,16 +18,19 @@ from ._kernels import _SERIAL, _k, _serial_twin
 
 
 @numba.njit(parallel=True, cache=True)
-def patches_rows(xp, out, start, step, count, ty, tx):
-    """out[l, g, r, t * Cg + c] = xp[l, n, y, x, g * Cg + c] for output position r = (n, oy, ox) (row-major over
-    ``count`` = (OH, OW)) and tap t = (iy, ix).
+def patches_rows(xp, c, out, start, step, count, ty, tx):
+    """out[l, g, r, t * Cg + c] = xp[l, n, y, x * C + g * Cg + c] for output position r = (n, oy, ox) (row-major
+    over ``count`` = (OH, OW)) and tap t = (iy, ix).
 
-    xp (L, N, H, W, C) is the padded input (L: vmap axes), out (L, G, N * OH * OW, taps * Cg).
+    xp (L, N, H, W * C) is the padded input (L: vmap axes; each image row flat), out (L, G, N * OH * OW,
+    taps * Cg). With one group and consecutive taps along x (no rhs dilation) a tap row is one contiguous run.
     """
-    nl, n, _, _, c = xp.shape
+    nl, n = xp.shape[0], xp.shape[1]
     groups = out.shape[1]
     cg = c // groups
     oh, ow = count[0], count[1]
+    ntx = tx.shape[0]
+    runs = groups == 1 and tx[ntx - 1] - tx[0] == ntx - 1
     for q in prange(nl * n * oh):
         lb = q // (n * oh)
         rest = q - lb * (n * oh)
@@ -39,19 +42,25 @@ def patches_rows(xp, out, start, step, count, ty, tx):
                 dst = out[lb, g, (b * oh + oy) * ow + ox]
                 p = 0
                 for iy in range(ty.shape[0]):
-                    y = start[0] + oy * step[0] + ty[iy]
-                    for ix in range(tx.shape[0]):
-                        src = xp[lb, b, y, start[1] + ox * step[1] + tx[ix]]
+                    src = xp[lb, b, start[0] + oy * step[0] + ty[iy]]
+                    x0 = start[1] + ox * step[1]
+                    if runs:
+                        s0 = (x0 + tx[0]) * c
+                        dst[p : p + ntx * c] = src[s0 : s0 + ntx * c]
+                        p += ntx * c
+                        continue
+                    for ix in range(ntx):
+                        s0 = (x0 + tx[ix]) * c + c0
                         for ch in range(cg):
-                            dst[p + ch] = src[c0 + ch]
+                            dst[p + ch] = src[s0 + ch]
                         p += cg
 
 
 @numba.njit(parallel=True, cache=True)
-def patches_cols(xp, out, start, step, count, ty, tx):
+def patches_cols(xp, c, out, start, step, count, ty, tx):
     """The transpose of patches_rows: out[l, g, t * Cg + c, r] (L, G, taps * Cg, N * OH * OW), the kernel
     gradient's left operand. Items are (l, g, tap, channel): each writes one contiguous row of ``out``."""
-    nl, n, _, _, c = xp.shape
+    nl, n = xp.shape[0], xp.shape[1]
     groups = out.shape[1]
     cg = c // groups
     oh, ow = count[0], count[1]
@@ -67,14 +76,14 @@ def patches_cols(xp, out, start, step, count, ty, tx):
         iy = t // ntx
         ix = t - iy * ntx
         dst = out[lb, g, k]
+        sx = step[1] * c
         for b in range(n):
             for oy in range(oh):
-                y = start[0] + oy * step[0] + ty[iy]
-                row = xp[lb, b, y]
+                row = xp[lb, b, start[0] + oy * step[0] + ty[iy]]
                 r0 = (b * oh + oy) * ow
-                x0 = start[1] + tx[ix]
+                s0 = (start[1] + tx[ix]) * c + ch
                 for ox in range(ow):
-                    dst[r0 + ox] = row[x0 + ox * step[1], ch]
+                    dst[r0 + ox] = row[s0 + ox * sx]
 
 
 _SERIAL_ELEMS = 1 << 16  # below this many output elements the serial twins run (a parallel region costs more)
@@ -90,11 +99,12 @@ def conv_patches(xp, out, start, step, count, ty, tx, transposed: bool):
         ty, tx: the taps' offsets in the padded input, per spatial dim.
     """
     lead = int(np.prod(xp.shape[:-4], dtype=np.int64))
-    x5 = xp.reshape((lead,) + xp.shape[-4:]).view(np.uint32)  # bits, not floats: nothing can touch a NaN
+    n, h, w, c = xp.shape[-4:]
+    x4 = xp.reshape(lead, n, h, w * c).view(np.uint32)  # bits, not floats: nothing can touch a NaN
     o4 = out.reshape((lead,) + out.shape[-3:]).view(np.uint32)
     args = [np.asarray(v, np.int64) for v in (start, step, count, ty, tx)]
     kern = patches_cols if transposed else patches_rows
-    _k(kern, out.size < _SERIAL_ELEMS)(x5, o4, *args)
+    _k(kern, out.size < _SERIAL_ELEMS)(x4, c, o4, *args)
     return out
 
 
