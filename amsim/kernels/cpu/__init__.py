@@ -1,16 +1,17 @@
 """CPU kernels (Numba), bit-identical to the golden model in amsim/_golden.py.
 
 Float GEMM strategy ("row expansion"). Write the approximate product as ``s_a * (LUT[ma, mb] * s_b)`` with
-``s = +-2**e`` the operands' signed power-of-two scales. For a block of KB values of k and NB = 32 columns j,
-expand the table against the decoded B operand,
+``s = +-2**e`` the operands' signed power-of-two scales. For a block of KB values of k and NB = 32 columns j
+(16 or 8 where B is that narrow), expand the table against the decoded B operand,
 
     T[k, ma, j] = LUT[ma, mb[k, j]] * s_b[k, j]            (all 2**m values of ma)
 
 and every row i of A then needs only ``acc[j] += s_a[i, k] * T[k, ma[i, k], j]``: a broadcast, a contiguous
-load, a multiply and an add on 16-lane (AVX-512) or 8-lane (AVX2) vectors, with the 32 accumulators of a row
+load and a fused multiply-add on 16-lane (AVX-512) or 8-lane (AVX2) vectors, with the 32 accumulators of a row
 held in registers over the k block. Both multiplications by powers of two are exact while everything stays in
 the normal range, so the result is the semantics' exactly formed product, added in k order with one float32
-rounding per add (plain IEEE fmul/fadd, no fast-math, hence no FMA contraction).
+rounding per add: with an exact product, the FMA rounds the same sum once, as a multiply then an add would (no
+fast-math anywhere; LLVM contracts nothing by itself).
 
 Layout matters more than arithmetic here:
 - T is built with 8x8 register transposes of rows of the *transposed* table (``T[k, r, j..j+7]`` is row r of
@@ -27,6 +28,11 @@ Operands whose exponent could take an intermediate or a product out of the norma
 their whole row or column "flagged"; those outputs are recomputed by the scalar path, which assembles each
 product from bits as the semantics say. The exponent window of each side is chosen per call from the data, so
 ordinary tensors never take that path. Zeros and subnormals stay on the fast path as signed zero scales.
+
+Where the expanded operand is one column block (N <= 32, conv layers with a few channels) and K spans several
+k blocks, the expansion is fused with decoding (``_expand_narrow``): the table for all of K is built once, and
+each work item decodes a few rows into its own buffer and sweeps them, instead of writing decoded panels of
+the long operand to memory and reading them back.
 
 Problems whose swept side is too short to amortise an expansion (a few rows, K of 10^5: conv weight gradients)
 use the gather kernel: the same products and sums, eight table entries loaded per row and k. Which kernel, the

@@ -2,7 +2,9 @@
 
 ``vload``/``vsplat`` make 8-lane vectors (one AVX2 register), ``vload16``/``vsplat16`` 16-lane ones (one AVX-512
 register; LLVM splits them into two halves on CPUs without AVX-512, so either runs anywhere, bit-identically).
-No fast-math flags anywhere: LLVM keeps fmul and fadd separate (no FMA contraction), each rounded as IEEE says.
+No fast-math flags anywhere: LLVM keeps fmul and fadd separate (no FMA contraction), each rounded as IEEE says;
+``vfma_exact`` fuses explicitly, for the products that are exact. Int32 vectors have the bitwise ops, shifts,
+compare-selects and lane reductions of the operand decoder.
 """
 
 from __future__ import annotations
