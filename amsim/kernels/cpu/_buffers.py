@@ -39,7 +39,7 @@ def _scratch(key: str, shape, dtype) -> np.ndarray:
     Fresh multi-megabyte arrays cost page faults on first touch, and two threads faulting into the same new
     mapping serialise in the kernel: a small-batch GEMM ran slower on two threads than on one, and a LeNet-5
     weight gradient spent more time faulting in its decoded 40 MB operand than computing. Buffers up to
-    _SCRATCH_MAX bytes each are kept (six per Python thread at most); larger ones are allocated per call.
+    _SCRATCH_MAX bytes each are kept (one per key and Python thread); larger ones are allocated per call.
     """
     nbytes = int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize
     cache = getattr(_ws_local, "scratch", None)

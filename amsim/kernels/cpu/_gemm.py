@@ -163,9 +163,9 @@ _TALL_MAX = 2 << 20  # bytes of _expand_narrow's whole-K table: it must stay in 
 _FR_BYTES = 256 << 10  # of one thread's decoded rows in _expand_narrow
 
 
-def _whole_table_fits(nbatch: int, k_len: int, n_l: int, npad: int) -> bool:
+def _whole_table_fits(nbatch: int, k_len: int, n_l: int, nbw: int) -> bool:
     """Whether _expand_narrow's table for all of K (and offsets into it, int32) is small enough."""
-    return nbatch * k_len * n_l * npad * 4 <= _TALL_MAX
+    return nbatch * k_len * n_l * nbw * 4 <= _TALL_MAX
 
 
 def _narrow_rows(lay, x, k_len: int, n_l: int, nthreads: int) -> int:
@@ -263,7 +263,7 @@ def gemm_f32(a, b, out, m, truncate, kt):
         xmax = np.empty((nbatch, lay.mx), np.int32)
         fr = 0 if swapped else _narrow_rows(lay, x, k_len, n_l, lay.nthreads)
         if fr:  # one column block: decode and sweep fused
-            tall = _scratch("tall", (nbatch, lay.npad // lay.nbw, k_len * n_l * lay.nbw), np.float32)
+            tall = _scratch("tall", (nbatch, k_len * n_l * lay.nbw), np.float32)
             pbi = _scratch("pbi", (lay.nthreads, fr, k_len), np.int32)
             pbs = _scratch("pbs", (lay.nthreads, fr, k_len), np.float32)
             ct = _scratch("ct", (lay.nthreads, fr * lay.nbw), np.float32)

@@ -868,16 +868,15 @@ _TK = 32  # k per item of the table build in _expand_narrow
 @numba.njit(parallel=True, cache=True)
 def _expand_narrow(c, x, m, truncate, ib, sb, lutt, nbw, fr, kbs, tall, pbi, pbs, cbuf, emin, emax, wide):
     """_expand fused with the decoding of the swept operand x (batch, M, K), C-contiguous, for float GEMMs
-    whose expanded operand has a few column blocks (conv layers with a few channels).
+    whose expanded operand is one column block (conv layers with a few channels).
 
     Such GEMMs do a few multiply-accumulates per element of x, so moving x's decoded panels through memory
-    costs more than the sweep. Instead the whole expanded table, all of K for every column block (``tall``:
-    batch, blocks, K * 2**m * nbw; small enough for L2), is built first; then each work item decodes ``fr``
-    rows into its thread's buffers (pbi/pbs: threads x fr x K) and sweeps them over all of K, block by block.
-    emin/emax (batch, M): the rows' exponent ranges, as _decode_rows_f32 gives them.
+    costs more than the sweep. Instead the whole expanded table, all of K (``tall``: batch, K * 2**m * nbw;
+    small), is built first; then each work item decodes ``fr`` rows into its thread's buffers (pbi/pbs:
+    threads x fr x K) and sweeps them over all of K, ``kbs`` at a time (the table rows a block reads stay in
+    L2). emin/emax (batch, M): the rows' exponent ranges, as _decode_rows_f32 gives them.
     """
     nbatch, m_rows, k_len = x.shape
-    ncb = tall.shape[1]
     nl = lutt.shape[0]
     n_cols = c.shape[2]
     tk = nl * nbw
@@ -885,13 +884,11 @@ def _expand_narrow(c, x, m, truncate, ib, sb, lutt, nbw, fr, kbs, tall, pbi, pbs
     lmask = (1 << m) - 1
     rnd = np.uint32(0) if truncate else np.uint32(0xFFFFFFFF)
     nkc = (k_len + _TK - 1) // _TK
-    for q in prange(nbatch * ncb * nkc):
-        bt = q // (ncb * nkc)
-        rest = q - bt * (ncb * nkc)
-        cb = rest // nkc
-        k0 = (rest - cb * nkc) * _TK
+    for q in prange(nbatch * nkc):
+        bt = q // nkc
+        k0 = (q - bt * nkc) * _TK
         fp = fpenv.enter()
-        _build_t(tall[bt, cb], k0 * tk, lutt, ib[bt], sb[bt], k0, min(_TK, k_len - k0), cb * nbw, nl, nbw)
+        _build_t(tall[bt], k0 * tk, lutt, ib[bt], sb[bt], k0, min(_TK, k_len - k0), 0, nl, nbw)
         fpenv.leave(fp)
     nrb = (m_rows + fr - 1) // fr
     for q in prange(nbatch * nrb):
@@ -907,25 +904,22 @@ def _expand_narrow(c, x, m, truncate, ib, sb, lutt, nbw, fr, kbs, tall, pbi, pbs
             lo, hi = _decode_row(x[bt, r0 + r], bi[r], bs[r], shift, lmask, rnd, nbw, 0, tk)
             emin[bt, r0 + r] = lo
             emax[bt, r0 + r] = hi
-        for cb in range(ncb):
-            for p in range(nr * nbw):
-                ct[p] = 0  # the sum starts from +0.0
-            t = tall[bt, cb]
-            for k0 in range(0, k_len, kbs):  # by k blocks: the table rows a block reads stay in L2
-                kb = min(kbs, k_len - k0)
-                if nbw == 32 and wide:
-                    _sweep32w(ct, t, bi, bs, 0, nr, k0, kb)
-                elif nbw == 32:
-                    _sweep32(ct, t, bi, bs, 0, nr, k0, kb)
-                elif nbw == 16:
-                    _sweep16(ct, t, bi, bs, 0, nr, k0, kb)
-                else:
-                    _sweep8(ct, t, bi, bs, 0, nr, k0, kb)
-            j0 = cb * nbw
-            nbv = min(nbw, n_cols - j0)
-            for i in range(nr):
-                for j in range(nbv):
-                    c[bt, r0 + i, j0 + j] = ct[i * nbw + j]
+        for p in range(nr * nbw):
+            ct[p] = 0  # the sum starts from +0.0
+        t = tall[bt]
+        for k0 in range(0, k_len, kbs):
+            kb = min(kbs, k_len - k0)
+            if nbw == 32 and wide:
+                _sweep32w(ct, t, bi, bs, 0, nr, k0, kb)
+            elif nbw == 32:
+                _sweep32(ct, t, bi, bs, 0, nr, k0, kb)
+            elif nbw == 16:
+                _sweep16(ct, t, bi, bs, 0, nr, k0, kb)
+            else:
+                _sweep8(ct, t, bi, bs, 0, nr, k0, kb)
+        for i in range(nr):
+            for j in range(n_cols):
+                c[bt, r0 + i, j] = ct[i * nbw + j]
         fpenv.leave(fp)
 
 
