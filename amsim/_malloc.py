@@ -35,7 +35,7 @@ def reuse_freed_memory() -> bool:
     if os.environ.get(ENV, "").strip().lower() not in ("default", "off", "0", "no"):
         try:
             mallopt = ctypes.CDLL(None).mallopt
-        except (OSError, AttributeError):
+        except (OSError, AttributeError, TypeError):  # no C library to open (Windows) or no mallopt in it
             mallopt = None
         if mallopt is not None:
             mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
