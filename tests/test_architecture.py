@@ -66,3 +66,39 @@ def test_shared_rules_are_the_ones_the_kernels_use():
     nan = _operands.CANONICAL_NAN_BITS
     assert int(_kernels.NAN_BITS) == nan and _config.KERNEL_DEFINES["AMSIM_NAN_BITS"] == f"{nan:#010x}u"
     assert np.isnan(np.uint32(nan).view(np.float32))
+
+
+def test_kernel_cache_is_keyed_by_the_code_compiled_into_the_kernels():
+    """Numba's on-disk cache keys the CPU kernels by _kernels.py's contents only; the digest kept in that file
+    must cover what the kernels compile in from _simd.py and _fpenv.py, so that changing those changes it."""
+    from amsim.kernels.cpu import _kernels
+
+    want = _kernels.dependencies_digest()
+    assert _kernels.DEPENDENCIES_DIGEST == want, (
+        f"set DEPENDENCIES_DIGEST = {want!r} in amsim/kernels/cpu/_kernels.py (its dependencies changed)")
+
+
+def test_kernels_skip_the_disk_cache_when_their_dependencies_changed(tmp_path):
+    """A copy of the package with _simd.py edited (and the digest not updated) warns at import and compiles the
+    kernels afresh instead of loading ones built from the old code; the untouched copy uses the cache."""
+    import shutil
+
+    pkg = tmp_path / "amsim"
+    shutil.copytree(ROOT / "amsim", pkg, ignore=shutil.ignore_patterns("__pycache__", "*.nbi", "*.nbc"))
+    code = ("import warnings\n"
+            "with warnings.catch_warnings(record=True) as w:\n"
+            "    warnings.simplefilter('always')\n"
+            "    from amsim.kernels.cpu import _kernels\n"
+            "print(_kernels._CACHE, any('DEPENDENCIES_DIGEST' in str(x.message) for x in w))\n")
+    env = {**os.environ, "PYTHONPATH": str(tmp_path), "NUMBA_CACHE_DIR": str(tmp_path / "nc")}
+
+    def run():
+        proc = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True,
+                              timeout=300, env=env)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        return proc.stdout.split()
+
+    assert run() == ["True", "False"]
+    simd = pkg / "kernels" / "cpu" / "_simd.py"
+    simd.write_text(simd.read_text() + "\n# an edit\n")
+    assert run() == ["False", "True"]

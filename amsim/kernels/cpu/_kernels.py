@@ -3,8 +3,11 @@ fix-up, the elementwise products, and their serial twins (see amsim/kernels/cpu/
 
 from __future__ import annotations
 
+import hashlib
 import threading
 import types as _pytypes
+import warnings
+from pathlib import Path
 
 import numba
 import numpy as np
@@ -35,6 +38,28 @@ from ._simd import (
     vstore,
     vtranspose_store,
 )
+
+# Numba keys its on-disk cache of these kernels by this file's contents alone, not by the code they compile in
+# from _simd.py and amsim/_fpenv.py (or the constant below): a change there would leave kernels compiled from the
+# old code in the cache, loaded as if current. This digest of that code (dependencies_digest(); checked here at
+# import and by tests/test_architecture.py) makes every such change a change of this file.
+DEPENDENCIES_DIGEST = "f2a36e01ebe4d208"
+
+
+def dependencies_digest() -> str:
+    """SHA-256 (16 hex digits) of what the kernels compile in from other files."""
+    h = hashlib.sha256()
+    for f in (Path(__file__).with_name("_simd.py"), Path(fpenv.__file__)):
+        h.update(f.read_bytes())
+    h.update(repr(int(CANONICAL_NAN_BITS)).encode())
+    return h.hexdigest()[:16]
+
+
+_CACHE = dependencies_digest() == DEPENDENCIES_DIGEST  # else compile afresh: the cache may be stale
+if not _CACHE:
+    warnings.warn(f"amsim's CPU kernels: _simd.py or _fpenv.py changed without DEPENDENCIES_DIGEST in {__file__} "
+                  f"(set it to {dependencies_digest()!r}); Numba's on-disk cache is not used until then.",
+                  RuntimeWarning, stacklevel=1)
 
 NAN_BITS = np.uint32(CANONICAL_NAN_BITS)
 NO_EXP = -100000  # lut_e value marking a zero table entry
@@ -207,7 +232,7 @@ def _put_panel(pi, ps, bi, bs, r0, nr, k0, unit_k):
             ps[r0 + r, kk] = bs[r, k0 + kk]
 
 
-@numba.njit(parallel=True, cache=True)
+@numba.njit(parallel=True, cache=_CACHE)
 def _decode_rows_f32(x, m, truncate, idx, scale, emin, emax, unit_r, unit_k):
     """Swept operand x (batch, M, K) -> k-block panels idx/scale (batch, nkb, M, KB), per-row exponent range.
 
@@ -265,7 +290,7 @@ def _transpose_panel(dst, src, i0, nr, kb):
             dst[i0 + r, kk] = src[kk, r]
 
 
-@numba.njit(parallel=True, cache=True)
+@numba.njit(parallel=True, cache=_CACHE)
 def _decode_rows_t_f32(xt, m, truncate, idx, scale, pmin, pmax, unit_r, unit_k):
     """_decode_rows_f32 of x = xt^T, given xt (batch, K, M): when N > M the swept operand is B^T.
 
@@ -310,7 +335,7 @@ def _decode_rows_t_f32(xt, m, truncate, idx, scale, pmin, pmax, unit_r, unit_k):
         _transpose_panel(scale[bt, kbi], bs, i0, nr, kb)
 
 
-@numba.njit(parallel=True, cache=True)
+@numba.njit(parallel=True, cache=_CACHE)
 def _decode_cols_f32(y, m, truncate, idx, scale, emin, emax, cw):
     """Expanded operand y (batch, K, N) -> idx/scale (batch, K, Npad) padded with scale 0, per-column range.
 
@@ -349,7 +374,7 @@ def _decode_cols_f32(y, m, truncate, idx, scale, emin, emax, cw):
 _KC = 64  # k rows per item of _decode_cols_rows_f32
 
 
-@numba.njit(parallel=True, cache=True)
+@numba.njit(parallel=True, cache=_CACHE)
 def _decode_cols_rows_f32(y, m, truncate, idx, scale, pmin, pmax):
     """_decode_cols_f32 for a y whose rows are contiguous, read row by row: items are (batch, _KC rows of y).
 
@@ -383,7 +408,7 @@ def _decode_cols_rows_f32(y, m, truncate, idx, scale, pmin, pmax):
                 sr[j] = np.float32(0.0)
 
 
-@numba.njit(parallel=True, cache=True)
+@numba.njit(parallel=True, cache=_CACHE)
 def _pack_rows_i32(x, idx, unit_r, unit_k):
     """Integer indices x (batch, M, K) -> k-block panels (batch, nkb, M, KB) of offsets (see _decode_rows_f32)."""
     nbatch, m_rows, k_len = x.shape
@@ -397,7 +422,7 @@ def _pack_rows_i32(x, idx, unit_r, unit_k):
                 idx[bt, kbi, i, kk] = x[bt, i, k0 + kk] * unit_r + kk * unit_k
 
 
-@numba.njit(parallel=True, cache=True)
+@numba.njit(parallel=True, cache=_CACHE)
 def _pack_rows_t_i32(xt, idx, unit_r, unit_k):
     """_pack_rows_i32 of x = xt^T, given xt (batch, K, M), reading xt along its rows (see _decode_rows_t_f32)."""
     nbatch, k_len, m_rows = xt.shape
@@ -422,7 +447,7 @@ def _pack_rows_t_i32(xt, idx, unit_r, unit_k):
         _transpose_panel(idx[bt, kbi], bi, i0, nr, kb)
 
 
-@numba.njit(parallel=True, cache=True)
+@numba.njit(parallel=True, cache=_CACHE)
 def _pad_cols_i32(y, idx):
     """Integer indices y (batch, K, N) -> (batch, K, Npad), padded with index 0 (padding is never stored)."""
     nbatch, k_len, n_cols = y.shape
@@ -439,7 +464,7 @@ def _pad_cols_i32(y, idx):
 # ---------------------------------------------------------------------------------------------------------
 # exponent windows: which rows and columns the fast path must leave to the exact path
 # ---------------------------------------------------------------------------------------------------------
-@numba.njit(cache=True)
+@numba.njit(cache=_CACHE)
 def _exp_range(emin, emax):
     """Exponent range over the rows that hold normal operands and no Inf/NaN ((0, 0) when there are none)."""
     lo, hi = 1000, -1000
@@ -456,7 +481,7 @@ def _is_flagged(e0, e1, lo, hi):
     return e1 == 128 or (e1 >= e0 and (e0 < lo or e1 > hi))
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=_CACHE)
 def _count_flagged(emin, emax, lo, hi):
     n = 0
     for q in range(emin.size):
@@ -464,7 +489,7 @@ def _count_flagged(emin, emax, lo, hi):
     return n
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=_CACHE)
 def _flagged(emin, emax, lo, hi):
     """(batch, row) indices of the rows that must take the exact path under the window [lo, hi]."""
     n = _count_flagged(emin, emax, lo, hi)
@@ -480,7 +505,7 @@ def _flagged(emin, emax, lo, hi):
     return bts, idx
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=_CACHE)
 def _choose_window(xmin, xmax, ymin, ymax, s_lo, s_hi, sym):
     """Exponent windows (x_lo, x_hi, y_lo, y_hi) for the fast path, flagging as little work as possible.
 
@@ -629,7 +654,7 @@ def _build_t(t, t0, lutt, ib, sb, k0, kb, j0, nl, nbw):
 # The sweeps take the swept operand as offsets into T (see _decode_rows_f32) and hoist each row's panel rows
 # out of the k loop: what remains per row and k is one offset load, one broadcast, and a load, a multiply and
 # an add per vector.
-@numba.njit(cache=True)
+@numba.njit(cache=_CACHE)
 def _sweep32(ct, t, ia, sa, i0, i1, k0, kb):
     """ct[i - i0, 0:32] += sum over kk of sa[i, kk] * T[kk, ia[i, kk], :], in kk order, for rows i0..i1-1.
 
@@ -692,7 +717,7 @@ def _sweep32(ct, t, ia, sa, i0, i1, k0, kb):
         vstore(ct, oc + 24, a3)
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=_CACHE)
 def _sweep32w(ct, t, ia, sa, i0, i1, k0, kb):
     """_sweep32 on 16-lane vectors (AVX-512: two registers per row of 32 columns), four rows at a time."""
     i = i0
@@ -750,7 +775,7 @@ def _sweep32w(ct, t, ia, sa, i0, i1, k0, kb):
         i += 1
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=_CACHE)
 def _sweep16(ct, t, ia, sa, i0, i1, k0, kb):
     """The 16-column sweep (operands of 9 to 16 columns: one 16-lane register per row, two 8-lane ones on AVX2),
     four rows at a time."""
@@ -784,7 +809,7 @@ def _sweep16(ct, t, ia, sa, i0, i1, k0, kb):
         i += 1
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=_CACHE)
 def _sweep8(ct, t, ia, sa, i0, i1, k0, kb):
     """The 8-column sweep (narrow expanded operands): four rows at a time, one accumulator each."""
     i = i0
@@ -817,7 +842,7 @@ def _sweep8(ct, t, ia, sa, i0, i1, k0, kb):
         i += 1
 
 
-@numba.njit(parallel=True, cache=True)
+@numba.njit(parallel=True, cache=_CACHE)
 def _expand(c, iap, sap, ib, sb, lutt, nbw, n_rb, tbuf, cbuf, wide):
     """c[bt] = x[bt] (x) y[bt] from the decoded panels (float: scales sap/sb; integer: both None).
 
@@ -865,7 +890,7 @@ def _expand(c, iap, sap, ib, sb, lutt, nbw, n_rb, tbuf, cbuf, wide):
 _TK = 32  # k per item of the table build in _expand_narrow
 
 
-@numba.njit(parallel=True, cache=True)
+@numba.njit(parallel=True, cache=_CACHE)
 def _expand_narrow(c, x, m, truncate, ib, sb, lutt, nbw, fr, kbs, tall, pbi, pbs, cbuf, emin, emax, wide):
     """_expand fused with the decoding of the swept operand x (batch, M, K), C-contiguous, for float GEMMs
     whose expanded operand is one column block (conv layers with a few channels).
@@ -936,7 +961,7 @@ def _dot_exact(a, b, bt, i, j, shift, truncate, lmask, lut_e, lut_f):
     return acc
 
 
-@numba.njit(parallel=True, cache=True)
+@numba.njit(parallel=True, cache=_CACHE)
 def _fixup_f32(c, a, b, row_bt, row_i, col_bt, col_j, m, truncate, lut_e, lut_f):
     """Recompute, through the scalar path, rows (row_bt, row_i) and columns (col_bt, col_j) of c = a (x) b."""
     shift = 23 - m
@@ -960,7 +985,7 @@ def _fixup_f32(c, a, b, row_bt, row_i, col_bt, col_j, m, truncate, lut_e, lut_f)
 _GR = 8  # rows per item of _gather_f32
 
 
-@numba.njit(parallel=True, cache=True)
+@numba.njit(parallel=True, cache=_CACHE)
 def _gather_f32(c, ia, sa, ib, sb, lutf):
     """The GEMM without an expanded table, for problems whose swept side is too short to amortise one (conv
     weight gradients: a few rows, a few columns, K of 10^5):
@@ -1036,7 +1061,7 @@ def _gather_f32(c, ia, sa, ib, sb, lutf):
         fpenv.leave(fp)
 
 
-@numba.njit(parallel=True, cache=True)
+@numba.njit(parallel=True, cache=_CACHE)
 def _gemm_direct_i32(c, ia, ib_t, lut, zero):
     nbatch, m_rows, k_len = ia.shape
     n_cols = ib_t.shape[1]
@@ -1052,7 +1077,7 @@ def _gemm_direct_i32(c, ia, ib_t, lut, zero):
         fpenv.leave(fp)
 
 
-@numba.njit(parallel=True, cache=True)
+@numba.njit(parallel=True, cache=_CACHE)
 def _multiply_f32(a, b, out, m, truncate, lut_e, lut_f):
     shift = 23 - m
     lmask = (1 << m) - 1
@@ -1062,7 +1087,7 @@ def _multiply_f32(a, b, out, m, truncate, lut_e, lut_f):
         out[q] = bits_to_f32(product_bits(ua, ub, shift, lmask, lut_e, lut_f))
 
 
-@numba.njit(parallel=True, cache=True)
+@numba.njit(parallel=True, cache=_CACHE)
 def _multiply_i32(ia, ib, out, lut):
     for q in prange(ia.shape[0]):
         out[q] = lut[ia[q], ib[q]]
@@ -1079,7 +1104,7 @@ def _serial_twin(disp):
     g = _pytypes.FunctionType(f.__code__, f.__globals__, f.__name__ + "_serial", f.__defaults__, f.__closure__)
     g.__qualname__ = f.__qualname__ + "_serial"  # its own cache files: Numba keys them by qualified name
     g.__doc__ = f.__doc__
-    return numba.njit(cache=True)(g)
+    return numba.njit(cache=_CACHE)(g)
 
 
 _PARALLEL_KERNELS = (_decode_rows_f32, _decode_rows_t_f32, _decode_cols_f32, _decode_cols_rows_f32, _pack_rows_i32,
@@ -1088,7 +1113,7 @@ _PARALLEL_KERNELS = (_decode_rows_f32, _decode_rows_t_f32, _decode_cols_f32, _de
 _SERIAL = {k: _serial_twin(k) for k in _PARALLEL_KERNELS}
 
 
-@numba.njit(parallel=True, cache=True)
+@numba.njit(parallel=True, cache=_CACHE)
 def _start_pool(n):
     acc = 0
     for i in prange(n):
