@@ -102,3 +102,13 @@ def test_kernels_skip_the_disk_cache_when_their_dependencies_changed(tmp_path):
     simd = pkg / "kernels" / "cpu" / "_simd.py"
     simd.write_text(simd.read_text() + "\n# an edit\n")
     assert run() == ["False", "True"]
+
+
+def test_dependencies_digest_is_none_where_the_sources_cannot_be_read(monkeypatch):
+    from amsim.kernels.cpu import _kernels
+
+    def unreadable(self):
+        raise OSError("a zipped install")
+
+    monkeypatch.setattr(_kernels.Path, "read_bytes", unreadable)
+    assert _kernels.dependencies_digest() is None  # then the cache is not used, and no edit is reported

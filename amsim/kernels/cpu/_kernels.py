@@ -46,19 +46,24 @@ from ._simd import (
 DEPENDENCIES_DIGEST = "f2a36e01ebe4d208"
 
 
-def dependencies_digest() -> str:
-    """SHA-256 (16 hex digits) of what the kernels compile in from other files."""
+def dependencies_digest() -> str | None:
+    """SHA-256 (16 hex digits) of what the kernels compile in from other files; None where the sources cannot be
+    read (a zipped install)."""
     h = hashlib.sha256()
-    for f in (Path(__file__).with_name("_simd.py"), Path(fpenv.__file__)):
-        h.update(f.read_bytes())
+    try:
+        for f in (Path(__file__).with_name("_simd.py"), Path(fpenv.__file__)):
+            h.update(f.read_bytes())
+    except OSError:
+        return None
     h.update(repr(int(CANONICAL_NAN_BITS)).encode())
     return h.hexdigest()[:16]
 
 
-_CACHE = dependencies_digest() == DEPENDENCIES_DIGEST  # else compile afresh: the cache may be stale
-if not _CACHE:
+_DIGEST_NOW = dependencies_digest()
+_CACHE = _DIGEST_NOW == DEPENDENCIES_DIGEST  # else compile afresh: the cache may be stale (or cannot be checked)
+if not _CACHE and _DIGEST_NOW is not None:
     warnings.warn(f"amsim's CPU kernels: _simd.py or _fpenv.py changed without DEPENDENCIES_DIGEST in {__file__} "
-                  f"(set it to {dependencies_digest()!r}); Numba's on-disk cache is not used until then.",
+                  f"(set it to {_DIGEST_NOW!r}); Numba's on-disk cache is not used until then.",
                   RuntimeWarning, stacklevel=1)
 
 NAN_BITS = np.uint32(CANONICAL_NAN_BITS)
