@@ -168,7 +168,7 @@ def _whole_table_fits(nbatch: int, k_len: int, n_l: int, nbw: int) -> bool:
     return nbatch * k_len * n_l * nbw * 4 <= _TALL_MAX
 
 
-def _narrow_rows(lay, x, k_len: int, n_l: int, nthreads: int) -> int:
+def _narrow_rows(lay, x, k_len: int, n_l: int) -> int:
     """Rows per work item of _expand_narrow, or 0 where it does not apply.
 
     It pays where each decoded row is swept once (one column block) and the panels would be spread over
@@ -179,7 +179,7 @@ def _narrow_rows(lay, x, k_len: int, n_l: int, nthreads: int) -> int:
     if (lay.npad != lay.nbw or lay.nkb == 1 or not x.flags.c_contiguous
             or not _whole_table_fits(x.shape[0], k_len, n_l, lay.npad)):
         return 0
-    fr = max(4, min(256, _FR_BYTES // (8 * k_len), -(-lay.mx // (4 * nthreads))))
+    fr = max(4, min(256, _FR_BYTES // (8 * k_len), -(-lay.mx // (4 * lay.nthreads))))
     return fr - fr % 4
 
 
@@ -261,7 +261,7 @@ def gemm_f32(a, b, out, m, truncate, kt):
         ib, sb, ymin, ymax = _decode_cols(y, m, truncate, serial, lay.npad, lay.nbw)
         xmin = np.empty((nbatch, lay.mx), np.int32)
         xmax = np.empty((nbatch, lay.mx), np.int32)
-        fr = 0 if swapped else _narrow_rows(lay, x, k_len, n_l, lay.nthreads)
+        fr = 0 if swapped else _narrow_rows(lay, x, k_len, n_l)
         if fr:  # one column block: decode and sweep fused
             tall = _scratch("tall", (nbatch, k_len * n_l * lay.nbw), np.float32)
             pbi = _scratch("pbi", (lay.nthreads, fr, k_len), np.int32)

@@ -149,9 +149,11 @@ def _decode_row(xr, bir, bsr, shift, lmask, rnd, unit_r, koff, unit_k):
 def _ov_decode_row(xr, bir, bsr, shift, lmask, rnd, unit_r, koff, unit_k):
     if all(isinstance(a, types.Array) and a.layout == "C" for a in (xr, bir, bsr)):
         return _decode_row16
-    return _decode_row_scalar
+    return lambda xr, bir, bsr, shift, lmask, rnd, unit_r, koff, unit_k: _decode_row_scalar(
+        xr, bir, bsr, shift, lmask, rnd, unit_r, koff, unit_k)
 
 
+@numba.njit(inline="always")
 def _decode_row_scalar(xr, bir, bsr, shift, lmask, rnd, unit_r, koff, unit_k):
     lo = np.int32(1000)
     hi = np.int32(-1000)
@@ -168,6 +170,8 @@ def _decode_row16(xr, bir, bsr, shift, lmask, rnd, unit_r, koff, unit_k):
     """_decode_row of C-contiguous rows: _decode_fast on 16-lane int32 vectors (Numba's code for the scalar loop
     works on int64 lanes, three times slower); the same bits."""
     k_len = xr.shape[0]
+    if k_len < 16:  # shorter than a vector
+        return _decode_row_scalar(xr, bir, bsr, shift, lmask, rnd, unit_r, koff, unit_k)
     sh = vsplat16(np.int32(shift))
     expm = vsplat16(np.int32(0x7F800000))
     inc = vsplat16(np.int32((1 << (shift - 1)) - 1))
@@ -188,7 +192,7 @@ def _decode_row16(xr, bir, bsr, shift, lmask, rnd, unit_r, koff, unit_k):
     lo_v = big
     hi_v = small
     k = 0
-    while k < k_len and k_len >= 16:
+    while k < k_len:
         k = min(k, k_len - 16)  # the last vector may overlap the one before: the same values written twice
         u0 = vbitcast(vload16(xr, k), np.int32)
         u = vand(vadd(u0, vand(vadd(inc, vand(vshr(u0, sh), one)), rndv)), keep)
@@ -202,15 +206,7 @@ def _decode_row16(xr, bir, bsr, shift, lmask, rnd, unit_r, koff, unit_k):
         lo_v = vsel_lt(lo, lo_v, lo, lo_v)
         hi_v = vsel_lt(hi_v, hi, hi, hi_v)
         k += 16
-    lo_s = vmin_lanes(lo_v)
-    hi_s = vmax_lanes(hi_v)
-    for kk in range(k, k_len):  # rows shorter than a vector
-        ix, sx, el, eh = _decode_fast(xr[kk], shift, lmask, rnd)
-        bir[kk] = ix * unit_r + koff + kk * unit_k
-        bsr[kk] = sx
-        lo_s = min(lo_s, el)
-        hi_s = max(hi_s, eh)
-    return lo_s, hi_s
+    return vmin_lanes(lo_v), vmax_lanes(hi_v)
 
 
 _DR = 16  # rows per item of _decode_rows_f32
