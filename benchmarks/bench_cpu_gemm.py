@@ -33,7 +33,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 import amsim  # noqa: E402
 from amsim import _multiplier  # noqa: E402
 from amsim.kernels import cpu  # noqa: E402
-from amsim.kernels.cpu import _kernels, _simd  # noqa: E402
+from amsim.kernels.cpu import _gemm, _kernels, _machine, _simd  # noqa: E402
 
 ENV_VARS = ("OPENBLAS_CORETYPE", "OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS",
             "NUMBA_THREADING_LAYER")
@@ -220,20 +220,36 @@ def naive_ns_per_mac(mult, size: int, repeats: int, rng) -> tuple[float, bool]:
 # cases
 # ---------------------------------------------------------------------------------------------------------
 @contextlib.contextmanager
-def forced_width(width):
-    """AMSIM_CPU_VECTOR_WIDTH set to ``width`` for the block (None: left as it is)."""
-    if width is None:
-        yield
-        return
-    old = os.environ.get("AMSIM_CPU_VECTOR_WIDTH")
-    os.environ["AMSIM_CPU_VECTOR_WIDTH"] = str(width)
+def forced_env(settings: dict):
+    """Environment variables set for the block (an empty dict: left as they are)."""
+    old = {k: os.environ.get(k) for k in settings}
+    os.environ.update(settings)
     try:
         yield
     finally:
-        if old is None:
-            del os.environ["AMSIM_CPU_VECTOR_WIDTH"]
-        else:
-            os.environ["AMSIM_CPU_VECTOR_WIDTH"] = old
+        for k, v in old.items():
+            if v is None:
+                del os.environ[k]
+            else:
+                os.environ[k] = v
+
+
+class _SeenLayout(_gemm._Layout):
+    """The float driver's blocking, remembered: the benchmark reports whether its tables were packed."""
+
+    last = None
+
+    def __init__(self, *args, **kw):
+        super().__init__(*args, **kw)
+        _SeenLayout.last = self
+
+
+_gemm._Layout = _SeenLayout
+
+
+def _packs() -> bool:
+    """Whether the last float GEMM timed packed its tables."""
+    return bool(_SeenLayout.last is not None and _SeenLayout.last.packed)
 
 
 def gemm_case(label, batch, m_rows, k_len, n_cols, mult, repeats, rng, kind="float"):
@@ -247,6 +263,7 @@ def gemm_case(label, batch, m_rows, k_len, n_cols, mult, repeats, rng, kind="flo
         a = rng.integers(-128, 128, shape_a).astype(np.int8)
         b = rng.integers(-128, 128, shape_b).astype(np.int8)
         af, bf = a.astype(np.float32), b.astype(np.float32)
+    _SeenLayout.last = None
     t = race({"numpy": lambda: np.matmul(af, bf), "amsim": lambda: amsim.matmul(a, b, mult)}, repeats)
     macs = int(np.prod(batch, dtype=np.int64)) * m_rows * k_len * n_cols
     return {"case": label, "multiplier": mult.name, "bits": mult.bits, "macs": macs,
@@ -288,6 +305,8 @@ def main(argv=None):
     ap.add_argument("--json", default=None, help="also write the results to this JSON file")
     ap.add_argument("--both-widths", action="store_true", help="time every amsim case with the 8-lane and the "
                     "16-lane float sweep forced (AMSIM_CPU_VECTOR_WIDTH), besides the automatic choice")
+    ap.add_argument("--both-packings", action="store_true", help="time every amsim case with plain and with packed "
+                    "tables forced (AMSIM_CPU_TABLE_PACKING off / on), besides the automatic choice")
     args = ap.parse_args(argv)
     repeats = args.repeats or (4 if args.quick else 7)
     naive_size = args.naive_size or (128 if args.quick else 256)
@@ -318,21 +337,25 @@ def main(argv=None):
     print(f"# amsim CPU GEMM benchmark ({'quick' if args.quick else 'full'}, best of {repeats}, float sweep "
           f"{machine['vector_width']} lanes; CPU has {machine['host_vector_width']})")
     results = []
-    widths = (8, 16, None) if args.both_widths else (None,)
+    variants = [("w8", {"AMSIM_CPU_VECTOR_WIDTH": "8"}), ("w16", {"AMSIM_CPU_VECTOR_WIDTH": "16"})] \
+        if args.both_widths else []
+    if args.both_packings:
+        variants += [("plain", {"AMSIM_CPU_TABLE_PACKING": "off"}), ("pack", {"AMSIM_CPU_TABLE_PACKING": "on"})]
     for label, batch, m_rows, k_len, n_cols, mult in cases:
-        for width in widths:
-            with forced_width(width):
+        for tag, env in variants + [("auto", {})]:
+            with forced_env(env):
                 r = gemm_case(label, batch, m_rows, k_len, n_cols, mult, repeats, rng)
-            r["width"] = width or machine["vector_width"]
-            r["forced"] = width is not None
+                r["width"] = _machine.vector_width()
+                r["packed"] = _packs()
+            r["forced"] = tag
             results.append(r)
-            tag = f"w{width}" if width else "auto"
-            print(f"  {label:24s} {mult.name:8s} {tag:4s} amsim {r['amsim_gmacs']:7.2f} GMAC/s  numpy "
+            print(f"  {label:24s} {mult.name:8s} {tag:5s} {'packed' if r['packed'] else 'plain':6s} amsim "
+                  f"{r['amsim_gmacs']:7.2f} GMAC/s  numpy "
                   f"{r['numpy_gmacs']:7.2f} GMAC/s  ratio {r['ratio']:6.2f}", flush=True)
     int_mult = amsim.multipliers.exact_int(8)
     if not args.quick:
         r = gemm_case("1024x1024x1024 int8", (), 1024, 1024, 1024, int_mult, repeats, rng, kind="int")
-        r["width"], r["forced"] = machine["vector_width"], False
+        r["width"], r["forced"], r["packed"] = machine["vector_width"], "auto", False
         results.append(r)
         print(f"  {r['case']:24s} {int_mult.name:8s} amsim {r['amsim_gmacs']:7.2f} GMAC/s  numpy(f32) "
               f"{r['numpy_gmacs']:7.2f} GMAC/s  ratio {r['ratio']:6.2f}", flush=True)
@@ -355,12 +378,13 @@ def main(argv=None):
     print("\n## machine")
     for k, v in machine.items():
         print(f"- {k}: {v}")
-    print("\n| case | multiplier | lanes | amsim GMAC/s | numpy f32 GMAC/s | amsim / numpy time | speed-up vs naive |")
-    print("| --- | --- | --- | ---: | ---: | ---: | ---: |")
+    print("\n| case | multiplier | setting | lanes | tables | amsim GMAC/s | numpy f32 GMAC/s | amsim / numpy time "
+          "| speed-up vs naive |")
+    print("| --- | --- | --- | --- | --- | ---: | ---: | ---: | ---: |")
     for r in results:
         sp = f"{r['speedup_vs_naive']:.0f}x" if r["speedup_vs_naive"] else "-"
-        lanes = f"{r['width']}{' (forced)' if r['forced'] else ''}"
-        print(f"| {r['case']} | {r['multiplier']} | {lanes} | {r['amsim_gmacs']:.2f} | {r['numpy_gmacs']:.2f} | "
+        print(f"| {r['case']} | {r['multiplier']} | {r['forced']} | {r['width']} | "
+              f"{'packed' if r['packed'] else 'plain'} | {r['amsim_gmacs']:.2f} | {r['numpy_gmacs']:.2f} | "
               f"{r['ratio']:.2f} | {sp} |")
     if args.json:
         from amsim._io import atomic_write

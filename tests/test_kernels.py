@@ -156,3 +156,88 @@ def test_column_block_widths(monkeypatch):
     wanted = 8 if numba.get_num_threads() > 1 else 16
     assert _gemm._Layout(150, 16, 12800, 128, 1, False, cost).nbw == wanted  # conv2 weight gradient
     assert _gemm._Layout(150, 16, 12800, 128, 1, True, cost).nbw == 16  # serial: nothing to share
+
+
+def _spy_packed(monkeypatch):
+    """Record, per expansion the float driver sets up, whether it packs its tables."""
+    from amsim.kernels.cpu import _gemm
+
+    taken = []
+    real = _gemm._Layout.__init__
+
+    def init(self, *args, **kw):
+        real(self, *args, **kw)
+        taken.append(self.packed)
+
+    monkeypatch.setattr(_gemm._Layout, "__init__", init)
+    return taken
+
+
+@pytest.mark.parametrize("serial", [False, True], ids=["parallel", "serial"])
+@pytest.mark.parametrize("rounding", ["nearest", "truncate"])
+@pytest.mark.parametrize("name", ["mbm7", "mitchell3"])
+@pytest.mark.parametrize("shape", [(301, 37, 40), (90, 70, 300), (2, 130, 19, 64), (257, 300, 33)], ids=str)
+def test_matmul_packed_tables(cpu_width, shape, name, rounding, serial, monkeypatch, rng):
+    """Packed tables (two bfloat16-exact entries per word, for the 7-bit and smaller logarithmic multipliers):
+    taken when forced, in both orientations (N > M sweeps B^T), with several k blocks, odd row counts, padded
+    column blocks and batches; the same bits as golden."""
+    import dataclasses
+
+    from amsim.kernels.cpu import _machine
+
+    real = _machine.costs
+    monkeypatch.setattr(_machine, "costs", lambda: dataclasses.replace(
+        real(), gather=1e6, parallel=1e12 if serial else 1e-3))
+    monkeypatch.setenv("AMSIM_CPU_TABLE_PACKING", "on")
+    taken = _spy_packed(monkeypatch)
+    mult = MULTS[name].with_rounding(rounding)
+    assert cpu.float_kernel_tables(mult.table.values).packable
+    *batch, m_, k_, n_ = shape
+    a = _fast_path_matrix(rng, (*batch, m_, k_))
+    b = _fast_path_matrix(rng, (*batch, k_, n_))
+    out = np.full((*batch, m_, n_), np.nan, F)
+    amsim.matmul(a, b, mult, out=out)
+    assert taken == [True]
+    ref = golden.matmul(a, b, mult)
+    assert_bits_equal(out, ref)
+    assert np.isfinite(ref).mean() > 0.8  # most outputs came from the sweep, not the exact path
+
+
+def test_tables_not_bfloat16_exact_are_never_packed(monkeypatch, rng):
+    """One table entry with a low half set makes the table unpackable (packing would drop those bits): forced
+    packing then builds plain tables, and the result is still golden's."""
+    monkeypatch.setenv("AMSIM_CPU_TABLE_PACKING", "on")
+    base = MULTS["mbm7"].table.values.copy()
+    assert cpu.float_kernel_tables(base).packable
+    for values, packable in ((MULTS["exact10"].table.values, False), (MULTS["mitchell11"].table.values, False)):
+        assert cpu.float_kernel_tables(values).packable is packable
+    base[77, 5] = np.nextafter(base[77, 5], F(4.0))  # one ulp: a bit in the low half
+    assert not cpu.float_kernel_tables(base).packable
+    mult = amsim.Multiplier.from_table(base, name="mbm7_one_ulp")
+    taken = _spy_packed(monkeypatch)
+    a = np.ldexp(rng.uniform(1, 2, (300, 40)), rng.integers(-3, 3, (300, 40))).astype(F)
+    b = rng.uniform(1, 2, (40, 64)).astype(F)
+    a[:, 7] = F(1.0 + 77 / 128)  # every row multiplies the changed entry ...
+    b[7, :] = F(1.0 + 5 / 128)  # ... so packing it would change every output
+    assert_bits_equal(amsim.matmul(a, b, mult), golden.matmul(a, b, mult))
+    assert taken == [False]
+
+
+def test_table_packing_setting(monkeypatch):
+    from dataclasses import replace
+
+    from amsim.kernels.cpu import _machine
+
+    cost = _machine.DEFAULT_COSTS
+    monkeypatch.setenv("AMSIM_CPU_TABLE_PACKING", "off")
+    assert not _machine.use_packed(replace(cost, build_packed=1e-3, sweep_packed=1e-3), 128, 1024)
+    monkeypatch.setenv("AMSIM_CPU_TABLE_PACKING", "on")
+    assert _machine.use_packed(replace(cost, build_packed=9.0, sweep_packed=9.0), 128, 1024)
+    monkeypatch.delenv("AMSIM_CPU_TABLE_PACKING")
+    assert not _machine.use_packed(cost, 128, 1024)  # the defaults never pack
+    # auto: by the costs of the tables' rows and the rows swept per table
+    cheap_sweep = replace(cost, build=0.1, sweep=0.1, build_packed=0.2, sweep_packed=0.08)
+    assert _machine.use_packed(cheap_sweep, 128, 1024) and not _machine.use_packed(cheap_sweep, 128, 256)
+    monkeypatch.setenv("AMSIM_CPU_TABLE_PACKING", "yes")
+    with pytest.raises(ValueError, match="AMSIM_CPU_TABLE_PACKING='yes' is not a packing setting.*on.*off.*auto"):
+        _machine.use_packed(cost, 128, 1024)

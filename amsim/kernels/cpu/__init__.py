@@ -24,6 +24,11 @@ Layout matters more than arithmetic here:
   thread owns its T and tile. Expansion costs ``2**m`` table rows per k and column block, amortised over the
   rows swept, so the larger of M and N is swept (computing C^T = B^T A^T when N > M).
 
+Where every table entry is bfloat16-exact (its low 16 bits zero, as for the 7-bit logarithmic multipliers) T can
+be packed two entries to a 32-bit word (columns q and q + 16 of a row in word q): half the bytes per
+multiply-accumulate for a mask and a shift per vector, the same values exactly. The measured costs decide where
+that pays (``AMSIM_CPU_TABLE_PACKING`` forces it on or off).
+
 Operands whose exponent could take an intermediate or a product out of the normal range (and Inf/NaN) make
 their whole row or column "flagged"; those outputs are recomputed by the scalar path, which assembles each
 product from bits as the semantics say. The exponent window of each side is chosen per call from the data, so

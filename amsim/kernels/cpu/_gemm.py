@@ -48,6 +48,15 @@ class KernelTables(tuple):
     lutt: np.ndarray
     exp_lo: int
     exp_hi: int
+    packable: bool
+
+
+def packable(values: np.ndarray) -> bool:
+    """Whether the float expansion may pack the tables built from ``values`` two entries to a word: all entries
+    bfloat16-exact (low 16 bits zero; times the power-of-two scales they stay so), as those of the 7-bit
+    logarithmic multipliers are. Tables of fewer than 8 rows are never packed."""
+    return (values.dtype == np.float32 and values.ndim == 2 and values.shape[0] >= 8
+            and not np.any(values.view(np.uint32) & np.uint32(0xFFFF)))
 
 
 def float_kernel_tables(values: np.ndarray) -> KernelTables:
@@ -68,6 +77,7 @@ def float_kernel_tables(values: np.ndarray) -> KernelTables:
     kt = KernelTables((lutf, lut_e, lut_f, np.array(ranges, dtype=np.int32)))
     kt.lutt = np.ascontiguousarray(lutf.T)
     kt.exp_lo, kt.exp_hi = e_lo, e_hi
+    kt.packable = packable(lutf)
     return kt
 
 
@@ -139,7 +149,7 @@ def _row_blocks(nbatch: int, n_cb: int, m_rows: int, nthreads: int) -> int:
 class _Layout:
     """Blocking of an expansion that sweeps mx = max(M, N) rows and expands ny = min(M, N) columns."""
 
-    def __init__(self, m_rows, n_cols, k_len, n_l, nbatch, serial, cost):
+    def __init__(self, m_rows, n_cols, k_len, n_l, nbatch, serial, cost, table_packable=None):
         self.mx, self.ny = max(m_rows, n_cols), min(m_rows, n_cols)
         # get_num_threads() also starts Numba's thread pool, which must exist before a kernel that calls
         # get_thread_id() is loaded from the on-disk cache, even the serial twin (otherwise: a null call, segfault)
@@ -154,9 +164,14 @@ class _Layout:
         self.n_rb = 1 if serial else _row_blocks(nbatch, self.npad // self.nbw, self.mx, nthreads)
         self.nthreads = 1 if serial else nthreads
         self.wide = cost.width == 16
+        # packed tables (two entries per word) where the entries allow it and this machine's costs say so
+        self.packed = (self.nbw == NB and n_l >= 8 and table_packable is not None
+                       and _machine.use_packed(cost, n_l, -(-self.mx // self.n_rb)) and table_packable())
+        self.words = NB // 2 if self.packed else self.nbw  # elements (or words) of one table row
 
     def buffers(self, n_l, dtype):
-        return _thread_buffers(self.nthreads, self.kbs * n_l * self.nbw, -(-self.mx // self.n_rb) * self.nbw, dtype)
+        return _thread_buffers(self.nthreads, self.kbs * n_l * self.words, -(-self.mx // self.n_rb) * self.nbw, dtype,
+                               np.uint32 if self.packed else dtype)
 
 
 _TALL_MAX = 2 << 20  # bytes of _expand_narrow's whole-K table: it must stay in (about) one core's L2
@@ -257,12 +272,13 @@ def gemm_f32(a, b, out, m, truncate, kt):
         else:
             x, y, c = a, b, out
             lutt = _lutt(kt)
-        lay = _Layout(m_rows, n_cols, k_len, n_l, nbatch, serial, cost)
+        lay = _Layout(m_rows, n_cols, k_len, n_l, nbatch, serial, cost, lambda: getattr(kt, "packable", False))
         ib, sb, ymin, ymax = _decode_cols(y, m, truncate, serial, lay.npad, lay.nbw)
         xmin = np.empty((nbatch, lay.mx), np.int32)
         xmax = np.empty((nbatch, lay.mx), np.int32)
         fr = 0 if swapped else _narrow_rows(lay, x, k_len, n_l)
         if fr:  # one column block: decode and sweep fused
+            lay.packed, lay.words = False, lay.nbw  # (its whole-K table is a plain one)
             tall = _scratch("tall", (nbatch, k_len * n_l * lay.nbw), np.float32)
             pbi = _scratch("pbi", (lay.nthreads, fr, k_len), np.int32)
             pbs = _scratch("pbs", (lay.nthreads, fr, k_len), np.float32)
@@ -276,10 +292,10 @@ def gemm_f32(a, b, out, m, truncate, kt):
             if swapped:
                 pmin = np.empty((nbatch, lay.nkb, lay.mx), np.int32)
                 pmax = np.empty((nbatch, lay.nkb, lay.mx), np.int32)
-                _k(_decode_rows_t_f32, serial)(b, m, truncate, iap, sap, pmin, pmax, lay.nbw, n_l * lay.nbw)
+                _k(_decode_rows_t_f32, serial)(b, m, truncate, iap, sap, pmin, pmax, lay.words, n_l * lay.words)
                 xmin, xmax = pmin.min(axis=1), pmax.max(axis=1)
             else:
-                _k(_decode_rows_f32, serial)(x, m, truncate, iap, sap, xmin, xmax, lay.nbw, n_l * lay.nbw)
+                _k(_decode_rows_f32, serial)(x, m, truncate, iap, sap, xmin, xmax, lay.words, n_l * lay.words)
             tbuf, cbuf = lay.buffers(n_l, np.float32)
             with numba.parallel_chunksize(1):  # items are big: hand them out dynamically (a busy core stalls less)
                 _k(_expand, serial)(c, iap, sap, ib, sb, lutt, lay.nbw, lay.n_rb, tbuf, cbuf, lay.wide)
@@ -318,7 +334,7 @@ def gemm_i32(ia, ib, out, lut):
     else:
         y, c, lutt = ib, out, lut.T
     lutt = np.ascontiguousarray(lutt)
-    lay = _Layout(m_rows, n_cols, k_len, n_l, nbatch, serial, cost)
+    lay = _Layout(m_rows, n_cols, k_len, n_l, nbatch, serial, cost)  # (plain tables: packed ints measured slower)
     iap = _scratch("iap", (nbatch, lay.nkb, lay.mx, lay.kbs), np.int32)
     if swapped:
         _k(_pack_rows_t_i32, serial)(ib, iap, lay.nbw, n_l * lay.nbw)

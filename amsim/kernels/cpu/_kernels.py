@@ -27,6 +27,7 @@ from ._simd import (
     vgather,
     vload,
     vload16,
+    vload_pair,
     vmax_lanes,
     vmin_lanes,
     vmul,
@@ -36,6 +37,7 @@ from ._simd import (
     vsplat,
     vsplat16,
     vstore,
+    vtranspose_pack_store,
     vtranspose_store,
 )
 
@@ -43,7 +45,7 @@ from ._simd import (
 # from _simd.py and amsim/_fpenv.py (or the constant below): a change there would leave kernels compiled from the
 # old code in the cache, loaded as if current. This digest of that code (dependencies_digest(); checked here at
 # import and by tests/test_architecture.py) makes every such change a change of this file.
-DEPENDENCIES_DIGEST = "f2a36e01ebe4d208"
+DEPENDENCIES_DIGEST = "6eec459f39b295e0"
 
 
 def dependencies_digest() -> str | None:
@@ -652,6 +654,41 @@ def _build_t(t, t0, lutt, ib, sb, k0, kb, j0, nl, nbw):
                     t[base + j] = _scaled(lutt[ib[k0 + kk, j0 + j], r], sb, k0 + kk, j0 + j)
 
 
+@numba.njit(inline="always")
+def _build_tp(t, t0, lutt, ib, sb, k0, kb, j0, nl):
+    """_build_t of a 32-column block into a packed table (uint32 words, see _simd.vtranspose_pack_store): row r
+    of T[kk] is 16 words, word q holding columns j0 + q and j0 + q + 16. Needs nl >= 8 and entries that fit."""
+    npad = ib.shape[1]
+    for kk in range(kb):
+        ibr = ib[k0 + kk]
+        for jc in range(0, 16, 8):
+            j = j0 + jc
+            a0, a1, a2, a3 = ibr[j] * nl, ibr[j + 1] * nl, ibr[j + 2] * nl, ibr[j + 3] * nl
+            a4, a5, a6, a7 = ibr[j + 4] * nl, ibr[j + 5] * nl, ibr[j + 6] * nl, ibr[j + 7] * nl
+            b0, b1, b2, b3 = ibr[j + 16] * nl, ibr[j + 17] * nl, ibr[j + 18] * nl, ibr[j + 19] * nl
+            b4, b5, b6, b7 = ibr[j + 20] * nl, ibr[j + 21] * nl, ibr[j + 22] * nl, ibr[j + 23] * nl
+            sva = _row_scale(sb, (k0 + kk) * npad + j)
+            svb = _row_scale(sb, (k0 + kk) * npad + j + 16)
+            for r in range(0, nl, 8):
+                vtranspose_pack_store(
+                    t, t0 + (kk * nl + r) * 16 + jc, 16, sva, svb,
+                    (vload(lutt, a0 + r), vload(lutt, a1 + r), vload(lutt, a2 + r), vload(lutt, a3 + r),
+                     vload(lutt, a4 + r), vload(lutt, a5 + r), vload(lutt, a6 + r), vload(lutt, a7 + r)),
+                    (vload(lutt, b0 + r), vload(lutt, b1 + r), vload(lutt, b2 + r), vload(lutt, b3 + r),
+                     vload(lutt, b4 + r), vload(lutt, b5 + r), vload(lutt, b6 + r), vload(lutt, b7 + r)))
+
+
+def _build_any(t, t0, lutt, ib, sb, k0, kb, j0, nl, nbw):
+    """_build_tp into a packed (uint32) table, else _build_t."""
+
+
+@overload(_build_any, inline="always")
+def _ov_build_any(t, t0, lutt, ib, sb, k0, kb, j0, nl, nbw):
+    if t.dtype == types.uint32:
+        return lambda t, t0, lutt, ib, sb, k0, kb, j0, nl, nbw: _build_tp(t, t0, lutt, ib, sb, k0, kb, j0, nl)
+    return lambda t, t0, lutt, ib, sb, k0, kb, j0, nl, nbw: _build_t(t, t0, lutt, ib, sb, k0, kb, j0, nl, nbw)
+
+
 # The sweeps take the swept operand as offsets into T (see _decode_rows_f32) and hoist each row's panel rows
 # out of the k loop: what remains per row and k is one offset load, one broadcast, and a load, a multiply and
 # an add per vector.
@@ -843,12 +880,163 @@ def _sweep8(ct, t, ia, sa, i0, i1, k0, kb):
         i += 1
 
 
+@numba.njit(cache=_CACHE)
+def _sweep32p(ct, t, ia, sa, i0, i1, k0, kb):
+    """_sweep32 from a packed table (offsets in words): half the bytes of T per multiply-accumulate, for two
+    shifts or masks per vector."""
+    i = i0
+    while i + 2 <= i1:
+        oc = (i - i0) * 32
+        x0, x1 = ia[i], ia[i + 1]
+        s0, s1 = _batch(sa, i), _batch(sa, i + 1)
+        a0 = vload(ct, oc)
+        a1 = vload(ct, oc + 8)
+        a2 = vload(ct, oc + 16)
+        a3 = vload(ct, oc + 24)
+        b0 = vload(ct, oc + 32)
+        b1 = vload(ct, oc + 40)
+        b2 = vload(ct, oc + 48)
+        b3 = vload(ct, oc + 56)
+        for kk in range(k0, k0 + kb):
+            s = _splat1(s0, kk)
+            o = x0[kk]
+            u = _splat1(s1, kk)
+            p = x1[kk]
+            t0, t2 = vload_pair(t, o, a0)
+            t1, t3 = vload_pair(t, o + 8, a0)
+            u0, u2 = vload_pair(t, p, a0)
+            u1, u3 = vload_pair(t, p + 8, a0)
+            a0 = _madd(a0, s, t0)
+            b0 = _madd(b0, u, u0)
+            a1 = _madd(a1, s, t1)
+            b1 = _madd(b1, u, u1)
+            a2 = _madd(a2, s, t2)
+            b2 = _madd(b2, u, u2)
+            a3 = _madd(a3, s, t3)
+            b3 = _madd(b3, u, u3)
+        vstore(ct, oc, a0)
+        vstore(ct, oc + 8, a1)
+        vstore(ct, oc + 16, a2)
+        vstore(ct, oc + 24, a3)
+        vstore(ct, oc + 32, b0)
+        vstore(ct, oc + 40, b1)
+        vstore(ct, oc + 48, b2)
+        vstore(ct, oc + 56, b3)
+        i += 2
+    if i < i1:
+        oc = (i - i0) * 32
+        x0 = ia[i]
+        s0 = _batch(sa, i)
+        a0 = vload(ct, oc)
+        a1 = vload(ct, oc + 8)
+        a2 = vload(ct, oc + 16)
+        a3 = vload(ct, oc + 24)
+        for kk in range(k0, k0 + kb):
+            s = _splat1(s0, kk)
+            o = x0[kk]
+            t0, t2 = vload_pair(t, o, a0)
+            t1, t3 = vload_pair(t, o + 8, a0)
+            a0 = _madd(a0, s, t0)
+            a1 = _madd(a1, s, t1)
+            a2 = _madd(a2, s, t2)
+            a3 = _madd(a3, s, t3)
+        vstore(ct, oc, a0)
+        vstore(ct, oc + 8, a1)
+        vstore(ct, oc + 16, a2)
+        vstore(ct, oc + 24, a3)
+
+
+@numba.njit(cache=_CACHE)
+def _sweep32pw(ct, t, ia, sa, i0, i1, k0, kb):
+    """_sweep32p on 16-lane vectors, four rows at a time: one load of 16 words gives a row's 32 columns."""
+    i = i0
+    while i + 4 <= i1:
+        oc = (i - i0) * 32
+        x0, x1, x2, x3 = ia[i], ia[i + 1], ia[i + 2], ia[i + 3]
+        s0, s1, s2, s3 = _batch(sa, i), _batch(sa, i + 1), _batch(sa, i + 2), _batch(sa, i + 3)
+        a0 = vload16(ct, oc)
+        a1 = vload16(ct, oc + 16)
+        b0 = vload16(ct, oc + 32)
+        b1 = vload16(ct, oc + 48)
+        c0 = vload16(ct, oc + 64)
+        c1 = vload16(ct, oc + 80)
+        d0 = vload16(ct, oc + 96)
+        d1 = vload16(ct, oc + 112)
+        for kk in range(k0, k0 + kb):
+            ta, tb = vload_pair(t, x0[kk], a0)
+            ua, ub = vload_pair(t, x1[kk], a0)
+            va, vb = vload_pair(t, x2[kk], a0)
+            wa, wb = vload_pair(t, x3[kk], a0)
+            s = _splat16(s0, kk)
+            u = _splat16(s1, kk)
+            v = _splat16(s2, kk)
+            w = _splat16(s3, kk)
+            a0 = _madd(a0, s, ta)
+            b0 = _madd(b0, u, ua)
+            c0 = _madd(c0, v, va)
+            d0 = _madd(d0, w, wa)
+            a1 = _madd(a1, s, tb)
+            b1 = _madd(b1, u, ub)
+            c1 = _madd(c1, v, vb)
+            d1 = _madd(d1, w, wb)
+        vstore(ct, oc, a0)
+        vstore(ct, oc + 16, a1)
+        vstore(ct, oc + 32, b0)
+        vstore(ct, oc + 48, b1)
+        vstore(ct, oc + 64, c0)
+        vstore(ct, oc + 80, c1)
+        vstore(ct, oc + 96, d0)
+        vstore(ct, oc + 112, d1)
+        i += 4
+    while i < i1:
+        oc = (i - i0) * 32
+        x0 = ia[i]
+        s0 = _batch(sa, i)
+        a0 = vload16(ct, oc)
+        a1 = vload16(ct, oc + 16)
+        for kk in range(k0, k0 + kb):
+            ta, tb = vload_pair(t, x0[kk], a0)
+            s = _splat16(s0, kk)
+            a0 = _madd(a0, s, ta)
+            a1 = _madd(a1, s, tb)
+        vstore(ct, oc, a0)
+        vstore(ct, oc + 16, a1)
+        i += 1
+
+
+def _sweep_any(ct, t, ia, sa, i0, i1, k0, kb, nbw, wide):
+    """The sweep for the table's form (packed: 32 columns only), column-block width and vector width."""
+
+
+@overload(_sweep_any, inline="always")
+def _ov_sweep_any(ct, t, ia, sa, i0, i1, k0, kb, nbw, wide):
+    if t.dtype == types.uint32:
+        def packed(ct, t, ia, sa, i0, i1, k0, kb, nbw, wide):
+            if wide:
+                _sweep32pw(ct, t, ia, sa, i0, i1, k0, kb)
+            else:
+                _sweep32p(ct, t, ia, sa, i0, i1, k0, kb)
+        return packed
+
+    def plain(ct, t, ia, sa, i0, i1, k0, kb, nbw, wide):
+        if nbw == 32 and wide:
+            _sweep32w(ct, t, ia, sa, i0, i1, k0, kb)
+        elif nbw == 32:
+            _sweep32(ct, t, ia, sa, i0, i1, k0, kb)
+        elif nbw == 16:
+            _sweep16(ct, t, ia, sa, i0, i1, k0, kb)
+        else:
+            _sweep8(ct, t, ia, sa, i0, i1, k0, kb)
+    return plain
+
+
 @numba.njit(parallel=True, cache=_CACHE)
 def _expand(c, iap, sap, ib, sb, lutt, nbw, n_rb, tbuf, cbuf, wide):
     """c[bt] = x[bt] (x) y[bt] from the decoded panels (float: scales sap/sb; integer: both None).
 
     ``c`` may be a transposed view; nbw (32, 16 or 8) is the column-block width; ``wide``: sweep 32 columns on
-    16-lane vectors (same sums in the same order, so the same bits). See the module docstring.
+    16-lane vectors (same sums in the same order, so the same bits); a uint32 ``tbuf`` holds packed tables
+    (32-column blocks, entries that fit 16 bits, panels of word offsets). See the module docstring.
     """
     nbatch, nkb, m_rows, kbs = iap.shape
     k_len = ib.shape[1]
@@ -872,15 +1060,8 @@ def _expand(c, iap, sap, ib, sb, lutt, nbw, n_rb, tbuf, cbuf, wide):
         for kbi in range(nkb):
             k0 = kbi * kbs
             kb = min(kbs, k_len - k0)
-            _build_t(t, 0, lutt, ib[bt], _batch(sb, bt), k0, kb, j0, nl, nbw)
-            if nbw == 32 and wide:
-                _sweep32w(ct, t, iap[bt, kbi], _panel(sap, bt, kbi), i0, i1, 0, kb)
-            elif nbw == 32:
-                _sweep32(ct, t, iap[bt, kbi], _panel(sap, bt, kbi), i0, i1, 0, kb)
-            elif nbw == 16:
-                _sweep16(ct, t, iap[bt, kbi], _panel(sap, bt, kbi), i0, i1, 0, kb)
-            else:
-                _sweep8(ct, t, iap[bt, kbi], _panel(sap, bt, kbi), i0, i1, 0, kb)
+            _build_any(t, 0, lutt, ib[bt], _batch(sb, bt), k0, kb, j0, nl, nbw)
+            _sweep_any(ct, t, iap[bt, kbi], _panel(sap, bt, kbi), i0, i1, 0, kb, nbw, wide)
         nbv = min(nbw, n_cols - j0)
         for i in range(i0, i1):
             for j in range(nbv):
@@ -935,14 +1116,7 @@ def _expand_narrow(c, x, m, truncate, ib, sb, lutt, nbw, fr, kbs, tall, pbi, pbs
         t = tall[bt]
         for k0 in range(0, k_len, kbs):
             kb = min(kbs, k_len - k0)
-            if nbw == 32 and wide:
-                _sweep32w(ct, t, bi, bs, 0, nr, k0, kb)
-            elif nbw == 32:
-                _sweep32(ct, t, bi, bs, 0, nr, k0, kb)
-            elif nbw == 16:
-                _sweep16(ct, t, bi, bs, 0, nr, k0, kb)
-            else:
-                _sweep8(ct, t, bi, bs, 0, nr, k0, kb)
+            _sweep_any(ct, t, bi, bs, 0, nr, k0, kb, nbw, wide)
         for i in range(nr):
             for j in range(n_cols):
                 c[bt, r0 + i, j] = ct[i * nbw + j]

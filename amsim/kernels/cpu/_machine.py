@@ -32,6 +32,7 @@ from ._buffers import _thread_buffers
 
 ENV_WIDTH = "AMSIM_CPU_VECTOR_WIDTH"
 ENV_CALIBRATION = "AMSIM_CPU_CALIBRATION"
+ENV_PACKING = "AMSIM_CPU_TABLE_PACKING"
 CACHE_NAME = "amsim_cpu_costs.json"
 T_BYTES_CHOICES = (32 << 10, 64 << 10, 128 << 10, 256 << 10)
 
@@ -49,6 +50,8 @@ class Costs:
         parallel: fixed cost of one parallel region (both cores), the break-even against serial work.
         t_bytes: size of one thread's expanded table, the fastest of ``T_BYTES_CHOICES``.
         width: the vector width these costs were measured with (8 or 16 lanes).
+        build_packed, sweep_packed: build and sweep with packed tables (two bfloat16-exact entries per word),
+            used where they cost less than plain ones and the multiplier's entries allow it.
     """
 
     build: float = 0.17
@@ -59,6 +62,8 @@ class Costs:
     parallel: float = 25_000.0
     t_bytes: int = 128 << 10
     width: int = 8
+    build_packed: float = 0.2  # (never chosen by default)
+    sweep_packed: float = 0.06
 
     @classmethod
     def from_dict(cls, d) -> Costs | None:
@@ -137,19 +142,20 @@ def vector_width() -> int:
     return costs().width
 
 
-def _expansion_case(rng, rows, k_len, nl, nbw, t_bytes, width):
+def _expansion_case(rng, rows, k_len, nl, nbw, t_bytes, width, packed=False):
     """Decoded operands of one column block (rows x k_len) @ (k_len x nbw) with an nl-row table, as _expand
     takes them, and the call that runs it serially. Scales are 1.0: the costs do not depend on values."""
     kbs = max(1, min(32, k_len, t_bytes // (nl * nbw * 4)))
     nkb = -(-k_len // kbs)
     kk = np.arange(kbs, dtype=np.int32)
-    iap = (rng.integers(0, nl, (1, nkb, rows, kbs)) * nbw + kk * (nl * nbw)).astype(np.int32)  # table offsets
+    words = nbw // 2 if packed else nbw
+    iap = (rng.integers(0, nl, (1, nkb, rows, kbs)) * words + kk * (nl * words)).astype(np.int32)  # table offsets
     sap = np.ones((1, nkb, rows, kbs), np.float32)
     ib = rng.integers(0, nl, (1, k_len, nbw)).astype(np.int32)
     sb = np.ones((1, k_len, nbw), np.float32)
     lutt = rng.uniform(1.0, 4.0, (nl, nl)).astype(np.float32)
     c = np.empty((1, rows, nbw), np.float32)
-    tbuf, cbuf = _thread_buffers(1, kbs * nl * nbw, rows * nbw, np.float32)
+    tbuf, cbuf = _thread_buffers(1, kbs * nl * words, rows * nbw, np.float32, np.uint32 if packed else None)
     wide = width == 16
     kern = _kernels._SERIAL[_kernels._expand]
     return lambda: kern(c, iap, sap, ib, sb, lutt, nbw, 1, tbuf, cbuf, wide)
@@ -166,9 +172,14 @@ def calibrate(width: int) -> Costs:
         per_tb[tb] = _best(_expansion_case(rng, big, k_len, 128, 32, tb, width))
     t_bytes = min(per_tb, key=per_tb.get)
     t_small = _best(_expansion_case(rng, small, k_len, 128, 32, t_bytes, width))
-    # t(rows) = k_len * nbw * (nl * build + rows * sweep): two row counts separate the two costs
-    sweep = max((per_tb[t_bytes] - t_small) / ((big - small) * k_len * 32), 1e-3)
-    build = max((t_small - small * k_len * 32 * sweep) / (k_len * 32 * 128), 1e-3)
+
+    def split(t_big, t_small):  # t(rows) = k_len * nbw * (nl * build + rows * sweep): two row counts separate them
+        sweep = max((t_big - t_small) / ((big - small) * k_len * 32), 1e-3)
+        return max((t_small - small * k_len * 32 * sweep) / (k_len * 32 * 128), 1e-3), sweep
+
+    build, sweep = split(per_tb[t_bytes], t_small)
+    build_packed, sweep_packed = split(_best(_expansion_case(rng, big, k_len, 128, 32, t_bytes, width, True)),
+                                       _best(_expansion_case(rng, small, k_len, 128, 32, t_bytes, width, True)))
     t8 = _best(_expansion_case(rng, big, k_len, 128, 8, t_bytes, width))
     sweep8 = max((t8 - k_len * 8 * 128 * build) / (big * k_len * 8), 1e-3)
     t_large = _best(_expansion_case(rng, 16, 4, 2048, 32, t_bytes, width), 2)
@@ -189,7 +200,32 @@ def calibrate(width: int) -> Costs:
     ser = _best(lambda: gather_k(c1, ia1, sa1, ione, one, lut1), 5)
     parallel = min(max(par - ser, 10_000.0), 1e6)  # idle-machine figures undersell it
     return Costs(build=build, build_large=build_large, sweep=sweep, sweep8=sweep8, gather=gather,
-                 parallel=parallel, t_bytes=t_bytes, width=width)
+                 parallel=parallel, t_bytes=t_bytes, width=width, build_packed=build_packed,
+                 sweep_packed=sweep_packed)
+
+
+def table_packing() -> str:
+    """``AMSIM_CPU_TABLE_PACKING``: "on" (pack every table whose entries allow it), "off" (never), or "auto"
+    (unset: where this machine's measured costs say it is faster). Packing changes speed only, never a result.
+
+    Raises:
+        ValueError: the variable holds something else.
+    """
+    v = os.environ.get(ENV_PACKING, "").strip().lower()
+    if v in ("", "auto"):
+        return "auto"
+    if v in ("on", "off"):
+        return v
+    raise ValueError(f"{ENV_PACKING}={v!r} is not a packing setting: set it to on (pack every table whose entries "
+                     "fit 16 bits), off (never pack) or auto (as measured on this machine), or unset it.")
+
+
+def use_packed(cost: Costs, n_l: int, rows: int) -> bool:
+    """Whether an expansion with ``n_l``-row tables sweeping ``rows`` rows packs them, where the entries allow it:
+    forced, or cheaper by the measured costs."""
+    mode = table_packing()
+    return mode == "on" or (mode == "auto" and n_l * cost.build_packed + rows * cost.sweep_packed
+                            < n_l * cost.build + rows * cost.sweep)
 
 
 def _kernel_source_digest() -> str:

@@ -246,6 +246,32 @@ def _shuffle(builder, a, b, mask):
     return builder.shuffle_vector(a, b, ir.Constant(ir.VectorType(ir.IntType(32), _W), mask))
 
 
+def _transpose8(builder, r):
+    """The 8x8 transpose of 8-lane rows r[0..7]: three rounds of shuffles."""
+    t = []  # interleave pairs of rows within 128-bit halves
+    for q in range(0, 8, 2):
+        t.append(_shuffle(builder, r[q], r[q + 1], [0, 8, 1, 9, 4, 12, 5, 13]))
+        t.append(_shuffle(builder, r[q], r[q + 1], [2, 10, 3, 11, 6, 14, 7, 15]))
+    u = [None] * 8  # then pairs of pairs
+    for g in range(2):
+        lo01, hi01, lo23, hi23 = t[4 * g : 4 * g + 4]
+        u[4 * g + 0] = _shuffle(builder, lo01, lo23, [0, 1, 8, 9, 4, 5, 12, 13])
+        u[4 * g + 1] = _shuffle(builder, lo01, lo23, [2, 3, 10, 11, 6, 7, 14, 15])
+        u[4 * g + 2] = _shuffle(builder, hi01, hi23, [0, 1, 8, 9, 4, 5, 12, 13])
+        u[4 * g + 3] = _shuffle(builder, hi01, hi23, [2, 3, 10, 11, 6, 7, 14, 15])
+    outs = [_shuffle(builder, u[p], u[4 + p], [0, 1, 2, 3, 8, 9, 10, 11]) for p in range(4)]  # then halves
+    return outs + [_shuffle(builder, u[p], u[4 + p], [4, 5, 6, 7, 12, 13, 14, 15]) for p in range(4)]
+
+
+def _scale_rows(builder, outs, dtype, scale):
+    mul = builder.fmul if dtype == types.float32 else builder.mul
+    return [mul(x, scale) for x in outs]
+
+
+def _row_at(builder, off, stride, p):
+    return builder.add(off, builder.mul(stride, ir.Constant(stride.type, p)))
+
+
 @intrinsic
 def vtranspose_store(typingctx, arr, off, stride, scale, v0, v1, v2, v3, v4, v5, v6, v7):
     """Store the 8x8 transpose of rows v0..v7, times ``scale`` per output row (None: no scaling).
@@ -261,29 +287,75 @@ def vtranspose_store(typingctx, arr, off, stride, scale, v0, v1, v2, v3, v4, v5,
 
     def codegen(context, builder, sig, args):
         aval, o, s = args[0], args[1], args[2]
-        r = list(args[4:])
-        t = []  # interleave pairs of rows within 128-bit halves
-        for q in range(0, 8, 2):
-            t.append(_shuffle(builder, r[q], r[q + 1], [0, 8, 1, 9, 4, 12, 5, 13]))
-            t.append(_shuffle(builder, r[q], r[q + 1], [2, 10, 3, 11, 6, 14, 7, 15]))
-        u = [None] * 8  # then pairs of pairs
-        for g in range(2):
-            lo01, hi01, lo23, hi23 = t[4 * g : 4 * g + 4]
-            u[4 * g + 0] = _shuffle(builder, lo01, lo23, [0, 1, 8, 9, 4, 5, 12, 13])
-            u[4 * g + 1] = _shuffle(builder, lo01, lo23, [2, 3, 10, 11, 6, 7, 14, 15])
-            u[4 * g + 2] = _shuffle(builder, hi01, hi23, [0, 1, 8, 9, 4, 5, 12, 13])
-            u[4 * g + 3] = _shuffle(builder, hi01, hi23, [2, 3, 10, 11, 6, 7, 14, 15])
-        outs = [_shuffle(builder, u[p], u[4 + p], [0, 1, 2, 3, 8, 9, 10, 11]) for p in range(4)]  # then halves
-        outs += [_shuffle(builder, u[p], u[4 + p], [4, 5, 6, 7, 12, 13, 14, 15]) for p in range(4)]
+        outs = _transpose8(builder, list(args[4:]))
         if has_scale:
-            mul = builder.fmul if arr.dtype == types.float32 else builder.mul
-            outs = [mul(x, args[3]) for x in outs]
+            outs = _scale_rows(builder, outs, arr.dtype, args[3])
         for p in range(8):
-            po = builder.add(o, builder.mul(s, ir.Constant(s.type, p)))
-            builder.store(outs[p], _vptr(context, builder, arr, aval, po, arr.dtype), align=4)
+            builder.store(outs[p], _vptr(context, builder, arr, aval, _row_at(builder, o, s, p), arr.dtype), align=4)
         return context.get_dummy_value()
 
     return types.void(arr, off, stride, scale, *vs), codegen
+
+
+# Packed tables hold two bfloat16-exact float32 entries (low 16 bits zero) per 32-bit word: word q of a packed row
+# holds entry q ("first") as its high half and entry q + w ("second") as its low half, w the row's half width.
+_HI16 = -65536  # 0xFFFF0000
+
+
+def _is_packed_arr(arr):
+    return isinstance(arr, types.Array) and arr.layout == "C" and arr.dtype == types.uint32
+
+
+@intrinsic
+def vtranspose_pack_store(typingctx, arr, off, stride, scale_a, scale_b, rows_a, rows_b):
+    """Store the 8x8 transposes of rows_a and rows_b (tuples of 8 float32 vectors, each times its scale per
+    output row, or unscaled for None) packed: output row p becomes the 8 words at flat element
+    ``off + p * stride`` of the uint32 ``arr``, word q holding transposed rows_a[q][p] as its first entry and
+    rows_b[q][p] as its second. The entries must be bfloat16-exact (their low halves are dropped)."""
+    if not (_is_packed_arr(arr) and isinstance(rows_a, types.UniTuple) and rows_a == rows_b and rows_a.count == _W):
+        return None
+    vt = rows_a.dtype
+    if not (isinstance(vt, Vec) and vt.width == _W and vt.dtype == types.float32):
+        return None
+    has_scale = isinstance(scale_a, Vec)
+    if has_scale != isinstance(scale_b, Vec) or (has_scale and not (scale_a == scale_b == vt)):
+        return None
+
+    def codegen(context, builder, sig, args):
+        aval, o, s = args[0], args[1], args[2]
+        i32v = ir.VectorType(ir.IntType(32), _W)
+        outs = []
+        for tup, sc in ((args[5], args[3]), (args[6], args[4])):
+            t = _transpose8(builder, [builder.extract_value(tup, q) for q in range(_W)])
+            outs.append([builder.bitcast(x, i32v) for x in (_scale_rows(builder, t, vt.dtype, sc) if has_scale else t)])
+        for p in range(8):  # first | second >> 16: the first's low half is zero
+            w = builder.or_(outs[0][p], builder.lshr(outs[1][p], ir.Constant(i32v, [16] * _W)))
+            builder.store(w, _vptr(context, builder, arr, aval, _row_at(builder, o, s, p), types.int32), align=4)
+        return context.get_dummy_value()
+
+    return types.void(arr, off, stride, scale_a, scale_b, rows_a, rows_b), codegen
+
+
+@intrinsic
+def vload_pair(typingctx, arr, off, like):
+    """The words ``off .. off + w - 1`` of a packed uint32 table (w = like.width, like a float32 vector) unpacked
+    into two float32 vectors: their first entries and their second ones (see vtranspose_pack_store). No bounds
+    check."""
+    if not (_is_packed_arr(arr) and isinstance(off, types.Integer) and isinstance(like, Vec)
+            and like.dtype == types.float32):
+        return None
+    width = like.width
+    out = types.UniTuple(like, 2)
+
+    def codegen(context, builder, sig, args):
+        i32v = ir.VectorType(ir.IntType(32), width)
+        fv = _vty(context, types.float32, width)
+        w = builder.load(_vptr(context, builder, arr, args[0], args[1], types.int32, width), align=4)
+        first = builder.bitcast(builder.and_(w, ir.Constant(i32v, [_HI16] * width)), fv)
+        second = builder.bitcast(builder.shl(w, ir.Constant(i32v, [16] * width)), fv)
+        return context.make_tuple(builder, out, [first, second])
+
+    return out(arr, off, like), codegen
 
 
 @intrinsic
