@@ -27,6 +27,7 @@ from ._simd import (
     vgather,
     vload,
     vload16,
+    vload_halves,
     vload_pair,
     vmax_lanes,
     vmin_lanes,
@@ -38,14 +39,14 @@ from ._simd import (
     vsplat16,
     vstore,
     vtranspose_pack_store,
-    vtranspose_store,
+    vtranspose_store_halves,
 )
 
 # Numba keys its on-disk cache of these kernels by this file's contents alone, not by the code they compile in
 # from _simd.py and amsim/_fpenv.py (or the constant below): a change there would leave kernels compiled from the
 # old code in the cache, loaded as if current. This digest of that code (dependencies_digest(); checked here at
 # import and by tests/test_architecture.py) makes every such change a change of this file.
-DEPENDENCIES_DIGEST = "6eec459f39b295e0"
+DEPENDENCIES_DIGEST = "5294068d033085ef"
 
 
 def dependencies_digest() -> str | None:
@@ -283,10 +284,13 @@ def _transpose_panel(dst, src, i0, nr, kb):
         while i + 8 <= nr:
             for kc in range(0, kbs, 8):
                 o = kc * _TR + i
-                vtranspose_store(dst, (i0 + i) * kbs + kc, kbs, None,
-                                 vload(src, o), vload(src, o + _TR), vload(src, o + 2 * _TR),
-                                 vload(src, o + 3 * _TR), vload(src, o + 4 * _TR), vload(src, o + 5 * _TR),
-                                 vload(src, o + 6 * _TR), vload(src, o + 7 * _TR))
+                vtranspose_store_halves(
+                    dst, (i0 + i) * kbs + kc, kbs, None,
+                    vload_halves(src, o, o + 4 * _TR), vload_halves(src, o + _TR, o + 5 * _TR),
+                    vload_halves(src, o + 2 * _TR, o + 6 * _TR), vload_halves(src, o + 3 * _TR, o + 7 * _TR),
+                    vload_halves(src, o + 4, o + 4 * _TR + 4), vload_halves(src, o + _TR + 4, o + 5 * _TR + 4),
+                    vload_halves(src, o + 2 * _TR + 4, o + 6 * _TR + 4),
+                    vload_halves(src, o + 3 * _TR + 4, o + 7 * _TR + 4))
             i += 8
     for r in range(i, nr):
         for kk in range(kb):
@@ -642,10 +646,12 @@ def _build_t(t, t0, lutt, ib, sb, k0, kb, j0, nl, nbw):
                 o7 = ibr[j + 7] * nl
                 sv = _row_scale(sb, (k0 + kk) * npad + j)
                 for r in range(0, nl, 8):
-                    vtranspose_store(t, t0 + (kk * nl + r) * nbw + jc, nbw, sv,
-                                     vload(lutt, o0 + r), vload(lutt, o1 + r), vload(lutt, o2 + r),
-                                     vload(lutt, o3 + r), vload(lutt, o4 + r), vload(lutt, o5 + r),
-                                     vload(lutt, o6 + r), vload(lutt, o7 + r))
+                    vtranspose_store_halves(
+                        t, t0 + (kk * nl + r) * nbw + jc, nbw, sv,
+                        vload_halves(lutt, o0 + r, o4 + r), vload_halves(lutt, o1 + r, o5 + r),
+                        vload_halves(lutt, o2 + r, o6 + r), vload_halves(lutt, o3 + r, o7 + r),
+                        vload_halves(lutt, o0 + r + 4, o4 + r + 4), vload_halves(lutt, o1 + r + 4, o5 + r + 4),
+                        vload_halves(lutt, o2 + r + 4, o6 + r + 4), vload_halves(lutt, o3 + r + 4, o7 + r + 4))
     else:  # 2 or 4 table rows: too few for the 8x8 transposes
         for kk in range(kb):
             for r in range(nl):
@@ -672,10 +678,14 @@ def _build_tp(t, t0, lutt, ib, sb, k0, kb, j0, nl):
             for r in range(0, nl, 8):
                 vtranspose_pack_store(
                     t, t0 + (kk * nl + r) * 16 + jc, 16, sva, svb,
-                    (vload(lutt, a0 + r), vload(lutt, a1 + r), vload(lutt, a2 + r), vload(lutt, a3 + r),
-                     vload(lutt, a4 + r), vload(lutt, a5 + r), vload(lutt, a6 + r), vload(lutt, a7 + r)),
-                    (vload(lutt, b0 + r), vload(lutt, b1 + r), vload(lutt, b2 + r), vload(lutt, b3 + r),
-                     vload(lutt, b4 + r), vload(lutt, b5 + r), vload(lutt, b6 + r), vload(lutt, b7 + r)))
+                    (vload_halves(lutt, a0 + r, a4 + r), vload_halves(lutt, a1 + r, a5 + r),
+                     vload_halves(lutt, a2 + r, a6 + r), vload_halves(lutt, a3 + r, a7 + r),
+                     vload_halves(lutt, a0 + r + 4, a4 + r + 4), vload_halves(lutt, a1 + r + 4, a5 + r + 4),
+                     vload_halves(lutt, a2 + r + 4, a6 + r + 4), vload_halves(lutt, a3 + r + 4, a7 + r + 4)),
+                    (vload_halves(lutt, b0 + r, b4 + r), vload_halves(lutt, b1 + r, b5 + r),
+                     vload_halves(lutt, b2 + r, b6 + r), vload_halves(lutt, b3 + r, b7 + r),
+                     vload_halves(lutt, b0 + r + 4, b4 + r + 4), vload_halves(lutt, b1 + r + 4, b5 + r + 4),
+                     vload_halves(lutt, b2 + r + 4, b6 + r + 4), vload_halves(lutt, b3 + r + 4, b7 + r + 4)))
 
 
 def _build_any(t, t0, lutt, ib, sb, k0, kb, j0, nl, nbw):

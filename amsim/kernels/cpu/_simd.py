@@ -246,21 +246,37 @@ def _shuffle(builder, a, b, mask):
     return builder.shuffle_vector(a, b, ir.Constant(ir.VectorType(ir.IntType(32), _W), mask))
 
 
-def _transpose8(builder, r):
-    """The 8x8 transpose of 8-lane rows r[0..7]: three rounds of shuffles."""
-    t = []  # interleave pairs of rows within 128-bit halves
-    for q in range(0, 8, 2):
-        t.append(_shuffle(builder, r[q], r[q + 1], [0, 8, 1, 9, 4, 12, 5, 13]))
-        t.append(_shuffle(builder, r[q], r[q + 1], [2, 10, 3, 11, 6, 14, 7, 15]))
-    u = [None] * 8  # then pairs of pairs
-    for g in range(2):
-        lo01, hi01, lo23, hi23 = t[4 * g : 4 * g + 4]
-        u[4 * g + 0] = _shuffle(builder, lo01, lo23, [0, 1, 8, 9, 4, 5, 12, 13])
-        u[4 * g + 1] = _shuffle(builder, lo01, lo23, [2, 3, 10, 11, 6, 7, 14, 15])
-        u[4 * g + 2] = _shuffle(builder, hi01, hi23, [0, 1, 8, 9, 4, 5, 12, 13])
-        u[4 * g + 3] = _shuffle(builder, hi01, hi23, [2, 3, 10, 11, 6, 7, 14, 15])
-    outs = [_shuffle(builder, u[p], u[4 + p], [0, 1, 2, 3, 8, 9, 10, 11]) for p in range(4)]  # then halves
-    return outs + [_shuffle(builder, u[p], u[4 + p], [4, 5, 6, 7, 12, 13, 14, 15]) for p in range(4)]
+def _transpose8_halves(builder, h):
+    """The 8x8 transpose of rows r[0..7] given with their 128-bit halves exchanged between rows q and q + 4
+    (h[q] = [low half of r[q], low half of r[q + 4]], h[q + 4] = the high halves, for q < 4; see vload_halves):
+    two 4x4 transposes within each half, no shuffle across them."""
+    outs = []
+    for g in range(0, 8, 4):
+        x0, x1, x2, x3 = h[g : g + 4]
+        t0 = _shuffle(builder, x0, x1, [0, 8, 1, 9, 4, 12, 5, 13])
+        t1 = _shuffle(builder, x0, x1, [2, 10, 3, 11, 6, 14, 7, 15])
+        t2 = _shuffle(builder, x2, x3, [0, 8, 1, 9, 4, 12, 5, 13])
+        t3 = _shuffle(builder, x2, x3, [2, 10, 3, 11, 6, 14, 7, 15])
+        outs += [_shuffle(builder, t0, t2, [0, 1, 8, 9, 4, 5, 12, 13]),
+                 _shuffle(builder, t0, t2, [2, 3, 10, 11, 6, 7, 14, 15]),
+                 _shuffle(builder, t1, t3, [0, 1, 8, 9, 4, 5, 12, 13]),
+                 _shuffle(builder, t1, t3, [2, 3, 10, 11, 6, 7, 14, 15])]
+    return outs
+
+
+@intrinsic
+def vload_halves(typingctx, arr, off_a, off_b):
+    """8 lanes: elements ``off_a .. off_a+3`` then ``off_b .. off_b+3`` of a C-contiguous array (x86: a 128-bit
+    load and an insert from memory, no shuffle). No bounds check."""
+    if not (_flat_ok(arr) and isinstance(off_a, types.Integer) and isinstance(off_b, types.Integer)):
+        return None
+
+    def codegen(context, builder, sig, args):
+        lo = builder.load(_vptr(context, builder, arr, args[0], args[1], arr.dtype, 4), align=4)
+        hi = builder.load(_vptr(context, builder, arr, args[0], args[2], arr.dtype, 4), align=4)
+        return builder.shuffle_vector(lo, hi, ir.Constant(ir.VectorType(ir.IntType(32), _W), list(range(8))))
+
+    return Vec(arr.dtype, _W)(arr, off_a, off_b), codegen
 
 
 def _scale_rows(builder, outs, dtype, scale):
@@ -273,12 +289,12 @@ def _row_at(builder, off, stride, p):
 
 
 @intrinsic
-def vtranspose_store(typingctx, arr, off, stride, scale, v0, v1, v2, v3, v4, v5, v6, v7):
-    """Store the 8x8 transpose of rows v0..v7, times ``scale`` per output row (None: no scaling).
-
-    Element p of v_q (times scale[q]) goes to flat element ``off + p * stride + q`` of ``arr``.
-    """
-    vs = (v0, v1, v2, v3, v4, v5, v6, v7)
+def vtranspose_store_halves(typingctx, arr, off, stride, scale, h0, h1, h2, h3, h4, h5, h6, h7):
+    """Store the 8x8 transpose of rows r0..r7, given with their 128-bit halves exchanged (h_q = vload_halves of
+    the low halves of r_q and r_{q+4}, h_{q+4} of their high halves, q < 4), times ``scale`` per output row
+    (None: no scaling). Element p of r_q (times scale[q]) goes to flat element ``off + p * stride + q`` of
+    ``arr``."""
+    vs = (h0, h1, h2, h3, h4, h5, h6, h7)
     if not (_flat_ok(arr) and all(isinstance(v, Vec) and v.width == _W and v.dtype == arr.dtype for v in vs)):
         return None
     has_scale = isinstance(scale, Vec)
@@ -287,7 +303,7 @@ def vtranspose_store(typingctx, arr, off, stride, scale, v0, v1, v2, v3, v4, v5,
 
     def codegen(context, builder, sig, args):
         aval, o, s = args[0], args[1], args[2]
-        outs = _transpose8(builder, list(args[4:]))
+        outs = _transpose8_halves(builder, list(args[4:]))
         if has_scale:
             outs = _scale_rows(builder, outs, arr.dtype, args[3])
         for p in range(8):
@@ -308,8 +324,8 @@ def _is_packed_arr(arr):
 
 @intrinsic
 def vtranspose_pack_store(typingctx, arr, off, stride, scale_a, scale_b, rows_a, rows_b):
-    """Store the 8x8 transposes of rows_a and rows_b (tuples of 8 float32 vectors, each times its scale per
-    output row, or unscaled for None) packed: output row p becomes the 8 words at flat element
+    """Store the 8x8 transposes of rows_a and rows_b (tuples of 8 float32 vectors with their halves exchanged, as
+    vload_halves gives them; each times its scale per output row, or unscaled for None) packed: output row p becomes the 8 words at flat element
     ``off + p * stride`` of the uint32 ``arr``, word q holding transposed rows_a[q][p] as its first entry and
     rows_b[q][p] as its second. The entries must be bfloat16-exact (their low halves are dropped)."""
     if not (_is_packed_arr(arr) and isinstance(rows_a, types.UniTuple) and rows_a == rows_b and rows_a.count == _W):
@@ -326,7 +342,7 @@ def vtranspose_pack_store(typingctx, arr, off, stride, scale_a, scale_b, rows_a,
         i32v = ir.VectorType(ir.IntType(32), _W)
         outs = []
         for tup, sc in ((args[5], args[3]), (args[6], args[4])):
-            t = _transpose8(builder, [builder.extract_value(tup, q) for q in range(_W)])
+            t = _transpose8_halves(builder, [builder.extract_value(tup, q) for q in range(_W)])
             outs.append([builder.bitcast(x, i32v) for x in (_scale_rows(builder, t, vt.dtype, sc) if has_scale else t)])
         for p in range(8):  # first | second >> 16: the first's low half is zero
             w = builder.or_(outs[0][p], builder.lshr(outs[1][p], ir.Constant(i32v, [16] * _W)))
