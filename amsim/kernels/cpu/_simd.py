@@ -324,10 +324,11 @@ def _is_packed_arr(arr):
 
 @intrinsic
 def vtranspose_pack_store(typingctx, arr, off, stride, scale_a, scale_b, rows_a, rows_b):
-    """Store the 8x8 transposes of rows_a and rows_b (tuples of 8 float32 vectors with their halves exchanged, as
-    vload_halves gives them; each times its scale per output row, or unscaled for None) packed: output row p becomes the 8 words at flat element
-    ``off + p * stride`` of the uint32 ``arr``, word q holding transposed rows_a[q][p] as its first entry and
-    rows_b[q][p] as its second. The entries must be bfloat16-exact (their low halves are dropped)."""
+    """Store the 8x8 transposes of rows_a and rows_b (tuples of 8 float32 vectors with their halves exchanged,
+    as for vtranspose_store_halves; each times its scale per output row, or unscaled for None) packed: output
+    row p becomes the 8 words at flat element ``off + p * stride`` of the uint32 ``arr``, word q holding
+    transposed rows_a[q][p] as its first entry and rows_b[q][p] as its second. The entries must be
+    bfloat16-exact (their low halves are dropped)."""
     if not (_is_packed_arr(arr) and isinstance(rows_a, types.UniTuple) and rows_a == rows_b and rows_a.count == _W):
         return None
     vt = rows_a.dtype
