@@ -149,7 +149,7 @@ def _row_blocks(nbatch: int, n_cb: int, m_rows: int, nthreads: int) -> int:
 class _Layout:
     """Blocking of an expansion that sweeps mx = max(M, N) rows and expands ny = min(M, N) columns."""
 
-    def __init__(self, m_rows, n_cols, k_len, n_l, nbatch, serial, cost, table_packable=None):
+    def __init__(self, m_rows, n_cols, k_len, n_l, nbatch, serial, cost, table_packable=False):
         self.mx, self.ny = max(m_rows, n_cols), min(m_rows, n_cols)
         # get_num_threads() also starts Numba's thread pool, which must exist before a kernel that calls
         # get_thread_id() is loaded from the on-disk cache, even the serial twin (otherwise: a null call, segfault)
@@ -165,8 +165,8 @@ class _Layout:
         self.nthreads = 1 if serial else nthreads
         self.wide = cost.width == 16
         # packed tables (two entries per word) where the entries allow it and this machine's costs say so
-        self.packed = (self.nbw == NB and n_l >= 8 and table_packable is not None
-                       and _machine.use_packed(cost, n_l, -(-self.mx // self.n_rb)) and table_packable())
+        self.packed = (self.nbw == NB and n_l >= 8 and table_packable
+                       and _machine.use_packed(cost, n_l, -(-self.mx // self.n_rb)))
         self.words = NB // 2 if self.packed else self.nbw  # elements (or words) of one table row
 
     def buffers(self, n_l, dtype):
@@ -272,7 +272,7 @@ def gemm_f32(a, b, out, m, truncate, kt):
         else:
             x, y, c = a, b, out
             lutt = _lutt(kt)
-        lay = _Layout(m_rows, n_cols, k_len, n_l, nbatch, serial, cost, lambda: getattr(kt, "packable", False))
+        lay = _Layout(m_rows, n_cols, k_len, n_l, nbatch, serial, cost, getattr(kt, "packable", False))
         ib, sb, ymin, ymax = _decode_cols(y, m, truncate, serial, lay.npad, lay.nbw)
         xmin = np.empty((nbatch, lay.mx), np.int32)
         xmax = np.empty((nbatch, lay.mx), np.int32)
