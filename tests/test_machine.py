@@ -62,6 +62,8 @@ def test_calibration_is_measured_once_and_cached_on_disk(fresh):
     got = _machine.costs()
     assert calls == [8] and got.width == 8
     assert got.t_bytes in _machine.T_BYTES_CHOICES and 0 < got.sweep < 10 and 0 < got.build < 10
+    assert got.t_bytes_large in _machine.T_BYTES_CHOICES and got.nbw_large in _machine.NBW_CHOICES
+    assert 0 < got.sweep_large < 10 and 0 < got.build_large < 10
     data = json.loads(path.read_text())
     assert list(data) == [_machine.cache_key(8)]
     assert _machine.Costs.from_dict(data[_machine.cache_key(8)]) == got
@@ -95,7 +97,10 @@ def test_cache_key_names_what_the_costs_stand_for(fresh, monkeypatch):
     json.dumps({"KEY": dict(_machine.DEFAULT_COSTS.__dict__, extra=1)}).encode(),
     json.dumps({"KEY": dict(_machine.DEFAULT_COSTS.__dict__, t_bytes=131072.0)}).encode(),
     json.dumps({"KEY": dict(_machine.DEFAULT_COSTS.__dict__, width=8.0)}).encode(),
-], ids=range(13))
+    json.dumps({"KEY": dict(_machine.DEFAULT_COSTS.__dict__, nbw_large=12)}).encode(),
+    json.dumps({"KEY": dict(_machine.DEFAULT_COSTS.__dict__, t_bytes_large=12345)}).encode(),
+    json.dumps({"KEY": dict(_machine.DEFAULT_COSTS.__dict__, nbw_large=8.0)}).encode(),
+], ids=range(16))
 def test_a_bad_cache_file_means_a_new_calibration(fresh, content):
     path, calls = fresh
     path.write_bytes(content.replace(b"KEY", _machine.cache_key(8).encode()))
@@ -143,6 +148,43 @@ def test_kernel_and_block_size_follow_the_measured_costs(monkeypatch):
     for t_bytes, kb in ((32 << 10, 2), (128 << 10, 8), (256 << 10, 16)):
         cost = _machine.Costs(**dict(base.__dict__, t_bytes=t_bytes))
         assert _gemm._kb(128, 1000, 32, cost) == kb
+    # large tables (more than LARGE_TABLE_ROWS rows) take their own measured block shape
+    for nbw, t_bytes, kb in ((8, 256 << 10, 8), (16, 128 << 10, 2), (32, 64 << 10, 1)):
+        cost = _machine.Costs(**dict(base.__dict__, nbw_large=nbw, t_bytes_large=t_bytes, t_bytes=32 << 10))
+        lay = _gemm._Layout(1024, 1024, 1000, 1024, 1, True, cost)
+        assert (lay.nbw, lay.kbs) == (nbw, kb)
+        small = _gemm._Layout(1024, 1024, 1000, 512, 1, True, cost)
+        assert (small.nbw, small.kbs) == (32, 1)  # 32 KiB / (512 rows * 32 columns * 4 bytes)
+        assert _gemm._Layout(1024, 12, 1000, 1024, 1, True, cost).nbw == min(nbw, 16)  # narrow: never wider
+
+
+def test_large_table_block_shapes_give_the_same_bits(monkeypatch, rng):
+    """Every block shape a calibration may choose for large tables (here mitchell(11)'s 2048 rows), in both
+    orientations, several k blocks and a padded column block: the expansion takes it, and golden's bits."""
+    mult = amsim.multipliers.mitchell(11)
+    base = _machine.costs()
+    seen = []
+    real = _gemm._Layout.__init__
+
+    def init(self, *args, **kw):
+        real(self, *args, **kw)
+        seen.append((self.nbw, self.kbs))
+
+    monkeypatch.setattr(_gemm._Layout, "__init__", init)
+    for m_, k_, n_ in ((150, 70, 40), (40, 70, 150)):
+        a = rng.standard_normal((m_, k_)).astype(np.float32)
+        b = rng.standard_normal((k_, n_)).astype(np.float32)
+        want = golden.matmul(a, b, mult)
+        for nbw in _machine.NBW_CHOICES:
+            for t_bytes in (64 << 10, 256 << 10):
+                c = _machine.Costs(**dict(base.__dict__, nbw_large=nbw, t_bytes_large=t_bytes, gather=1e6,
+                                                  parallel=1e12))  # serial: no 16 -> 2 x 8 split
+                monkeypatch.setattr(_machine, "costs", lambda c=c: c)
+                seen.clear()
+                out = np.full((m_, n_), np.nan, np.float32)
+                amsim.matmul(a, b, mult, out=out)
+                assert seen == [(nbw, _gemm._kb(2048, k_, nbw, c))]
+                assert_bits_equal(out, want)
 
 
 def test_results_do_not_depend_on_the_costs(monkeypatch, rng):

@@ -90,13 +90,16 @@ def _windows(xmin, xmax, ymin, ymax, e_lo, e_hi, sym):
 # ---------------------------------------------------------------------------------------------------------
 # drivers
 # ---------------------------------------------------------------------------------------------------------
-def _nbw(ny: int) -> int:
-    """Column-block width: 32, or 16 or 8 when the expanded operand is so narrow that 32 would mostly be padding."""
-    return 8 if ny <= 8 else (16 if ny <= 16 else NB)
+def _nbw(ny: int, n_l: int = 0, cost=None) -> int:
+    """Column-block width: 32, or 16 or 8 when the expanded operand is so narrow that 32 would mostly be padding;
+    for large tables at most the measured ``cost.nbw_large``."""
+    nbw = 8 if ny <= 8 else (16 if ny <= 16 else NB)
+    return min(nbw, cost.nbw_large) if n_l > _machine.LARGE_TABLE_ROWS else nbw
 
 
 def _kb(n_l: int, k_len: int, nbw: int, cost) -> int:
-    kb = max(1, min(_KB_MAX, k_len, cost.t_bytes // (n_l * nbw * 4)))
+    t_bytes = cost.t_bytes_large if n_l > _machine.LARGE_TABLE_ROWS else cost.t_bytes
+    kb = max(1, min(_KB_MAX, k_len, t_bytes // (n_l * nbw * 4)))
     if kb == k_len:
         return kb  # one panel, decoded in place
     return kb - kb % 8 if kb >= 8 else kb  # whole 8-lane copies into the panels
@@ -117,10 +120,13 @@ def _costs(m_rows: int, n_cols: int, k_len: int, n_l: int, cost=None) -> tuple[f
     """
     cost = cost or _machine.costs()
     sweep, other = max(m_rows, n_cols), min(m_rows, n_cols)
-    nbw = _nbw(other)
+    nbw = _nbw(other, n_l, cost)
     npad = -(-other // nbw) * nbw
-    build = cost.build if n_l <= 512 else cost.build_large
-    expand = k_len * npad * (n_l * build + sweep * (cost.sweep8 if nbw == 8 else cost.sweep))  # (16: as 32)
+    if n_l > _machine.LARGE_TABLE_ROWS:
+        build, per_mac = cost.build_large, cost.sweep_large
+    else:
+        build, per_mac = cost.build, (cost.sweep8 if nbw == 8 else cost.sweep)  # (16: as 32)
+    expand = k_len * npad * (n_l * build + sweep * per_mac)
     rows, cols = (n_cols, m_rows) if _gather_swapped(m_rows, n_cols) else (m_rows, n_cols)
     gather = rows * -(-cols // 8) * k_len * cost.gather * max(1.0, n_l / 512)
     return expand, gather
@@ -154,7 +160,7 @@ class _Layout:
         # get_num_threads() also starts Numba's thread pool, which must exist before a kernel that calls
         # get_thread_id() is loaded from the on-disk cache, even the serial twin (otherwise: a null call, segfault)
         nthreads = numba.get_num_threads()
-        self.nbw = _nbw(self.ny)
+        self.nbw = _nbw(self.ny, n_l, cost)
         if (self.nbw == 16 and not serial and nbatch * max(1, self.mx // 256) < nthreads
                 and not _whole_table_fits(nbatch, k_len, n_l, 16)):
             self.nbw = 8  # two 8-column blocks keep two threads busy where the rows are too few to split
@@ -165,7 +171,8 @@ class _Layout:
         self.nthreads = 1 if serial else nthreads
         self.wide = cost.width == 16
         # packed tables (two entries per word) where the entries allow it and this machine's costs say so
-        self.packed = (self.nbw == NB and n_l >= 8 and table_packable
+        # (measured on small tables only)
+        self.packed = (self.nbw == NB and 8 <= n_l <= _machine.LARGE_TABLE_ROWS and table_packable
                        and _machine.use_packed(cost, n_l, -(-self.mx // self.n_rb)))
         self.words = NB // 2 if self.packed else self.nbw  # elements (or words) of one table row
 

@@ -35,6 +35,10 @@ ENV_CALIBRATION = "AMSIM_CPU_CALIBRATION"
 ENV_PACKING = "AMSIM_CPU_TABLE_PACKING"
 CACHE_NAME = "amsim_cpu_costs.json"
 T_BYTES_CHOICES = (32 << 10, 64 << 10, 128 << 10, 256 << 10)
+NBW_CHOICES = (8, 16, 32)
+# tables of more rows than this are "large": their rows come from L3 or memory, and one k of a 32-column block
+# fills most of a block's room in L2, so they take their own measured block shape and costs
+LARGE_TABLE_ROWS = 512
 
 
 @dataclass(frozen=True)
@@ -42,8 +46,9 @@ class Costs:
     """Single-core costs in ns, and the expansion's block size.
 
     Arguments:
-        build: per element of the expanded table, small tables (up to 512 rows).
-        build_large: per element of the expanded table, large tables (their rows come from L3 or memory).
+        build: per element of the expanded table, small tables (up to ``LARGE_TABLE_ROWS`` rows).
+        build_large, sweep_large: per element of the expanded table and per multiply-accumulate of the sweep,
+            large tables, in their block shape (``nbw_large``, ``t_bytes_large``).
         sweep: per multiply-accumulate of the 32-column sweep.
         sweep8: per multiply-accumulate of the 8-column sweep (narrow operands).
         gather: per row, k and 8 columns of the gather kernel (tables up to 1 MiB).
@@ -51,7 +56,10 @@ class Costs:
         t_bytes: size of one thread's expanded table, the fastest of ``T_BYTES_CHOICES``.
         width: the vector width these costs were measured with (8 or 16 lanes).
         build_packed, sweep_packed: build and sweep with packed tables (two bfloat16-exact entries per word),
-            used where they cost less than plain ones and the multiplier's entries allow it.
+            used where they cost less than plain ones and the multiplier's entries allow it (small tables).
+        nbw_large, t_bytes_large: column-block width (at most; one of ``NBW_CHOICES``) and table-block size of
+            expansions with large tables, the fastest pair at 1024 table rows. A narrower block holds more k
+            in the same bytes, so each swept row's accumulators are loaded and stored less often.
     """
 
     build: float = 0.17
@@ -64,6 +72,9 @@ class Costs:
     width: int = 8
     build_packed: float = 0.2  # (never chosen by default)
     sweep_packed: float = 0.06
+    sweep_large: float = 0.12
+    nbw_large: int = 32
+    t_bytes_large: int = 128 << 10
 
     @classmethod
     def from_dict(cls, d) -> Costs | None:
@@ -76,8 +87,9 @@ class Costs:
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not (0 < v < 1e9):
                 return None
             vals[f.name] = v
-        if not (type(vals["t_bytes"]) is int and vals["t_bytes"] in T_BYTES_CHOICES
-                and type(vals["width"]) is int and vals["width"] in (8, 16)):
+        choices = {"t_bytes": T_BYTES_CHOICES, "t_bytes_large": T_BYTES_CHOICES, "width": (8, 16),
+                   "nbw_large": NBW_CHOICES}
+        if not all(type(vals[k]) is int and vals[k] in ok for k, ok in choices.items()):
             return None  # (131072.0 == 131072, but a float block size would break the kernels' shapes)
         return cls(**vals)
 
@@ -142,9 +154,10 @@ def vector_width() -> int:
     return costs().width
 
 
-def _expansion_case(rng, rows, k_len, nl, nbw, t_bytes, width, packed=False):
-    """Decoded operands of one column block (rows x k_len) @ (k_len x nbw) with an nl-row table, as _expand
-    takes them, and the call that runs it serially. Scales are 1.0: the costs do not depend on values."""
+def _expansion_case(rng, rows, k_len, nl, nbw, t_bytes, width, packed=False, lutt=None):
+    """Decoded operands of one column block (rows x k_len) @ (k_len x nbw) with an nl-row table (``lutt``, or
+    a random one), as _expand takes them, and the call that runs it serially. Scales are 1.0: the costs do not
+    depend on values."""
     kbs = max(1, min(32, k_len, t_bytes // (nl * nbw * 4)))
     nkb = -(-k_len // kbs)
     kk = np.arange(kbs, dtype=np.int32)
@@ -153,7 +166,8 @@ def _expansion_case(rng, rows, k_len, nl, nbw, t_bytes, width, packed=False):
     sap = np.ones((1, nkb, rows, kbs), np.float32)
     ib = rng.integers(0, nl, (1, k_len, nbw)).astype(np.int32)
     sb = np.ones((1, k_len, nbw), np.float32)
-    lutt = rng.uniform(1.0, 4.0, (nl, nl)).astype(np.float32)
+    if lutt is None:
+        lutt = rng.uniform(1.0, 4.0, (nl, nl)).astype(np.float32)
     c = np.empty((1, rows, nbw), np.float32)
     tbuf, cbuf = _thread_buffers(1, kbs * nl * words, rows * nbw, np.float32, np.uint32 if packed else None)
     wide = width == 16
@@ -173,17 +187,23 @@ def calibrate(width: int) -> Costs:
     t_bytes = min(per_tb, key=per_tb.get)
     t_small = _best(_expansion_case(rng, small, k_len, 128, 32, t_bytes, width))
 
-    def split(t_big, t_small):  # t(rows) = k_len * nbw * (nl * build + rows * sweep): two row counts separate them
-        sweep = max((t_big - t_small) / ((big - small) * k_len * 32), 1e-3)
-        return max((t_small - small * k_len * 32 * sweep) / (k_len * 32 * 128), 1e-3), sweep
+    def split(t_big, t_small, nl=128, nbw=32, k=k_len):  # t(rows) = k * nbw * (nl * build + rows * sweep)
+        sweep = max((t_big - t_small) / ((big - small) * k * nbw), 1e-3)
+        return max((t_small - small * k * nbw * sweep) / (k * nbw * nl), 1e-3), sweep
 
     build, sweep = split(per_tb[t_bytes], t_small)
     build_packed, sweep_packed = split(_best(_expansion_case(rng, big, k_len, 128, 32, t_bytes, width, True)),
                                        _best(_expansion_case(rng, small, k_len, 128, 32, t_bytes, width, True)))
     t8 = _best(_expansion_case(rng, big, k_len, 128, 8, t_bytes, width))
     sweep8 = max((t8 - k_len * 8 * 128 * build) / (big * k_len * 8), 1e-3)
-    t_large = _best(_expansion_case(rng, 16, 4, 2048, 32, t_bytes, width), 2)
-    build_large = max((t_large - 16 * 4 * 32 * sweep) / (4 * 32 * 2048), build)
+    # large tables: the fastest block shape per multiply-accumulate at 1024 table rows (a 4 MiB table), split
+    nl_l, k_l = 1024, 32
+    lutt_l = rng.uniform(1.0, 4.0, (nl_l, nl_l)).astype(np.float32)
+    per_shape = {(nbw, tb): _best(_expansion_case(rng, big, k_l, nl_l, nbw, tb, width, lutt=lutt_l), 3) / nbw
+                 for nbw in NBW_CHOICES for tb in T_BYTES_CHOICES}
+    nbw_l, tb_l = min(per_shape, key=per_shape.get)
+    t_small_l = _best(_expansion_case(rng, small, k_l, nl_l, nbw_l, tb_l, width, lutt=lutt_l), 3)
+    build_large, sweep_large = split(per_shape[nbw_l, tb_l] * nbw_l, t_small_l, nl_l, nbw_l, k_l)
     # gather kernel: 64 x 1024 x 8 with a 128 x 128 table
     ia = rng.integers(0, 128, (1, 64, 1024)).astype(np.int32)
     sa = np.ones((1, 64, 1024), np.float32)
@@ -201,11 +221,11 @@ def calibrate(width: int) -> Costs:
     parallel = min(max(par - ser, 10_000.0), 1e6)  # idle-machine figures undersell it
     return Costs(build=build, build_large=build_large, sweep=sweep, sweep8=sweep8, gather=gather,
                  parallel=parallel, t_bytes=t_bytes, width=width, build_packed=build_packed,
-                 sweep_packed=sweep_packed)
+                 sweep_packed=sweep_packed, sweep_large=sweep_large, nbw_large=nbw_l, t_bytes_large=tb_l)
 
 
 def table_packing() -> str:
-    """``AMSIM_CPU_TABLE_PACKING``: "on" (pack every table whose entries allow it), "off" (never), or "auto"
+    """``AMSIM_CPU_TABLE_PACKING``: "on" (pack every small table whose entries allow it), "off" (never), or "auto"
     (unset: where this machine's measured costs say it is faster). Packing changes speed only, never a result.
 
     Raises:
