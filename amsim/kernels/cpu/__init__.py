@@ -22,7 +22,9 @@ Layout matters more than arithmetic here:
   and scattered pages into L2 set conflicts.
 - One parallel region: work items are (batch, 32-column block, row block), handed out dynamically, and each
   thread owns its T and tile. Expansion costs ``2**m`` table rows per k and column block, amortised over the
-  rows swept, so the larger of M and N is swept (computing C^T = B^T A^T when N > M).
+  rows swept, so the larger of M and N is swept (computing C^T = B^T A^T when N > M). Tables of more than
+  512 rows take the column-block width and table-block size the calibration found fastest for them (often
+  8 columns: more k per block, fewer accumulator loads and stores per row).
 
 Where every table entry is bfloat16-exact (its low 16 bits zero, as for the 7-bit logarithmic multipliers) T can
 be packed two entries to a 32-bit word (columns q and q + 16 of a row in word q): half the bytes per
