@@ -6,6 +6,8 @@ type (``amsim/_backend.py``): NumPy arrays to the Numba kernels, CuPy arrays to 
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from . import _multiplier
@@ -115,7 +117,7 @@ def matmul(a, b, mult, *, out=None):
     if b.ndim == 1:
         out_shape = out_shape[:-1]
     res, final = output(out, out_shape, np.int32 if mult.is_int else np.float32, xp, a_in, b_in)
-    nbatch = int(np.prod(batch, dtype=np.int64))
+    nbatch = math.prod(batch)
     if b2.ndim == 2 and nbatch > 1 and nbatch * m_rows <= I32_MAX:
         # one b for every batch (x @ W): one GEMM with the batch folded into the rows, which gives the same sums
         # (each output row is its own), rather than nbatch copies of b
@@ -123,8 +125,10 @@ def matmul(a, b, mult, *, out=None):
         b3 = xp.ascontiguousarray(b2).reshape(1, k_len, n_cols)
         c3 = res.reshape(1, nbatch * m_rows, n_cols)
     else:
-        a3 = xp.ascontiguousarray(xp.broadcast_to(a2, batch + (m_rows, k_len))).reshape(nbatch, m_rows, k_len)
-        b3 = xp.ascontiguousarray(xp.broadcast_to(b2, batch + (k_len, n_cols))).reshape(nbatch, k_len, n_cols)
+        # (broadcast_to only where a batch dimension is broadcast: it costs microseconds, a small GEMM's time)
+        a3 = xp.ascontiguousarray(a2 if a2.shape[:-2] == batch else xp.broadcast_to(a2, batch + (m_rows, k_len)))
+        b3 = xp.ascontiguousarray(b2 if b2.shape[:-2] == batch else xp.broadcast_to(b2, batch + (k_len, n_cols)))
+        a3, b3 = a3.reshape(nbatch, m_rows, k_len), b3.reshape(nbatch, k_len, n_cols)
         c3 = res.reshape(nbatch, m_rows, n_cols)
     if mult.is_int:
         check_int_contraction(k_len, mult, "matmul")

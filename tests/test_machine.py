@@ -73,6 +73,27 @@ def test_calibration_is_measured_once_and_cached_on_disk(fresh):
     assert calls == [8]
 
 
+@pytest.mark.parametrize("spike_at", [0, 1, 2])
+def test_one_slow_reading_of_the_parallel_cost_is_not_what_gets_cached(fresh, monkeypatch, spike_at):
+    # a VM's other core descheduled for a few milliseconds made one reading 0.5 ms where the rest read a few us;
+    # cached, it ran every mid-size GEMM serially (256^3 at half speed) for as long as the cache file lived
+    path, _ = fresh
+    readings = [3_000.0, 4_000.0, 5_000.0]
+    readings[spike_at] = 600_000.0
+    taken = []
+
+    def reading():
+        taken.append(readings[len(taken)])
+        return taken[-1]
+
+    monkeypatch.setattr(_machine, "_parallel_cost", reading)
+    got = _machine.costs()
+    assert len(taken) == 3
+    assert got.parallel == 10_000.0  # the floor: the least reading is below it
+    assert json.loads(path.read_text())[_machine.cache_key(8)]["parallel"] == 10_000.0
+    assert _gemm._is_small(256, 256, 256, 128, 1, got) is False  # 256^3 runs on both cores
+
+
 def test_cache_key_names_what_the_costs_stand_for(fresh, monkeypatch):
     path, calls = fresh
     _machine.costs()

@@ -3,6 +3,7 @@ scratch arrays for decoded operands."""
 
 from __future__ import annotations
 
+import math
 import threading
 
 import numpy as np
@@ -41,7 +42,7 @@ def _scratch(key: str, shape, dtype) -> np.ndarray:
     weight gradient spent more time faulting in its decoded 40 MB operand than computing. Buffers up to
     _SCRATCH_MAX bytes each are kept (one per key and Python thread); larger ones are allocated per call.
     """
-    nbytes = int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize
+    nbytes = math.prod(int(d) for d in shape) * np.dtype(dtype).itemsize  # (np.prod: microseconds a call)
     cache = getattr(_ws_local, "scratch", None)
     if cache is None:
         cache = _ws_local.scratch = {}
