@@ -125,6 +125,38 @@ def test_matmul_fused_narrow_expansion(cpu_width, shape, name, rounding, serial,
     assert np.isfinite(ref).mean() > 0.9  # most outputs came from the sweep, not the exact path
 
 
+@pytest.mark.parametrize("shape", [(1, 1000, 6), (2, 37, 5), (1, 3, 6), (1, 1, 9), (3, 70, 16), (1, 33, 1),
+                                   (1, 50, 11), (1, 40, 24)], ids=str)
+def test_short_rows_of_the_expanded_operand_decode_as_the_scalar_loop(shape, rng):
+    """Rows of at most 16 elements decode one 16-lane vector per row, reading on into the next rows: the same
+    indices, scales, padding and per-column exponent ranges as the scalar loop (which a view with a row gap
+    takes), specials included, to the last rows (which must not read past the array)."""
+    from amsim.kernels.cpu import _gemm
+
+    y = mixed_matrix(rng, shape, 0.1)
+    gap = np.full(shape[:-1] + (shape[-1] + 3,), np.nan, F)
+    gap[..., : shape[-1]] = y
+    y_view = gap[..., : shape[-1]]  # rows contiguous, the array not
+    for npad in sorted({-(-shape[-1] // w) * w for w in (8, 16, 32)}):
+        for m, truncate in ((7, False), (4, True), (11, False)):
+            fast = [x.copy() for x in _gemm._decode_cols(y, m, truncate, False, npad, 8)]  # (reused buffers)
+            slow = _gemm._decode_cols(y_view, m, truncate, True, npad, 8)
+            for got, want in zip(fast, slow, strict=True):
+                assert got.dtype == want.dtype and got.shape == want.shape
+                np.testing.assert_array_equal(got.view(np.uint8), want.view(np.uint8))
+
+
+@pytest.mark.parametrize("shape", [(25, 3001, 6), (150, 400, 16), (9, 77, 3)], ids=str)
+def test_matmul_with_short_expanded_rows(cpu_kernel, cpu_width, shape, rng):
+    m_, k_, n_ = shape
+    mult = MULTS["mbm7"]
+    a = mixed_matrix(rng, (m_, k_), 0.02)
+    b = mixed_matrix(rng, (k_, n_), 0.02)
+    out = np.full((m_, n_), np.nan, F)
+    amsim.matmul(a, b, mult, out=out)
+    assert_bits_equal(out, golden.matmul(a, b, mult))
+
+
 def test_gemm_fused_narrow_falls_back_on_views(cpu_width, monkeypatch, rng):
     """The driver given a swept operand that is not C-contiguous (matmul itself passes contiguous ones) takes
     the panels, with the same bits."""

@@ -29,6 +29,7 @@ from ._simd import (
     vload16,
     vload_halves,
     vload_pair,
+    vlow8,
     vmax_lanes,
     vmin_lanes,
     vmul,
@@ -46,7 +47,7 @@ from ._simd import (
 # from _simd.py and amsim/_fpenv.py (or the constant below): a change there would leave kernels compiled from the
 # old code in the cache, loaded as if current. This digest of that code (dependencies_digest(); checked here at
 # import and by tests/test_architecture.py) makes every such change a change of this file.
-DEPENDENCIES_DIGEST = "b787d6e60513aa10"
+DEPENDENCIES_DIGEST = "f4da6915673ead91"
 
 
 def dependencies_digest() -> str | None:
@@ -169,43 +170,46 @@ def _decode_row_scalar(xr, bir, bsr, shift, lmask, rnd, unit_r, koff, unit_k):
     return lo, hi
 
 
+@numba.njit(inline="always")
+def _dec_consts(shift, lmask, rnd):
+    """The 16-lane constants of _dec16 for a rounding shift, index mask and rounding mode."""
+    return (vsplat16(np.int32(shift)), vsplat16(np.int32((1 << (shift - 1)) - 1)), vsplat16(np.int32(1)),
+            vsplat16(np.int32(-1) if rnd != 0 else np.int32(0)), vsplat16(np.int32(~((1 << shift) - 1))),
+            vsplat16(np.int32(0xFF)), vsplat16(np.int32(23)), vsplat16(np.int32(lmask)), vsplat16(np.int32(-127)),
+            vsplat16(np.int32(0)), vsplat16(np.int32(1000)), vsplat16(np.int32(-1000)), vsplat16(np.int32(128)),
+            vsplat16(np.int32(0x7F800000)), vsplat16(np.int32(-8388608)))  # (0xFF800000: sign and exponent)
+
+
+@numba.njit(inline="always")
+def _dec16(u0, c):
+    """_decode_fast on 16 lanes of float32 bits: (table index, scale bits, lo, hi) int32 vectors."""
+    sh, inc, one, rndv, keep, e8, s23, lm, bias, zero, big, small, e128, expm, sgn_exp = c
+    u = vand(vadd(u0, vand(vadd(inc, vand(vshr(u0, sh), one)), rndv)), keep)
+    e = vand(vshr(u, s23), e8)
+    ue = vadd(e, bias)
+    lo = vsel_eq(e, zero, big, ue)
+    hi = vsel_eq(vand(u0, expm), expm, e128, vsel_eq(e, zero, small, ue))
+    return vand(vshr(u, sh), lm), vand(u, sgn_exp), lo, hi
+
+
 def _decode_row16(xr, bir, bsr, shift, lmask, rnd, unit_r, koff, unit_k):
     """_decode_row of C-contiguous rows: _decode_fast on 16-lane int32 vectors (Numba's code for the scalar loop
     works on int64 lanes, three times slower); the same bits."""
     k_len = xr.shape[0]
     if k_len < 16:  # shorter than a vector
         return _decode_row_scalar(xr, bir, bsr, shift, lmask, rnd, unit_r, koff, unit_k)
-    sh = vsplat16(np.int32(shift))
-    expm = vsplat16(np.int32(0x7F800000))
-    inc = vsplat16(np.int32((1 << (shift - 1)) - 1))
-    one = vsplat16(np.int32(1))
-    rndv = vsplat16(np.int32(-1) if rnd != 0 else np.int32(0))
-    keep = vsplat16(np.int32(~((1 << shift) - 1)))
-    sgn_exp = vsplat16(np.int32(-8388608))  # 0xFF800000: sign and exponent
-    e8 = vsplat16(np.int32(0xFF))
-    s23 = vsplat16(np.int32(23))
-    lm = vsplat16(np.int32(lmask))
-    bias = vsplat16(np.int32(-127))
-    zero = vsplat16(np.int32(0))
-    big = vsplat16(np.int32(1000))
-    small = vsplat16(np.int32(-1000))
-    e128 = vsplat16(np.int32(128))
+    c = _dec_consts(shift, lmask, rnd)
     ur = vsplat16(np.int32(unit_r))
     lanes = vmul(vload16(_LANES16, 0), vsplat16(np.int32(unit_k)))
-    lo_v = big
-    hi_v = small
+    lo_v = vsplat16(np.int32(1000))
+    hi_v = vsplat16(np.int32(-1000))
     k = 0
     while k < k_len:
         k = min(k, k_len - 16)  # the last vector may overlap the one before: the same values written twice
-        u0 = vbitcast(vload16(xr, k), np.int32)
-        u = vand(vadd(u0, vand(vadd(inc, vand(vshr(u0, sh), one)), rndv)), keep)
-        e = vand(vshr(u, s23), e8)
-        ue = vadd(e, bias)
+        ix, sbits, lo, hi = _dec16(vbitcast(vload16(xr, k), np.int32), c)
         kv = vadd(lanes, vsplat16(np.int32(koff + k * unit_k)))
-        vstore(bir, k, vadd(vmul(vand(vshr(u, sh), lm), ur), kv))
-        vstore(bsr, k, vbitcast(vand(u, sgn_exp), np.float32))
-        lo = vsel_eq(e, zero, big, ue)
-        hi = vsel_eq(vand(u0, expm), expm, e128, vsel_eq(e, zero, small, ue))
+        vstore(bir, k, vadd(vmul(ix, ur), kv))
+        vstore(bsr, k, vbitcast(sbits, np.float32))
         lo_v = vsel_lt(lo, lo_v, lo, lo_v)
         hi_v = vsel_lt(hi_v, hi, hi, hi_v)
         k += 16
@@ -387,8 +391,7 @@ def _decode_cols_rows_f32(y, m, truncate, idx, scale, pmin, pmax):
 
     Exponent ranges are per chunk of rows, pmin/pmax (batch, nkc, N); the caller reduces them.
     """
-    nbatch, k_len, n_cols = y.shape
-    npad = idx.shape[2]
+    nbatch, k_len = y.shape[0], y.shape[1]
     nkc = pmin.shape[1]
     shift = 23 - m
     lmask = (1 << m) - 1
@@ -400,19 +403,74 @@ def _decode_cols_rows_f32(y, m, truncate, idx, scale, pmin, pmax):
         hi = pmax[bt, kc]
         lo[:] = 1000
         hi[:] = -1000
-        for k in range(kc * _KC, min(k_len, kc * _KC + _KC)):
-            yr = y[bt, k]
-            ir = idx[bt, k]
-            sr = scale[bt, k]
-            for j in range(n_cols):
-                ix, sx, el, eh = _decode_fast(yr[j], shift, lmask, rnd)
-                ir[j] = ix
-                sr[j] = sx
-                lo[j] = min(lo[j], el)
-                hi[j] = max(hi[j], eh)
-            for j in range(n_cols, npad):
-                ir[j] = 0
-                sr[j] = np.float32(0.0)
+        _decode_short_rows(y[bt], idx[bt], scale[bt], lo, hi, kc * _KC, min(k_len, kc * _KC + _KC), shift, lmask, rnd)
+
+
+@numba.njit(inline="always")
+def _decode_short_rows_scalar(y2, ib2, sb2, lo, hi, k0, k1, shift, lmask, rnd):
+    n_cols = y2.shape[1]
+    for k in range(k0, k1):
+        yr = y2[k]
+        ir = ib2[k]
+        sr = sb2[k]
+        for j in range(n_cols):
+            ix, sx, el, eh = _decode_fast(yr[j], shift, lmask, rnd)
+            ir[j] = ix
+            sr[j] = sx
+            lo[j] = min(lo[j], el)
+            hi[j] = max(hi[j], eh)
+        for j in range(n_cols, ib2.shape[1]):
+            ir[j] = 0
+            sr[j] = np.float32(0.0)
+
+
+def _decode_short_rows(y2, ib2, sb2, lo, hi, k0, k1, shift, lmask, rnd):
+    """Rows k0..k1-1 of y2 (K, N) into ib2/sb2 (K, Npad), padded with index 0 and scale 0; lo/hi (N) take the
+    columns' exponent ranges (see _decode_fast)."""
+
+
+@overload(_decode_short_rows, inline="always")
+def _ov_decode_short_rows(y2, ib2, sb2, lo, hi, k0, k1, shift, lmask, rnd):
+    if all(isinstance(a, types.Array) and a.layout == "C" for a in (y2, ib2, sb2, lo, hi)):
+        return _decode_short_rows16
+    return lambda y2, ib2, sb2, lo, hi, k0, k1, shift, lmask, rnd: _decode_short_rows_scalar(
+        y2, ib2, sb2, lo, hi, k0, k1, shift, lmask, rnd)
+
+
+def _decode_short_rows16(y2, ib2, sb2, lo, hi, k0, k1, shift, lmask, rnd):
+    """_decode_short_rows of a C-contiguous y2 whose rows are at most 16 long (the weight gradients' N = 6 or 16
+    operands, 10^5 rows): one 16-lane decode per row, reading on into the next rows (those lanes are dropped).
+    Row by row, Numba's scalar code took 3 ns per element. The same bits; longer rows take the scalar loop."""
+    n_cols = y2.shape[1]
+    npad = ib2.shape[1]
+    if n_cols > 16 or (npad != 8 and npad != 16):
+        return _decode_short_rows_scalar(y2, ib2, sb2, lo, hi, k0, k1, shift, lmask, rnd)
+    c = _dec_consts(shift, lmask, rnd)
+    zero = vsplat16(np.int32(0))
+    keep = vsel_lt(vload16(_LANES16, 0), vsplat16(np.int32(n_cols)), vsplat16(np.int32(-1)), zero)  # this row's lanes
+    lo_v = vsplat16(np.int32(1000))
+    hi_v = vsplat16(np.int32(-1000))
+    k_vec = min(k1, (y2.size - 16) // n_cols + 1)  # rows whose 16-lane read stays inside y2
+    for k in range(k0, k_vec):
+        ix, sbits, el, eh = _dec16(vbitcast(vload16(y2, k * n_cols), np.int32), c)
+        ix = vand(ix, keep)  # index 0 and scale +0.0 in the padding
+        sbits = vand(sbits, keep)
+        lo_v = vsel_lt(el, lo_v, el, lo_v)  # (lane j is column j in every row; lanes past N are never read)
+        hi_v = vsel_lt(hi_v, eh, eh, hi_v)
+        if npad == 16:
+            vstore(ib2, k * 16, ix)
+            vstore(sb2, k * 16, vbitcast(sbits, np.float32))
+        else:
+            vstore(ib2, k * npad, vlow8(ix))
+            vstore(sb2, k * npad, vlow8(vbitcast(sbits, np.float32)))
+    los = np.empty(16, np.int32)
+    his = np.empty(16, np.int32)
+    vstore(los, 0, lo_v)
+    vstore(his, 0, hi_v)
+    for j in range(n_cols):
+        lo[j] = min(lo[j], los[j])
+        hi[j] = max(hi[j], his[j])
+    _decode_short_rows_scalar(y2, ib2, sb2, lo, hi, max(k0, k_vec), k1, shift, lmask, rnd)
 
 
 @numba.njit(parallel=True, cache=_CACHE)

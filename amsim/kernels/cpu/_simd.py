@@ -215,6 +215,18 @@ vmin_lanes = _vreduce("smin")
 vmax_lanes = _vreduce("smax")
 
 
+@intrinsic
+def vlow8(typingctx, v):
+    """Lanes 0-7 of a 16-lane vector, as an 8-lane one."""
+    if not (isinstance(v, Vec) and v.width == 16):
+        return None
+
+    def codegen(context, builder, sig, args):
+        return builder.shuffle_vector(args[0], args[0], ir.Constant(ir.VectorType(ir.IntType(32), 8), list(range(8))))
+
+    return Vec(v.dtype, 8)(v), codegen
+
+
 def _host_has_fma() -> bool:
     import llvmlite.binding as ll
     from numba.core import config
