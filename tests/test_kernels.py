@@ -98,11 +98,12 @@ def _fast_path_matrix(rng, shape, specials=True):
 @pytest.mark.parametrize("serial", [False, True], ids=["parallel", "serial"])
 @pytest.mark.parametrize("rounding", ["nearest", "truncate"])
 @pytest.mark.parametrize("name", ["mbm7", "mitchell3", "exact1"])
-@pytest.mark.parametrize("shape", [(700, 100, 6), (301, 37, 20), (97, 45, 1), (2, 130, 90, 8), (203, 50, 13)],
-                         ids=str)
+@pytest.mark.parametrize("shape", [(700, 100, 6), (301, 37, 20), (97, 45, 1), (2, 130, 90, 8), (203, 50, 13),
+                                   (5300, 25, 6)], ids=str)
 def test_matmul_fused_narrow_expansion(cpu_width, shape, name, rounding, serial, monkeypatch, rng):
-    """The expansion fused with decoding (one column block, several k blocks): taken, and exact, with vector
-    decodes that end in an overlapping vector (K not a multiple of 16) and batches."""
+    """The expansion fused with decoding (one column block; several k blocks, or one over a decoded operand
+    past _ONE_PANEL_MAX): taken, and exact, with vector decodes that end in an overlapping vector (K not a
+    multiple of 16) and batches."""
     import dataclasses
 
     from amsim.kernels.cpu import _gemm, _machine

@@ -183,6 +183,7 @@ class _Layout:
 
 _TALL_MAX = 2 << 20  # bytes of _expand_narrow's whole-K table: it must stay in (about) one core's L2
 _FR_BYTES = 256 << 10  # of one thread's decoded rows in _expand_narrow
+_ONE_PANEL_MAX = 1 << 20  # bytes of a one-panel decoded operand still decoded into its panel, not fused
 
 
 def _whole_table_fits(nbatch: int, k_len: int, n_l: int, nbw: int) -> bool:
@@ -195,10 +196,13 @@ def _narrow_rows(lay, x, k_len: int, n_l: int) -> int:
 
     It pays where each decoded row is swept once (one column block) and the panels would be spread over
     several k blocks: scattering rows into the panels of a LeNet-5 conv input gradient (25088 x 400 @ 400 x 6)
-    cost twice what decoding them did, and the sweep again. The swept operand must be C-contiguous (rows of a
+    cost twice what decoding them did, and the sweep again. With one k block it pays once the decoded operand
+    (8 bytes an element) outgrows the caches: the LeNet-5 conv1 forward (100352 x 25 @ 25 x 6, 20 MB decoded)
+    took 3.5-4.5 ms through its panel, 2.5-3.3 fused (Zen 4). The swept operand must be C-contiguous (rows of a
     transposed view would be read across) and the whole-K table small (offsets into it int32).
     """
-    if (lay.npad != lay.nbw or lay.nkb == 1 or not x.flags.c_contiguous
+    one_panel_small = lay.nkb == 1 and x.shape[0] * lay.mx * k_len * 8 <= _ONE_PANEL_MAX
+    if (lay.npad != lay.nbw or one_panel_small or not x.flags.c_contiguous
             or not _whole_table_fits(x.shape[0], k_len, n_l, lay.npad)):
         return 0
     fr = max(4, min(256, _FR_BYTES // (8 * k_len), -(-lay.mx // (4 * lay.nthreads))))
