@@ -189,7 +189,7 @@ def calibrate(width: int) -> Costs:
     rng = np.random.default_rng(0)
     k_len = 128
     # the parallel region's cost three times, spread over the calibration, the least kept: on a VM one reading
-    # in ten came out at 0.5 ms (the other core descheduled for those milliseconds) where the rest read 3-5 us,
+    # in nine came out at 0.6 ms (the other core descheduled for those milliseconds) where the rest read 3-5 us,
     # and that one reading, cached, ran every mid-size GEMM serially at half speed
     par_costs = [_parallel_cost()]
     # sweep and block size: the same problem with each table-block size; the fastest block wins
