@@ -346,6 +346,21 @@ def _decode_rows_t_f32(xt, m, truncate, idx, scale, pmin, pmax, unit_r, unit_k):
         _transpose_panel(scale[bt, kbi], bs, i0, nr, kb)
 
 
+@numba.njit(inline="always")
+def _decode_padded(yr, ir, sr, lo, hi, shift, lmask, rnd):
+    """One row piece of the expanded operand: ir/sr[j] = index/scale of yr[j], then index 0 and scale +0.0 up to
+    len(ir); lo/hi[j] take yr[j]'s exponent pair (see _decode_fast)."""
+    for j in range(yr.shape[0]):
+        ix, sx, el, eh = _decode_fast(yr[j], shift, lmask, rnd)
+        ir[j] = ix
+        sr[j] = sx
+        lo[j] = min(lo[j], el)
+        hi[j] = max(hi[j], eh)
+    for j in range(yr.shape[0], ir.shape[0]):
+        ir[j] = 0
+        sr[j] = np.float32(0.0)
+
+
 @numba.njit(parallel=True, cache=_CACHE)
 def _decode_cols_f32(y, m, truncate, idx, scale, emin, emax, cw):
     """Expanded operand y (batch, K, N) -> idx/scale (batch, K, Npad) padded with scale 0, per-column range.
@@ -365,18 +380,8 @@ def _decode_cols_f32(y, m, truncate, idx, scale, emin, emax, cw):
         lo = np.full(cw, 1000, np.int32)
         hi = np.full(cw, -1000, np.int32)
         for k in range(k_len):
-            yr = y[bt, k, j0 : j0 + nbv]
-            ir = idx[bt, k, j0 : j0 + cw]
-            sr = scale[bt, k, j0 : j0 + cw]
-            for j in range(nbv):
-                ix, sx, el, eh = _decode_fast(yr[j], shift, lmask, rnd)
-                ir[j] = ix
-                sr[j] = sx
-                lo[j] = min(lo[j], el)
-                hi[j] = max(hi[j], eh)
-            for j in range(nbv, cw):
-                ir[j] = 0
-                sr[j] = np.float32(0.0)
+            _decode_padded(y[bt, k, j0 : j0 + nbv], idx[bt, k, j0 : j0 + cw], scale[bt, k, j0 : j0 + cw], lo, hi,
+                           shift, lmask, rnd)
         for j in range(nbv):
             emin[bt, j0 + j] = lo[j]
             emax[bt, j0 + j] = hi[j]
@@ -408,20 +413,8 @@ def _decode_cols_rows_f32(y, m, truncate, idx, scale, pmin, pmax):
 
 @numba.njit(inline="always")
 def _decode_short_rows_scalar(y2, ib2, sb2, lo, hi, k0, k1, shift, lmask, rnd):
-    n_cols = y2.shape[1]
     for k in range(k0, k1):
-        yr = y2[k]
-        ir = ib2[k]
-        sr = sb2[k]
-        for j in range(n_cols):
-            ix, sx, el, eh = _decode_fast(yr[j], shift, lmask, rnd)
-            ir[j] = ix
-            sr[j] = sx
-            lo[j] = min(lo[j], el)
-            hi[j] = max(hi[j], eh)
-        for j in range(n_cols, ib2.shape[1]):
-            ir[j] = 0
-            sr[j] = np.float32(0.0)
+        _decode_padded(y2[k], ib2[k], sb2[k], lo, hi, shift, lmask, rnd)
 
 
 def _decode_short_rows(y2, ib2, sb2, lo, hi, k0, k1, shift, lmask, rnd):
