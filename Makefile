@@ -24,7 +24,7 @@ demo: $(STAMP) $(DATA)
 	$(BIN)/python -m amsim.demo
 
 test: $(STAMP) $(DATA)
-	AMSIM_NB_QUICK=1 $(BIN)/python -m pytest -q --nbmake --durations=15
+	AMSIM_NB_QUICK=1 $(BIN)/python -m pytest -q --nbmake --durations=15 -n auto
 
 lint: $(STAMP)
 	$(BIN)/python -m ruff check amsim tests benchmarks scripts
