@@ -1,10 +1,17 @@
 """Fixtures shared by the test files; helpers (bit comparisons, special values, the CUDA emulation) live in
 tests/support."""
 
+import os
 import zlib
 
 import numpy as np
 import pytest
+
+# The suite runs on every core at once (pytest-xdist, `make test`): costs of the CPU kernels calibrated under that
+# load would be skewed, and they are cached on disk for every later run of the checkout. Tests (and the commands
+# and notebooks they start) use the fixed defaults instead, the same kernel choices on every machine;
+# tests/test_machine.py calibrates into temporary directories.
+os.environ.setdefault("AMSIM_CPU_CALIBRATION", "off")
 
 
 @pytest.fixture
