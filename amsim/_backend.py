@@ -50,6 +50,7 @@ class NumpyBackend:
 
         self.xp, self._cpu = numpy, cpu
         self._float_tables = weakref.WeakKeyDictionary()  # table -> its kernel-side split (built once)
+        self._int_tables = weakref.WeakKeyDictionary()  # table -> its kernel-side form for the table-sum kernels
 
     def _tables(self, table):
         kt = self._float_tables.get(table)
@@ -61,7 +62,10 @@ class NumpyBackend:
         return self._cpu.gemm_f32(a, b, out, mult.mantissa_bits, mult.rounding == "truncate", self._tables(mult.table))
 
     def gemm_table(self, ia, ib, out, mult):
-        return self._cpu.gemm_i32(ia, ib, out, mult.table.values)  # the table-sum kernels serve float32 tables too
+        kt = self._int_tables.get(mult.table)
+        if kt is None:
+            kt = self._int_tables[mult.table] = self._cpu.int_kernel_tables(mult.table.values)
+        return self._cpu.gemm_i32(ia, ib, out, kt)  # the table-sum kernels serve float32 tables too
 
     def multiply(self, a, b, out, mult):
         _, lut_e, lut_f, _ = self._tables(mult.table)

@@ -274,3 +274,56 @@ def test_table_packing_setting(monkeypatch):
     monkeypatch.setenv("AMSIM_CPU_TABLE_PACKING", "yes")
     with pytest.raises(ValueError, match="AMSIM_CPU_TABLE_PACKING='yes' is not a packing setting.*on.*off.*auto"):
         _machine.use_packed(cost, 128, 1024)
+
+
+def test_int_tables_are_narrowed_to_16_bits_only_where_every_entry_fits():
+    base = np.zeros((16, 16), np.int32)
+    for lo, hi, want in [(-32768, 32767, np.int16), (-32769, 0, np.int32), (0, 32768, np.uint16),
+                         (0, 65535, np.uint16), (0, 65536, np.int32), (-1, 32768, np.int32)]:
+        t = base.copy()
+        t[3, 5], t[7, 2] = lo, hi
+        kt = cpu.int_kernel_tables(t)
+        assert kt.t_dtype == want, (lo, hi)
+        np.testing.assert_array_equal(kt[1], t.T)
+    assert cpu.int_kernel_tables(base.astype(np.float32)).t_dtype == np.float32  # full-operand float tables
+
+
+_T_RANGES = {"int16": (-32768, 32767), "uint16": (0, 65535), "int32": (-40000, 40000)}
+
+
+@pytest.mark.parametrize("t_dtype", list(_T_RANGES))
+@pytest.mark.parametrize("bits", [2, 4, 8])
+@pytest.mark.parametrize("shape", [(300, 70, 5), (90, 45, 13), (40, 200, 300), (2, 130, 33, 77)], ids=str)
+def test_matmul_16bit_expanded_tables(cpu_width, shape, bits, t_dtype, monkeypatch, rng):
+    """Integer expansions build int16 or uint16 tables where the entries fit and sum them in int32: the
+    table's extremes in every row, sums far past 16 bits, column blocks of 8, 16 and 32, the scalar build of
+    tables under 8 rows (2 bits), both orientations; tables past both ranges take int32 tables. All the same
+    bits as golden."""
+    from amsim.kernels.cpu import _gemm
+
+    dtypes = []
+    real = _gemm._Layout.__init__
+
+    def init(self, *args, **kw):
+        real(self, *args, **kw)
+        dtypes.append(self.t_dtype)
+
+    monkeypatch.setattr(_gemm._Layout, "__init__", init)
+    monkeypatch.setattr(_gemm, "use_expansion", lambda *a, **k: True)
+    n = 1 << bits
+    t_lo, t_hi = _T_RANGES[t_dtype]
+    table = rng.integers(t_lo, t_hi + 1, (n, n)).astype(np.int32)
+    table[np.arange(n), rng.integers(0, n, n)] = t_lo
+    table[np.arange(n), (np.arange(n) + 1) % n] = t_hi
+    mult = amsim.Multiplier.from_table(table, name=f"rand{bits}", signed=True)
+    lo, hi = mult.int_range
+    *batch, m_, k_, n_ = shape
+    a = rng.integers(lo, hi + 1, (*batch, m_, k_)).astype(np.int32)
+    b = rng.integers(lo, hi + 1, (*batch, k_, n_)).astype(np.int32)
+    a[..., 0, :], b[..., :, 0] = lo, lo  # rows and columns that hit the extremes at every k
+    out = np.full((*batch, m_, n_), -12345, np.int32)
+    amsim.matmul(a, b, mult, out=out)
+    want = golden.matmul(a, b, mult)
+    np.testing.assert_array_equal(out, want)
+    assert np.abs(want).max() > 1 << 16
+    assert dtypes and set(dtypes) == {np.dtype(t_dtype)}

@@ -47,13 +47,23 @@ vector width, the k-block size and whether to run serially are decided from this
 (``_machine.py``: a short calibration at first use, cached on disk); problems too small to amortise a parallel
 region run serial twins of the same kernels.
 
-Integer GEMM uses the same expansion without scales (int32 adds, exact: the caller bounds K * max|LUT|).
+Integer GEMM uses the same expansion without scales (int32 adds, exact: the caller bounds K * max|LUT|), its
+expanded tables int16 or uint16 where the table's entries fit (widened as they are loaded).
 """
 
 from __future__ import annotations
 
-from ._gemm import NB, float_kernel_tables, gemm_f32, gemm_i32, multiply_f32, multiply_i32, use_expansion
+from ._gemm import (
+    NB,
+    float_kernel_tables,
+    gemm_f32,
+    gemm_i32,
+    int_kernel_tables,
+    multiply_f32,
+    multiply_i32,
+    use_expansion,
+)
 from ._patches import conv_patches
 
-__all__ = ["conv_patches", "float_kernel_tables", "gemm_f32", "gemm_i32", "multiply_f32", "multiply_i32",
-           "use_expansion", "NB"]
+__all__ = ["conv_patches", "float_kernel_tables", "gemm_f32", "gemm_i32", "int_kernel_tables", "multiply_f32",
+           "multiply_i32", "use_expansion", "NB"]

@@ -55,11 +55,12 @@ def _scratch(key: str, shape, dtype) -> np.ndarray:
 
 
 def _thread_buffers(nthreads: int, t_elems: int, c_elems: int, dtype, t_dtype=None):
-    """(nthreads, t_elems) tables (of t_dtype, default dtype; 4-byte types) and (nthreads, c_elems) tiles carved
+    """(nthreads, t_elems) tables (of t_dtype, default dtype) and (nthreads, c_elems) tiles (4-byte dtype) carved
     from the workspace, tables first."""
-    t_bytes = nthreads * t_elems * 4
+    t_item = np.dtype(t_dtype or dtype).itemsize
+    t_bytes = nthreads * t_elems * t_item
     t_bytes += (-t_bytes) % 4096
     ws = _workspace(t_bytes + nthreads * c_elems * 4)
-    tbuf = ws[: nthreads * t_elems * 4].view(t_dtype or dtype).reshape(nthreads, t_elems)
+    tbuf = ws[: nthreads * t_elems * t_item].view(t_dtype or dtype).reshape(nthreads, t_elems)
     cbuf = ws[t_bytes : t_bytes + nthreads * c_elems * 4].view(dtype).reshape(nthreads, c_elems)
     return tbuf, cbuf

@@ -81,6 +81,28 @@ def float_kernel_tables(values: np.ndarray) -> KernelTables:
     return kt
 
 
+class IntKernelTables(tuple):
+    """``(lut, lutt)``: a table of integer (or full-operand float32) products and its transpose, contiguous, with
+    attribute ``t_dtype``, the dtype of the tables the expansion builds from it: int16 or uint16 where every entry
+    of an int32 table fits (the 8-bit multipliers' products do), halving the bytes the sweep reads and builds."""
+
+    t_dtype: np.dtype
+
+
+def int_kernel_tables(values: np.ndarray) -> IntKernelTables:
+    """The kernel-side form of a table for gemm_i32 (see IntKernelTables); build it once per table."""
+    lut = np.ascontiguousarray(values)
+    kt = IntKernelTables((lut, np.ascontiguousarray(lut.T)))
+    kt.t_dtype = lut.dtype
+    if lut.dtype == np.int32 and lut.size:
+        lo, hi = int(lut.min()), int(lut.max())
+        if -(1 << 15) <= lo and hi < 1 << 15:
+            kt.t_dtype = np.dtype(np.int16)
+        elif lo >= 0 and hi < 1 << 16:
+            kt.t_dtype = np.dtype(np.uint16)  # unsigned 8-bit multipliers: products up to 255 * 255
+    return kt
+
+
 def _windows(xmin, xmax, ymin, ymax, e_lo, e_hi, sym):
     """Flagged (x rows, y columns), each as (batch indices, row indices)."""
     w = _choose_window(xmin, xmax, ymin, ymax, -126 - e_lo, 127 - e_hi, np.asarray(sym, dtype=np.int64))
@@ -97,9 +119,9 @@ def _nbw(ny: int, n_l: int = 0, cost=None) -> int:
     return min(nbw, cost.nbw_large) if n_l > _machine.LARGE_TABLE_ROWS else nbw
 
 
-def _kb(n_l: int, k_len: int, nbw: int, cost) -> int:
+def _kb(n_l: int, k_len: int, nbw: int, cost, esize: int = 4) -> int:
     t_bytes = cost.t_bytes_large if n_l > _machine.LARGE_TABLE_ROWS else cost.t_bytes
-    kb = max(1, min(_KB_MAX, k_len, t_bytes // (n_l * nbw * 4)))
+    kb = max(1, min(_KB_MAX, k_len, t_bytes // (n_l * nbw * esize)))
     if kb == k_len:
         return kb  # one panel, decoded in place
     return kb - kb % 8 if kb >= 8 else kb  # whole 8-lane copies into the panels
@@ -155,7 +177,7 @@ def _row_blocks(nbatch: int, n_cb: int, m_rows: int, nthreads: int) -> int:
 class _Layout:
     """Blocking of an expansion that sweeps mx = max(M, N) rows and expands ny = min(M, N) columns."""
 
-    def __init__(self, m_rows, n_cols, k_len, n_l, nbatch, serial, cost, table_packable=False):
+    def __init__(self, m_rows, n_cols, k_len, n_l, nbatch, serial, cost, table_packable=False, t_dtype=np.float32):
         self.mx, self.ny = max(m_rows, n_cols), min(m_rows, n_cols)
         # get_num_threads() also starts Numba's thread pool, which must exist before a kernel that calls
         # get_thread_id() is loaded from the on-disk cache, even the serial twin (otherwise: a null call, segfault)
@@ -164,7 +186,8 @@ class _Layout:
         if (self.nbw == 16 and not serial and nbatch * max(1, self.mx // 256) < nthreads
                 and not _whole_table_fits(nbatch, k_len, n_l, 16)):
             self.nbw = 8  # two 8-column blocks keep two threads busy where the rows are too few to split
-        self.kbs = _kb(n_l, k_len, self.nbw, cost)
+        self.t_dtype = np.dtype(t_dtype)  # of the expanded table (16-bit for integer entries that fit)
+        self.kbs = _kb(n_l, k_len, self.nbw, cost, self.t_dtype.itemsize)
         self.nkb = -(-k_len // self.kbs)
         self.npad = -(-self.ny // self.nbw) * self.nbw
         self.n_rb = 1 if serial else _row_blocks(nbatch, self.npad // self.nbw, self.mx, nthreads)
@@ -178,7 +201,7 @@ class _Layout:
 
     def buffers(self, n_l, dtype):
         return _thread_buffers(self.nthreads, self.kbs * n_l * self.words, -(-self.mx // self.n_rb) * self.nbw, dtype,
-                               np.uint32 if self.packed else dtype)
+                               np.uint32 if self.packed else self.t_dtype)
 
 
 _TALL_MAX = 2 << 20  # bytes of _expand_narrow's whole-K table: it must stay in (about) one core's L2
@@ -323,8 +346,11 @@ def gemm_i32(ia, ib, out, lut):
     """out[bt] = sum_k lut[ia[bt, :, k], ib[bt, k, :]] for 3-D int32 table-index arrays.
 
     ``lut`` int32 (integer multipliers: indices are operand - lowest value; exact int32 sums) or float32
-    (full-operand tables: indices are format codes; float32 sums in k order from +0.0).
+    (full-operand tables: indices are format codes; float32 sums in k order from +0.0), or its
+    int_kernel_tables (prepared once per table).
     """
+    kt = lut if isinstance(lut, IntKernelTables) else int_kernel_tables(lut)
+    lut = kt[0]
     n_l = lut.shape[0]
     nbatch, m_rows, k_len = ia.shape
     n_cols = ib.shape[2]
@@ -343,9 +369,9 @@ def gemm_i32(ia, ib, out, lut):
     if swapped:
         y, c, lutt = np.swapaxes(ia, 1, 2), np.swapaxes(out, 1, 2), lut
     else:
-        y, c, lutt = ib, out, lut.T
-    lutt = np.ascontiguousarray(lutt)
-    lay = _Layout(m_rows, n_cols, k_len, n_l, nbatch, serial, cost)  # (plain tables: packed ints measured slower)
+        y, c, lutt = ib, out, kt[1]
+    # (plain tables: packed ints measured slower)
+    lay = _Layout(m_rows, n_cols, k_len, n_l, nbatch, serial, cost, t_dtype=kt.t_dtype)
     iap = _scratch("iap", (nbatch, lay.nkb, lay.mx, lay.kbs), np.int32)
     if swapped:
         _k(_pack_rows_t_i32, serial)(ib, iap, lay.nbw, n_l * lay.nbw)

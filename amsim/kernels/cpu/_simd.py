@@ -43,18 +43,28 @@ def _flat_ok(arr):
     return isinstance(arr, types.Array) and arr.layout == "C" and arr.dtype in (types.float32, types.int32)
 
 
+def _is_16bit_arr(arr):
+    return isinstance(arr, types.Array) and arr.layout == "C" and arr.dtype in (types.int16, types.uint16)
+
+
 def _make_load(width):
     @intrinsic
     def load(typingctx, arr, off):
-        if not (_flat_ok(arr) and isinstance(off, types.Integer)):
+        if not ((_flat_ok(arr) or _is_16bit_arr(arr)) and isinstance(off, types.Integer)):
             return None
 
         def codegen(context, builder, sig, args):
-            return builder.load(_vptr(context, builder, arr, args[0], args[1], arr.dtype, width), align=4)
+            v = builder.load(_vptr(context, builder, arr, args[0], args[1], arr.dtype, width),
+                             align=arr.dtype.bitwidth // 8)
+            if arr.dtype.bitwidth == 16:  # (x86: one widening load, vpmovsxwd or vpmovzxwd)
+                widen = builder.sext if arr.dtype.signed else builder.zext
+                v = widen(v, ir.VectorType(ir.IntType(32), width))
+            return v
 
-        return Vec(arr.dtype, width)(arr, off), codegen
+        return Vec(types.int32 if arr.dtype.bitwidth == 16 else arr.dtype, width)(arr, off), codegen
 
-    load.__doc__ = f"Elements ``off .. off+{width - 1}`` of a C-contiguous array in flat order. No bounds check."
+    load.__doc__ = (f"Elements ``off .. off+{width - 1}`` of a C-contiguous array in flat order (int16 and uint16 "
+                    "arrays: widened to int32 lanes). No bounds check.")
     return load
 
 
@@ -305,12 +315,14 @@ def vtranspose_store_halves(typingctx, arr, off, stride, scale, h0, h1, h2, h3, 
     """Store the 8x8 transpose of rows r0..r7, given with their 128-bit halves exchanged (h_q = vload_halves of
     the low halves of r_q and r_{q+4}, h_{q+4} of their high halves, q < 4), times ``scale`` per output row
     (None: no scaling). Element p of r_q (times scale[q]) goes to flat element ``off + p * stride + q`` of
-    ``arr``."""
+    ``arr``. Into an int16 or uint16 array, int32 rows are stored truncated (unscaled; their entries must fit)."""
     vs = (h0, h1, h2, h3, h4, h5, h6, h7)
-    if not (_flat_ok(arr) and all(isinstance(v, Vec) and v.width == _W and v.dtype == arr.dtype for v in vs)):
+    narrow = _is_16bit_arr(arr)  # int32 rows stored truncated to 16 bits (entries that fit)
+    vdtype = types.int32 if narrow else arr.dtype
+    if not ((_flat_ok(arr) or narrow) and all(isinstance(v, Vec) and v.width == _W and v.dtype == vdtype for v in vs)):
         return None
     has_scale = isinstance(scale, Vec)
-    if has_scale and (scale.dtype != arr.dtype or scale.width != _W):
+    if has_scale and (narrow or scale.dtype != arr.dtype or scale.width != _W):
         return None
 
     def codegen(context, builder, sig, args):
@@ -318,8 +330,11 @@ def vtranspose_store_halves(typingctx, arr, off, stride, scale, h0, h1, h2, h3, 
         outs = _transpose8_halves(builder, list(args[4:]))
         if has_scale:
             outs = _scale_rows(builder, outs, arr.dtype, args[3])
+        if narrow:
+            outs = [builder.trunc(x, ir.VectorType(ir.IntType(16), _W)) for x in outs]
         for p in range(8):
-            builder.store(outs[p], _vptr(context, builder, arr, aval, _row_at(builder, o, s, p), arr.dtype), align=4)
+            builder.store(outs[p], _vptr(context, builder, arr, aval, _row_at(builder, o, s, p), arr.dtype),
+                          align=arr.dtype.bitwidth // 8)
         return context.get_dummy_value()
 
     return types.void(arr, off, stride, scale, *vs), codegen
