@@ -327,3 +327,52 @@ def test_matmul_16bit_expanded_tables(cpu_width, shape, bits, t_dtype, monkeypat
     np.testing.assert_array_equal(out, want)
     assert np.abs(want).max() > 1 << 16
     assert dtypes and set(dtypes) == {np.dtype(t_dtype)}
+
+
+def test_gather_rows_per_item_balance_the_threads():
+    from amsim.kernels.cpu import _gemm
+
+    assert _gemm._gather_rows(25, 1, 2) == 4  # 13 and 12 rows a thread, not 16 and 9
+    assert _gemm._gather_rows(24, 1, 2) == 4  # 12 and 12, not 16 and 8
+    assert _gemm._gather_rows(16, 1, 2) == 8
+    assert _gemm._gather_rows(25, 1, 1) == 8
+    assert _gemm._gather_rows(150, 2, 2) == 8  # many items
+
+
+@pytest.mark.parametrize("gr", [4, 8])
+@pytest.mark.parametrize("shape", [(25, 700, 6), (13, 300, 11), (4, 90, 20), (3, 2, 500, 3), (7, 64, 9)], ids=str)
+def test_gather_kernel_with_four_or_eight_rows_an_item(cpu_width, shape, gr, monkeypatch, rng):
+    """The gather kernel's 4-row items (and 8-row ones, and the remainders taken a row at a time), parallel,
+    against golden: zeros, -0.0 and subnormals on the kernel's path, a few rows of specials recomputed."""
+    from amsim.kernels.cpu import _gemm
+
+    taken = []
+    monkeypatch.setattr(_gemm, "use_expansion", lambda *a, **k: False)
+    monkeypatch.setattr(_gemm, "_is_small", lambda *a: False)  # (the serial twin takes 8 rows an item)
+    monkeypatch.setattr(_gemm, "_gather_rows", lambda *a: taken.append(gr) or gr)
+    *batch, m_, k_, n_ = shape
+    mult = MULTS["mbm7"]
+    a = _fast_path_matrix(rng, (*batch, m_, k_))  # (most rows on the kernel's path, not recomputed)
+    b = _fast_path_matrix(rng, (*batch, k_, n_), specials=False)
+    out = np.full((*batch, m_, n_), np.nan, F)
+    amsim.matmul(a, b, mult, out=out)
+    assert_bits_equal(out, golden.matmul(a, b, mult))
+    assert taken == [gr]
+
+
+def test_kernel_choice_counts_the_threads_each_kernel_keeps_busy():
+    """LeNet-5's conv1 weight gradient is one work item of expansion (one column block, 25 rows) against four of
+    the gather kernel: where expansion is estimated a little cheaper on one core, two threads make the gather
+    kernel the faster (with one thread, the expansion)."""
+    import dataclasses
+
+    from amsim.kernels.cpu import _gemm, _machine
+
+    shape = (25, 6, 100352, 128)
+    cost = _machine.DEFAULT_COSTS
+    assert _gemm._work_items(*shape, 1, 2, cost) == (1, 2)
+    expand, gather = _gemm._costs(*shape, cost)
+    cost = dataclasses.replace(cost, gather=cost.gather * 1.25 * expand / gather)  # gather 1.25x the expansion
+    assert _gemm.use_expansion(*shape, 1, cost, nthreads=1)
+    assert not _gemm.use_expansion(*shape, 1, cost, nthreads=2)
+    assert _gemm.use_expansion(2000, 64, 500, 128, 1, cost, nthreads=2)  # plenty of items either way

@@ -133,6 +133,23 @@ def _gather_swapped(m_rows: int, n_cols: int) -> bool:
     return 2 * n_cols * -(-m_rows // 8) < m_rows * -(-n_cols // 8)
 
 
+def _gather_rows(m_rows: int, groups: int, nthreads: int) -> int:
+    """Rows per work item of the gather kernel: 8, or 4 where few items would leave a thread idle (handed out
+    in order to whichever thread is free; LeNet-5's conv1 weight gradient, 25 rows: 16 and 9 rows a thread with
+    8 rows an item, 13 and 12 with 4)."""
+    if nthreads < 2 or groups * -(-m_rows // 8) >= 4 * nthreads:
+        return 8
+
+    def busiest(gr):
+        loads = [0] * nthreads
+        for _ in range(groups):
+            for r0 in range(0, m_rows, gr):
+                loads[loads.index(min(loads))] += min(gr, m_rows - r0)
+        return max(loads)
+
+    return 4 if busiest(4) < busiest(8) else 8
+
+
 def _costs(m_rows: int, n_cols: int, k_len: int, n_l: int, cost=None) -> tuple[float, float]:
     """Estimated single-core ns of (expansion, gather kernel) for one (M, K) @ (K, N) product, from this
     machine's measured costs.
@@ -154,10 +171,31 @@ def _costs(m_rows: int, n_cols: int, k_len: int, n_l: int, cost=None) -> tuple[f
     return expand, gather
 
 
-def use_expansion(m_rows: int, n_cols: int, k_len: int, n_l: int, nbatch: int = 1, cost=None) -> bool:
-    """Whether row expansion beats the gather kernel for (M, K) @ (K, N) products (the batch size cancels)."""
+def _work_items(m_rows: int, n_cols: int, k_len: int, n_l: int, nbatch: int, nthreads: int, cost) -> tuple[int, int]:
+    """How many threads' worth of parallel work items (expansion, gather kernel) such a product has: a
+    LeNet-5 conv1 weight gradient (25 x 100352 x 6) is one item of expansion (one column block, too few rows to
+    split) against four of the gather kernel."""
+    sweep, other = max(m_rows, n_cols), min(m_rows, n_cols)
+    nbw = _nbw(other, n_l, cost)
+    n_cb = -(-other // nbw)
+    if nbw == 16 and nbatch * max(1, sweep // 256) < nthreads and not _whole_table_fits(nbatch, k_len, n_l, 16):
+        n_cb *= 2  # (as _Layout splits it)
+    expand = nbatch * n_cb * _row_blocks(nbatch, n_cb, sweep, nthreads)
+    if n_cb == 1 and _whole_table_fits(nbatch, k_len, n_l, nbw):
+        expand = max(expand, nbatch * -(-sweep // 4))  # (the fused narrow expansion splits the rows finely)
+    gather = nbatch * -(-m_rows // 8) * -(-n_cols // 8)
+    return min(nthreads, expand), min(nthreads, gather)
+
+
+def use_expansion(m_rows: int, n_cols: int, k_len: int, n_l: int, nbatch: int = 1, cost=None,
+                  nthreads: int | None = None) -> bool:
+    """Whether row expansion beats the gather kernel for (M, K) @ (K, N) products: their estimated single-core
+    times over the threads (default: Numba's; 1 for the serial twins) each can keep busy."""
+    cost = cost or _machine.costs()
     expand, gather = _costs(m_rows, n_cols, k_len, n_l, cost)
-    return expand < gather
+    nthreads = numba.get_num_threads() if nthreads is None else nthreads
+    t_expand, t_gather = _work_items(m_rows, n_cols, k_len, n_l, nbatch, nthreads, cost)
+    return expand / t_expand < gather / t_gather
 
 
 def _is_small(m_rows: int, n_cols: int, k_len: int, n_l: int, nbatch: int, cost) -> bool:
@@ -289,7 +327,7 @@ def gemm_f32(a, b, out, m, truncate, kt):
     cost = _machine.costs()
     serial = _is_small(m_rows, n_cols, k_len, n_l, nbatch, cost)
     swapped = False
-    if not use_expansion(m_rows, n_cols, k_len, n_l, nbatch, cost):
+    if not use_expansion(m_rows, n_cols, k_len, n_l, nbatch, cost, 1 if serial else None):
         swapped = _gather_swapped(m_rows, n_cols)
         if swapped:  # C^T = B^T (x) A^T with the table transposed
             x, y, c, lut = np.swapaxes(b, 1, 2), np.swapaxes(a, 1, 2), np.swapaxes(out, 1, 2), _lutt(kt)
@@ -297,7 +335,9 @@ def gemm_f32(a, b, out, m, truncate, kt):
             x, y, c, lut = a, b, out, lutf
         ia, sa, xmin, xmax = _decode_plain(x, m, truncate, serial, "a")
         ib, sb, ymin, ymax = _decode_cols(y, m, truncate, serial, -(-y.shape[2] // 8) * 8, 8)
-        _k(_gather_f32, serial)(c, ia, sa, ib, sb, lut)
+        gr = 8 if serial else _gather_rows(x.shape[1], nbatch * (ib.shape[2] // 8), numba.get_num_threads())
+        with numba.parallel_chunksize(1):
+            _k(_gather_f32, serial)(c, ia, sa, ib, sb, lut, gr)
     else:
         swapped = m_rows < n_cols
         if swapped:  # sweep the longer side: C^T = B^T (x) A^T with the table transposed
@@ -361,7 +401,7 @@ def gemm_i32(ia, ib, out, lut):
         return out
     cost = _machine.costs()
     serial = _is_small(m_rows, n_cols, k_len, n_l, nbatch, cost)
-    if not use_expansion(m_rows, n_cols, k_len, n_l, nbatch, cost):
+    if not use_expansion(m_rows, n_cols, k_len, n_l, nbatch, cost, 1 if serial else None):
         _k(_gemm_direct_i32, serial)(out, np.ascontiguousarray(ia), np.ascontiguousarray(np.swapaxes(ib, 1, 2)),
                                      lut, lut.dtype.type(0))
         return out

@@ -1218,11 +1218,11 @@ def _fixup_f32(c, a, b, row_bt, row_i, col_bt, col_j, m, truncate, lut_e, lut_f)
         fpenv.leave(fp)
 
 
-_GR = 8  # rows per item of _gather_f32
+_GR = 8  # rows per item of _gather_f32 (at most)
 
 
 @numba.njit(parallel=True, cache=_CACHE)
-def _gather_f32(c, ia, sa, ib, sb, lutf):
+def _gather_f32(c, ia, sa, ib, sb, lutf, gr):
     """The GEMM without an expanded table, for problems whose swept side is too short to amortise one (conv
     weight gradients: a few rows, a few columns, K of 10^5):
 
@@ -1230,7 +1230,9 @@ def _gather_f32(c, ia, sa, ib, sb, lutf):
 
     the same products and sums as the expansion. Eight columns are one vector: per row and k, one gather of
     eight table entries from row ia[i, k], two multiplies and an add; the column indices and scales of a k are
-    loaded once for _GR rows. ib/sb (batch, K, Npad) come padded to a multiple of 8 with index 0, scale 0.
+    loaded once for the ``gr`` rows of a work item (8 or 4: four balance the threads better where there are few
+    items; a last item of fewer rows takes them one at a time). ib/sb (batch, K, Npad) come padded to a
+    multiple of 8 with index 0, scale 0.
     Rows and columns holding operands outside the exact window are recomputed afterwards, as for expansion.
     """
     nbatch, m_rows, k_len = ia.shape
@@ -1238,18 +1240,18 @@ def _gather_f32(c, ia, sa, ib, sb, lutf):
     n_cols = c.shape[2]
     nl = lutf.shape[1]
     ncb = npad // 8
-    nrb = (m_rows + _GR - 1) // _GR
+    nrb = (m_rows + gr - 1) // gr
     for w in prange(nbatch * ncb * nrb):
         bt = w // (ncb * nrb)
         rest = w - bt * (ncb * nrb)
         j0 = (rest // nrb) * 8
-        i0 = (rest - (rest // nrb) * nrb) * _GR
-        nr = min(m_rows, i0 + _GR) - i0
+        i0 = (rest - (rest // nrb) * nrb) * gr
+        nr = min(m_rows, i0 + gr) - i0
         fp = fpenv.enter()
         ibb = ib[bt]
         sbb = sb[bt]
         acc = np.zeros(_GR * 8, np.float32)  # the sums start from +0.0
-        if nr == _GR:
+        if nr == 8:
             a0 = vload(acc, 0)
             a1 = vload(acc, 8)
             a2 = vload(acc, 16)
@@ -1281,6 +1283,24 @@ def _gather_f32(c, ia, sa, ib, sb, lutf):
             vstore(acc, 40, a5)
             vstore(acc, 48, a6)
             vstore(acc, 56, a7)
+        elif nr == 4:
+            a0 = vload(acc, 0)
+            a1 = vload(acc, 8)
+            a2 = vload(acc, 16)
+            a3 = vload(acc, 24)
+            x0, x1, x2, x3 = ia[bt, i0], ia[bt, i0 + 1], ia[bt, i0 + 2], ia[bt, i0 + 3]
+            s0, s1, s2, s3 = sa[bt, i0], sa[bt, i0 + 1], sa[bt, i0 + 2], sa[bt, i0 + 3]
+            for k in range(k_len):
+                o = k * npad + j0
+                tb = vload(sbb, o)
+                a0 = vfma_exact(vsplat(s0[k]), vmul(vgather(lutf, x0[k] * nl, ibb, o), tb), a0)
+                a1 = vfma_exact(vsplat(s1[k]), vmul(vgather(lutf, x1[k] * nl, ibb, o), tb), a1)
+                a2 = vfma_exact(vsplat(s2[k]), vmul(vgather(lutf, x2[k] * nl, ibb, o), tb), a2)
+                a3 = vfma_exact(vsplat(s3[k]), vmul(vgather(lutf, x3[k] * nl, ibb, o), tb), a3)
+            vstore(acc, 0, a0)
+            vstore(acc, 8, a1)
+            vstore(acc, 16, a2)
+            vstore(acc, 24, a3)
         else:
             for r in range(nr):
                 xr = ia[bt, i0 + r]

@@ -180,8 +180,8 @@ def _parallel_cost() -> float:
     c1, ione, one = np.empty((1, 1, 1), np.float32), np.zeros((1, 1, 8), np.int32), np.ones((1, 1, 8), np.float32)
     ia1, sa1, lut1 = np.zeros((1, 1, 1), np.int32), np.ones((1, 1, 1), np.float32), np.ones((1, 1), np.float32)
     gather_k = _kernels._SERIAL[_kernels._gather_f32]
-    par = _best(lambda: _kernels._gather_f32(c1, ia1, sa1, ione, one, lut1), 5)
-    return par - _best(lambda: gather_k(c1, ia1, sa1, ione, one, lut1), 5)
+    par = _best(lambda: _kernels._gather_f32(c1, ia1, sa1, ione, one, lut1, 8), 5)
+    return par - _best(lambda: gather_k(c1, ia1, sa1, ione, one, lut1, 8), 5)
 
 
 def calibrate(width: int) -> Costs:
@@ -226,7 +226,7 @@ def calibrate(width: int) -> Costs:
     lutf = rng.uniform(1.0, 4.0, (128, 128)).astype(np.float32)
     c = np.empty((1, 64, 8), np.float32)
     gather_k = _kernels._SERIAL[_kernels._gather_f32]
-    gather = _best(lambda: gather_k(c, ia, sa, ib, sb, lutf)) / (64 * 1024)
+    gather = _best(lambda: gather_k(c, ia, sa, ib, sb, lutf, 8)) / (64 * 1024)
     par_costs.append(_parallel_cost())
     parallel = min(max(min(par_costs), 10_000.0), 1e6)  # idle-machine figures undersell it
     return Costs(build=build, build_large=build_large, sweep=sweep, sweep8=sweep8, gather=gather,
