@@ -21,6 +21,7 @@ def fresh(tmp_path, monkeypatch):
     monkeypatch.setattr(_machine, "_chosen", {})
     monkeypatch.delenv(_machine.ENV_CALIBRATION, raising=False)
     monkeypatch.setenv(_machine.ENV_WIDTH, "8")
+    monkeypatch.setattr(_machine, "BUSY_MIN", 0.0)  # (the suite's parallel load must not stop the caching tested)
     calls = []
     real = _machine.calibrate
 
@@ -71,6 +72,31 @@ def test_calibration_is_measured_once_and_cached_on_disk(fresh):
     _machine._chosen.clear()
     assert _machine.costs() == got  # read back from the file
     assert calls == [8]
+
+
+def test_a_calibration_that_shared_its_core_is_used_but_not_cached(fresh, monkeypatch):
+    """Under the parallel test suite a calibration's thread ran 0.4 of its timed runs' wall time, and its costs,
+    cached, chose 32 KiB table blocks instead of 256 for every later run. Such a calibration serves its process
+    only; the next process measures again."""
+    import time as real_time
+    import types
+
+    path, calls = fresh
+    monkeypatch.setattr(_machine, "BUSY_MIN", 0.9)
+    shared = types.SimpleNamespace(perf_counter=real_time.perf_counter,
+                                   thread_time=lambda: real_time.perf_counter() * 0.5)  # on the core half the time
+    monkeypatch.setattr(_machine, "time", shared)
+    got = _machine.costs()
+    assert _machine.contended() and calls == [8] and got.width == 8 and 0 < got.sweep < 10
+    assert not path.exists()
+    assert _machine.costs() is got and calls == [8]  # kept for this process
+    _machine._memo.clear()
+    _machine._chosen.clear()
+    alone = types.SimpleNamespace(perf_counter=real_time.perf_counter, thread_time=real_time.perf_counter)
+    monkeypatch.setattr(_machine, "time", alone)  # the core to itself again
+    again = _machine.costs()
+    assert calls == [8, 8] and not _machine.contended()
+    assert _machine.Costs.from_dict(json.loads(path.read_text())[_machine.cache_key(8)]) == again
 
 
 @pytest.mark.parametrize("spike_at", [0, 1, 2])
