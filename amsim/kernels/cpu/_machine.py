@@ -140,10 +140,10 @@ def forced_width() -> int | None:
 # calibration
 # ---------------------------------------------------------------------------------------------------------
 # A calibration whose thread ran for less than this share of the wall time of its timed runs (serial kernels:
-# alone, they hold their core throughout; 0.99 measured) shared its core with other work: under the parallel
-# test suite, 0.4-0.5, and the costs it measured chose 32 KiB table blocks instead of 256. Such costs serve the
-# process that measured them but are not cached for later ones. (The best of each measurement's runs looked
-# unshared even then: the other work also evicts the core's caches between runs.)
+# alone, they hold their core throughout; 0.99-1.0 measured) shared its core with other work: 0.38 beside the
+# running test suite, and a calibration taken under it chose 32 KiB table blocks instead of 256. Such costs
+# serve the process that measured them but are not cached for later ones. (The best of each measurement's runs
+# looked unshared even then: the other work also evicts the core's caches between runs.)
 BUSY_MIN = 0.9
 _busy = [0.0, 0.0]  # thread time, wall time of the serial timed runs of this calibration
 
