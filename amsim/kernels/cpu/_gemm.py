@@ -176,10 +176,8 @@ def _work_items(m_rows: int, n_cols: int, k_len: int, n_l: int, nbatch: int, nth
     LeNet-5 conv1 weight gradient (25 x 100352 x 6) is one item of expansion (one column block, too few rows to
     split) against four of the gather kernel."""
     sweep, other = max(m_rows, n_cols), min(m_rows, n_cols)
-    nbw = _nbw(other, n_l, cost)
+    nbw = _layout_nbw(other, n_l, nbatch, sweep, k_len, nthreads, cost)
     n_cb = -(-other // nbw)
-    if nbw == 16 and nbatch * max(1, sweep // 256) < nthreads and not _whole_table_fits(nbatch, k_len, n_l, 16):
-        n_cb *= 2  # (as _Layout splits it)
     expand = nbatch * n_cb * _row_blocks(nbatch, n_cb, sweep, nthreads)
     if n_cb == 1 and _whole_table_fits(nbatch, k_len, n_l, nbw):
         expand = max(expand, nbatch * -(-sweep // 4))  # (the fused narrow expansion splits the rows finely)
@@ -204,6 +202,15 @@ def _is_small(m_rows: int, n_cols: int, k_len: int, n_l: int, nbatch: int, cost)
     return nbatch * min(_costs(m_rows, n_cols, k_len, n_l, cost)) < 4 * cost.parallel
 
 
+def _layout_nbw(ny: int, n_l: int, nbatch: int, mx: int, k_len: int, nthreads: int, cost) -> int:
+    """_nbw, except that 16 becomes two 8-column blocks, which keep two threads busy where the swept rows are too
+    few to split (unless the fused narrow expansion's whole-K table fits)."""
+    nbw = _nbw(ny, n_l, cost)
+    if nbw == 16 and nbatch * max(1, mx // 256) < nthreads and not _whole_table_fits(nbatch, k_len, n_l, 16):
+        return 8
+    return nbw
+
+
 def _row_blocks(nbatch: int, n_cb: int, m_rows: int, nthreads: int) -> int:
     """Split the swept rows only when there are too few (batch, column block) items to keep threads busy."""
     items = nbatch * n_cb
@@ -220,10 +227,7 @@ class _Layout:
         # get_num_threads() also starts Numba's thread pool, which must exist before a kernel that calls
         # get_thread_id() is loaded from the on-disk cache, even the serial twin (otherwise: a null call, segfault)
         nthreads = numba.get_num_threads()
-        self.nbw = _nbw(self.ny, n_l, cost)
-        if (self.nbw == 16 and not serial and nbatch * max(1, self.mx // 256) < nthreads
-                and not _whole_table_fits(nbatch, k_len, n_l, 16)):
-            self.nbw = 8  # two 8-column blocks keep two threads busy where the rows are too few to split
+        self.nbw = _layout_nbw(self.ny, n_l, nbatch, self.mx, k_len, 1 if serial else nthreads, cost)
         self.t_dtype = np.dtype(t_dtype)  # of the expanded table (16-bit for integer entries that fit)
         self.kbs = _kb(n_l, k_len, self.nbw, cost, self.t_dtype.itemsize)
         self.nkb = -(-k_len // self.kbs)
