@@ -235,7 +235,8 @@ def forced_env(settings: dict):
 
 
 class _SeenLayout(_gemm._Layout):
-    """The float driver's blocking, remembered: the benchmark reports whether its tables were packed."""
+    """The drivers' blocking, remembered: the benchmark reports whether the float tables were packed and the
+    integer tables' dtype."""
 
     last = None
 
@@ -356,6 +357,8 @@ def main(argv=None):
     if not args.quick:
         r = gemm_case("1024x1024x1024 int8", (), 1024, 1024, 1024, int_mult, repeats, rng, kind="int")
         r["width"], r["forced"], r["packed"] = machine["vector_width"], "auto", False
+        last = _SeenLayout.last
+        r["tables"] = last.t_dtype.name if last is not None else "-"  # (int16 where the products fit)
         results.append(r)
         print(f"  {r['case']:24s} {int_mult.name:8s} amsim {r['amsim_gmacs']:7.2f} GMAC/s  numpy(f32) "
               f"{r['numpy_gmacs']:7.2f} GMAC/s  ratio {r['ratio']:6.2f}", flush=True)
@@ -384,7 +387,8 @@ def main(argv=None):
     for r in results:
         sp = f"{r['speedup_vs_naive']:.0f}x" if r["speedup_vs_naive"] else "-"
         print(f"| {r['case']} | {r['multiplier']} | {r['forced']} | {r['width']} | "
-              f"{'packed' if r['packed'] else 'plain'} | {r['amsim_gmacs']:.2f} | {r['numpy_gmacs']:.2f} | "
+              f"{r.get('tables') or ('packed' if r['packed'] else 'plain')} | {r['amsim_gmacs']:.2f} | "
+              f"{r['numpy_gmacs']:.2f} | "
               f"{r['ratio']:.2f} | {sp} |")
     if args.json:
         from amsim._io import atomic_write
