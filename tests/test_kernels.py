@@ -193,8 +193,9 @@ def test_column_block_widths(monkeypatch):
     assert _gemm._Layout(150, 16, 12800, 128, 1, True, cost).nbw == 16  # serial: nothing to share
 
 
-def _spy_packed(monkeypatch):
-    """Record, per expansion the float driver sets up, whether it packs its tables."""
+def _spy_layouts(monkeypatch, attr="packed"):
+    """Record, per expansion a driver sets up, one attribute of its layout (by default whether it packs its
+    tables)."""
     from amsim.kernels.cpu import _gemm
 
     taken = []
@@ -202,7 +203,7 @@ def _spy_packed(monkeypatch):
 
     def init(self, *args, **kw):
         real(self, *args, **kw)
-        taken.append(self.packed)
+        taken.append(getattr(self, attr))
 
     monkeypatch.setattr(_gemm._Layout, "__init__", init)
     return taken
@@ -224,7 +225,7 @@ def test_matmul_packed_tables(cpu_width, shape, name, rounding, serial, monkeypa
     monkeypatch.setattr(_machine, "costs", lambda: dataclasses.replace(
         real(), gather=1e6, parallel=1e12 if serial else 1e-3))
     monkeypatch.setenv("AMSIM_CPU_TABLE_PACKING", "on")
-    taken = _spy_packed(monkeypatch)
+    taken = _spy_layouts(monkeypatch)
     mult = MULTS[name].with_rounding(rounding)
     assert cpu.float_kernel_tables(mult.table.values).packable
     *batch, m_, k_, n_ = shape
@@ -249,7 +250,7 @@ def test_tables_not_bfloat16_exact_are_never_packed(monkeypatch, rng):
     base[77, 5] = np.nextafter(base[77, 5], F(4.0))  # one ulp: a bit in the low half
     assert not cpu.float_kernel_tables(base).packable
     mult = amsim.Multiplier.from_table(base, name="mbm7_one_ulp")
-    taken = _spy_packed(monkeypatch)
+    taken = _spy_layouts(monkeypatch)
     a = np.ldexp(rng.uniform(1, 2, (300, 40)), rng.integers(-3, 3, (300, 40))).astype(F)
     b = rng.uniform(1, 2, (40, 64)).astype(F)
     a[:, 7] = F(1.0 + 77 / 128)  # every row multiplies the changed entry ...
@@ -303,14 +304,7 @@ def test_matmul_16bit_expanded_tables(cpu_width, shape, bits, t_dtype, monkeypat
     bits as golden."""
     from amsim.kernels.cpu import _gemm
 
-    dtypes = []
-    real = _gemm._Layout.__init__
-
-    def init(self, *args, **kw):
-        real(self, *args, **kw)
-        dtypes.append(self.t_dtype)
-
-    monkeypatch.setattr(_gemm._Layout, "__init__", init)
+    dtypes = _spy_layouts(monkeypatch, "t_dtype")
     monkeypatch.setattr(_gemm, "use_expansion", lambda *a, **k: True)
     n = 1 << bits
     t_lo, t_hi = _T_RANGES[t_dtype]
