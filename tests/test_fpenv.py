@@ -21,8 +21,9 @@ X86 = _fpenv.DEFAULT == 0x1F80
 
 
 def _tiny(rng, shape):
-    """Operands near 2**-63: their products lie just above 2**-126, so sums of opposite signs are subnormal."""
-    e = rng.integers(-64, -61, size=shape)
+    """Operands of 2**-63 and 2**-62: their products lie just above 2**-126 (normal, so the kernels compute them,
+    not the exact path), and sums of opposite signs end or pass through subnormals."""
+    e = rng.integers(-63, -61, size=shape)
     sig = 1.0 + rng.integers(0, 128, size=shape) / 128.0
     return (rng.choice([-1.0, 1.0], size=shape) * sig * 2.0**e).astype(F)
 
@@ -30,8 +31,12 @@ def _tiny(rng, shape):
 def _cases(rng):
     m7, mbm = amsim.multipliers.exact(7), amsim.multipliers.mbm(7)
     yield "issue example", np.array([[1.5 * 2.0**-63, 2.0**-63]], F), np.array([[2.0**-63], [-2.0**-63]], F), m7
-    yield "small problem", _tiny(rng, (5, 40)), _tiny(rng, (40, 3)), mbm
+    a, b = _tiny(rng, (5, 40)), _tiny(rng, (40, 3))
+    a[0], b[:, 0] = 0.0, 0.0  # one sum that certainly ends subnormal: 1.5 * 2**-126 - 2**-126
+    a[0, :2], b[:2, 0] = (1.5 * 2.0**-63, 2.0**-63), (2.0**-63, -(2.0**-63))
+    yield "small problem", a, b, mbm
     yield "expansion, parallel", _tiny(rng, (300, 64)), _tiny(rng, (64, 70)), mbm
+    yield "fused narrow expansion", _tiny(rng, (2000, 64)), _tiny(rng, (64, 6)), mbm
     a = _tiny(rng, (40, 30))
     a[3, 4] = np.inf  # a flagged row: the scalar fix-up path
     yield "fix-up path", a, _tiny(rng, (30, 20)), m7
@@ -93,12 +98,13 @@ def _poison_workers(n, state):
 
 @pytest.mark.skipif(not X86, reason="MXCSR bits")
 def test_numba_workers_started_with_ftz_daz(rng):
-    a, b = _tiny(rng, (512, 128)), _tiny(rng, (128, 96))
     m = amsim.multipliers.mbm(7)
-    want = golden.matmul(a, b, m)
+    cases = [(_tiny(rng, (512, 128)), _tiny(rng, (128, 96))), (_tiny(rng, (3000, 64)), _tiny(rng, (64, 6))),
+             (_tiny(rng, (25, 20000)), _tiny(rng, (20000, 6)))]  # expansion, fused narrow, gather kernel
     _poison_workers(1 << 16, _fpenv.DEFAULT | _fpenv.FTZ_DAZ)
     try:
-        assert_bits_equal(amsim.matmul(a, b, m), want)
+        for a, b in cases:
+            assert_bits_equal(amsim.matmul(a, b, m), golden.matmul(a, b, m))
     finally:
         _poison_workers(1 << 16, _fpenv.DEFAULT)
 
