@@ -61,6 +61,11 @@ class NumpyBackend:
     def gemm(self, a, b, out, mult):
         return self._cpu.gemm_f32(a, b, out, mult.mantissa_bits, mult.rounding == "truncate", self._tables(mult.table))
 
+    def gemm_conv(self, xp, geometry, b, out, mult):
+        """out = P @ b for the patch matrix P of the padded conv input xp (see ``_ops.conv_patches_matmul``)."""
+        return self._cpu.gemm_conv_f32(xp, geometry, b, out, mult.mantissa_bits, mult.rounding == "truncate",
+                                       self._tables(mult.table))
+
     def gemm_table(self, ia, ib, out, mult):
         kt = self._int_tables.get(mult.table)
         if kt is None:

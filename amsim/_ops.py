@@ -12,6 +12,7 @@ import numpy as np
 
 from . import _multiplier
 from ._backend import get_backend, is_cupy
+from ._errors import UnsupportedError
 from ._fpenv import under_default_fp
 from ._multiplier import Multiplier
 from ._operands import I32_MAX, check_int_contraction, check_operand, finish, kernel_operands, output
@@ -137,6 +138,58 @@ def matmul(a, b, mult, *, out=None):
     else:
         be.gemm(a3, b3, c3, mult)
     return finish(res, final)
+
+
+@under_default_fp
+def conv_patches_matmul(xp, geometry, b, mult, out):
+    """``out[l] = P[l] @ b[l]`` for the patch matrix P that ``kernels.cpu.conv_patches`` writes from a padded conv
+    input (one feature group): the JAX bridge's convolution GEMM on the CPU. The kernels read P's rows from xp
+    where they can instead of writing P (a conv input gradient's P is taps times the size of xp); the same bits
+    as ``matmul(P, b, mult)``.
+
+    Arguments:
+        xp: float32 NumPy array (L, N, H, W, C), the padded input (L: vmap's axes, folded into one).
+        geometry: (start, step, count, ty, tx) of the patches (see amsim/kernels/cpu/_patches.py).
+        b: float32 (L, taps * C, O).
+        mult: a float multiplier with a significand table (integer and full-operand-table multipliers take
+            ``matmul`` on an explicit patch matrix).
+        out: float32 (L, N * OH * OW, O), C-contiguous, sharing no memory with xp or b.
+
+    Returns:
+        ``out``.
+    """
+    mult = check_mult(mult)
+    if mult.is_int or mult.is_code:
+        raise UnsupportedError(f"conv_patches_matmul takes significand-table multipliers; {mult!r} is not one "
+                               "(build the patch matrix and call amsim.matmul).")
+    be = get_backend(xp, b, out)
+    if be.name != "numpy":
+        raise UnsupportedError("conv_patches_matmul runs on NumPy arrays (the CPU kernels) only.")
+    check_operand(xp, mult, "xp")
+    check_operand(b, mult, "b")
+    _check_conv_shapes(xp, geometry, b, out)
+    xp, b = kernel_operands(mult, (xp, b), np)  # elementwise, so it commutes with taking patches
+    be.gemm_conv(np.ascontiguousarray(xp), geometry, np.ascontiguousarray(b), out, mult)
+    return out
+
+
+def _check_conv_shapes(xp, geometry, b, out):
+    """The kernels index xp by the geometry unchecked: every shape and every sample the patches read must fit."""
+    start, step, count, ty, tx = (tuple(int(v) for v in g) for g in geometry)
+    if xp.ndim != 5 or b.ndim != 3 or out.ndim != 3 or not (len(start) == len(step) == len(count) == 2):
+        raise ValueError(f"conv_patches_matmul: xp (L, N, H, W, C), b (L, K, O), out (L, R, O) and 2-D geometry "
+                         f"expected; got xp {xp.shape}, b {b.shape}, out {out.shape}.")
+    lead, n, h, w, c = xp.shape
+    rows, k_len = n * count[0] * count[1], len(ty) * len(tx) * c
+    if b.shape[:2] != (lead, k_len) or out.shape != (lead, rows, b.shape[2]) or out.dtype != np.float32:
+        raise ValueError(f"conv_patches_matmul: for xp {xp.shape} and this geometry b must be ({lead}, {k_len}, O) "
+                         f"and out ({lead}, {rows}, O) float32; got b {b.shape}, out {out.shape} {out.dtype}.")
+    if not out.flags.c_contiguous or np.may_share_memory(out, xp) or np.may_share_memory(out, b):
+        raise ValueError("conv_patches_matmul: out must be C-contiguous and share no memory with xp or b.")
+    for dim, size, taps in ((0, h, ty), (1, w, tx)):
+        if min(count[dim], len(taps)) and (min(start[dim], step[dim], *taps) < 0 or
+                                           start[dim] + (count[dim] - 1) * step[dim] + max(taps) >= size):
+            raise ValueError(f"conv_patches_matmul: the geometry reads past the padded input's {'HW'[dim]} = {size}.")
 
 
 # Multiplier objects are callable as ``mult(a, b)``; the multiplier layer cannot import this module (it sits above

@@ -374,3 +374,71 @@ def test_kernel_choice_counts_the_threads_each_kernel_keeps_busy():
     assert _gemm.use_expansion(*shape, 1, cost, nthreads=1)
     assert not _gemm.use_expansion(*shape, 1, cost, nthreads=2)
     assert _gemm.use_expansion(2000, 64, 500, 128, 1, cost, nthreads=2)  # plenty of items either way
+
+
+# conv geometries (N, H, W, C, kernel (kh, kw), stride, rhs dilation, O, batch): tap rows of 80, 30 and 80
+# values, strided (from a first sample at (1, 2)), a 1-D conv, a batch of two with its own weights; then rows of
+# 5 values (one input channel) and taps two apart (rhs dilation), which take the patch matrix
+CONV_GEOMETRIES = [((8, 12, 12, 16), (5, 5), 1, 1, 6, 1), ((4, 21, 23, 16), (5, 5), 2, 1, 6, 1),
+                   ((6, 14, 14, 6), (5, 5), 1, 1, 16, 1), ((16, 1, 90, 16), (1, 5), 1, 1, 6, 1),
+                   ((4, 12, 12, 16), (3, 5), 1, 1, 6, 2), ((8, 20, 20, 1), (5, 5), 1, 1, 6, 1),
+                   ((6, 16, 16, 16), (3, 3), 1, 2, 6, 1)]
+
+
+@pytest.mark.parametrize("serial", [False, True], ids=["parallel", "serial"])
+@pytest.mark.parametrize("geometry", CONV_GEOMETRIES, ids=str)
+def test_conv_gemm_reads_the_patches_from_the_input(cpu_width, geometry, serial, monkeypatch, rng):
+    """gemm_conv_f32 = golden.matmul(patch matrix, b), bit for bit: decoding each patch row from the padded input
+    where its tap rows are runs of at least 16 values (else writing the patch matrix), with specials in a few
+    input pixels and one weight (their rows and columns recomputed from the patch matrix) and without."""
+    import dataclasses
+
+    from amsim.kernels.cpu import _gemm, _machine
+
+    real = _machine.costs
+    monkeypatch.setattr(_machine, "costs", lambda: dataclasses.replace(
+        real(), gather=1e6, parallel=1e12 if serial else 1e-3))
+    taken = []
+    fused = _gemm._fused_narrow
+    monkeypatch.setattr(_gemm, "_fused_narrow", lambda *a: taken.append(a[2] is not None) or fused(*a))
+    (n, h, w, c), (kh, kw), stride, dil, o, lead = geometry
+    y0, x0 = (1, 2) if stride > 1 else (0, 0)
+    oh, ow = (h - y0 - dil * (kh - 1) - 1) // stride + 1, (w - x0 - dil * (kw - 1) - 1) // stride + 1
+    geo = ((y0, x0), (stride, stride), (oh, ow), tuple(range(0, dil * kh, dil)), tuple(range(0, dil * kw, dil)))
+    mult = MULTS["mbm7"]
+    kt = cpu.float_kernel_tables(mult.table.values)
+    for specials in (False, True):
+        xp = _fast_path_matrix(rng, (lead, n, h, w, c), specials=False)
+        b = _fast_path_matrix(rng, (lead, kh * kw * c, o), specials=False)
+        if specials:
+            xp[0, 1, h // 2, w // 2, c - 1] = np.nan
+            xp[-1, n - 1, h - 1, w - 1, 0] = -np.inf
+            b[0, 3, o - 1] = F(2.0**120)
+        p = np.empty((lead, 1, n * oh * ow, kh * kw * c), F)
+        cpu.conv_patches(xp, p, *geo, False)
+        out = np.full((lead, n * oh * ow, o), np.nan, F)
+        assert cpu.gemm_conv_f32(xp, geo, b, out, 7, False, kt) is out
+        assert_bits_equal(out, golden.matmul(p[:, 0], b, mult))
+    assert taken == [True, True] if c * kw >= 16 and dil == 1 else True not in taken
+
+
+def test_conv_patches_matmul_checks_what_its_kernels_would_index_unchecked(rng):
+    from amsim import _ops
+    from amsim._errors import UnsupportedError
+
+    xp = rng.standard_normal((1, 2, 8, 8, 16)).astype(F)
+    geo = ((0, 0), (1, 1), (4, 4), tuple(range(5)), tuple(range(5)))
+    b = rng.standard_normal((1, 400, 6)).astype(F)
+    out = np.full((1, 32, 6), np.nan, F)
+    p = np.empty((1, 1, 32, 400), F)
+    cpu.conv_patches(xp, p, *(np.asarray(g) for g in geo), False)
+    assert_bits_equal(_ops.conv_patches_matmul(xp, geo, b, "mbm", out), golden.matmul(p[:, 0], b, MULTS["mbm7"]))
+    bad = [(xp, ((1, 0), (1, 1), (4, 4), tuple(range(5)), tuple(range(5))), b, out, "past the padded input's H"),
+           (xp, ((0, 1), (1, 1), (4, 4), tuple(range(5)), tuple(range(5))), b, out, "past the padded input's W"),
+           (xp, geo, b[:, :399], out, "b must be"), (xp, geo, b, out[:, :31], "b must be"),
+           (xp[0], geo, b, out, "expected"), (xp, geo, b, np.zeros((6, 32, 1), F).transpose(2, 1, 0), "C-contiguous")]
+    for args in bad:
+        with pytest.raises(ValueError, match=args[-1]):
+            _ops.conv_patches_matmul(*args[:3], "mbm", args[3])
+    with pytest.raises(UnsupportedError, match="significand-table"):
+        _ops.conv_patches_matmul(xp, geo, b, amsim.multipliers.exact_int(8), out)

@@ -482,3 +482,49 @@ def test_gpu_buffers_without_cupy_name_the_fix(monkeypatch, rng):
     monkeypatch.setitem(sys.modules, "cupy", None)  # "import cupy" raises ImportError
     with pytest.raises(ImportError, match=r"pip install 'amsim\[gpu\]'"):
         _host_fn(amsim.multipliers.mbm(7))(None, DeviceBuffer(), DeviceBuffer(), DeviceBuffer())
+
+
+def test_conv_on_the_cpu_reads_its_patches_from_the_padded_input(monkeypatch, rng):
+    """LeNet-5-like convs (5 x 5 taps, 16 and 6 channels) take the kernels that decode patch rows from the padded
+    input: the forward equals the golden conv with and without a NaN pixel and under vmap, and the gradients equal
+    those computed through an explicit patch matrix."""
+    from amsim.kernels import cpu
+    from amsim.kernels.cpu import _gemm
+
+    calls = []
+    fused = _gemm._fused_narrow
+    monkeypatch.setattr(_gemm, "_fused_narrow", lambda *a: calls.append(a[2] is not None) or fused(*a))
+    conv = ann.conv_general_dilated(MBM)
+    x, w = _rand(rng, (4, 14, 14, 16), False), _rand(rng, (5, 5, 16, 6), False)
+    for padding in ("VALID", "SAME"):
+        case = (x.shape, w.shape, (1, 1), padding, None, None, 1)
+        for xi in (x, np.where(np.arange(14)[:, None] == 5, np.float32(np.nan), x)):
+            got = jax.jit(lambda a, b: _conv(conv, a, b, case))(xi, w)  # noqa: B023
+            assert_bits_equal(np.asarray(got), _golden_conv(xi, w, case, MBM))
+    w35 = _rand(rng, (3, 5, 16, 6), False)  # (vmap's batch of two: K = 240 keeps both whole-K tables in L2)
+    case = (x.shape, w35.shape, (1, 1), "VALID", None, None, 1)
+    xs = np.stack([x, _rand(rng, x.shape, False)])
+    got = jax.vmap(lambda a: _conv(conv, a, w35, case))(xs)
+    for i in range(2):
+        assert_bits_equal(np.asarray(got[i]), _golden_conv(xs[i], w35, case, MBM))
+    assert calls == [True] * 5
+    case = (x.shape, w.shape, (1, 1), "VALID", None, None, 1)
+
+    cot = _rand(rng, (4, 10, 10, 6), False)
+    grads = jax.jit(jax.grad(lambda a, b: jnp.sum(_conv(conv, a, b, case) * cot), argnums=(0, 1)))
+    calls.clear()
+    got = grads(x, w)  # the input gradient: a transposed conv of 6 channels to 16, 5 x 30 runs a patch row
+    assert calls.count(True) == 1  # (the kernel gradient takes transposed patches; the loss needs no forward)
+
+    def through_patch_matrix(xp, geo, b, out, m, truncate, kt):
+        lead, n, _, _, c = xp.shape
+        p = np.empty((lead, 1, out.shape[1], b.shape[1]), np.float32)
+        cpu.conv_patches(xp, p, *geo, False)
+        return cpu.gemm_f32(p[:, 0], b, out, m, truncate, kt)
+
+    calls.clear()
+    monkeypatch.setattr(cpu, "gemm_conv_f32", through_patch_matrix)
+    want = jax.jit(jax.grad(lambda a, b: jnp.sum(_conv(conv, a, b, case) * cot), argnums=(0, 1)))(x, w)
+    assert True not in calls
+    for g_, w_ in zip(got, want, strict=True):
+        assert_bits_equal(np.asarray(g_), np.asarray(w_))

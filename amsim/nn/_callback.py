@@ -113,6 +113,31 @@ def _patches_fn(geometry, transposed: bool):
     return callback
 
 
+@functools.cache
+def _conv_fn(mult: Multiplier, geometry):
+    from .._ops import conv_patches_matmul
+
+    def callback(ctx, out, xp, b):
+        x, y, o = np.asarray(xp), np.asarray(b), np.asarray(out)
+        lead = o.shape[:-3]  # vmap's axes (expand_dims: size 1 where an operand is not batched)
+        x = np.broadcast_to(x, lead + x.shape[-4:]).reshape((-1,) + x.shape[-4:])
+        y = np.broadcast_to(y, lead + y.shape[-3:]).reshape((-1,) + y.shape[-2:])
+        conv_patches_matmul(x, geometry, y, mult, o.reshape((-1,) + o.shape[-2:]))
+
+    return callback
+
+
+def host_conv_matmul(xp, b, start, step, count, ty, tx, mult: Multiplier):
+    """``P @ b`` (1, N * OH * OW, O) for the patch matrix P of a one-group 2-D convolution class (what
+    host_patches and bmm compute in two steps), by amsim's CPU kernels, which read P's rows from the padded input
+    xp (N, H, W, C) instead of writing P where they can. b: (1, taps * C, O). CPU buffers only."""
+    rows = xp.shape[0] * count[0] * count[1]
+    geometry = tuple(tuple(int(v) for v in t) for t in (start, step, count, ty, tx))
+    f = buffer_callback(_conv_fn(mult, geometry), jax.ShapeDtypeStruct((1, rows, b.shape[-1]), jnp.float32),
+                        vmap_method="expand_dims")
+    return _vary_like(f(xp, b), xp, b)
+
+
 def host_patches(xp, start, step, count, ty, tx, groups: int, transposed: bool):
     """The patch matrix of a 2-D convolution class, written by amsim's CPU kernel (see
     ``amsim/kernels/cpu/_patches.py``) from the padded input xp (N, H, W, C): (G, N * OH * OW, taps * Cg), or

@@ -19,7 +19,7 @@ from jax import lax
 
 from .._errors import UnsupportedError
 from . import _native
-from ._callback import host_patches
+from ._callback import host_conv_matmul, host_patches
 from ._config import OpConfig, as_config
 from ._dot_general import F32, check_float_operand, int_scales, match_vma, matmul3
 from ._table_grad import TableGradient, grad_lhs, grad_rhs
@@ -139,22 +139,47 @@ def _patch_matrix(xp, cls, strides, rhs_dil, groups, transposed):
     def by_xla(xp):
         return _xla_patch_matrix(xp, cls, strides, rhs_dil, groups, transposed)
 
+    geo = _patch_geometry(xp, cls, strides, rhs_dil)
+    if geo is None:
+        return by_xla(xp)
+
+    def by_amsim(xp):
+        return host_patches(_as_2d(xp), *geo, groups, transposed)
+
+    return lax.platform_dependent(xp, cpu=by_amsim, default=by_xla)
+
+
+def _patch_geometry(xp, cls, strides, rhs_dil):
+    """(start, step, count, ty, tx) of the class's patches for amsim's CPU patch kernels (a 1-D conv as a 2-D one
+    with one row), or None where they do not apply (3-D convolutions, no outputs)."""
     nsp = len(strides)
     if nsp > 2 or xp.shape[0] * int(np.prod(cls.count, dtype=np.int64)) == 0:
-        return by_xla(xp)
+        return None
     step = [sp * s for sp, s in zip(cls.step, strides, strict=True)]
     offs = [[t * r for t in taps] for taps, r in zip(cls.taps, rhs_dil, strict=True)]
     start, count = list(cls.start), list(cls.count)
-    if nsp == 1:  # as a 2-D conv with one row
+    if nsp == 1:
         start, step, count, offs = [0] + [start[0] * strides[0]], [1] + step, [1] + count, [[0]] + offs
     else:
         start = [o * s for o, s in zip(start, strides, strict=True)]
+    return start, step, count, offs[0], offs[1]
 
-    def by_amsim(xp):
-        x2 = xp[:, None] if nsp == 1 else xp
-        return host_patches(x2, start, step, count, offs[0], offs[1], groups, transposed)
 
-    return lax.platform_dependent(xp, cpu=by_amsim, default=by_xla)
+def _as_2d(xp):
+    return xp[:, None] if xp.ndim == 3 else xp  # (N, W, C) -> (N, 1, W, C)
+
+
+def _patches_gemm(xp, cls, strides, rhs_dil, b, mult):
+    """``P @ b`` for the class's patch matrix P, one feature group, a float multiplier with a significand table:
+    on the CPU amsim's kernels read P's rows from xp (host_conv_matmul); elsewhere P is built, then multiplied."""
+    def unfused(xp, b):
+        return matmul3(_patch_matrix(xp, cls, strides, rhs_dil, 1, False), b, mult)
+
+    geo = _patch_geometry(xp, cls, strides, rhs_dil)
+    if geo is None:
+        return unfused(xp, b)
+    return lax.platform_dependent(xp, b, cpu=lambda xp, b: host_conv_matmul(_as_2d(xp), b, *geo, mult),
+                                  default=unfused)
 
 
 def _class_weights(w, cls):
@@ -192,12 +217,14 @@ def conv_nhwc(x, w, strides, padding, lhs_dil, rhs_dil, groups, mode, per_channe
     if n == 0 or 0 in out:  # a window longer than the padded input: an empty output, as in lax
         return jnp.zeros((n,) + out + (o,), F32)
     xp = _padded(x, padding, lhs_dil)
+    # one group and a significand-table multiplier: the patches need not be written (see _patches_gemm)
+    fused = groups == 1 and not isinstance(mode, str) and not mode.is_int and not mode.is_code
     parts = []
     for cls in classes:
         if cls.ntaps == 0:
             parts.append(None)
             continue
-        a = _patch_matrix(xp, cls, strides, rhs_dil, groups, False)  # (G, rows, taps * Cg)
+        a = None if fused else _patch_matrix(xp, cls, strides, rhs_dil, groups, False)  # (G, rows, taps * Cg)
         # weights (taps, Cg, G, og) -> (G, taps * Cg, og)
         b = _class_weights(w, cls).reshape(cls.ntaps, cg, groups, og).transpose(2, 0, 1, 3)
         parts.append((a, b.reshape(groups, cls.ntaps * cg, og)))
@@ -212,7 +239,10 @@ def conv_nhwc(x, w, strides, padding, lhs_dil, rhs_dil, groups, mode, per_channe
         if part is None:
             yc = jnp.zeros(shape, F32)  # no tap on a sample: the empty sum, +0
         else:
-            yc = matmul3(*part, mode, per_channel, scales).transpose(1, 0, 2).reshape(shape)
+            a, b = part
+            yc = (_patches_gemm(xp, cls, strides, rhs_dil, b, mode) if a is None
+                  else matmul3(a, b, mode, per_channel, scales))
+            yc = yc.transpose(1, 0, 2).reshape(shape)
         if cls.pad_excluded.any():
             bad = _pad_nan(cls.pad_excluded, w_nonfinite).reshape(cls.count + (o,))
             yc = jnp.where(bad[None], jnp.nan, yc)

@@ -39,7 +39,10 @@ ordinary tensors never take that path. Zeros and subnormals stay on the fast pat
 Where the expanded operand is one column block (N <= 32, conv layers with a few channels) and K spans several
 k blocks, the expansion is fused with decoding (``_expand_narrow``): the table for all of K is built once, and
 each work item decodes a few rows into its own buffer and sweeps them, instead of writing decoded panels of
-the long operand to memory and reading them back.
+the long operand to memory and reading them back. For a convolution (``gemm_conv_f32``) those rows are the
+patch matrix's, decoded from the padded input run by run (a tap row of a patch is one run of an input row), so
+the patch matrix (up to taps times the input's size) is written only when the scalar path must recompute
+some of its rows.
 
 Problems whose swept side is too short to amortise an expansion (a few rows, K of 10^5: conv weight gradients)
 use the gather kernel: the same products and sums, eight table entries loaded per row and k. Which kernel, the
@@ -56,6 +59,7 @@ from __future__ import annotations
 from ._gemm import (
     NB,
     float_kernel_tables,
+    gemm_conv_f32,
     gemm_f32,
     gemm_i32,
     int_kernel_tables,
@@ -65,5 +69,5 @@ from ._gemm import (
 )
 from ._patches import conv_patches
 
-__all__ = ["conv_patches", "float_kernel_tables", "gemm_f32", "gemm_i32", "int_kernel_tables", "multiply_f32",
-           "multiply_i32", "use_expansion", "NB"]
+__all__ = ["conv_patches", "float_kernel_tables", "gemm_conv_f32", "gemm_f32", "gemm_i32", "int_kernel_tables",
+           "multiply_f32", "multiply_i32", "use_expansion", "NB"]

@@ -30,6 +30,7 @@ from ._kernels import (
     _pack_rows_t_i32,
     _pad_cols_i32,
 )
+from ._patches import conv_patches
 
 NB = 32  # columns per expansion block: two 16-lane or four 8-lane accumulators per row (8 for narrow operands)
 _KB_MAX = 32
@@ -256,7 +257,7 @@ def _whole_table_fits(nbatch: int, k_len: int, n_l: int, nbw: int) -> bool:
     return nbatch * k_len * n_l * nbw * 4 <= _TALL_MAX
 
 
-def _narrow_rows(lay, x, k_len: int, n_l: int) -> int:
+def _narrow_rows(lay, nbatch: int, contiguous: bool, k_len: int, n_l: int) -> int:
     """Rows per work item of _expand_narrow, or 0 where it does not apply.
 
     It pays where each decoded row is swept once (one column block) and the panels would be spread over
@@ -266,9 +267,9 @@ def _narrow_rows(lay, x, k_len: int, n_l: int) -> int:
     took 3.5-4.5 ms through its panel, 2.5-3.3 fused (Zen 4). The swept operand must be C-contiguous (rows of a
     transposed view would be read across) and the whole-K table small (offsets into it int32).
     """
-    one_panel_small = lay.nkb == 1 and x.shape[0] * lay.mx * k_len * 8 <= _ONE_PANEL_MAX
-    if (lay.npad != lay.nbw or one_panel_small or not x.flags.c_contiguous
-            or not _whole_table_fits(x.shape[0], k_len, n_l, lay.npad)):
+    one_panel_small = lay.nkb == 1 and nbatch * lay.mx * k_len * 8 <= _ONE_PANEL_MAX
+    if (lay.npad != lay.nbw or one_panel_small or not contiguous
+            or not _whole_table_fits(nbatch, k_len, n_l, lay.npad)):
         return 0
     fr = max(4, min(256, _FR_BYTES // (8 * k_len), -(-lay.mx // (4 * lay.nthreads))))
     return fr - fr % 4
@@ -316,9 +317,22 @@ def _lut_exp_range(kt, lut_e):
     return (int(lut_e[nz].min()), int(lut_e[nz].max())) if nz.any() else (0, 0)
 
 
+def _fused_narrow(c, x, geo, m, truncate, ib, sb, lutt, lay, fr, xmin, xmax, serial):
+    """Run _expand_narrow: x the swept operand (geo None) or a padded conv input (geo its patch geometry)."""
+    nbatch, k_len, n_l = c.shape[0], ib.shape[1], lutt.shape[0]
+    lay.packed, lay.words = False, lay.nbw  # (its whole-K table is a plain one)
+    tall = _scratch("tall", (nbatch, k_len * n_l * lay.nbw), np.float32)
+    pbi = _scratch("pbi", (lay.nthreads, fr, k_len), np.int32)
+    pbs = _scratch("pbs", (lay.nthreads, fr, k_len), np.float32)
+    ct = _scratch("ct", (lay.nthreads, fr * lay.nbw), np.float32)
+    with numba.parallel_chunksize(1):
+        _k(_expand_narrow, serial)(c, x, m, truncate, ib, sb, lutt, lay.nbw, fr, lay.kbs, tall, pbi, pbs, ct,
+                                   xmin, xmax, lay.wide, geo)
+
+
 def gemm_f32(a, b, out, m, truncate, kt):
     """out[bt] = a[bt] @ b[bt] for 3-D float32 arrays (batch already broadcast). ``kt`` from float_kernel_tables."""
-    lutf, lut_e, lut_f, ranges = kt[0], kt[1], kt[2], kt[3]
+    lutf, lut_e, ranges = kt[0], kt[1], kt[3]
     n_l = lutf.shape[0]
     nbatch, m_rows, k_len = a.shape
     n_cols = b.shape[2]
@@ -354,16 +368,9 @@ def gemm_f32(a, b, out, m, truncate, kt):
         ib, sb, ymin, ymax = _decode_cols(y, m, truncate, serial, lay.npad, lay.nbw)
         xmin = np.empty((nbatch, lay.mx), np.int32)
         xmax = np.empty((nbatch, lay.mx), np.int32)
-        fr = 0 if swapped else _narrow_rows(lay, x, k_len, n_l)
+        fr = 0 if swapped else _narrow_rows(lay, nbatch, x.flags.c_contiguous, k_len, n_l)
         if fr:  # one column block: decode and sweep fused
-            lay.packed, lay.words = False, lay.nbw  # (its whole-K table is a plain one)
-            tall = _scratch("tall", (nbatch, k_len * n_l * lay.nbw), np.float32)
-            pbi = _scratch("pbi", (lay.nthreads, fr, k_len), np.int32)
-            pbs = _scratch("pbs", (lay.nthreads, fr, k_len), np.float32)
-            ct = _scratch("ct", (lay.nthreads, fr * lay.nbw), np.float32)
-            with numba.parallel_chunksize(1):
-                _k(_expand_narrow, serial)(c, x, m, truncate, ib, sb, lutt, lay.nbw, fr, lay.kbs, tall, pbi, pbs, ct,
-                                           xmin, xmax, lay.wide)
+            _fused_narrow(c, x, None, m, truncate, ib, sb, lutt, lay, fr, xmin, xmax, serial)
         else:
             iap = _scratch("iap", (nbatch, lay.nkb, lay.mx, lay.kbs), np.int32)
             sap = _scratch("sap", (nbatch, lay.nkb, lay.mx, lay.kbs), np.float32)
@@ -381,8 +388,60 @@ def gemm_f32(a, b, out, m, truncate, kt):
     if rows[0].size or cols[0].size:
         if swapped:
             rows, cols = cols, rows
-        fix_serial = (rows[0].size * n_cols + cols[0].size * m_rows) * k_len * 3.0 < 4 * cost.parallel
-        _k(_fixup_f32, fix_serial)(out, a, b, rows[0], rows[1], cols[0], cols[1], m, truncate, lut_e, lut_f)
+        _fixup(out, a, b, rows, cols, m, truncate, kt, cost)
+    return out
+
+
+def _fixup(out, a, b, rows, cols, m, truncate, kt, cost):
+    """Recompute the flagged rows (batch, row indices) and columns of out = a @ b on the exact path."""
+    n_rows, k_len, n_cols = a.shape[1], a.shape[2], b.shape[2]
+    fix_serial = (rows[0].size * n_cols + cols[0].size * n_rows) * k_len * 3.0 < 4 * cost.parallel
+    _k(_fixup_f32, fix_serial)(out, a, b, rows[0], rows[1], cols[0], cols[1], m, truncate, kt[1], kt[2])
+
+
+def gemm_conv_f32(xp, geo, b, out, m, truncate, kt):
+    """out[l] = P[l] @ b[l] for the patch matrix P that conv_patches writes from xp (one group, not transposed),
+    without writing P where the fused narrow expansion runs: conv layers with a few output channels, whose
+    P is up to taps times the size of xp (a LeNet-5 conv input gradient: 40 MB from a 2.6 MB input) and is read
+    once. Elsewhere P is written and gemm_f32 runs. The same bits either way.
+
+    Arguments:
+        xp: the padded input, float32, C-contiguous (L, N, H, W, C).
+        geo: (start, step, count, ty, tx), as conv_patches takes them.
+        b: float32 (L, taps * C, N_out); out: float32 (L, N * OH * OW, N_out), C-contiguous.
+        m, truncate, kt: as for gemm_f32.
+    """
+    start, step, count, ty, tx = (np.asarray(v, np.int64) for v in geo)
+    lead, n, h, w, cch = xp.shape
+    nbatch, m_rows, n_cols = out.shape
+    k_len, n_l = b.shape[1], kt[0].shape[0]
+
+    def patches():
+        p = _scratch("conv_patches", (lead, 1, m_rows, k_len), np.float32)
+        conv_patches(xp, p, start, step, count, ty, tx, False)
+        return p.reshape(lead, m_rows, k_len)
+
+    fr = 0
+    # tap rows that are runs of at least one vector (consecutive taps along x) and a narrow output
+    runs = tx.size > 0 and tx[-1] - tx[0] == tx.size - 1 and tx.size * cch >= 16 and xp.flags.c_contiguous
+    if runs and out.size and m_rows >= n_cols:
+        cost = _machine.costs()
+        serial = _is_small(m_rows, n_cols, k_len, n_l, nbatch, cost)
+        if use_expansion(m_rows, n_cols, k_len, n_l, nbatch, cost, 1 if serial else None):
+            lay = _Layout(m_rows, n_cols, k_len, n_l, nbatch, serial, cost, getattr(kt, "packable", False))
+            fr = _narrow_rows(lay, nbatch, True, k_len, n_l)
+    if not fr:
+        return gemm_f32(patches(), b, out, m, truncate, kt)
+    e_lo, e_hi = _lut_exp_range(kt, kt[1])
+    ib, sb, ymin, ymax = _decode_cols(b, m, truncate, serial, lay.npad, lay.nbw)
+    xmin = np.empty((nbatch, m_rows), np.int32)
+    xmax = np.empty((nbatch, m_rows), np.int32)
+    x4 = xp.reshape(lead, n, h, w * cch)
+    _fused_narrow(out, x4, (start, step, count, ty, tx, cch), m, truncate, ib, sb, _lutt(kt), lay, fr, xmin, xmax,
+                  serial)
+    rows, cols = _windows(xmin, xmax, ymin, ymax, e_lo, e_hi, kt[3])
+    if rows[0].size or cols[0].size:  # (rare: NaN, Inf or extreme values) the exact path reads P itself
+        _fixup(out, patches(), b, rows, cols, m, truncate, kt, cost)
     return out
 
 

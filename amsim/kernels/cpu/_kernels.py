@@ -1133,8 +1133,45 @@ def _expand(c, iap, sap, ib, sb, lutt, nbw, n_rb, tbuf, cbuf, wide):
 _TK = 32  # k per item of the table build in _expand_narrow
 
 
+@numba.njit(inline="always")
+def _decode_patch_row(xp, geo, lb, row, bir, bsr, shift, lmask, rnd, unit_r, unit_k):
+    """_decode_row of row ``row`` of the patch matrix that patches_rows (_patches.py) would write from xp
+    (L, N, H, W * C), read from xp itself: one group, taps consecutive along x, so each tap row of the patch is
+    one run of ``len(tx) * C`` values of an input row (at least 16: one vector decode or more per run)."""
+    start, step, count, ty, tx, cch = geo
+    per_image = count[0] * count[1]
+    b = row // per_image
+    oy = (row - b * per_image) // count[1]
+    ox = row - b * per_image - oy * count[1]
+    run = tx.shape[0] * cch
+    s0 = (start[1] + ox * step[1] + tx[0]) * cch
+    lo = np.int32(1000)
+    hi = np.int32(-1000)
+    for iy in range(ty.shape[0]):
+        src = xp[lb, b, start[0] + oy * step[0] + ty[iy]]
+        p = iy * run
+        el, eh = _decode_row(src[s0 : s0 + run], bir[p : p + run], bsr[p : p + run], shift, lmask, rnd, unit_r,
+                             p * unit_k, unit_k)
+        lo = min(lo, el)
+        hi = max(hi, eh)
+    return lo, hi
+
+
+def _decode_swept_row(x, geo, lb, row, bir, bsr, shift, lmask, rnd, unit_r, unit_k):
+    """_decode_row of row ``row`` of batch ``lb``: of x itself (geo None) or of x's patch matrix."""
+
+
+@overload(_decode_swept_row, inline="always")
+def _ov_decode_swept_row(x, geo, lb, row, bir, bsr, shift, lmask, rnd, unit_r, unit_k):
+    if isinstance(geo, types.NoneType):
+        return lambda x, geo, lb, row, bir, bsr, shift, lmask, rnd, unit_r, unit_k: _decode_row(
+            x[lb, row], bir, bsr, shift, lmask, rnd, unit_r, 0, unit_k)
+    return lambda x, geo, lb, row, bir, bsr, shift, lmask, rnd, unit_r, unit_k: _decode_patch_row(
+        x, geo, lb, row, bir, bsr, shift, lmask, rnd, unit_r, unit_k)
+
+
 @numba.njit(parallel=True, cache=_CACHE)
-def _expand_narrow(c, x, m, truncate, ib, sb, lutt, nbw, fr, kbs, tall, pbi, pbs, cbuf, emin, emax, wide):
+def _expand_narrow(c, x, m, truncate, ib, sb, lutt, nbw, fr, kbs, tall, pbi, pbs, cbuf, emin, emax, wide, geo):
     """_expand fused with the decoding of the swept operand x (batch, M, K), C-contiguous, for float GEMMs
     whose expanded operand is one column block (conv layers with a few channels).
 
@@ -1143,8 +1180,12 @@ def _expand_narrow(c, x, m, truncate, ib, sb, lutt, nbw, fr, kbs, tall, pbi, pbs
     small), is built first; then each work item decodes ``fr`` rows into its thread's buffers (pbi/pbs:
     threads x fr x K) and sweeps them over all of K, ``kbs`` at a time (the table rows a block reads stay in
     L2). emin/emax (batch, M): the rows' exponent ranges, as _decode_rows_f32 gives them.
+
+    With a conv geometry ``geo`` = (start, step, count, ty, tx, C) (else None), x is a padded conv input
+    (batch, N, H, W * C) and the rows are those of its patch matrix, decoded from x without writing the matrix
+    (see _decode_patch_row).
     """
-    nbatch, m_rows, k_len = x.shape
+    nbatch, m_rows, k_len = c.shape[0], c.shape[1], ib.shape[1]
     nl = lutt.shape[0]
     n_cols = c.shape[2]
     tk = nl * nbw
@@ -1169,7 +1210,7 @@ def _expand_narrow(c, x, m, truncate, ib, sb, lutt, nbw, fr, kbs, tall, pbi, pbs
         bs = pbs[tid]
         ct = cbuf[tid]
         for r in range(nr):
-            lo, hi = _decode_row(x[bt, r0 + r], bi[r], bs[r], shift, lmask, rnd, nbw, 0, tk)
+            lo, hi = _decode_swept_row(x, geo, bt, r0 + r, bi[r], bs[r], shift, lmask, rnd, nbw, tk)
             emin[bt, r0 + r] = lo
             emax[bt, r0 + r] = hi
         for p in range(nr * nbw):
