@@ -273,6 +273,26 @@ def gemm_case(label, batch, m_rows, k_len, n_cols, mult, repeats, rng, kind="flo
             "ratio": t["amsim"] / t["numpy"]}
 
 
+def conv_case(mult, repeats, rng):
+    """The LeNet-5 conv2 input gradient as the JAX bridge runs it on the CPU: patch rows read from the padded
+    input (128 x 18 x 18 x 16, 5 x 5 taps) by ``conv_patches_matmul``, against NumPy on the prebuilt
+    25088 x 400 patch matrix (NumPy is not charged for building it)."""
+    from amsim import _ops
+
+    xp = rng.standard_normal((1, 128, 18, 18, 16)).astype(np.float32)
+    geo = ((0, 0), (1, 1), (14, 14), tuple(range(5)), tuple(range(5)))
+    b = rng.standard_normal((1, 400, 6)).astype(np.float32)
+    p = np.empty((1, 1, 25088, 400), np.float32)
+    cpu.conv_patches(xp, p, *(np.asarray(g) for g in geo), False)
+    out = np.empty((1, 25088, 6), np.float32)
+    t = race({"numpy": lambda: np.matmul(p[:, 0], b),
+              "amsim": lambda: _ops.conv_patches_matmul(xp, geo, b, mult, out)}, repeats)
+    macs = 25088 * 400 * 6
+    return {"case": "25088x400x6 (conv2 dx, from the input)", "multiplier": mult.name, "bits": mult.bits,
+            "macs": macs, "amsim_s": t["amsim"], "numpy_s": t["numpy"], "amsim_gmacs": macs / t["amsim"] / 1e9,
+            "numpy_gmacs": macs / t["numpy"] / 1e9, "ratio": t["amsim"] / t["numpy"]}
+
+
 def lut_build_times(repeats: int) -> list:
     """Seconds to build a table from a fresh model (compile the model and evaluation kernel, evaluate, validate)
     and to prepare it for the CPU kernels. The in-memory table cache is cleared before each build."""
@@ -361,6 +381,11 @@ def main(argv=None):
         r["tables"] = last.t_dtype.name if last is not None else "-"  # (int16 where the products fit)
         results.append(r)
         print(f"  {r['case']:24s} {int_mult.name:8s} amsim {r['amsim_gmacs']:7.2f} GMAC/s  numpy(f32) "
+              f"{r['numpy_gmacs']:7.2f} GMAC/s  ratio {r['ratio']:6.2f}", flush=True)
+        r = conv_case(mbm7, repeats, rng)
+        r["width"], r["forced"], r["packed"] = machine["vector_width"], "auto", False
+        results.append(r)
+        print(f"  {r['case']:24s} {mbm7.name:8s} amsim {r['amsim_gmacs']:7.2f} GMAC/s  numpy "
               f"{r['numpy_gmacs']:7.2f} GMAC/s  ratio {r['ratio']:6.2f}", flush=True)
     machine["threading_layer"] = numba.threading_layer()
 

@@ -15,6 +15,7 @@ import collections
 import json
 import os
 import sys
+import threading
 import time
 
 import jax
@@ -55,21 +56,36 @@ def _layout(x) -> str:
 
 
 class GemmLog:
-    """Wraps the CPU GEMM drivers to record (kind, batch, M, K, N) and seconds of every call."""
+    """Wraps the CPU GEMM drivers to record (kind, batch, M, K, N) and seconds of every call. A conv GEMM
+    ("conv f32": its left operand the patch matrix of a padded input, read from the input) counts once, also
+    where it writes the patch matrix and runs the plain GEMM on it."""
+
+    _NAMES = ("gemm_f32", "gemm_i32", "gemm_conv_f32")
 
     def __init__(self):
         self.calls = collections.defaultdict(lambda: [0, 0.0])
         self.on = False
-        self._f32, self._i32 = _gemm.gemm_f32, _gemm.gemm_i32
+        self._fns = {n: getattr(_gemm, n) for n in self._NAMES}
+        self._nested = threading.local()  # (XLA runs callbacks on several threads)
 
     def __enter__(self):
         def wrap(name, fn):
-            def run(a, b, out, *args):
-                if not self.on:
-                    return fn(a, b, out, *args)
+            def run(a, *args):
+                if not self.on or getattr(self._nested, "on", False):
+                    return fn(a, *args)
+                self._nested.on = True
                 t0 = time.perf_counter()
-                r = fn(a, b, out, *args)
-                c = self.calls[(name, a.shape[0], a.shape[1], a.shape[2], b.shape[2], _layout(a) + _layout(b))]
+                try:
+                    r = fn(a, *args)
+                finally:
+                    self._nested.on = False
+                if name == "conv f32":  # (xp, geometry, b, out, ...)
+                    b, out = args[1], args[2]
+                    key = (name, out.shape[0], out.shape[1], b.shape[1], out.shape[2], "-" + _layout(b))
+                else:
+                    b = args[0]
+                    key = (name, a.shape[0], a.shape[1], a.shape[2], b.shape[2], _layout(a) + _layout(b))
+                c = self.calls[key]
                 c[0] += 1
                 c[1] += time.perf_counter() - t0
                 return r
@@ -78,13 +94,16 @@ class GemmLog:
         import amsim.kernels.cpu as cpu
 
         self._mods = [m for m in (cpu, _gemm) if hasattr(m, "gemm_f32")]
+        kinds = {"gemm_f32": "f32", "gemm_i32": "i32", "gemm_conv_f32": "conv f32"}
         for m in self._mods:
-            m.gemm_f32, m.gemm_i32 = wrap("f32", self._f32), wrap("i32", self._i32)
+            for n in self._NAMES:
+                setattr(m, n, wrap(kinds[n], self._fns[n]))
         return self
 
     def __exit__(self, *exc):
         for m in self._mods:
-            m.gemm_f32, m.gemm_i32 = self._f32, self._i32
+            for n in self._NAMES:
+                setattr(m, n, self._fns[n])
 
 
 def main(argv=None):
