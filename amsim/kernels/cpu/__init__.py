@@ -40,9 +40,9 @@ Where the expanded operand is one column block (N <= 32, conv layers with a few 
 k blocks, the expansion is fused with decoding (``_expand_narrow``): the table for all of K is built once, and
 each work item decodes a few rows into its own buffer and sweeps them, instead of writing decoded panels of
 the long operand to memory and reading them back. For a convolution (``gemm_conv_f32``) those rows are the
-patch matrix's, decoded from the padded input run by run (a tap row of a patch is one run of an input row), so
-the patch matrix (up to taps times the input's size) is written only when the scalar path must recompute
-some of its rows.
+patch matrix's, copied run by run from the padded input into a row buffer and decoded there, so the patch
+matrix (up to taps times the input's size) is written only when the scalar path must recompute some of its
+rows.
 
 Problems whose swept side is too short to amortise an expansion (a few rows, K of 10^5: conv weight gradients)
 use the gather kernel: the same products and sums, eight table entries loaded per row and k. Which kernel, the

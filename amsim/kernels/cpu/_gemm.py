@@ -403,7 +403,8 @@ def gemm_conv_f32(xp, geo, b, out, m, truncate, kt):
     """out[l] = P[l] @ b[l] for the patch matrix P that conv_patches writes from xp (one group, not transposed),
     without writing P where the fused narrow expansion runs: conv layers with a few output channels, whose
     P is up to taps times the size of xp (a LeNet-5 conv input gradient: 40 MB from a 2.6 MB input) and is read
-    once. Elsewhere P is written and gemm_f32 runs. The same bits either way.
+    once. Elsewhere P is written and gemm_f32 runs on it; the exact path, where rows or columns need it, reads a
+    P written then. The same bits either way.
 
     Arguments:
         xp: the padded input, float32, C-contiguous (L, N, H, W, C).
@@ -422,9 +423,7 @@ def gemm_conv_f32(xp, geo, b, out, m, truncate, kt):
         return p.reshape(lead, m_rows, k_len)
 
     fr = 0
-    # tap rows that are runs of at least one vector (consecutive taps along x) and a narrow output
-    runs = tx.size > 0 and tx[-1] - tx[0] == tx.size - 1 and tx.size * cch >= 16 and xp.flags.c_contiguous
-    if runs and out.size and m_rows >= n_cols:
+    if xp.flags.c_contiguous and out.size and k_len and m_rows >= n_cols:
         cost = _machine.costs()
         serial = _is_small(m_rows, n_cols, k_len, n_l, nbatch, cost)
         if use_expansion(m_rows, n_cols, k_len, n_l, nbatch, cost, 1 if serial else None):
@@ -437,8 +436,9 @@ def gemm_conv_f32(xp, geo, b, out, m, truncate, kt):
     xmin = np.empty((nbatch, m_rows), np.int32)
     xmax = np.empty((nbatch, m_rows), np.int32)
     x4 = xp.reshape(lead, n, h, w * cch)
-    _fused_narrow(out, x4, (start, step, count, ty, tx, cch), m, truncate, ib, sb, _lutt(kt), lay, fr, xmin, xmax,
-                  serial)
+    rowbuf = _scratch("conv_row", (lay.nthreads, k_len + 16), np.float32)  # (each work item's patch row)
+    _fused_narrow(out, x4, (start, step, count, ty, tx, cch, rowbuf), m, truncate, ib, sb, _lutt(kt), lay, fr, xmin,
+                  xmax, serial)
     rows, cols = _windows(xmin, xmax, ymin, ymax, e_lo, e_hi, kt[3])
     if rows[0].size or cols[0].size:  # (rare: NaN, Inf or extreme values) the exact path reads P itself
         _fixup(out, patches(), b, rows, cols, m, truncate, kt, cost)

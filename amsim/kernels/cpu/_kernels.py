@@ -1134,40 +1134,61 @@ _TK = 32  # k per item of the table build in _expand_narrow
 
 
 @numba.njit(inline="always")
-def _decode_patch_row(xp, geo, lb, row, bir, bsr, shift, lmask, rnd, unit_r, unit_k):
+def _copy_run(t, p, xp, off, n):
+    """t[p : p + n] = xp.flat[off : off + n] in 16-lane vectors, the last one overlapping (or, for n < 16, reading
+    on past the run: t has 16 values of room beyond the patch row; near the end of xp, element by element)."""
+    if n >= 16:
+        q = 0
+        while q < n:
+            q = min(q, n - 16)
+            vstore(t, p + q, vload16(xp, off + q))
+            q += 16
+    elif off + 16 <= xp.size:
+        vstore(t, p, vload16(xp, off))
+    else:
+        for q in range(n):
+            t[p + q] = xp.flat[off + q]
+
+
+@numba.njit(inline="always")
+def _decode_patch_row(xp, geo, lb, row, bir, bsr, shift, lmask, rnd, unit_r, unit_k, tid):
     """_decode_row of row ``row`` of the patch matrix that patches_rows (_patches.py) would write from xp
-    (L, N, H, W * C), read from xp itself: one group, taps consecutive along x, so each tap row of the patch is
-    one run of ``len(tx) * C`` values of an input row (at least 16: one vector decode or more per run)."""
-    start, step, count, ty, tx, cch = geo
+    (L, N, H, W * C), read from xp itself (one group): its tap rows are copied, in vectors, into this thread's row
+    of ``geo``'s buffer (in L1; each tap row is one run of ``len(tx) * C`` values of an input row where the taps
+    are consecutive along x, else ``len(tx)`` runs of C) and decoded there."""
+    start, step, count, ty, tx, cch, rowbuf = geo
     per_image = count[0] * count[1]
     b = row // per_image
     oy = (row - b * per_image) // count[1]
     ox = row - b * per_image - oy * count[1]
-    run = tx.shape[0] * cch
-    s0 = (start[1] + ox * step[1] + tx[0]) * cch
-    lo = np.int32(1000)
-    hi = np.int32(-1000)
+    ntx = tx.shape[0]
+    consecutive = tx[ntx - 1] - tx[0] == ntx - 1
+    nrun = 1 if consecutive else ntx
+    run = ntx * cch if consecutive else cch
+    x0 = start[1] + ox * step[1]
+    y0 = start[0] + oy * step[0]
+    wc = xp.shape[3]
+    t = rowbuf[tid]
+    p = 0
     for iy in range(ty.shape[0]):
-        src = xp[lb, b, start[0] + oy * step[0] + ty[iy]]
-        p = iy * run
-        el, eh = _decode_row(src[s0 : s0 + run], bir[p : p + run], bsr[p : p + run], shift, lmask, rnd, unit_r,
-                             p * unit_k, unit_k)
-        lo = min(lo, el)
-        hi = max(hi, eh)
-    return lo, hi
+        base = ((lb * xp.shape[1] + b) * xp.shape[2] + y0 + ty[iy]) * wc
+        for ix in range(nrun):
+            _copy_run(t, p, xp, base + (x0 + tx[ix]) * cch, run)
+            p += run
+    return _decode_row(t[:p], bir, bsr, shift, lmask, rnd, unit_r, 0, unit_k)
 
 
-def _decode_swept_row(x, geo, lb, row, bir, bsr, shift, lmask, rnd, unit_r, unit_k):
+def _decode_swept_row(x, geo, lb, row, bir, bsr, shift, lmask, rnd, unit_r, unit_k, tid):
     """_decode_row of row ``row`` of batch ``lb``: of x itself (geo None) or of x's patch matrix."""
 
 
 @overload(_decode_swept_row, inline="always")
-def _ov_decode_swept_row(x, geo, lb, row, bir, bsr, shift, lmask, rnd, unit_r, unit_k):
+def _ov_decode_swept_row(x, geo, lb, row, bir, bsr, shift, lmask, rnd, unit_r, unit_k, tid):
     if isinstance(geo, types.NoneType):
-        return lambda x, geo, lb, row, bir, bsr, shift, lmask, rnd, unit_r, unit_k: _decode_row(
+        return lambda x, geo, lb, row, bir, bsr, shift, lmask, rnd, unit_r, unit_k, tid: _decode_row(
             x[lb, row], bir, bsr, shift, lmask, rnd, unit_r, 0, unit_k)
-    return lambda x, geo, lb, row, bir, bsr, shift, lmask, rnd, unit_r, unit_k: _decode_patch_row(
-        x, geo, lb, row, bir, bsr, shift, lmask, rnd, unit_r, unit_k)
+    return lambda x, geo, lb, row, bir, bsr, shift, lmask, rnd, unit_r, unit_k, tid: _decode_patch_row(
+        x, geo, lb, row, bir, bsr, shift, lmask, rnd, unit_r, unit_k, tid)
 
 
 @numba.njit(parallel=True, cache=_CACHE)
@@ -1181,9 +1202,9 @@ def _expand_narrow(c, x, m, truncate, ib, sb, lutt, nbw, fr, kbs, tall, pbi, pbs
     threads x fr x K) and sweeps them over all of K, ``kbs`` at a time (the table rows a block reads stay in
     L2). emin/emax (batch, M): the rows' exponent ranges, as _decode_rows_f32 gives them.
 
-    With a conv geometry ``geo`` = (start, step, count, ty, tx, C) (else None), x is a padded conv input
-    (batch, N, H, W * C) and the rows are those of its patch matrix, decoded from x without writing the matrix
-    (see _decode_patch_row).
+    With a conv geometry ``geo`` = (start, step, count, ty, tx, C, threads x (K + 16) buffer) (else None), x is a
+    padded conv input (batch, N, H, W * C) and the rows are those of its patch matrix, decoded from x without
+    writing the matrix (see _decode_patch_row).
     """
     nbatch, m_rows, k_len = c.shape[0], c.shape[1], ib.shape[1]
     nl = lutt.shape[0]
@@ -1210,7 +1231,7 @@ def _expand_narrow(c, x, m, truncate, ib, sb, lutt, nbw, fr, kbs, tall, pbi, pbs
         bs = pbs[tid]
         ct = cbuf[tid]
         for r in range(nr):
-            lo, hi = _decode_swept_row(x, geo, bt, r0 + r, bi[r], bs[r], shift, lmask, rnd, nbw, tk)
+            lo, hi = _decode_swept_row(x, geo, bt, r0 + r, bi[r], bs[r], shift, lmask, rnd, nbw, tk, tid)
             emin[bt, r0 + r] = lo
             emax[bt, r0 + r] = hi
         for p in range(nr * nbw):
