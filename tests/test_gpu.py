@@ -15,6 +15,7 @@ import amsim
 from amsim import golden
 
 from .support.bits import assert_bits_equal, mixed_matrix
+from .support.golden_conv import golden_conv2d_nhwc
 
 cp = pytest.importorskip("cupy", reason="CuPy is not installed")
 
@@ -209,7 +210,6 @@ CONV_CASES = [  # x shape, w shape, stride, padding, dilation, groups
 
 @pytest.mark.parametrize("case", range(len(CONV_CASES)))
 def test_conv2d_nhwc_float(cuda, case, rng):
-    from .test_cuda_host import golden_conv2d_nhwc
 
     xs, ws, stride, padding, dilation, groups = CONV_CASES[case]
     mult = _mult("mbm", 7)
@@ -220,7 +220,6 @@ def test_conv2d_nhwc_float(cuda, case, rng):
 
 
 def test_conv2d_nhwc_int(cuda, rng):
-    from .test_cuda_host import golden_conv2d_nhwc
 
     mult = amsim.multipliers.exact_int(8, signed=True)
     xs, ws, stride, padding, dilation, groups = CONV_CASES[1]
@@ -233,7 +232,6 @@ def test_conv2d_nhwc_int(cuda, rng):
 # ---- replayed plans ---------------------------------------------------------------------------------------
 def _replay_case(case, cuda, rng):
     """(run, want) for one call of a replay case on fresh random data: run() gives the device result."""
-    from .test_cuda_host import golden_conv2d_nhwc
 
     mbm7 = _mult("mbm", 7)
     if case == "conv":  # several im2col chunks, each an encode + dot/expand GEMM + fix-up

@@ -13,6 +13,7 @@ from amsim import golden
 from amsim import nn as ann
 
 from .support.bits import assert_bits_equal
+from .support.golden_conv import golden_conv2d_nhwc
 
 F = np.float32
 EXACT = amsim.multipliers.exact(11)
@@ -484,22 +485,13 @@ def test_gpu_buffers_without_cupy_name_the_fix(monkeypatch, rng):
         _host_fn(amsim.multipliers.mbm(7))(None, DeviceBuffer(), DeviceBuffer(), DeviceBuffer())
 
 
-def _golden_conv_stride1(x, w, pad, mult):
-    """_golden_conv for stride 1, no dilation: one golden.matmul of the explicit patch matrix (the same operands
-    and the same order of the sum: taps row-major, channels inside), a hundred times faster."""
-    kh, kw, c, o = w.shape
-    xp = np.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
-    oh, ow = xp.shape[1] - kh + 1, xp.shape[2] - kw + 1
-    p = np.stack([xp[:, i:i + oh, j:j + ow] for i in range(kh) for j in range(kw)], axis=3)  # (N, OH, OW, taps, C)
-    return golden.matmul(p.reshape(-1, kh * kw * c), w.reshape(-1, o), mult).reshape(x.shape[0], oh, ow, o)
-
-
-def test_golden_conv_stride1_is_the_golden_conv(rng):
+def test_im2col_golden_conv_is_the_golden_conv(rng):
+    """The im2col golden conv (one golden.matmul, a hundred times faster) agrees with _golden_conv."""
     x, w = _rand(rng, (2, 9, 9, 3), False), _rand(rng, (3, 3, 3, 4), False)
     x[0, 4, 4, 1] = np.nan
     for padding, pad in (("VALID", 0), ("SAME", 1)):
         case = (x.shape, w.shape, (1, 1), padding, None, None, 1)
-        assert_bits_equal(_golden_conv_stride1(x, w, pad, MBM), _golden_conv(x, w, case, MBM))
+        assert_bits_equal(golden_conv2d_nhwc(x, w, MBM, 1, pad), _golden_conv(x, w, case, MBM))
 
 
 def test_conv_on_the_cpu_reads_its_patches_from_the_padded_input(monkeypatch, rng):
@@ -518,13 +510,13 @@ def test_conv_on_the_cpu_reads_its_patches_from_the_padded_input(monkeypatch, rn
         case = (x.shape, w.shape, (1, 1), padding, None, None, 1)
         for xi in (x, np.where(np.arange(14)[:, None] == 5, np.float32(np.nan), x)):
             got = jax.jit(lambda a, b: _conv(conv, a, b, case))(xi, w)  # noqa: B023
-            assert_bits_equal(np.asarray(got), _golden_conv_stride1(xi, w, pad, MBM))
+            assert_bits_equal(np.asarray(got), golden_conv2d_nhwc(xi, w, MBM, 1, pad))
     w35 = _rand(rng, (3, 5, 16, 6), False)  # (vmap's batch of two: K = 240 keeps both whole-K tables in L2)
     case = (x.shape, w35.shape, (1, 1), "VALID", None, None, 1)
     xs = np.stack([x, _rand(rng, x.shape, False)])
     got = jax.vmap(lambda a: _conv(conv, a, w35, case))(xs)
     for i in range(2):
-        assert_bits_equal(np.asarray(got[i]), _golden_conv_stride1(xs[i], w35, 0, MBM))
+        assert_bits_equal(np.asarray(got[i]), golden_conv2d_nhwc(xs[i], w35, MBM, 1, 0))
     assert calls == [True] * 5
     case = (x.shape, w.shape, (1, 1), "VALID", None, None, 1)
 
