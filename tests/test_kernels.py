@@ -106,13 +106,9 @@ def test_matmul_fused_narrow_expansion(cpu_width, shape, name, rounding, serial,
     """The expansion fused with decoding (one column block; several k blocks, or one over a decoded operand
     past _ONE_PANEL_MAX): taken, and exact, with vector decodes that end in an overlapping vector (K not a
     multiple of 16) and batches."""
-    import dataclasses
+    from amsim.kernels.cpu import _gemm
 
-    from amsim.kernels.cpu import _gemm, _machine
-
-    real = _machine.costs
-    monkeypatch.setattr(_machine, "costs", lambda: dataclasses.replace(
-        real(), gather=1e6, parallel=1e12 if serial else 1e-3))
+    _force_expansion(monkeypatch, serial)
     taken = []
     narrow = _gemm._narrow_rows
     monkeypatch.setattr(_gemm, "_narrow_rows", lambda *a: taken.append(narrow(*a)) or taken[-1])
@@ -195,6 +191,17 @@ def test_column_block_widths(monkeypatch):
     assert _gemm._Layout(150, 16, 12800, 128, 1, True, cost).nbw == 16  # serial: nothing to share
 
 
+def _force_expansion(monkeypatch, serial):
+    """Costs under which every float GEMM takes the row expansion, serially or in parallel."""
+    import dataclasses
+
+    from amsim.kernels.cpu import _machine
+
+    real = _machine.costs
+    monkeypatch.setattr(_machine, "costs", lambda: dataclasses.replace(
+        real(), gather=1e6, parallel=1e12 if serial else 1e-3))
+
+
 def _spy_layouts(monkeypatch, attr="packed"):
     """Record, per expansion a driver sets up, one attribute of its layout (by default whether it packs its
     tables)."""
@@ -219,13 +226,7 @@ def test_matmul_packed_tables(cpu_width, shape, name, rounding, serial, monkeypa
     """Packed tables (two bfloat16-exact entries per word, for the 7-bit and smaller logarithmic multipliers):
     taken when forced, in both orientations (N > M sweeps B^T), with several k blocks, odd row counts, padded
     column blocks and batches; the same bits as golden."""
-    import dataclasses
-
-    from amsim.kernels.cpu import _machine
-
-    real = _machine.costs
-    monkeypatch.setattr(_machine, "costs", lambda: dataclasses.replace(
-        real(), gather=1e6, parallel=1e12 if serial else 1e-3))
+    _force_expansion(monkeypatch, serial)
     monkeypatch.setenv("AMSIM_CPU_TABLE_PACKING", "on")
     taken = _spy_layouts(monkeypatch)
     mult = MULTS[name].with_rounding(rounding)
@@ -392,13 +393,9 @@ def test_conv_gemm_reads_the_patches_from_the_input(cpu_width, geometry, serial,
     """gemm_conv_f32 = golden.matmul(patch matrix, b), bit for bit, each patch row copied from the padded input
     and decoded in a row buffer, with specials in a few input pixels and one weight (their rows and columns
     recomputed from the patch matrix) and without."""
-    import dataclasses
+    from amsim.kernels.cpu import _gemm
 
-    from amsim.kernels.cpu import _gemm, _machine
-
-    real = _machine.costs
-    monkeypatch.setattr(_machine, "costs", lambda: dataclasses.replace(
-        real(), gather=1e6, parallel=1e12 if serial else 1e-3))
+    _force_expansion(monkeypatch, serial)
     taken = []
     fused = _gemm._fused_narrow
     monkeypatch.setattr(_gemm, "_fused_narrow", lambda *a: taken.append(a[2] is not None) or fused(*a))
