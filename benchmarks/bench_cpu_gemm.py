@@ -266,7 +266,11 @@ def gemm_case(label, batch, m_rows, k_len, n_cols, mult, repeats, rng, kind="flo
         af, bf = a.astype(np.float32), b.astype(np.float32)
     _SeenLayout.last = None
     t = race({"numpy": lambda: np.matmul(af, bf), "amsim": lambda: amsim.matmul(a, b, mult)}, repeats)
-    macs = int(np.prod(batch, dtype=np.int64)) * m_rows * k_len * n_cols
+    return _result(label, mult, int(np.prod(batch, dtype=np.int64)) * m_rows * k_len * n_cols, t)
+
+
+def _result(label, mult, macs, t):
+    """A results row from the best seconds of amsim and numpy."""
     return {"case": label, "multiplier": mult.name, "bits": mult.bits, "macs": macs,
             "amsim_s": t["amsim"], "numpy_s": t["numpy"],
             "amsim_gmacs": macs / t["amsim"] / 1e9, "numpy_gmacs": macs / t["numpy"] / 1e9,
@@ -287,10 +291,7 @@ def conv_case(mult, repeats, rng):
     out = np.empty((1, 25088, 6), np.float32)
     t = race({"numpy": lambda: np.matmul(p[:, 0], b),
               "amsim": lambda: _ops.conv_patches_matmul(xp, geo, b, mult, out)}, repeats)
-    macs = 25088 * 400 * 6
-    return {"case": "25088x400x6 (conv2 dx, from the input)", "multiplier": mult.name, "bits": mult.bits,
-            "macs": macs, "amsim_s": t["amsim"], "numpy_s": t["numpy"], "amsim_gmacs": macs / t["amsim"] / 1e9,
-            "numpy_gmacs": macs / t["numpy"] / 1e9, "ratio": t["amsim"] / t["numpy"]}
+    return _result("25088x400x6 (conv2 dx, from the input)", mult, 25088 * 400 * 6, t)
 
 
 def lut_build_times(repeats: int) -> list:

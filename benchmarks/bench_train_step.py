@@ -60,12 +60,12 @@ class GemmLog:
     ("conv f32": its left operand the patch matrix of a padded input, read from the input) counts once, also
     where it writes the patch matrix and runs the plain GEMM on it."""
 
-    _NAMES = ("gemm_f32", "gemm_i32", "gemm_conv_f32")
+    _KINDS = {"gemm_f32": "f32", "gemm_i32": "i32", "gemm_conv_f32": "conv f32"}  # driver -> kind
 
     def __init__(self):
         self.calls = collections.defaultdict(lambda: [0, 0.0])
         self.on = False
-        self._fns = {n: getattr(_gemm, n) for n in self._NAMES}
+        self._fns = {n: getattr(_gemm, n) for n in self._KINDS}
         self._nested = threading.local()  # (XLA runs callbacks on several threads)
 
     def __enter__(self):
@@ -94,15 +94,14 @@ class GemmLog:
         import amsim.kernels.cpu as cpu
 
         self._mods = [m for m in (cpu, _gemm) if hasattr(m, "gemm_f32")]
-        kinds = {"gemm_f32": "f32", "gemm_i32": "i32", "gemm_conv_f32": "conv f32"}
         for m in self._mods:
-            for n in self._NAMES:
-                setattr(m, n, wrap(kinds[n], self._fns[n]))
+            for n, kind in self._KINDS.items():
+                setattr(m, n, wrap(kind, self._fns[n]))
         return self
 
     def __exit__(self, *exc):
         for m in self._mods:
-            for n in self._NAMES:
+            for n in self._KINDS:
                 setattr(m, n, self._fns[n])
 
 
