@@ -19,10 +19,10 @@ MULTS = {"mbm7": lambda: amsim.multipliers.mbm(7), "int8": lambda: amsim.multipl
          "e4m3 full": lambda: amsim.multipliers.exact(3).with_format(amsim.formats.e4m3(subnormals="keep"))}
 
 
-def _operands(rng, mult, shape):
+def _operands(rng, mult, shape, special_fraction=0.15):
     if mult.is_int:
         return rng.integers(-128, 128, size=shape).astype(np.int8).astype(np.int32)
-    x = mixed_matrix(rng, shape)
+    x = mixed_matrix(rng, shape, special_fraction)
     x.flat[0] = np.inf  # an Inf whose row, read after being overwritten, used to change the result
     return x
 
@@ -30,7 +30,8 @@ def _operands(rng, mult, shape):
 @pytest.mark.parametrize("name", list(MULTS))
 def test_matmul_out_is_an_input(backend, name, rng):
     mult = MULTS[name]()
-    a, b = _operands(rng, mult, (24, 24)), _operands(rng, mult, (24, 24))
+    # 2 % specials: most rows and columns stay on the kernels' path (at 15 % the exact fix-up recomputed all)
+    a, b = _operands(rng, mult, (24, 24), 0.02), _operands(rng, mult, (24, 24), 0.02)
     for target in ("a", "b"):
         want = golden.matmul(a, b, mult)
         da, db = backend.asarray(a.copy()), backend.asarray(b.copy())  # NumPy: asarray would hand out a itself

@@ -101,8 +101,8 @@ SHAPES = [
 def test_matmul_mixed_specials(backend, shape, name, rng):
     ba, bb, m_, k_, n_ = shape
     mult = MULTS[name]
-    a = mixed_matrix(rng, ba + (m_, k_), 0.1)
-    b = mixed_matrix(rng, bb + (k_, n_), 0.1)
+    a = mixed_matrix(rng, ba + (m_, k_), 0.03)  # (at 10 %, the fix-up recomputed up to all outputs of a shape)
+    b = mixed_matrix(rng, bb + (k_, n_), 0.03)
     assert_bits_equal(to_host(amsim.matmul(backend.asarray(a), backend.asarray(b), mult)), golden.matmul(a, b, mult))
 
 

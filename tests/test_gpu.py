@@ -13,6 +13,7 @@ import pytest
 
 import amsim
 from amsim import golden
+from amsim._operands import exponent_windows
 
 from .support.bits import assert_bits_equal, mixed_matrix
 from .support.golden_conv import golden_conv2d_nhwc
@@ -155,13 +156,28 @@ def test_subnormal_sums_are_kept(cuda, algo, rng):
 
 @pytest.mark.parametrize("algo,m", [("expand16", 7), ("expand", 7), ("wide", 10)])
 def test_expand_kernels_exponent_edges(cuda, algo, m, rng):
+    """Operand exponents at the edges of the window the kernels take (products near the top and the bottom of
+    the normal range, sums that overflow or cancel into subnormals), a few just outside it (the exact fix-up).
+    Exponents spread over -80..80 instead left 1-2 % of the outputs to the kernels."""
     mult = _mult("mitchell", m)
-    with np.errstate(over="ignore"):
-        a = np.ldexp(rng.uniform(1, 2, (1100, 9)), rng.integers(-80, 81, (1100, 9))).astype(F)
-        b = np.ldexp(rng.uniform(1, 2, (9, 130)), rng.integers(-80, 81, (9, 130))).astype(F)
+    a_lo, a_hi, b_lo, b_hi = exponent_windows(mult.table.values)[0]
+
+    def edge_exponents(lo, hi, lines, k):
+        """Per line (row of A, column of B) all at the window's low edge, all at its high edge, or mixed; 3 % just
+        outside it."""
+        ends = [rng.integers(lo, lo + 3, (lines, k)), rng.integers(hi - 2, hi + 1, (lines, k)),
+                rng.choice([lo, lo + 1, -1, 0, 1, hi - 1, hi], (lines, k))]
+        e = np.choose(rng.integers(0, 3, (lines, 1)), ends)
+        return np.where(rng.random(e.shape) < 0.03, rng.choice([lo - 1, hi + 1], e.shape), e)
+
+    a = np.ldexp(rng.uniform(1, 2, (1100, 9)), edge_exponents(a_lo, a_hi, 1100, 9)).astype(F)
+    b = np.ldexp(rng.uniform(1, 2, (9, 130)), edge_exponents(b_lo, b_hi, 130, 9).T).astype(F)
     a *= rng.choice([-1, 1], a.shape).astype(F)
     b[:, 3] = 0.0  # a zero column: the expand16 kernel's keep = 0 path
-    assert_bits_equal(_host(cuda.gemm(_dev(a), _dev(b), mult, algo=algo)), golden.matmul(a, b, mult))
+    want = golden.matmul(a, b, mult)
+    tiny = np.abs(want) < np.finfo(F).tiny
+    assert np.isinf(want).any() and (tiny & (want != 0)).any()  # sums overflowed, sums cancelled into subnormals
+    assert_bits_equal(_host(cuda.gemm(_dev(a), _dev(b), mult, algo=algo)), want)
 
 
 @pytest.mark.parametrize("name,m,shape,kernel", [("mbm", 7, (4096, 40, 2048), "expand16"),
