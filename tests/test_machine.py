@@ -64,6 +64,7 @@ def test_calibration_is_measured_once_and_cached_on_disk(fresh):
     assert calls == [8] and got.width == 8
     assert got.t_bytes in _machine.T_BYTES_CHOICES and 0 < got.sweep < 10 and 0 < got.build < 10
     assert got.t_bytes_large in _machine.T_BYTES_CHOICES and got.nbw_large in _machine.NBW_CHOICES
+    assert got.t_bytes_packed in _machine.T_BYTES_CHOICES
     assert 0 < got.sweep_large < 10 and 0 < got.build_large < 10
     data = json.loads(path.read_text())
     assert list(data) == [_machine.cache_key(8)]
@@ -232,6 +233,38 @@ def test_large_table_block_shapes_give_the_same_bits(monkeypatch, rng):
                 amsim.matmul(a, b, mult, out=out)
                 assert seen == [(nbw, _gemm._kb(2048, k_, nbw, c))]
                 assert_bits_equal(out, want)
+
+
+def test_packed_tables_take_their_own_measured_block_size(monkeypatch, rng):
+    """A packed table (two entries a word) holds t_bytes_packed, measured on its own (at the plain tables' size
+    it held twice the k and was measured slower on Zen 4); the fused narrow kernel, whose table is plain, keeps a
+    plain table's block. Every size a calibration may choose gives golden's bits, with several k blocks."""
+    monkeypatch.setenv("AMSIM_CPU_TABLE_PACKING", "on")
+    mult = amsim.multipliers.mbm(7)
+    base = _machine.costs()
+    seen = []
+    real = _gemm._Layout.__init__
+
+    def init(self, *args, **kw):
+        real(self, *args, **kw)
+        seen.append((self.packed, self.kbs))
+
+    a = np.ldexp(rng.uniform(1, 2, (300, 90)), rng.integers(-4, 4, (300, 90))).astype(np.float32)
+    b = np.ldexp(rng.uniform(-2, 2, (90, 64)), rng.integers(-4, 4, (90, 64))).astype(np.float32)
+    want = golden.matmul(a, b, mult)
+    monkeypatch.setattr(_gemm._Layout, "__init__", init)
+    for t_bytes_packed in _machine.T_BYTES_CHOICES:
+        c = _machine.Costs(**dict(base.__dict__, t_bytes=32 << 10, t_bytes_packed=t_bytes_packed, gather=1e6))
+        lay = _gemm._Layout(1024, 1024, 1000, 128, 1, True, c, True)
+        plain = lay.unpacked()
+        assert (lay.packed, lay.words, lay.kbs) == (True, 16, t_bytes_packed // (128 * 16 * 4))  # 4 .. 32
+        assert (plain.packed, plain.words, plain.kbs, lay.kbs) == (False, 32, 2, t_bytes_packed // 8192)
+        monkeypatch.setattr(_machine, "costs", lambda c=c: c)
+        seen.clear()
+        out = np.full((300, 64), np.nan, np.float32)
+        amsim.matmul(a, b, mult, out=out)
+        assert seen == [(True, t_bytes_packed // 8192)]
+        assert_bits_equal(out, want)
 
 
 def test_results_do_not_depend_on_the_costs(monkeypatch, rng):

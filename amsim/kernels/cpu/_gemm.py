@@ -3,6 +3,8 @@ and the exponent windows that decide which rows and columns the scalar path reco
 
 from __future__ import annotations
 
+import copy
+
 import numba
 import numpy as np
 
@@ -120,8 +122,13 @@ def _nbw(ny: int, n_l: int = 0, cost=None) -> int:
     return min(nbw, cost.nbw_large) if n_l > _machine.LARGE_TABLE_ROWS else nbw
 
 
-def _kb(n_l: int, k_len: int, nbw: int, cost, esize: int = 4) -> int:
-    t_bytes = cost.t_bytes_large if n_l > _machine.LARGE_TABLE_ROWS else cost.t_bytes
+def _kb(n_l: int, k_len: int, nbw: int, cost, esize: int = 4, packed: bool = False) -> int:
+    """k per table block: as many as the measured block size holds (``esize`` bytes an entry; a packed table,
+    two entries a word, has its own measured size)."""
+    if packed:
+        t_bytes, esize = cost.t_bytes_packed, 2
+    else:
+        t_bytes = cost.t_bytes_large if n_l > _machine.LARGE_TABLE_ROWS else cost.t_bytes
     kb = max(1, min(_KB_MAX, k_len, t_bytes // (n_l * nbw * esize)))
     if kb == k_len:
         return kb  # one panel, decoded in place
@@ -230,8 +237,6 @@ class _Layout:
         nthreads = numba.get_num_threads()
         self.nbw = _layout_nbw(self.ny, n_l, nbatch, self.mx, k_len, 1 if serial else nthreads, cost)
         self.t_dtype = np.dtype(t_dtype)  # of the expanded table (16-bit for integer entries that fit)
-        self.kbs = _kb(n_l, k_len, self.nbw, cost, self.t_dtype.itemsize)
-        self.nkb = -(-k_len // self.kbs)
         self.npad = -(-self.ny // self.nbw) * self.nbw
         self.n_rb = 1 if serial else _row_blocks(nbatch, self.npad // self.nbw, self.mx, nthreads)
         self.nthreads = 1 if serial else nthreads
@@ -240,7 +245,21 @@ class _Layout:
         # (measured on small tables only)
         self.packed = (self.nbw == NB and 8 <= n_l <= _machine.LARGE_TABLE_ROWS and table_packable
                        and _machine.use_packed(cost, n_l, -(-self.mx // self.n_rb)))
+        self._block = (n_l, k_len, cost)
+        self._set_kbs()
+
+    def _set_kbs(self):
+        n_l, k_len, cost = self._block
         self.words = NB // 2 if self.packed else self.nbw  # elements (or words) of one table row
+        self.kbs = _kb(n_l, k_len, self.nbw, cost, self.t_dtype.itemsize, self.packed)
+        self.nkb = -(-k_len // self.kbs)
+
+    def unpacked(self):
+        """A copy of this layout with a plain table (and a plain table's block size)."""
+        lay = copy.copy(self)
+        lay.packed = False
+        lay._set_kbs()
+        return lay
 
     def buffers(self, n_l, dtype):
         return _thread_buffers(self.nthreads, self.kbs * n_l * self.words, -(-self.mx // self.n_rb) * self.nbw, dtype,
@@ -267,6 +286,7 @@ def _narrow_rows(lay, nbatch: int, contiguous: bool, k_len: int, n_l: int) -> in
     took 3.5-4.5 ms through its panel, 2.5-3.3 fused (Zen 4). The swept operand must be C-contiguous (rows of a
     transposed view would be read across) and the whole-K table small (offsets into it int32).
     """
+    lay = lay.unpacked()  # the fused kernel's table is a plain one
     one_panel_small = lay.nkb == 1 and nbatch * lay.mx * k_len * 8 <= _ONE_PANEL_MAX
     if (lay.npad != lay.nbw or one_panel_small or not contiguous
             or not _whole_table_fits(nbatch, k_len, n_l, lay.npad)):
@@ -320,7 +340,7 @@ def _lut_exp_range(kt, lut_e):
 def _fused_narrow(c, x, geo, m, truncate, ib, sb, lutt, lay, fr, xmin, xmax, serial):
     """Run _expand_narrow: x the swept operand (geo None) or a padded conv input (geo its patch geometry)."""
     nbatch, k_len, n_l = c.shape[0], ib.shape[1], lutt.shape[0]
-    lay.packed, lay.words = False, lay.nbw  # (its whole-K table is a plain one)
+    lay = lay.unpacked()  # (its whole-K table is a plain one)
     tall = _scratch("tall", (nbatch, k_len * n_l * lay.nbw), np.float32)
     pbi = _scratch("pbi", (lay.nthreads, fr, k_len), np.int32)
     pbs = _scratch("pbs", (lay.nthreads, fr, k_len), np.float32)

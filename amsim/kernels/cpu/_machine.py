@@ -57,6 +57,8 @@ class Costs:
         width: the vector width these costs were measured with (8 or 16 lanes).
         build_packed, sweep_packed: build and sweep with packed tables (two bfloat16-exact entries per word),
             used where they cost less than plain ones and the multiplier's entries allow it (small tables).
+        t_bytes_packed: size of one thread's packed table, measured on its own: at plain tables' size a packed
+            one holds twice the k, so each swept row's accumulators are loaded and stored half as often.
         nbw_large, t_bytes_large: column-block width (at most; one of ``NBW_CHOICES``) and table-block size of
             expansions with large tables, the fastest pair at 1024 table rows. A narrower block holds more k
             in the same bytes, so each swept row's accumulators are loaded and stored less often.
@@ -72,6 +74,7 @@ class Costs:
     width: int = 8
     build_packed: float = 0.2  # (never chosen by default)
     sweep_packed: float = 0.06
+    t_bytes_packed: int = 128 << 10
     sweep_large: float = 0.12
     nbw_large: int = 32
     t_bytes_large: int = 128 << 10
@@ -87,8 +90,8 @@ class Costs:
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not (0 < v < 1e9):
                 return None
             vals[f.name] = v
-        choices = {"t_bytes": T_BYTES_CHOICES, "t_bytes_large": T_BYTES_CHOICES, "width": (8, 16),
-                   "nbw_large": NBW_CHOICES}
+        choices = {"t_bytes": T_BYTES_CHOICES, "t_bytes_large": T_BYTES_CHOICES, "t_bytes_packed": T_BYTES_CHOICES,
+                   "width": (8, 16), "nbw_large": NBW_CHOICES}
         if not all(type(vals[k]) is int and vals[k] in ok for k, ok in choices.items()):
             return None  # (131072.0 == 131072, but a float block size would break the kernels' shapes)
         return cls(**vals)
@@ -169,12 +172,12 @@ def vector_width() -> int:
 
 def _expansion_case(rng, rows, k_len, nl, nbw, t_bytes, width, packed=False, lutt=None):
     """Decoded operands of one column block (rows x k_len) @ (k_len x nbw) with an nl-row table (``lutt``, or
-    a random one), as _expand takes them, and the call that runs it serially. Scales are 1.0: the costs do not
-    depend on values."""
-    kbs = max(1, min(32, k_len, t_bytes // (nl * nbw * 4)))
+    a random one), as _expand takes them, and the call that runs it serially; ``t_bytes`` of (packed or plain)
+    table per k block. Scales are 1.0: the costs do not depend on values."""
+    words = nbw // 2 if packed else nbw
+    kbs = max(1, min(32, k_len, t_bytes // (nl * words * 4)))
     nkb = -(-k_len // kbs)
     kk = np.arange(kbs, dtype=np.int32)
-    words = nbw // 2 if packed else nbw
     iap = (rng.integers(0, nl, (1, nkb, rows, kbs)) * words + kk * (nl * words)).astype(np.int32)  # table offsets
     sap = np.ones((1, nkb, rows, kbs), np.float32)
     ib = rng.integers(0, nl, (1, k_len, nbw)).astype(np.int32)
@@ -220,8 +223,10 @@ def calibrate(width: int) -> Costs:
         return max((t_small - small * k * nbw * sweep) / (k * nbw * nl), 1e-3), sweep
 
     build, sweep = split(per_tb[t_bytes], t_small)
-    build_packed, sweep_packed = split(_best(_expansion_case(rng, big, k_len, 128, 32, t_bytes, width, True)),
-                                       _best(_expansion_case(rng, small, k_len, 128, 32, t_bytes, width, True)))
+    per_tb_packed = {tb: _best(_expansion_case(rng, big, k_len, 128, 32, tb, width, True)) for tb in T_BYTES_CHOICES}
+    tb_p = min(per_tb_packed, key=per_tb_packed.get)
+    build_packed, sweep_packed = split(per_tb_packed[tb_p],
+                                       _best(_expansion_case(rng, small, k_len, 128, 32, tb_p, width, True)))
     t8 = _best(_expansion_case(rng, big, k_len, 128, 8, t_bytes, width))
     sweep8 = max((t8 - k_len * 8 * 128 * build) / (big * k_len * 8), 1e-3)
     # large tables: the fastest block shape per multiply-accumulate at 1024 table rows (a 4 MiB table), split
@@ -246,7 +251,8 @@ def calibrate(width: int) -> Costs:
     parallel = min(max(min(par_costs), 10_000.0), 1e6)  # idle-machine figures undersell it
     return Costs(build=build, build_large=build_large, sweep=sweep, sweep8=sweep8, gather=gather,
                  parallel=parallel, t_bytes=t_bytes, width=width, build_packed=build_packed,
-                 sweep_packed=sweep_packed, sweep_large=sweep_large, nbw_large=nbw_l, t_bytes_large=tb_l)
+                 sweep_packed=sweep_packed, t_bytes_packed=tb_p, sweep_large=sweep_large, nbw_large=nbw_l,
+                 t_bytes_large=tb_l)
 
 
 def contended() -> bool:
