@@ -13,6 +13,7 @@ from . import _machine
 from ._buffers import _scratch, _thread_buffers
 from ._kernels import (
     _KC,
+    _STAGE,
     NO_EXP,
     _choose_window,
     _decode_cols_f32,
@@ -460,7 +461,7 @@ def gemm_conv_f32(xp, geo, b, out, m, truncate, kt):
     xmin = np.empty((nbatch, m_rows), np.int32)
     xmax = np.empty((nbatch, m_rows), np.int32)
     x4 = xp.reshape(lead, n, h, w * cch)
-    rowbuf = _scratch("conv_row", (lay.nthreads, k_len + 16), np.float32)  # (each work item's patch row)
+    rowbuf = _scratch("conv_row", (lay.nthreads, _STAGE * (k_len + 16)), np.float32)  # (a few patch rows an item)
     _fused_narrow(out, x4, (start, step, count, ty, tx, cch, rowbuf), m, truncate, ib, sb, _lutt(kt), lay, fr, xmin,
                   xmax, serial)
     rows, cols = _windows(xmin, xmax, ymin, ymax, e_lo, e_hi, kt[3])

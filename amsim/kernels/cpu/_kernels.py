@@ -1150,45 +1150,91 @@ def _copy_run(t, p, xp, off, n):
             t[p + q] = xp.flat[off + q]
 
 
+_STAGE = 16  # patch rows copied into the row buffer before they are decoded (see _stage_patch_rows)
+
+
 @numba.njit(inline="always")
-def _decode_patch_row(xp, geo, lb, row, bir, bsr, shift, lmask, rnd, unit_r, unit_k, tid):
-    """_decode_row of row ``row`` of the patch matrix that patches_rows (_patches.py) would write from xp
-    (L, N, H, W * C), read from xp itself (one group): its tap rows are copied, in vectors, into this thread's row
-    of ``geo``'s buffer (in L1; each tap row is one run of ``len(tx) * C`` values of an input row where the taps
-    are consecutive along x, else ``len(tx)`` runs of C) and decoded there."""
+def _stage_patch_rows(xp, geo, lb, row0, nr, tid):
+    """Copy rows row0 .. row0 + nr - 1 (nr <= _STAGE) of the patch matrix that patches_rows (_patches.py) would
+    write from xp (L, N, H, W * C) into this thread's rows of ``geo``'s buffer, in vectors: each tap row is one
+    run of ``len(tx) * C`` values of an input row where the taps are consecutive along x, else ``len(tx)`` runs
+    of C. Decoding a row right after its copy stalled on the copy's overlapping stores (a vector load spanning
+    several of them waits until they reach L1: conv1's runs of 5 took longer than writing the patch matrix);
+    the rows are decoded once all nr are copied."""
     start, step, count, ty, tx, cch, rowbuf = geo
     per_image = count[0] * count[1]
-    b = row // per_image
-    oy = (row - b * per_image) // count[1]
-    ox = row - b * per_image - oy * count[1]
+    b = row0 // per_image
+    oy = (row0 - b * per_image) // count[1]
+    ox = row0 - b * per_image - oy * count[1]
     ntx = tx.shape[0]
     consecutive = tx[ntx - 1] - tx[0] == ntx - 1
     nrun = 1 if consecutive else ntx
     run = ntx * cch if consecutive else cch
-    x0 = start[1] + ox * step[1]
-    y0 = start[0] + oy * step[0]
     wc = xp.shape[3]
     t = rowbuf[tid]
-    p = 0
-    for iy in range(ty.shape[0]):
-        base = ((lb * xp.shape[1] + b) * xp.shape[2] + y0 + ty[iy]) * wc
-        for ix in range(nrun):
-            _copy_run(t, p, xp, base + (x0 + tx[ix]) * cch, run)
-            p += run
-    return _decode_row(t[:p], bir, bsr, shift, lmask, rnd, unit_r, 0, unit_k)
+    width = t.shape[0] // _STAGE
+    # short runs read as one vector each, on past the run, unless the last row's last read would pass xp's end
+    # (the rows' reads only move on through xp). One test for all nr rows: testing each run instead (in
+    # _copy_run) made this copy five times slower (conv1's runs of 5, Zen 4).
+    last = row0 + nr - 1
+    bl = last // per_image
+    oyl = (last - bl * per_image) // count[1]
+    oxl = last - bl * per_image - oyl * count[1]
+    end = ((((lb * xp.shape[1] + bl) * xp.shape[2] + start[0] + oyl * step[0] + ty[ty.shape[0] - 1]) * wc)
+           + (start[1] + oxl * step[1] + tx[ntx - 1]) * cch + 16)
+    short = run < 16 and end <= xp.size
+    for r in range(nr):
+        x0 = start[1] + ox * step[1]
+        y0 = start[0] + oy * step[0]
+        p = r * width
+        for iy in range(ty.shape[0]):
+            base = ((lb * xp.shape[1] + b) * xp.shape[2] + y0 + ty[iy]) * wc
+            for ix in range(nrun):
+                off = base + (x0 + tx[ix]) * cch
+                if short:
+                    vstore(t, p, vload16(xp, off))
+                else:
+                    _copy_run(t, p, xp, off, run)
+                p += run
+        ox += 1  # the next row: x, then y, then the next image
+        if ox == count[1]:
+            ox = 0
+            oy += 1
+            if oy == count[0]:
+                oy = 0
+                b += 1
 
 
-def _decode_swept_row(x, geo, lb, row, bir, bsr, shift, lmask, rnd, unit_r, unit_k, tid):
-    """_decode_row of row ``row`` of batch ``lb``: of x itself (geo None) or of x's patch matrix."""
+def _stage_swept_rows(x, geo, lb, row0, nr, tid):
+    """_stage_patch_rows where x is a conv input (geo its geometry); nothing where x is the swept operand."""
+
+
+@overload(_stage_swept_rows, inline="always")
+def _ov_stage_swept_rows(x, geo, lb, row0, nr, tid):
+    if isinstance(geo, types.NoneType):
+        return lambda x, geo, lb, row0, nr, tid: None
+    return lambda x, geo, lb, row0, nr, tid: _stage_patch_rows(x, geo, lb, row0, nr, tid)
+
+
+def _decode_swept_row(x, geo, lb, row, staged, bir, bsr, shift, lmask, rnd, unit_r, unit_k, tid):
+    """_decode_row of row ``row`` of batch ``lb``: of x itself (geo None) or of x's patch matrix, from row
+    ``staged`` of this thread's buffer (_stage_swept_rows copied it there)."""
 
 
 @overload(_decode_swept_row, inline="always")
-def _ov_decode_swept_row(x, geo, lb, row, bir, bsr, shift, lmask, rnd, unit_r, unit_k, tid):
+def _ov_decode_swept_row(x, geo, lb, row, staged, bir, bsr, shift, lmask, rnd, unit_r, unit_k, tid):
     if isinstance(geo, types.NoneType):
-        return lambda x, geo, lb, row, bir, bsr, shift, lmask, rnd, unit_r, unit_k, tid: _decode_row(
+        return lambda x, geo, lb, row, staged, bir, bsr, shift, lmask, rnd, unit_r, unit_k, tid: _decode_row(
             x[lb, row], bir, bsr, shift, lmask, rnd, unit_r, 0, unit_k)
-    return lambda x, geo, lb, row, bir, bsr, shift, lmask, rnd, unit_r, unit_k, tid: _decode_patch_row(
-        x, geo, lb, row, bir, bsr, shift, lmask, rnd, unit_r, unit_k, tid)
+    return lambda x, geo, lb, row, staged, bir, bsr, shift, lmask, rnd, unit_r, unit_k, tid: _decode_row(
+        _staged_row(geo[6][tid], staged, bir.shape[0]), bir, bsr, shift, lmask, rnd, unit_r, 0, unit_k)
+
+
+@numba.njit(inline="always")
+def _staged_row(t, staged, k_len):
+    """Row ``staged`` of a thread's buffer of _STAGE rows of K + 16 values: its first K values."""
+    p = staged * (t.shape[0] // _STAGE)
+    return t[p : p + k_len]
 
 
 @numba.njit(parallel=True, cache=_CACHE)
@@ -1202,9 +1248,9 @@ def _expand_narrow(c, x, m, truncate, ib, sb, lutt, nbw, fr, kbs, tall, pbi, pbs
     threads x fr x K) and sweeps them over all of K, ``kbs`` at a time (the table rows a block reads stay in
     L2). emin/emax (batch, M): the rows' exponent ranges, as _decode_rows_f32 gives them.
 
-    With a conv geometry ``geo`` = (start, step, count, ty, tx, C, threads x (K + 16) buffer) (else None), x is a
-    padded conv input (batch, N, H, W * C) and the rows are those of its patch matrix, decoded from x without
-    writing the matrix (see _decode_patch_row).
+    With a conv geometry ``geo`` = (start, step, count, ty, tx, C, threads x _STAGE * (K + 16) buffer) (else None),
+    x is a padded conv input (batch, N, H, W * C) and the rows are those of its patch matrix, copied from x
+    into the buffer a few at a time and decoded there, without writing the matrix (see _stage_patch_rows).
     """
     nbatch, m_rows, k_len = c.shape[0], c.shape[1], ib.shape[1]
     nl = lutt.shape[0]
@@ -1230,10 +1276,13 @@ def _expand_narrow(c, x, m, truncate, ib, sb, lutt, nbw, fr, kbs, tall, pbi, pbs
         bi = pbi[tid]
         bs = pbs[tid]
         ct = cbuf[tid]
-        for r in range(nr):
-            lo, hi = _decode_swept_row(x, geo, bt, r0 + r, bi[r], bs[r], shift, lmask, rnd, nbw, tk, tid)
-            emin[bt, r0 + r] = lo
-            emax[bt, r0 + r] = hi
+        for s0 in range(0, nr, _STAGE):
+            ns = min(_STAGE, nr - s0)
+            _stage_swept_rows(x, geo, bt, r0 + s0, ns, tid)
+            for r in range(s0, s0 + ns):
+                lo, hi = _decode_swept_row(x, geo, bt, r0 + r, r - s0, bi[r], bs[r], shift, lmask, rnd, nbw, tk, tid)
+                emin[bt, r0 + r] = lo
+                emax[bt, r0 + r] = hi
         for p in range(nr * nbw):
             ct[p] = 0  # the sum starts from +0.0
         t = tall[bt]
