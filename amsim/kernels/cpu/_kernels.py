@@ -1150,39 +1150,60 @@ def _copy_run(t, p, xp, off, n):
             t[p + q] = xp.flat[off + q]
 
 
-_STAGE = 16  # patch rows copied into the row buffer before they are decoded (see _stage_patch_rows)
+_STAGE = 16  # patch rows copied into the row buffer before they are decoded, where runs are short
+
+
+@numba.njit(inline="always")
+def _patch_runs(tx, cch):
+    """(runs per tap row, values per run) of a patch row: one run of len(tx) * C values where the taps are
+    consecutive along x, else len(tx) runs of C."""
+    ntx = tx.shape[0]
+    if tx[ntx - 1] - tx[0] == ntx - 1:
+        return 1, ntx * cch
+    return ntx, cch
+
+
+def _stage_rows(geo):
+    """Rows _expand_narrow copies before decoding them: _STAGE for patch rows of runs shorter than a vector
+    (decoding each right after its copy stalled on the copy's overlapping stores; conv1's runs of 5 took longer
+    than writing the patch matrix), else 1 (runs of whole vectors: the decoder's loads line up with the copy's
+    stores, and 16 rows of K = 400 filled L1: the LeNet-5 conv2 input gradient 20-40 % slower, Zen 4)."""
+
+
+@overload(_stage_rows, inline="always")
+def _ov_stage_rows(geo):
+    if isinstance(geo, types.NoneType):
+        return lambda geo: 1
+    return lambda geo: _STAGE if _patch_runs(geo[4], geo[5])[1] < 16 else 1
 
 
 @numba.njit(inline="always")
 def _stage_patch_rows(xp, geo, lb, row0, nr, tid):
     """Copy rows row0 .. row0 + nr - 1 (nr <= _STAGE) of the patch matrix that patches_rows (_patches.py) would
-    write from xp (L, N, H, W * C) into this thread's rows of ``geo``'s buffer, in vectors: each tap row is one
-    run of ``len(tx) * C`` values of an input row where the taps are consecutive along x, else ``len(tx)`` runs
-    of C. Decoding a row right after its copy stalled on the copy's overlapping stores (a vector load spanning
-    several of them waits until they reach L1: conv1's runs of 5 took longer than writing the patch matrix);
-    the rows are decoded once all nr are copied."""
+    write from xp (L, N, H, W * C) into this thread's rows of ``geo``'s buffer, run by run (_patch_runs) in
+    vectors; _expand_narrow decodes them once all nr are copied (see _stage_rows)."""
     start, step, count, ty, tx, cch, rowbuf = geo
     per_image = count[0] * count[1]
     b = row0 // per_image
     oy = (row0 - b * per_image) // count[1]
     ox = row0 - b * per_image - oy * count[1]
     ntx = tx.shape[0]
-    consecutive = tx[ntx - 1] - tx[0] == ntx - 1
-    nrun = 1 if consecutive else ntx
-    run = ntx * cch if consecutive else cch
+    nrun, run = _patch_runs(tx, cch)
     wc = xp.shape[3]
     t = rowbuf[tid]
     width = t.shape[0] // _STAGE
     # short runs read as one vector each, on past the run, unless the last row's last read would pass xp's end
     # (the rows' reads only move on through xp). One test for all nr rows: testing each run instead (in
     # _copy_run) made this copy five times slower (conv1's runs of 5, Zen 4).
-    last = row0 + nr - 1
-    bl = last // per_image
-    oyl = (last - bl * per_image) // count[1]
-    oxl = last - bl * per_image - oyl * count[1]
-    end = ((((lb * xp.shape[1] + bl) * xp.shape[2] + start[0] + oyl * step[0] + ty[ty.shape[0] - 1]) * wc)
-           + (start[1] + oxl * step[1] + tx[ntx - 1]) * cch + 16)
-    short = run < 16 and end <= xp.size
+    short = False
+    if run < 16:
+        last = row0 + nr - 1
+        bl = last // per_image
+        oyl = (last - bl * per_image) // count[1]
+        oxl = last - bl * per_image - oyl * count[1]
+        end = ((((lb * xp.shape[1] + bl) * xp.shape[2] + start[0] + oyl * step[0] + ty[ty.shape[0] - 1]) * wc)
+               + (start[1] + oxl * step[1] + tx[ntx - 1]) * cch + 16)
+        short = end <= xp.size
     for r in range(nr):
         x0 = start[1] + ox * step[1]
         y0 = start[0] + oy * step[0]
@@ -1276,8 +1297,9 @@ def _expand_narrow(c, x, m, truncate, ib, sb, lutt, nbw, fr, kbs, tall, pbi, pbs
         bi = pbi[tid]
         bs = pbs[tid]
         ct = cbuf[tid]
-        for s0 in range(0, nr, _STAGE):
-            ns = min(_STAGE, nr - s0)
+        stage = _stage_rows(geo)
+        for s0 in range(0, nr, stage):
+            ns = min(stage, nr - s0)
             _stage_swept_rows(x, geo, bt, r0 + s0, ns, tid)
             for r in range(s0, s0 + ns):
                 lo, hi = _decode_swept_row(x, geo, bt, r0 + r, r - s0, bi[r], bs[r], shift, lmask, rnd, nbw, tk, tid)
