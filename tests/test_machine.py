@@ -100,6 +100,33 @@ def test_a_calibration_that_shared_its_core_is_used_but_not_cached(fresh, monkey
     assert _machine.Costs.from_dict(json.loads(path.read_text())[_machine.cache_key(8)]) == again
 
 
+def test_calibration_compares_plain_and_packed_tables_in_the_same_rounds(monkeypatch):
+    """A slow spell of the host (here: 3x, over 32 consecutive expansion runs) must not decide between plain and
+    packed tables. Measured one after the other, the spell covered every run of the packed tables and the
+    calibration chose plain ones; interleaved, each case keeps runs outside it."""
+    import types
+
+    clock, count = [0.0], [0]
+
+    def case(rng, rows, k_len, nl, nbw, t_bytes, width, packed=False, lutt=None):
+        per_row = (0.7 if packed else 1.0) * (1 + abs(t_bytes - (128 << 10)) / (1 << 20))  # packed 30 % faster
+        cost = rows * per_row * 1e-7 if (nl, nbw) == (128, 32) else 1e-6
+
+        def run():
+            count[0] += 1
+            clock[0] += cost * (3 if 41 <= count[0] < 73 else 1)
+
+        return run
+
+    monkeypatch.setattr(_machine, "_expansion_case", case)
+    monkeypatch.setattr(_machine, "time", types.SimpleNamespace(perf_counter=lambda: clock[0],
+                                                                thread_time=lambda: clock[0]))
+    got = _machine.calibrate(16)
+    assert count[0] > 73  # the spell fell inside the measurements
+    assert (got.t_bytes, got.t_bytes_packed) == (128 << 10, 128 << 10)
+    assert got.sweep_packed < got.sweep and _machine.use_packed(got, 128, 1024)
+
+
 @pytest.mark.parametrize("spike_at", [0, 1, 2])
 def test_one_slow_reading_of_the_parallel_cost_is_not_what_gets_cached(fresh, monkeypatch, spike_at):
     # a VM's other core descheduled for a few milliseconds made one reading 0.5 ms where the rest read a few us;
