@@ -263,9 +263,9 @@ def test_large_table_block_shapes_give_the_same_bits(monkeypatch, rng):
 
 
 def test_packed_tables_take_their_own_measured_block_size(monkeypatch, rng):
-    """A packed table (two entries a word) holds t_bytes_packed, measured on its own (at the plain tables' size
-    it held twice the k and was measured slower on Zen 4); the fused narrow kernel, whose table is plain, keeps a
-    plain table's block. Every size a calibration may choose gives golden's bits, with several k blocks."""
+    """A packed table (two entries a word) holds t_bytes_packed, measured on its own (with the plain tables' k
+    per block it held half their bytes, and ran slower on Zen 4); the fused narrow kernel, whose table is plain,
+    keeps a plain table's block. Every size a calibration may choose gives golden's bits, with several k blocks."""
     monkeypatch.setenv("AMSIM_CPU_TABLE_PACKING", "on")
     mult = amsim.multipliers.mbm(7)
     base = _machine.costs()

@@ -1167,7 +1167,8 @@ def _stage_rows(geo):
     """Rows _expand_narrow copies before decoding them: _STAGE for patch rows of runs shorter than a vector
     (decoding each right after its copy stalled on the copy's overlapping stores; conv1's runs of 5 took longer
     than writing the patch matrix), else 1 (runs of whole vectors: the decoder's loads line up with the copy's
-    stores, and 16 rows of K = 400 filled L1: the LeNet-5 conv2 input gradient 20-40 % slower, Zen 4)."""
+    stores, and 16 rows of K = 400 fill most of L1: the LeNet-5 conv2 input gradient ran slower in three of four
+    alternating runs, by a third on average, Zen 4)."""
 
 
 @overload(_stage_rows, inline="always")

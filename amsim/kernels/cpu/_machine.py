@@ -159,8 +159,8 @@ def _best(f, n: int = 7, serial: bool = True) -> float:
 def _best_each(cases: dict, n: int = 7, serial: bool = True) -> dict:
     """_best of each case, their runs interleaved, so that a slow spell of the machine (another VM's load) falls
     on all of them instead of on those measured during it: measured one after the other, plain and packed
-    tables traded places between calibrations on one idle Zen 4 (packed build 0.075 against plain 0.090 ns in
-    one, 0.138 against 0.142 in another, and the sweep the other way round)."""
+    tables traded places between two calibrations an hour apart on one Zen 4 (one chose plain tables and ran
+    1024^3 mbm7 at 3.0-3.2x NumPy, where packed ones ran 2.5-2.6x)."""
     for f in cases.values():
         f()
     best = dict.fromkeys(cases, float("inf"))
