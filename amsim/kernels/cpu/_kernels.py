@@ -1179,15 +1179,21 @@ def _ov_stage_rows(geo):
 
 
 @numba.njit(inline="always")
+def _patch_position(row, count):
+    """(image, output y, output x) of a patch row, ``count`` the output's (height, width)."""
+    per_image = count[0] * count[1]
+    b = row // per_image
+    oy = (row - b * per_image) // count[1]
+    return b, oy, row - b * per_image - oy * count[1]
+
+
+@numba.njit(inline="always")
 def _stage_patch_rows(xp, geo, lb, row0, nr, tid):
     """Copy rows row0 .. row0 + nr - 1 (nr <= _STAGE) of the patch matrix that patches_rows (_patches.py) would
     write from xp (L, N, H, W * C) into this thread's rows of ``geo``'s buffer, run by run (_patch_runs) in
     vectors; _expand_narrow decodes them once all nr are copied (see _stage_rows)."""
     start, step, count, ty, tx, cch, rowbuf = geo
-    per_image = count[0] * count[1]
-    b = row0 // per_image
-    oy = (row0 - b * per_image) // count[1]
-    ox = row0 - b * per_image - oy * count[1]
+    b, oy, ox = _patch_position(row0, count)
     ntx = tx.shape[0]
     nrun, run = _patch_runs(tx, cch)
     wc = xp.shape[3]
@@ -1198,10 +1204,7 @@ def _stage_patch_rows(xp, geo, lb, row0, nr, tid):
     # _copy_run) made this copy five times slower (conv1's runs of 5, Zen 4).
     short = False
     if run < 16:
-        last = row0 + nr - 1
-        bl = last // per_image
-        oyl = (last - bl * per_image) // count[1]
-        oxl = last - bl * per_image - oyl * count[1]
+        bl, oyl, oxl = _patch_position(row0 + nr - 1, count)
         end = ((((lb * xp.shape[1] + bl) * xp.shape[2] + start[0] + oyl * step[0] + ty[ty.shape[0] - 1]) * wc)
                + (start[1] + oxl * step[1] + tx[ntx - 1]) * cch + 16)
         short = end <= xp.size
