@@ -10,6 +10,7 @@ from amsim import golden
 from amsim.kernels import cpu
 
 from .support.bits import assert_bits_equal, mixed_matrix
+from .support.layouts import spy_layouts
 
 F = np.float32
 
@@ -202,20 +203,6 @@ def _force_expansion(monkeypatch, serial):
         real(), gather=1e6, parallel=1e12 if serial else 1e-3))
 
 
-def _spy_layouts(monkeypatch, attr="packed"):
-    """Record, per expansion a driver sets up, one attribute of its layout (by default whether it packs its
-    tables)."""
-    from amsim.kernels.cpu import _gemm
-
-    taken = []
-    real = _gemm._Layout.__init__
-
-    def init(self, *args, **kw):
-        real(self, *args, **kw)
-        taken.append(getattr(self, attr))
-
-    monkeypatch.setattr(_gemm._Layout, "__init__", init)
-    return taken
 
 
 @pytest.mark.parametrize("serial", [False, True], ids=["parallel", "serial"])
@@ -228,7 +215,7 @@ def test_matmul_packed_tables(cpu_width, shape, name, rounding, serial, monkeypa
     column blocks and batches; the same bits as golden."""
     _force_expansion(monkeypatch, serial)
     monkeypatch.setenv("AMSIM_CPU_TABLE_PACKING", "on")
-    taken = _spy_layouts(monkeypatch)
+    taken = spy_layouts(monkeypatch)
     mult = MULTS[name].with_rounding(rounding)
     assert cpu.float_kernel_tables(mult.table.values).packable
     *batch, m_, k_, n_ = shape
@@ -253,7 +240,7 @@ def test_tables_not_bfloat16_exact_are_never_packed(monkeypatch, rng):
     base[77, 5] = np.nextafter(base[77, 5], F(4.0))  # one ulp: a bit in the low half
     assert not cpu.float_kernel_tables(base).packable
     mult = amsim.Multiplier.from_table(base, name="mbm7_one_ulp")
-    taken = _spy_layouts(monkeypatch)
+    taken = spy_layouts(monkeypatch)
     a = np.ldexp(rng.uniform(1, 2, (300, 40)), rng.integers(-3, 3, (300, 40))).astype(F)
     b = rng.uniform(1, 2, (40, 64)).astype(F)
     a[:, 7] = F(1.0 + 77 / 128)  # every row multiplies the changed entry ...
@@ -307,7 +294,7 @@ def test_matmul_16bit_expanded_tables(cpu_width, shape, bits, t_dtype, monkeypat
     bits as golden."""
     from amsim.kernels.cpu import _gemm
 
-    dtypes = _spy_layouts(monkeypatch, "t_dtype")
+    dtypes = spy_layouts(monkeypatch, "t_dtype")
     monkeypatch.setattr(_gemm, "use_expansion", lambda *a, **k: True)
     n = 1 << bits
     t_lo, t_hi = _T_RANGES[t_dtype]

@@ -11,6 +11,7 @@ from amsim import golden
 from amsim.kernels.cpu import _gemm, _machine
 
 from .support.bits import assert_bits_equal
+from .support.layouts import spy_layouts
 
 
 @pytest.fixture
@@ -238,14 +239,7 @@ def test_large_table_block_shapes_give_the_same_bits(monkeypatch, rng):
     orientations, several k blocks and a padded column block: the expansion takes it, and golden's bits."""
     mult = amsim.multipliers.mitchell(11)
     base = _machine.costs()
-    seen = []
-    real = _gemm._Layout.__init__
-
-    def init(self, *args, **kw):
-        real(self, *args, **kw)
-        seen.append((self.nbw, self.kbs))
-
-    monkeypatch.setattr(_gemm._Layout, "__init__", init)
+    seen = spy_layouts(monkeypatch, "nbw", "kbs")
     for m_, k_, n_ in ((150, 70, 40), (40, 70, 150)):
         a = rng.standard_normal((m_, k_)).astype(np.float32)
         b = rng.standard_normal((k_, n_)).astype(np.float32)
@@ -269,17 +263,10 @@ def test_packed_tables_take_their_own_measured_block_size(monkeypatch, rng):
     monkeypatch.setenv("AMSIM_CPU_TABLE_PACKING", "on")
     mult = amsim.multipliers.mbm(7)
     base = _machine.costs()
-    seen = []
-    real = _gemm._Layout.__init__
-
-    def init(self, *args, **kw):
-        real(self, *args, **kw)
-        seen.append((self.packed, self.kbs))
-
     a = np.ldexp(rng.uniform(1, 2, (300, 90)), rng.integers(-4, 4, (300, 90))).astype(np.float32)
     b = np.ldexp(rng.uniform(-2, 2, (90, 64)), rng.integers(-4, 4, (90, 64))).astype(np.float32)
     want = golden.matmul(a, b, mult)
-    monkeypatch.setattr(_gemm._Layout, "__init__", init)
+    seen = spy_layouts(monkeypatch, "packed", "kbs")
     for t_bytes_packed in _machine.T_BYTES_CHOICES:
         c = _machine.Costs(**dict(base.__dict__, t_bytes=32 << 10, t_bytes_packed=t_bytes_packed, gather=1e6))
         lay = _gemm._Layout(1024, 1024, 1000, 128, 1, True, c, True)
