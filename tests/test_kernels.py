@@ -294,7 +294,17 @@ def test_matmul_16bit_expanded_tables(cpu_width, shape, bits, t_dtype, monkeypat
     bits as golden."""
     from amsim.kernels.cpu import _gemm
 
-    dtypes = spy_layouts(monkeypatch, "t_dtype")
+    dtypes = spy_layouts(monkeypatch, "t_dtype", "nbw")
+    builds = []  # the dtype of the table each expansion builds from
+    real_k = _gemm._k
+
+    def k(kernel, serial):
+        run = real_k(kernel, serial)
+        if kernel is not _gemm._expand:
+            return run
+        return lambda *args: (builds.append(args[5].dtype), run(*args))[1]
+
+    monkeypatch.setattr(_gemm, "_k", k)
     monkeypatch.setattr(_gemm, "use_expansion", lambda *a, **k: True)
     n = 1 << bits
     t_lo, t_hi = _T_RANGES[t_dtype]
@@ -312,7 +322,32 @@ def test_matmul_16bit_expanded_tables(cpu_width, shape, bits, t_dtype, monkeypat
     want = golden.matmul(a, b, mult)
     np.testing.assert_array_equal(out, want)
     assert np.abs(want).max() > 1 << 16
-    assert dtypes and set(dtypes) == {np.dtype(t_dtype)}
+    assert dtypes and {d for d, _ in dtypes} == {np.dtype(t_dtype)}
+    # 16-bit tables come from a 16-bit table by 16 x 16 transposes where whole ones fit, else from the int32 one
+    narrow = [t_dtype != "int32" and nbw % 16 == 0 and n % 16 == 0 for _, nbw in dtypes]
+    assert builds == [np.dtype(t_dtype) if x else np.dtype(np.int32) for x in narrow]
+
+
+@pytest.mark.parametrize("dtype", [np.int16, np.uint16])
+@pytest.mark.parametrize(("nl", "nbw"), [(256, 32), (16, 16), (32, 32), (48, 16), (8, 8), (16, 8), (24, 16)])
+def test_16bit_table_build(nl, nbw, dtype, rng):
+    """The 16-bit build (16 x 16 transposes of words; element by element where the table's rows or the block's
+    columns are not whole multiples of 16) writes T[kk, r, j] = LUT[r, ib[k0 + kk, j0 + j]] for its k block and
+    nothing outside it."""
+    from amsim.kernels.cpu import _kernels
+
+    info = np.iinfo(dtype)
+    lut = rng.integers(info.min, int(info.max) + 1, (nl, nl)).astype(dtype)
+    lutt = np.ascontiguousarray(lut.T)
+    k0, kb, j0, t0 = 3, 5, 32, 40
+    ib = rng.integers(0, nl, (k0 + kb + 2, j0 + nbw + 8)).astype(np.int32)
+    ib[k0, j0 : j0 + nbw] = np.arange(nbw) % nl  # every column of the block distinct where the table allows
+    poison = info.max // 3
+    t = np.full(t0 + kb * nl * nbw + 50, poison, dtype)
+    _kernels._build_t16(t, t0, lutt, ib, k0, kb, j0, nl, nbw)
+    want = lut[:, ib[k0 : k0 + kb, j0 : j0 + nbw]].transpose(1, 0, 2)  # (kk, r, j)
+    np.testing.assert_array_equal(t[t0 : t0 + want.size].reshape(want.shape), want)
+    assert (t[:t0] == poison).all() and (t[t0 + want.size :] == poison).all()
 
 
 def test_gather_rows_per_item_balance_the_threads():

@@ -88,22 +88,26 @@ def float_kernel_tables(values: np.ndarray) -> KernelTables:
 class IntKernelTables(tuple):
     """``(lut, lutt)``: a table of integer (or full-operand float32) products and its transpose, contiguous, with
     attribute ``t_dtype``, the dtype of the tables the expansion builds from it: int16 or uint16 where every entry
-    of an int32 table fits (the 8-bit multipliers' products do), halving the bytes the sweep reads and builds."""
+    of an int32 table fits (the 8-bit multipliers' products do), halving the bytes the sweep reads and builds;
+    then ``narrow`` holds both in that dtype, for the build's 16-bit transposes."""
 
     t_dtype: np.dtype
+    narrow: tuple | None
 
 
 def int_kernel_tables(values: np.ndarray) -> IntKernelTables:
     """The kernel-side form of a table for gemm_i32 (see IntKernelTables); build it once per table."""
     lut = np.ascontiguousarray(values)
     kt = IntKernelTables((lut, np.ascontiguousarray(lut.T)))
-    kt.t_dtype = lut.dtype
+    kt.t_dtype, kt.narrow = lut.dtype, None
     if lut.dtype == np.int32 and lut.size:
         lo, hi = int(lut.min()), int(lut.max())
         if -(1 << 15) <= lo and hi < 1 << 15:
             kt.t_dtype = np.dtype(np.int16)
         elif lo >= 0 and hi < 1 << 16:
             kt.t_dtype = np.dtype(np.uint16)  # unsigned 8-bit multipliers: products up to 255 * 255
+    if kt.t_dtype.itemsize == 2:
+        kt.narrow = (kt[0].astype(kt.t_dtype), kt[1].astype(kt.t_dtype))
     return kt
 
 
@@ -494,12 +498,14 @@ def gemm_i32(ia, ib, out, lut):
                                      lut, lut.dtype.type(0))
         return out
     swapped = m_rows < n_cols
-    if swapped:
-        y, c, lutt = np.swapaxes(ia, 1, 2), np.swapaxes(out, 1, 2), lut
-    else:
-        y, c, lutt = ib, out, kt[1]
     # (plain tables: packed ints measured slower)
     lay = _Layout(m_rows, n_cols, k_len, n_l, nbatch, serial, cost, t_dtype=kt.t_dtype)
+    # 16-bit tables are built from a 16-bit transposed table by 16 x 16 transposes (whole blocks of them only)
+    tabs = kt.narrow if kt.narrow is not None and lay.nbw % 16 == 0 and n_l % 16 == 0 else kt
+    if swapped:
+        y, c, lutt = np.swapaxes(ia, 1, 2), np.swapaxes(out, 1, 2), tabs[0]
+    else:
+        y, c, lutt = ib, out, tabs[1]
     iap = _scratch("iap", (nbatch, lay.nkb, lay.mx, lay.kbs), np.int32)
     if swapped:
         _k(_pack_rows_t_i32, serial)(ib, iap, lay.nbw, n_l * lay.nbw)
@@ -507,7 +513,7 @@ def gemm_i32(ia, ib, out, lut):
         _k(_pack_rows_i32, serial)(ia, iap, lay.nbw, n_l * lay.nbw)
     ibp = _scratch("ib", (nbatch, k_len, lay.npad), np.int32)
     _k(_pad_cols_i32, serial)(y, ibp)
-    tbuf, cbuf = lay.buffers(n_l, lutt.dtype)
+    tbuf, cbuf = lay.buffers(n_l, lut.dtype)
     with numba.parallel_chunksize(1):
         _k(_expand, serial)(c, iap, None, ibp, None, lutt, lay.nbw, lay.n_rb, tbuf, cbuf, lay.wide)
     return out

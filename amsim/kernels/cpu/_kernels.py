@@ -28,6 +28,7 @@ from ._simd import (
     vload,
     vload16,
     vload_halves,
+    vload_halves16,
     vload_pair,
     vlow8,
     vmax_lanes,
@@ -39,6 +40,7 @@ from ._simd import (
     vsplat,
     vsplat16,
     vstore,
+    vtranspose16_store,
     vtranspose_pack_store,
     vtranspose_store_halves,
 )
@@ -47,7 +49,7 @@ from ._simd import (
 # from _simd.py and amsim/_fpenv.py (or the constant below): a change there would leave kernels compiled from the
 # old code in the cache, loaded as if current. This digest of that code (dependencies_digest(); checked here at
 # import and by tests/test_architecture.py) makes every such change a change of this file.
-DEPENDENCIES_DIGEST = "6bca54d2ed031816"
+DEPENDENCIES_DIGEST = "0e0437d5dbd5d7d4"
 
 
 def dependencies_digest() -> str | None:
@@ -739,14 +741,46 @@ def _build_tp(t, t0, lutt, ib, sb, k0, kb, j0, nl):
                      vload_halves(lutt, b2 + r + 4, b6 + r + 4), vload_halves(lutt, b3 + r + 4, b7 + r + 4)))
 
 
+@numba.njit(inline="always")
+def _build_t16(t, t0, lutt, ib, k0, kb, j0, nl, nbw):
+    """_build_t of a 16-bit table from a 16-bit ``lutt``: 16x16 transposes of words, where the 8x8 ones of
+    int32 rows took four times the loads and twice the shuffles, and a narrowing per stored row."""
+    if nl % 16 or nbw % 16:
+        for kk in range(kb):
+            for r in range(nl):
+                base = t0 + (kk * nl + r) * nbw
+                for j in range(nbw):
+                    t[base + j] = lutt[ib[k0 + kk, j0 + j], r]
+        return
+    for kk in range(kb):
+        ibr = ib[k0 + kk]
+        for jc in range(0, nbw, 16):
+            j = j0 + jc
+            o0, o1, o2, o3 = ibr[j] * nl, ibr[j + 1] * nl, ibr[j + 2] * nl, ibr[j + 3] * nl
+            o4, o5, o6, o7 = ibr[j + 4] * nl, ibr[j + 5] * nl, ibr[j + 6] * nl, ibr[j + 7] * nl
+            p0, p1, p2, p3 = ibr[j + 8] * nl, ibr[j + 9] * nl, ibr[j + 10] * nl, ibr[j + 11] * nl
+            p4, p5, p6, p7 = ibr[j + 12] * nl, ibr[j + 13] * nl, ibr[j + 14] * nl, ibr[j + 15] * nl
+            for r in range(0, nl, 16):
+                out = t0 + (kk * nl + r) * nbw + jc
+                for c in range(0, 16, 8):
+                    vtranspose16_store(
+                        t, out + c * nbw, nbw,
+                        (vload_halves16(lutt, o0 + r + c, p0 + r + c), vload_halves16(lutt, o1 + r + c, p1 + r + c),
+                         vload_halves16(lutt, o2 + r + c, p2 + r + c), vload_halves16(lutt, o3 + r + c, p3 + r + c),
+                         vload_halves16(lutt, o4 + r + c, p4 + r + c), vload_halves16(lutt, o5 + r + c, p5 + r + c),
+                         vload_halves16(lutt, o6 + r + c, p6 + r + c), vload_halves16(lutt, o7 + r + c, p7 + r + c)))
+
+
 def _build_any(t, t0, lutt, ib, sb, k0, kb, j0, nl, nbw):
-    """_build_tp into a packed (uint32) table, else _build_t."""
+    """_build_tp into a packed (uint32) table, _build_t16 from a 16-bit ``lutt``, else _build_t."""
 
 
 @overload(_build_any, inline="always")
 def _ov_build_any(t, t0, lutt, ib, sb, k0, kb, j0, nl, nbw):
     if t.dtype == types.uint32:
         return lambda t, t0, lutt, ib, sb, k0, kb, j0, nl, nbw: _build_tp(t, t0, lutt, ib, sb, k0, kb, j0, nl)
+    if lutt.dtype in (types.int16, types.uint16):
+        return lambda t, t0, lutt, ib, sb, k0, kb, j0, nl, nbw: _build_t16(t, t0, lutt, ib, k0, kb, j0, nl, nbw)
     return lambda t, t0, lutt, ib, sb, k0, kb, j0, nl, nbw: _build_t(t, t0, lutt, ib, sb, k0, kb, j0, nl, nbw)
 
 

@@ -340,6 +340,76 @@ def vtranspose_store_halves(typingctx, arr, off, stride, scale, h0, h1, h2, h3, 
     return types.void(arr, off, stride, scale, *vs), codegen
 
 
+def _words16(builder, a, b, mask):
+    return builder.shuffle_vector(a, b, ir.Constant(ir.VectorType(ir.IntType(32), 16), mask))
+
+
+def _unpack16(lo, size):
+    """Mask of x86's unpack (low or high) of 16-bit words in ``size``-word groups, on two 128-bit lanes."""
+    half = 0 if lo else 4
+    m = []
+    for lane in (0, 8):
+        for g in range(0, 4, size):
+            m += [lane + half + g + i for i in range(size)] + [16 + lane + half + g + i for i in range(size)]
+    return m
+
+
+def _transpose16_halves(builder, h):
+    """Output rows O_0..O_7 of the 16x16 transpose of 16-bit rows R_0..R_15, given as h[q] = [R_q[c:c+8],
+    R_{q+8}[c:c+8]] for q < 8 (c = 0 gives O_0..O_7, c = 8 gives O_8..O_15): an 8x8 transpose of words within
+    each 128-bit lane (three rounds of unpacks), no shuffle across lanes."""
+    t = []
+    for q in range(0, 8, 2):
+        t += [_words16(builder, h[q], h[q + 1], _unpack16(True, 1)),
+              _words16(builder, h[q], h[q + 1], _unpack16(False, 1))]
+    u = []
+    for g in (0, 4):  # t[g..g+3] = words 0-3 / 4-7 of rows (g, g+1) and (g+2, g+3)
+        for a, b in ((t[g], t[g + 2]), (t[g + 1], t[g + 3])):
+            u += [_words16(builder, a, b, _unpack16(True, 2)), _words16(builder, a, b, _unpack16(False, 2))]
+    outs = []
+    for q in range(4):  # u[q]: columns 2q, 2q+1 of rows 0-3; u[q + 4] of rows 4-7
+        outs += [_words16(builder, u[q], u[q + 4], _unpack16(True, 4)),
+                 _words16(builder, u[q], u[q + 4], _unpack16(False, 4))]
+    return outs
+
+
+@intrinsic
+def vload_halves16(typingctx, arr, off_a, off_b):
+    """16 lanes of a 16-bit C-contiguous array, unwidened: elements ``off_a .. off_a+7`` then ``off_b ..
+    off_b+7`` (x86: a 128-bit load and an insert from memory). No bounds check."""
+    if not (_is_16bit_arr(arr) and isinstance(off_a, types.Integer) and isinstance(off_b, types.Integer)):
+        return None
+
+    def codegen(context, builder, sig, args):
+        lo = builder.load(_vptr(context, builder, arr, args[0], args[1], arr.dtype, 8), align=2)
+        hi = builder.load(_vptr(context, builder, arr, args[0], args[2], arr.dtype, 8), align=2)
+        return builder.shuffle_vector(lo, hi, ir.Constant(ir.VectorType(ir.IntType(32), 16), list(range(16))))
+
+    return Vec(arr.dtype, 16)(arr, off_a, off_b), codegen
+
+
+@intrinsic
+def vtranspose16_store(typingctx, arr, off, stride, rows):
+    """Store 8 rows of a 16x16 transpose of 16-bit words: ``rows`` are 8 vload_halves16 vectors h_q = [R_q[c:c+8],
+    R_{q+8}[c:c+8]] (q < 8) and output row p (element q = R_q[c + p], q < 16) goes to the 16 elements at flat
+    offset ``off + p * stride`` of the 16-bit ``arr``, p < 8."""
+    if not (_is_16bit_arr(arr) and isinstance(rows, types.UniTuple) and rows.count == 8):
+        return None
+    vt = rows.dtype
+    if not (isinstance(vt, Vec) and vt.width == 16 and vt.dtype == arr.dtype):
+        return None
+
+    def codegen(context, builder, sig, args):
+        aval, o, s = args[0], args[1], args[2]
+        outs = _transpose16_halves(builder, [builder.extract_value(args[3], q) for q in range(8)])
+        for p in range(8):
+            builder.store(outs[p], _vptr(context, builder, arr, aval, _row_at(builder, o, s, p), arr.dtype, 16),
+                          align=2)
+        return context.get_dummy_value()
+
+    return types.void(arr, off, stride, rows), codegen
+
+
 # Packed tables hold two bfloat16-exact float32 entries (low 16 bits zero) per 32-bit word: word q of a packed row
 # holds entry q ("first") as its high half and entry q + w ("second") as its low half, w the row's half width.
 _HI16 = -65536  # 0xFFFF0000
