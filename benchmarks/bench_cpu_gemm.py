@@ -235,8 +235,8 @@ def forced_env(settings: dict):
 
 
 class _SeenLayout(_gemm._Layout):
-    """The drivers' blocking, remembered: the benchmark reports whether the float tables were packed and the
-    integer tables' dtype."""
+    """The drivers' blocking, remembered: the benchmark reports the float tables' form (packed, half precision
+    or plain) and the integer tables' dtype."""
 
     last = None
 
@@ -248,9 +248,10 @@ class _SeenLayout(_gemm._Layout):
 _gemm._Layout = _SeenLayout
 
 
-def _packs() -> bool:
-    """Whether the last float GEMM timed packed its tables."""
-    return bool(_SeenLayout.last is not None and _SeenLayout.last.packed)
+def _tables() -> str:
+    """The form of the last float GEMM's tables: packed, half (precision) or plain."""
+    last = _SeenLayout.last
+    return "packed" if last is not None and last.packed else ("half" if last is not None and last.half else "plain")
 
 
 def gemm_case(label, batch, m_rows, k_len, n_cols, mult, repeats, rng, kind="float"):
@@ -329,6 +330,8 @@ def main(argv=None):
                     "16-lane float sweep forced (AMSIM_CPU_VECTOR_WIDTH), besides the automatic choice")
     ap.add_argument("--both-packings", action="store_true", help="time every amsim case with plain and with packed "
                     "tables forced (AMSIM_CPU_TABLE_PACKING off / on), besides the automatic choice")
+    ap.add_argument("--both-halves", action="store_true", help="time every amsim case with half-precision tables "
+                    "forced off and on (AMSIM_CPU_HALF_TABLES), besides the automatic choice")
     args = ap.parse_args(argv)
     repeats = args.repeats or (4 if args.quick else 7)
     naive_size = args.naive_size or (128 if args.quick else 256)
@@ -363,28 +366,30 @@ def main(argv=None):
         if args.both_widths else []
     if args.both_packings:
         variants += [("plain", {"AMSIM_CPU_TABLE_PACKING": "off"}), ("pack", {"AMSIM_CPU_TABLE_PACKING": "on"})]
+    if args.both_halves:
+        variants += [("full", {"AMSIM_CPU_HALF_TABLES": "off"}), ("half", {"AMSIM_CPU_HALF_TABLES": "on"})]
     for label, batch, m_rows, k_len, n_cols, mult in cases:
         for tag, env in variants + [("auto", {})]:
             with forced_env(env):
                 r = gemm_case(label, batch, m_rows, k_len, n_cols, mult, repeats, rng)
                 r["width"] = _machine.vector_width()
-                r["packed"] = _packs()
+                r["tables"] = _tables()
             r["forced"] = tag
             results.append(r)
-            print(f"  {label:24s} {mult.name:8s} {tag:5s} {'packed' if r['packed'] else 'plain':6s} amsim "
+            print(f"  {label:24s} {mult.name:8s} {tag:5s} {r['tables']:6s} amsim "
                   f"{r['amsim_gmacs']:7.2f} GMAC/s  numpy "
                   f"{r['numpy_gmacs']:7.2f} GMAC/s  ratio {r['ratio']:6.2f}", flush=True)
     int_mult = amsim.multipliers.exact_int(8)
     if not args.quick:
         r = gemm_case("1024x1024x1024 int8", (), 1024, 1024, 1024, int_mult, repeats, rng, kind="int")
-        r["width"], r["forced"], r["packed"] = machine["vector_width"], "auto", False
+        r["width"], r["forced"] = machine["vector_width"], "auto"
         last = _SeenLayout.last
         r["tables"] = last.t_dtype.name if last is not None else "-"  # (int16 where the products fit)
         results.append(r)
         print(f"  {r['case']:24s} {int_mult.name:8s} amsim {r['amsim_gmacs']:7.2f} GMAC/s  numpy(f32) "
               f"{r['numpy_gmacs']:7.2f} GMAC/s  ratio {r['ratio']:6.2f}", flush=True)
         r = conv_case(mbm7, repeats, rng)
-        r["width"], r["forced"], r["packed"] = machine["vector_width"], "auto", False
+        r["width"], r["forced"] = machine["vector_width"], "auto"
         results.append(r)
         print(f"  {r['case']:24s} {mbm7.name:8s} amsim {r['amsim_gmacs']:7.2f} GMAC/s  numpy "
               f"{r['numpy_gmacs']:7.2f} GMAC/s  ratio {r['ratio']:6.2f}", flush=True)
@@ -413,7 +418,7 @@ def main(argv=None):
     for r in results:
         sp = f"{r['speedup_vs_naive']:.0f}x" if r["speedup_vs_naive"] else "-"
         print(f"| {r['case']} | {r['multiplier']} | {r['forced']} | {r['width']} | "
-              f"{r.get('tables') or ('packed' if r['packed'] else 'plain')} | {r['amsim_gmacs']:.2f} | "
+              f"{r.get('tables', 'plain')} | {r['amsim_gmacs']:.2f} | "
               f"{r['numpy_gmacs']:.2f} | "
               f"{r['ratio']:.2f} | {sp} |")
     if args.json:

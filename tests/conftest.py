@@ -37,14 +37,16 @@ def backend(request, monkeypatch):
     """The array module of each backend, for cases that must hold on all of them: NumPy always, CuPy where it
     sees a CUDA device (a real GPU in scripts/gpu_check.sh; the emulated one in tests/test_gpu_emulated.py).
 
-    NumPy runs twice: with the 16-lane (AVX-512) float sweep and packed tables where the multiplier allows them,
-    and with the 8-lane (AVX2) sweep and plain tables, whatever the CPU (LLVM splits 16-lane vectors where AVX-512
-    is missing), so those code paths are tested on every machine (tests/test_kernels.py crosses them)."""
+    NumPy runs twice: with the 16-lane (AVX-512) float sweep and packed or half-precision tables where the
+    multiplier allows them, and with the 8-lane (AVX2) sweep and plain tables, whatever the CPU (LLVM splits
+    16-lane vectors where AVX-512 is missing), so those code paths are tested on every machine
+    (tests/test_kernels.py crosses them)."""
     if request.param == "cupy":
         return _cupy_or_skip()
     w8 = request.param == "numpy-w8"
     monkeypatch.setenv("AMSIM_CPU_VECTOR_WIDTH", "8" if w8 else "16")
     monkeypatch.setenv("AMSIM_CPU_TABLE_PACKING", "off" if w8 else "on")
+    monkeypatch.setenv("AMSIM_CPU_HALF_TABLES", "off" if w8 else "on")
     return np
 
 

@@ -249,6 +249,106 @@ def test_tables_not_bfloat16_exact_are_never_packed(monkeypatch, rng):
     assert taken == [False]
 
 
+def _window_edge_matrix(rng, shape, lo, hi):
+    """Normals with exponents in [lo, hi] (products of two of them near float32's ends) and some zeros."""
+    x = np.ldexp(rng.uniform(1, 2, shape) * rng.choice([-1, 1], shape), rng.integers(lo, hi + 1, shape)).astype(F)
+    x[rng.random(shape) < 0.03] = 0.0
+    return x
+
+
+@pytest.mark.parametrize("serial", [False, True], ids=["parallel", "serial"])
+@pytest.mark.parametrize("name", ["mbm8", "mitchell10"])
+@pytest.mark.parametrize("shape", [(301, 37, 70), (60, 45, 300), (2, 130, 19, 40), (1500, 80, 24)], ids=str)
+def test_matmul_half_precision_tables(cpu_width, shape, name, serial, monkeypatch, rng):
+    """Half-precision tables (unscaled float16 entries; the sweep multiplies the operands' scales first) for
+    the 8- to 10-bit logarithmic multipliers, small (256 rows) and large (1024) tables: taken when forced, in
+    both orientations, with padded column blocks, batches and one column block (the fused narrow kernel then
+    runs on plain tables); operands on the fast path, and operands whose products lie at float32's ends, where
+    the scales' product is smallest or largest against the product. The same bits as golden."""
+    _force_expansion(monkeypatch, serial)
+    monkeypatch.setenv("AMSIM_CPU_HALF_TABLES", "on")
+    taken = spy_layouts(monkeypatch, "half")
+    mult = amsim.multipliers.mbm(8) if name == "mbm8" else amsim.multipliers.mitchell(10)
+    assert cpu.float_kernel_tables(mult.table.values).half is not None
+    *batch, m_, k_, n_ = shape
+    sa, sb = (*batch, m_, k_), (*batch, k_, n_)
+    for lo, hi in ((None, None), (-66, -58), (57, 64)):
+        taken.clear()
+        if lo is None:
+            a, b = _fast_path_matrix(rng, sa), _fast_path_matrix(rng, sb)
+        else:
+            a, b = _window_edge_matrix(rng, sa, lo, hi), _window_edge_matrix(rng, sb, lo, hi)
+        out = np.full((*batch, m_, n_), np.nan, F)
+        amsim.matmul(a, b, mult, out=out)
+        assert_bits_equal(out, golden.matmul(a, b, mult))
+        assert taken and taken[0]  # the half-precision expansion ran (a fused narrow one adds a plain layout)
+
+
+def test_which_tables_are_half_precision(monkeypatch, rng):
+    """Half-precision tables need every entry zero or in [1, 2**13) and a float16 exactly (else the scales'
+    product could overflow or underflow, or bits be lost): otherwise forcing them builds plain tables, and
+    the result is still golden's."""
+    monkeypatch.setenv("AMSIM_CPU_HALF_TABLES", "on")
+    for m, half in ((7, True), (8, True), (10, True), (11, False)):
+        assert (cpu.float_kernel_tables(amsim.multipliers.mbm(m).table.values).half is not None) is half, m
+    assert cpu.float_kernel_tables(MULTS["exact10"].table.values).half is None
+    assert cpu.float_kernel_tables(amsim.multipliers.mitchell(3).table.values).half is None  # 8 rows
+    base = amsim.multipliers.mbm(8).table.values
+    for r, c, v in ((3, 4, 0.0), (3, 4, 0.5), (9, 9, 2.0**13), (9, 9, np.nextafter(F(2.0), F(4.0)))):
+        t = base.copy()
+        t[r, c] = v
+        assert (cpu.float_kernel_tables(t).half is not None) == (v == 0.0), v
+        if v > 0:
+            taken = spy_layouts(monkeypatch, "half")
+            mult = amsim.Multiplier.from_table(t, name="mbm8_changed")
+            a = np.ldexp(rng.uniform(1, 2, (300, 40)), rng.integers(-60, 60, (300, 40))).astype(F)
+            b = np.ldexp(rng.uniform(1, 2, (40, 64)), rng.integers(-60, 60, (40, 64))).astype(F)
+            a[:, 7] = F(1.0 + r / 256)  # every row multiplies the changed entry
+            b[7, :] = F(1.0 + c / 256)
+            assert_bits_equal(amsim.matmul(a, b, mult), golden.matmul(a, b, mult))
+            assert not any(taken)
+
+
+def test_half_table_setting(monkeypatch):
+    from dataclasses import replace
+
+    from amsim.kernels.cpu import _machine
+
+    cost = _machine.DEFAULT_COSTS
+    monkeypatch.setenv("AMSIM_CPU_HALF_TABLES", "off")
+    assert not _machine.use_half(replace(cost, build_half=1e-3, sweep_half=1e-3), 256, 1024)
+    monkeypatch.setenv("AMSIM_CPU_HALF_TABLES", "on")
+    assert _machine.use_half(replace(cost, build_half=9.0, sweep_half=9.0), 256, 1024)
+    monkeypatch.delenv("AMSIM_CPU_HALF_TABLES")
+    assert not _machine.use_half(cost, 256, 1024) and not _machine.use_half(cost, 1024, 1024)  # defaults: never
+    # auto: by the costs of the tables' rows and the rows swept per table, small and large tables apart
+    cheap = replace(cost, build=0.1, sweep=0.1, build_half=0.05, sweep_half=0.11)
+    assert _machine.use_half(cheap, 256, 1024) and not _machine.use_half(cheap, 256, 16384)
+    assert not _machine.use_half(cheap, 1024, 1024)  # large tables: their own costs
+    assert _machine.use_half(replace(cheap, build_half_large=0.1, sweep_half_large=0.1), 1024, 1024)
+    monkeypatch.setenv("AMSIM_CPU_HALF_TABLES", "yes")
+    with pytest.raises(ValueError, match="AMSIM_CPU_HALF_TABLES='yes' is not a half-table setting.*on.*off.*auto"):
+        _machine.use_half(cost, 256, 1024)
+
+
+def test_half_tables_count_in_the_kernel_choice(monkeypatch):
+    """Where a table allows half-precision tables and they are cheaper, the choice between the expansion and
+    the gather kernel counts their costs (small and large tables), not the plain tables'."""
+    from dataclasses import replace
+
+    from amsim.kernels.cpu import _machine
+
+    monkeypatch.delenv("AMSIM_CPU_HALF_TABLES", raising=False)
+    cost = replace(_machine.DEFAULT_COSTS, build=1.0, sweep=0.5, build_large=1.0, sweep_large=0.5, gather=2.0,
+                   build_half=0.01, sweep_half=0.01, build_half_large=0.01, sweep_half_large=0.01)
+    for n_l in (256, 1024):
+        assert not cpu.use_expansion(300, 64, 64, n_l, cost=cost, nthreads=1)
+        assert cpu.use_expansion(300, 64, 64, n_l, cost=cost, nthreads=1, half=True)
+        assert not cpu.use_expansion(300, 12, 64, n_l, cost=cost, nthreads=1, half=True)  # 12 columns: no half
+    monkeypatch.setenv("AMSIM_CPU_HALF_TABLES", "off")
+    assert not cpu.use_expansion(300, 64, 64, 256, cost=cost, nthreads=1, half=True)
+
+
 def test_table_packing_setting(monkeypatch):
     from dataclasses import replace
 

@@ -53,6 +53,7 @@ class KernelTables(tuple):
     exp_lo: int
     exp_hi: int
     packable: bool
+    half: tuple | None
 
 
 def packable(values: np.ndarray) -> bool:
@@ -61,6 +62,20 @@ def packable(values: np.ndarray) -> bool:
     logarithmic multipliers are. Tables of fewer than 8 rows are never packed."""
     return (values.dtype == np.float32 and values.ndim == 2 and values.shape[0] >= 8
             and not np.any(values.view(np.uint32) & np.uint32(0xFFFF)))
+
+
+def half_table(values: np.ndarray) -> bool:
+    """Whether the float expansion may build its tables in half precision, unscaled (the sweep then multiplies
+    the two operands' scales first): every entry zero or in [1, 2**13) and a float16 exactly, as those of the
+    8- to 10-bit logarithmic multipliers are. Then, for every product the exact path leaves to the kernel, the
+    scales' product neither overflows (entries >= 1) nor falls below float32's smallest subnormal (< 2**13),
+    and its product with the entry is exact, as the entry's with one scale was. Tables of fewer than 16 rows
+    never take it."""
+    if not (values.dtype == np.float32 and values.ndim == 2 and values.shape[0] >= 16):
+        return False
+    v = values.ravel()
+    ok = (v == 0) | ((v >= 1.0) & (v < 2.0**13))
+    return bool(ok.all() and (v.astype(np.float16).astype(np.float32) == v).all())
 
 
 def float_kernel_tables(values: np.ndarray) -> KernelTables:
@@ -82,6 +97,9 @@ def float_kernel_tables(values: np.ndarray) -> KernelTables:
     kt.lutt = np.ascontiguousarray(lutf.T)
     kt.exp_lo, kt.exp_hi = e_lo, e_hi
     kt.packable = packable(lutf)
+    # (table, transposed) as float16 bit patterns, for the half-precision build
+    kt.half = (lutf.astype(np.float16).view(np.uint16), kt.lutt.astype(np.float16).view(np.uint16)) \
+        if half_table(lutf) else None
     return kt
 
 
@@ -127,13 +145,16 @@ def _nbw(ny: int, n_l: int = 0, cost=None) -> int:
     return min(nbw, cost.nbw_large) if n_l > _machine.LARGE_TABLE_ROWS else nbw
 
 
-def _kb(n_l: int, k_len: int, nbw: int, cost, esize: int = 4, packed: bool = False) -> int:
-    """k per table block: as many as the measured block size holds (``esize`` bytes an entry; a packed table,
-    two entries a word, has its own measured size)."""
+def _kb(n_l: int, k_len: int, nbw: int, cost, esize: int = 4, packed: bool = False, half: bool = False) -> int:
+    """k per table block: as many as the measured block size holds (``esize`` bytes an entry; packed and
+    half-precision tables, two bytes an entry, have their own measured sizes)."""
+    large = n_l > _machine.LARGE_TABLE_ROWS
     if packed:
         t_bytes, esize = cost.t_bytes_packed, 2
+    elif half:
+        t_bytes, esize = (cost.t_bytes_half_large if large else cost.t_bytes_half), 2
     else:
-        t_bytes = cost.t_bytes_large if n_l > _machine.LARGE_TABLE_ROWS else cost.t_bytes
+        t_bytes = cost.t_bytes_large if large else cost.t_bytes
     kb = max(1, min(_KB_MAX, k_len, t_bytes // (n_l * nbw * esize)))
     if kb == k_len:
         return kb  # one panel, decoded in place
@@ -163,21 +184,27 @@ def _gather_rows(m_rows: int, groups: int, nthreads: int) -> int:
     return 4 if busiest(4) < busiest(8) else 8
 
 
-def _costs(m_rows: int, n_cols: int, k_len: int, n_l: int, cost=None) -> tuple[float, float]:
+def _costs(m_rows: int, n_cols: int, k_len: int, n_l: int, cost=None, half: bool = False) -> tuple[float, float]:
     """Estimated single-core ns of (expansion, gather kernel) for one (M, K) @ (K, N) product, from this
-    machine's measured costs.
+    machine's measured costs (``half``: the table's entries allow half-precision tables).
 
     Expansion builds 2**m table rows per k and (padded) column block, amortised over the max(M, N) rows swept;
     the gather kernel gathers 8 table entries per row, k and 8 columns (from memory, for tables past L2).
     """
     cost = cost or _machine.costs()
     sweep, other = max(m_rows, n_cols), min(m_rows, n_cols)
-    nbw = _nbw(other, n_l, cost)
-    npad = -(-other // nbw) * nbw
-    if n_l > _machine.LARGE_TABLE_ROWS:
-        build, per_mac = cost.build_large, cost.sweep_large
+    large = n_l > _machine.LARGE_TABLE_ROWS
+    if half and _nbw(other) == NB and _machine.use_half(cost, n_l, sweep):  # (as _Layout decides)
+        nbw = NB
+        build, per_mac = (cost.build_half_large, cost.sweep_half_large) if large else (cost.build_half,
+                                                                                        cost.sweep_half)
     else:
-        build, per_mac = cost.build, (cost.sweep8 if nbw == 8 else cost.sweep)  # (16: as 32)
+        nbw = _nbw(other, n_l, cost)
+        if large:
+            build, per_mac = cost.build_large, cost.sweep_large
+        else:
+            build, per_mac = cost.build, (cost.sweep8 if nbw == 8 else cost.sweep)  # (16: as 32)
+    npad = -(-other // nbw) * nbw
     expand = k_len * npad * (n_l * build + sweep * per_mac)
     rows, cols = (n_cols, m_rows) if _gather_swapped(m_rows, n_cols) else (m_rows, n_cols)
     gather = rows * -(-cols // 8) * k_len * cost.gather * max(1.0, n_l / 512)
@@ -199,20 +226,21 @@ def _work_items(m_rows: int, n_cols: int, k_len: int, n_l: int, nbatch: int, nth
 
 
 def use_expansion(m_rows: int, n_cols: int, k_len: int, n_l: int, nbatch: int = 1, cost=None,
-                  nthreads: int | None = None) -> bool:
+                  nthreads: int | None = None, half: bool = False) -> bool:
     """Whether row expansion beats the gather kernel for (M, K) @ (K, N) products: their estimated single-core
-    times over the threads (default: Numba's; 1 for the serial twins) each can keep busy."""
+    times over the threads (default: Numba's; 1 for the serial twins) each can keep busy (``half``: the table
+    allows half-precision tables)."""
     cost = cost or _machine.costs()
-    expand, gather = _costs(m_rows, n_cols, k_len, n_l, cost)
+    expand, gather = _costs(m_rows, n_cols, k_len, n_l, cost, half)
     nthreads = numba.get_num_threads() if nthreads is None else nthreads
     t_expand, t_gather = _work_items(m_rows, n_cols, k_len, n_l, nbatch, nthreads, cost)
     return expand / t_expand < gather / t_gather
 
 
-def _is_small(m_rows: int, n_cols: int, k_len: int, n_l: int, nbatch: int, cost) -> bool:
+def _is_small(m_rows: int, n_cols: int, k_len: int, n_l: int, nbatch: int, cost, half: bool = False) -> bool:
     """Whether the serial twins beat a parallel region (its fixed cost counted four times over: on a small
     machine another process often holds a core)."""
-    return nbatch * min(_costs(m_rows, n_cols, k_len, n_l, cost)) < 4 * cost.parallel
+    return nbatch * min(_costs(m_rows, n_cols, k_len, n_l, cost, half)) < 4 * cost.parallel
 
 
 def _layout_nbw(ny: int, n_l: int, nbatch: int, mx: int, k_len: int, nthreads: int, cost) -> int:
@@ -235,32 +263,49 @@ def _row_blocks(nbatch: int, n_cb: int, m_rows: int, nthreads: int) -> int:
 class _Layout:
     """Blocking of an expansion that sweeps mx = max(M, N) rows and expands ny = min(M, N) columns."""
 
-    def __init__(self, m_rows, n_cols, k_len, n_l, nbatch, serial, cost, table_packable=False, t_dtype=np.float32):
+    def __init__(self, m_rows, n_cols, k_len, n_l, nbatch, serial, cost, table_packable=False, t_dtype=np.float32,
+                 table_half=False):
+        self._args = (m_rows, n_cols, k_len, n_l, nbatch, serial, cost)
         self.mx, self.ny = max(m_rows, n_cols), min(m_rows, n_cols)
         # get_num_threads() also starts Numba's thread pool, which must exist before a kernel that calls
         # get_thread_id() is loaded from the on-disk cache, even the serial twin (otherwise: a null call, segfault)
         nthreads = numba.get_num_threads()
-        self.nbw = _layout_nbw(self.ny, n_l, nbatch, self.mx, k_len, 1 if serial else nthreads, cost)
-        self.t_dtype = np.dtype(t_dtype)  # of the expanded table (16-bit for integer entries that fit)
-        self.npad = -(-self.ny // self.nbw) * self.nbw
-        self.n_rb = 1 if serial else _row_blocks(nbatch, self.npad // self.nbw, self.mx, nthreads)
         self.nthreads = 1 if serial else nthreads
+        self.t_dtype = np.dtype(t_dtype)  # of the expanded table (16-bit for integer entries that fit)
         self.wide = cost.width == 16
+        plain_nbw = _layout_nbw(self.ny, n_l, nbatch, self.mx, k_len, self.nthreads, cost)
+        # half-precision tables are measured (and built) in 32-column blocks, narrower than a large table's
+        # plain ones may be: 32 columns until the choice below
+        self._set_blocks(NB if table_half and _nbw(self.ny) == NB else plain_nbw, nbatch)
         # packed tables (two entries per word) where the entries allow it and this machine's costs say so
         # (measured on small tables only)
         self.packed = (self.nbw == NB and 8 <= n_l <= _machine.LARGE_TABLE_ROWS and table_packable
                        and _machine.use_packed(cost, n_l, -(-self.mx // self.n_rb)))
+        # else half-precision tables (unscaled) where the entries allow them and the costs say so
+        self.half = (self.nbw == NB and not self.packed and table_half
+                     and _machine.use_half(cost, n_l, -(-self.mx // self.n_rb)))
+        if self.half:
+            self.t_dtype = np.dtype(np.uint16)
+        elif self.nbw != plain_nbw:
+            self._set_blocks(plain_nbw, nbatch)
         self._block = (n_l, k_len, cost)
         self._set_kbs()
+
+    def _set_blocks(self, nbw, nbatch):
+        self.nbw = nbw
+        self.npad = -(-self.ny // nbw) * nbw
+        self.n_rb = 1 if self.nthreads == 1 else _row_blocks(nbatch, self.npad // nbw, self.mx, self.nthreads)
 
     def _set_kbs(self):
         n_l, k_len, cost = self._block
         self.words = NB // 2 if self.packed else self.nbw  # elements (or words) of one table row
-        self.kbs = _kb(n_l, k_len, self.nbw, cost, self.t_dtype.itemsize, self.packed)
+        self.kbs = _kb(n_l, k_len, self.nbw, cost, self.t_dtype.itemsize, self.packed, self.half)
         self.nkb = -(-k_len // self.kbs)
 
     def unpacked(self):
-        """A copy of this layout with a plain table (and a plain table's block size)."""
+        """This layout with a plain table (its block sizes, and a large table's block width)."""
+        if self.half:
+            return _Layout(*self._args)
         lay = copy.copy(self)
         lay.packed = False
         lay._set_kbs()
@@ -372,9 +417,10 @@ def gemm_f32(a, b, out, m, truncate, kt):
         return out
     e_lo, e_hi = _lut_exp_range(kt, lut_e)
     cost = _machine.costs()
-    serial = _is_small(m_rows, n_cols, k_len, n_l, nbatch, cost)
+    half = getattr(kt, "half", None)
+    serial = _is_small(m_rows, n_cols, k_len, n_l, nbatch, cost, half is not None)
     swapped = False
-    if not use_expansion(m_rows, n_cols, k_len, n_l, nbatch, cost, 1 if serial else None):
+    if not use_expansion(m_rows, n_cols, k_len, n_l, nbatch, cost, 1 if serial else None, half is not None):
         swapped = _gather_swapped(m_rows, n_cols)
         if swapped:  # C^T = B^T (x) A^T with the table transposed
             x, y, c, lut = np.swapaxes(b, 1, 2), np.swapaxes(a, 1, 2), np.swapaxes(out, 1, 2), _lutt(kt)
@@ -393,7 +439,8 @@ def gemm_f32(a, b, out, m, truncate, kt):
         else:
             x, y, c = a, b, out
             lutt = _lutt(kt)
-        lay = _Layout(m_rows, n_cols, k_len, n_l, nbatch, serial, cost, getattr(kt, "packable", False))
+        lay = _Layout(m_rows, n_cols, k_len, n_l, nbatch, serial, cost, getattr(kt, "packable", False),
+                      table_half=half is not None)
         ib, sb, ymin, ymax = _decode_cols(y, m, truncate, serial, lay.npad, lay.nbw)
         xmin = np.empty((nbatch, lay.mx), np.int32)
         xmax = np.empty((nbatch, lay.mx), np.int32)
@@ -411,6 +458,8 @@ def gemm_f32(a, b, out, m, truncate, kt):
             else:
                 _k(_decode_rows_f32, serial)(x, m, truncate, iap, sap, xmin, xmax, lay.words, n_l * lay.words)
             tbuf, cbuf = lay.buffers(n_l, np.float32)
+            if lay.half:
+                lutt = half[0] if swapped else half[1]
             with numba.parallel_chunksize(1):  # items are big: hand them out dynamically (a busy core stalls less)
                 _k(_expand, serial)(c, iap, sap, ib, sb, lutt, lay.nbw, lay.n_rb, tbuf, cbuf, lay.wide)
     rows, cols = _windows(xmin, xmax, ymin, ymax, e_lo, e_hi, ranges)

@@ -27,6 +27,7 @@ from ._simd import (
     vgather,
     vload,
     vload16,
+    vload_half16,
     vload_halves,
     vload_halves16,
     vload_pair,
@@ -49,7 +50,7 @@ from ._simd import (
 # from _simd.py and amsim/_fpenv.py (or the constant below): a change there would leave kernels compiled from the
 # old code in the cache, loaded as if current. This digest of that code (dependencies_digest(); checked here at
 # import and by tests/test_architecture.py) makes every such change a change of this file.
-DEPENDENCIES_DIGEST = "0e0437d5dbd5d7d4"
+DEPENDENCIES_DIGEST = "1cfcea3095357166"
 
 
 def dependencies_digest() -> str | None:
@@ -1099,21 +1100,87 @@ def _sweep32pw(ct, t, ia, sa, i0, i1, k0, kb):
         i += 1
 
 
-def _sweep_any(ct, t, ia, sa, i0, i1, k0, kb, nbw, wide):
-    """The sweep for the table's form (packed: 32 columns only), column-block width and vector width."""
+@numba.njit(cache=_CACHE)
+def _sweep32h(ct, t, ia, sa, sb, so, npad, i0, i1, k0, kb):
+    """_sweep32w over a half-precision table (uint16 bit patterns of unscaled entries, 32 columns): the product
+    is (sa[i, kk] * sb[k, j]) * T[kk, ia[i, kk], j], sb's row for k at flat offset ``so + kk * npad``. Both
+    scales are powers of two (or zero) and the table's entries at least 1 and below 2**13 (see
+    half_table), so where the exact path does not recompute the output their product and the product with
+    the entry are exact: the same bits as _sweep32w's (T * sb) * sa. Four rows at a time."""
+    i = i0
+    while i + 4 <= i1:
+        oc = (i - i0) * 32
+        x0, x1, x2, x3 = ia[i], ia[i + 1], ia[i + 2], ia[i + 3]
+        s0, s1, s2, s3 = sa[i], sa[i + 1], sa[i + 2], sa[i + 3]
+        a0 = vload16(ct, oc)
+        a1 = vload16(ct, oc + 16)
+        b0 = vload16(ct, oc + 32)
+        b1 = vload16(ct, oc + 48)
+        c0 = vload16(ct, oc + 64)
+        c1 = vload16(ct, oc + 80)
+        d0 = vload16(ct, oc + 96)
+        d1 = vload16(ct, oc + 112)
+        for kk in range(k0, k0 + kb):
+            g0 = vload16(sb, so + kk * npad)
+            g1 = vload16(sb, so + kk * npad + 16)
+            s = vsplat16(s0[kk])
+            u = vsplat16(s1[kk])
+            v = vsplat16(s2[kk])
+            w = vsplat16(s3[kk])
+            o, p, q, r = x0[kk], x1[kk], x2[kk], x3[kk]
+            a0 = vfma_exact(vmul(s, g0), vload_half16(t, o), a0)
+            b0 = vfma_exact(vmul(u, g0), vload_half16(t, p), b0)
+            c0 = vfma_exact(vmul(v, g0), vload_half16(t, q), c0)
+            d0 = vfma_exact(vmul(w, g0), vload_half16(t, r), d0)
+            a1 = vfma_exact(vmul(s, g1), vload_half16(t, o + 16), a1)
+            b1 = vfma_exact(vmul(u, g1), vload_half16(t, p + 16), b1)
+            c1 = vfma_exact(vmul(v, g1), vload_half16(t, q + 16), c1)
+            d1 = vfma_exact(vmul(w, g1), vload_half16(t, r + 16), d1)
+        vstore(ct, oc, a0)
+        vstore(ct, oc + 16, a1)
+        vstore(ct, oc + 32, b0)
+        vstore(ct, oc + 48, b1)
+        vstore(ct, oc + 64, c0)
+        vstore(ct, oc + 80, c1)
+        vstore(ct, oc + 96, d0)
+        vstore(ct, oc + 112, d1)
+        i += 4
+    while i < i1:
+        oc = (i - i0) * 32
+        x0 = ia[i]
+        s0 = sa[i]
+        a0 = vload16(ct, oc)
+        a1 = vload16(ct, oc + 16)
+        for kk in range(k0, k0 + kb):
+            s = vsplat16(s0[kk])
+            o = x0[kk]
+            a0 = vfma_exact(vmul(s, vload16(sb, so + kk * npad)), vload_half16(t, o), a0)
+            a1 = vfma_exact(vmul(s, vload16(sb, so + kk * npad + 16)), vload_half16(t, o + 16), a1)
+        vstore(ct, oc, a0)
+        vstore(ct, oc + 16, a1)
+        i += 1
+
+
+def _sweep_any(ct, t, ia, sa, sb, so, i0, i1, k0, kb, nbw, wide):
+    """The sweep for the table's form (packed or half precision: 32 columns only), column-block width and
+    vector width; ``sb``/``so`` (column scales, flat offset of the block's first) serve half tables only."""
 
 
 @overload(_sweep_any, inline="always")
-def _ov_sweep_any(ct, t, ia, sa, i0, i1, k0, kb, nbw, wide):
+def _ov_sweep_any(ct, t, ia, sa, sb, so, i0, i1, k0, kb, nbw, wide):
     if t.dtype == types.uint32:
-        def packed(ct, t, ia, sa, i0, i1, k0, kb, nbw, wide):
+        def packed(ct, t, ia, sa, sb, so, i0, i1, k0, kb, nbw, wide):
             if wide:
                 _sweep32pw(ct, t, ia, sa, i0, i1, k0, kb)
             else:
                 _sweep32p(ct, t, ia, sa, i0, i1, k0, kb)
         return packed
+    if t.dtype == types.uint16 and sb is not types.none:  # (uint16 tables with no scales are integer ones)
+        def half(ct, t, ia, sa, sb, so, i0, i1, k0, kb, nbw, wide):
+            _sweep32h(ct, t, ia, sa, sb, so, sb.shape[1], i0, i1, k0, kb)
+        return half
 
-    def plain(ct, t, ia, sa, i0, i1, k0, kb, nbw, wide):
+    def plain(ct, t, ia, sa, sb, so, i0, i1, k0, kb, nbw, wide):
         if nbw == 32 and wide:
             _sweep32w(ct, t, ia, sa, i0, i1, k0, kb)
         elif nbw == 32:
@@ -1156,7 +1223,8 @@ def _expand(c, iap, sap, ib, sb, lutt, nbw, n_rb, tbuf, cbuf, wide):
             k0 = kbi * kbs
             kb = min(kbs, k_len - k0)
             _build_any(t, 0, lutt, ib[bt], _batch(sb, bt), k0, kb, j0, nl, nbw)
-            _sweep_any(ct, t, iap[bt, kbi], _panel(sap, bt, kbi), i0, i1, 0, kb, nbw, wide)
+            _sweep_any(ct, t, iap[bt, kbi], _panel(sap, bt, kbi), _batch(sb, bt), k0 * ib.shape[2] + j0, i0, i1, 0, kb,
+                       nbw, wide)
         nbv = min(nbw, n_cols - j0)
         for i in range(i0, i1):
             for j in range(nbv):
@@ -1348,7 +1416,7 @@ def _expand_narrow(c, x, m, truncate, ib, sb, lutt, nbw, fr, kbs, tall, pbi, pbs
         t = tall[bt]
         for k0 in range(0, k_len, kbs):
             kb = min(kbs, k_len - k0)
-            _sweep_any(ct, t, bi, bs, 0, nr, k0, kb, nbw, wide)
+            _sweep_any(ct, t, bi, bs, None, 0, 0, nr, k0, kb, nbw, wide)
         for i in range(nr):
             for j in range(n_cols):
                 c[bt, r0 + i, j] = ct[i * nbw + j]

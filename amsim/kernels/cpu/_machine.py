@@ -33,9 +33,11 @@ from ._buffers import _thread_buffers
 ENV_WIDTH = "AMSIM_CPU_VECTOR_WIDTH"
 ENV_CALIBRATION = "AMSIM_CPU_CALIBRATION"
 ENV_PACKING = "AMSIM_CPU_TABLE_PACKING"
+ENV_HALF = "AMSIM_CPU_HALF_TABLES"
 CACHE_NAME = "amsim_cpu_costs.json"
 T_BYTES_CHOICES = (32 << 10, 64 << 10, 128 << 10, 256 << 10)
 NBW_CHOICES = (8, 16, 32)
+NB_HALF = 32  # the column-block width of half-precision tables
 # tables of more rows than this are "large": their rows come from L3 or memory, and one k of a 32-column block
 # fills most of a block's room in L2, so they take their own measured block shape and costs
 LARGE_TABLE_ROWS = 512
@@ -62,6 +64,10 @@ class Costs:
         nbw_large, t_bytes_large: column-block width (at most; one of ``NBW_CHOICES``) and table-block size of
             expansions with large tables, the fastest pair at 1024 table rows. A narrower block holds more k
             in the same bytes, so each swept row's accumulators are loaded and stored less often.
+        build_half, sweep_half, t_bytes_half: build, sweep and table-block size with half-precision tables
+            (unscaled float16 entries, 32-column blocks), small tables; used where they cost less than plain
+            ones and the multiplier's entries allow it.
+        build_half_large, sweep_half_large, t_bytes_half_large: the same at 1024 table rows (large tables).
     """
 
     build: float = 0.17
@@ -78,6 +84,12 @@ class Costs:
     sweep_large: float = 0.12
     nbw_large: int = 32
     t_bytes_large: int = 128 << 10
+    build_half: float = 0.2  # (never chosen by default)
+    sweep_half: float = 0.06
+    t_bytes_half: int = 128 << 10
+    build_half_large: float = 0.2
+    sweep_half_large: float = 0.12
+    t_bytes_half_large: int = 128 << 10
 
     @classmethod
     def from_dict(cls, d) -> Costs | None:
@@ -91,7 +103,8 @@ class Costs:
                 return None
             vals[f.name] = v
         choices = {"t_bytes": T_BYTES_CHOICES, "t_bytes_large": T_BYTES_CHOICES, "t_bytes_packed": T_BYTES_CHOICES,
-                   "width": (8, 16), "nbw_large": NBW_CHOICES}
+                   "t_bytes_half": T_BYTES_CHOICES, "t_bytes_half_large": T_BYTES_CHOICES, "width": (8, 16),
+                   "nbw_large": NBW_CHOICES}
         if not all(type(vals[k]) is int and vals[k] in ok for k, ok in choices.items()):
             return None  # (131072.0 == 131072, but a float block size would break the kernels' shapes)
         return cls(**vals)
@@ -181,12 +194,12 @@ def vector_width() -> int:
     return costs().width
 
 
-def _expansion_case(rng, rows, k_len, nl, nbw, t_bytes, width, packed=False, lutt=None):
+def _expansion_case(rng, rows, k_len, nl, nbw, t_bytes, width, packed=False, lutt=None, half=False):
     """Decoded operands of one column block (rows x k_len) @ (k_len x nbw) with an nl-row table (``lutt``, or
-    a random one), as _expand takes them, and the call that runs it serially; ``t_bytes`` of (packed or plain)
-    table per k block. Scales are 1.0: the costs do not depend on values."""
+    a random one), as _expand takes them, and the call that runs it serially; ``t_bytes`` of (packed, half or
+    plain) table per k block. Scales are 1.0: the costs do not depend on values."""
     words = nbw // 2 if packed else nbw
-    kbs = max(1, min(32, k_len, t_bytes // (nl * words * 4)))
+    kbs = max(1, min(32, k_len, t_bytes // (nl * words * (2 if half else 4))))
     nkb = -(-k_len // kbs)
     kk = np.arange(kbs, dtype=np.int32)
     iap = (rng.integers(0, nl, (1, nkb, rows, kbs)) * words + kk * (nl * words)).astype(np.int32)  # table offsets
@@ -195,8 +208,11 @@ def _expansion_case(rng, rows, k_len, nl, nbw, t_bytes, width, packed=False, lut
     sb = np.ones((1, k_len, nbw), np.float32)
     if lutt is None:
         lutt = rng.uniform(1.0, 4.0, (nl, nl)).astype(np.float32)
+    if half and lutt.dtype != np.uint16:
+        lutt = lutt.astype(np.float16).view(np.uint16)
     c = np.empty((1, rows, nbw), np.float32)
-    tbuf, cbuf = _thread_buffers(1, kbs * nl * words, rows * nbw, np.float32, np.uint32 if packed else None)
+    tbuf, cbuf = _thread_buffers(1, kbs * nl * words, rows * nbw, np.float32,
+                                 np.uint32 if packed else (np.uint16 if half else None))
     wide = width == 16
     kern = _kernels._SERIAL[_kernels._expand]
     return lambda: kern(c, iap, sap, ib, sb, lutt, nbw, 1, tbuf, cbuf, wide)
@@ -225,28 +241,43 @@ def calibrate(width: int) -> Costs:
     big, small = 1024, 64
     # plain and packed tables, each block size, 1024 and 64 swept rows (which split build from sweep): all in
     # the same rounds, so that the comparisons between them hold
-    per = _best_each({(rows, tb, packed): _expansion_case(rng, rows, k_len, 128, 32, tb, width, packed)
-                      for packed in (False, True) for tb in T_BYTES_CHOICES for rows in (big, small)})
-    t_bytes = min(T_BYTES_CHOICES, key=lambda tb: per[big, tb, False])
-    tb_p = min(T_BYTES_CHOICES, key=lambda tb: per[big, tb, True])
+    forms = {"plain": {}, "packed": {"packed": True}, "half": {"half": True}}
+    per = _best_each({(rows, tb, form): _expansion_case(rng, rows, k_len, 128, 32, tb, width, **kw)
+                      for form, kw in forms.items() for tb in T_BYTES_CHOICES for rows in (big, small)})
+    t_bytes, tb_p, tb_h = (min(T_BYTES_CHOICES, key=lambda tb, f=f: per[big, tb, f]) for f in forms)
 
     def split(t_big, t_small, nl=128, nbw=32, k=k_len):  # t(rows) = k * nbw * (nl * build + rows * sweep)
         sweep = max((t_big - t_small) / ((big - small) * k * nbw), 1e-3)
         return max((t_small - small * k * nbw * sweep) / (k * nbw * nl), 1e-3), sweep
 
-    build, sweep = split(per[big, t_bytes, False], per[small, t_bytes, False])
-    build_packed, sweep_packed = split(per[big, tb_p, True], per[small, tb_p, True])
+    build, sweep = split(per[big, t_bytes, "plain"], per[small, t_bytes, "plain"])
+    build_packed, sweep_packed = split(per[big, tb_p, "packed"], per[small, tb_p, "packed"])
+    build_half, sweep_half = split(per[big, tb_h, "half"], per[small, tb_h, "half"])
     t8 = _best(_expansion_case(rng, big, k_len, 128, 8, t_bytes, width))
     sweep8 = max((t8 - k_len * 8 * 128 * build) / (big * k_len * 8), 1e-3)
-    # large tables: the fastest block shape per multiply-accumulate at 1024 table rows (a 4 MiB table), split
+    # large tables: the fastest block shape per multiply-accumulate at 1024 table rows (a 4 MiB table), plain
+    # (every width) and half precision (32 columns), 1024 and 64 swept rows, all in the same rounds; then split
     nl_l, k_l = 1024, 32
     lutt_l = rng.uniform(1.0, 4.0, (nl_l, nl_l)).astype(np.float32)
-    per_shape = {(nbw, tb): _best(_expansion_case(rng, big, k_l, nl_l, nbw, tb, width, lutt=lutt_l), 3) / nbw
-                 for nbw in NBW_CHOICES for tb in T_BYTES_CHOICES}
-    nbw_l, tb_l = min(per_shape, key=per_shape.get)
+    # (one half-precision table for all its cases, as one GEMM has: a copy each, eight tables in turn, ran the
+    # half-precision build 1.6x slower than it runs in a GEMM)
+    luts = {False: lutt_l, True: lutt_l.astype(np.float16).view(np.uint16)}
+    shapes = [(False, nbw, tb) for nbw in NBW_CHOICES for tb in T_BYTES_CHOICES] + \
+        [(True, NB_HALF, tb) for tb in T_BYTES_CHOICES]
+    per_l = _best_each({(rows, *sh): _expansion_case(rng, rows, k_l, nl_l, sh[1], sh[2], width, lutt=luts[sh[0]],
+                                                     half=sh[0])
+                        for sh in shapes for rows in (big, small)}, 5)
+
+    def fastest(half):  # (nbw, t_bytes) of the least time per multiply-accumulate at 1024 swept rows
+        return min(((nbw, tb) for h, nbw, tb in shapes if h == half), key=lambda s: per_l[(big, half, *s)] / s[0])
+
+    nbw_l, tb_l = fastest(False)
+    build_large, sweep_large = split(per_l[big, False, nbw_l, tb_l], per_l[small, False, nbw_l, tb_l], nl_l, nbw_l,
+                                     k_l)
+    _, tb_hl = fastest(True)
+    build_half_large, sweep_half_large = split(per_l[big, True, NB_HALF, tb_hl], per_l[small, True, NB_HALF, tb_hl],
+                                               nl_l, NB_HALF, k_l)
     par_costs.append(_parallel_cost())
-    t_small_l = _best(_expansion_case(rng, small, k_l, nl_l, nbw_l, tb_l, width, lutt=lutt_l), 3)
-    build_large, sweep_large = split(per_shape[nbw_l, tb_l] * nbw_l, t_small_l, nl_l, nbw_l, k_l)
     # gather kernel: 64 x 1024 x 8 with a 128 x 128 table
     ia = rng.integers(0, 128, (1, 64, 1024)).astype(np.int32)
     sa = np.ones((1, 64, 1024), np.float32)
@@ -261,7 +292,8 @@ def calibrate(width: int) -> Costs:
     return Costs(build=build, build_large=build_large, sweep=sweep, sweep8=sweep8, gather=gather,
                  parallel=parallel, t_bytes=t_bytes, width=width, build_packed=build_packed,
                  sweep_packed=sweep_packed, t_bytes_packed=tb_p, sweep_large=sweep_large, nbw_large=nbw_l,
-                 t_bytes_large=tb_l)
+                 t_bytes_large=tb_l, build_half=build_half, sweep_half=sweep_half, t_bytes_half=tb_h,
+                 build_half_large=build_half_large, sweep_half_large=sweep_half_large, t_bytes_half_large=tb_hl)
 
 
 def contended() -> bool:
@@ -292,6 +324,35 @@ def use_packed(cost: Costs, n_l: int, rows: int) -> bool:
     mode = table_packing()
     return mode == "on" or (mode == "auto" and n_l * cost.build_packed + rows * cost.sweep_packed
                             < n_l * cost.build + rows * cost.sweep)
+
+
+def half_tables() -> str:
+    """``AMSIM_CPU_HALF_TABLES``: "on" (half-precision tables wherever the multiplier's entries allow them),
+    "off" (never), or "auto" (unset: where this machine's measured costs say they are faster). Speed only,
+    never a result.
+
+    Raises:
+        ValueError: the variable holds something else.
+    """
+    v = os.environ.get(ENV_HALF, "").strip().lower()
+    if v in ("", "auto"):
+        return "auto"
+    if v in ("on", "off"):
+        return v
+    raise ValueError(f"{ENV_HALF}={v!r} is not a half-table setting: set it to on (half-precision tables wherever "
+                     "the entries allow), off (never) or auto (as measured on this machine), or unset it.")
+
+
+def use_half(cost: Costs, n_l: int, rows: int) -> bool:
+    """Whether an expansion with ``n_l``-row tables sweeping ``rows`` rows builds them in half precision, where
+    the entries allow it: forced, or cheaper by the measured costs (of large tables past LARGE_TABLE_ROWS)."""
+    mode = half_tables()
+    if mode != "auto":
+        return mode == "on"
+    if n_l > LARGE_TABLE_ROWS:
+        half = n_l * cost.build_half_large + rows * cost.sweep_half_large
+        return half < n_l * cost.build_large + rows * cost.sweep_large
+    return n_l * cost.build_half + rows * cost.sweep_half < n_l * cost.build + rows * cost.sweep
 
 
 def _kernel_source_digest() -> str:

@@ -410,6 +410,21 @@ def vtranspose16_store(typingctx, arr, off, stride, rows):
     return types.void(arr, off, stride, rows), codegen
 
 
+@intrinsic
+def vload_half16(typingctx, arr, off):
+    """16 float32 lanes from the IEEE half-precision bit patterns ``off .. off+15`` of a C-contiguous uint16 array
+    (x86: vcvtph2ps; every half is a float32 exactly). No bounds check."""
+    if not (isinstance(arr, types.Array) and arr.layout == "C" and arr.dtype == types.uint16
+            and isinstance(off, types.Integer)):
+        return None
+
+    def codegen(context, builder, sig, args):
+        v = builder.load(_vptr(context, builder, arr, args[0], args[1], arr.dtype, 16), align=2)
+        return builder.fpext(builder.bitcast(v, ir.VectorType(ir.HalfType(), 16)), ir.VectorType(ir.FloatType(), 16))
+
+    return Vec(types.float32, 16)(arr, off), codegen
+
+
 # Packed tables hold two bfloat16-exact float32 entries (low 16 bits zero) per 32-bit word: word q of a packed row
 # holds entry q ("first") as its high half and entry q + w ("second") as its low half, w the row's half width.
 _HI16 = -65536  # 0xFFFF0000
