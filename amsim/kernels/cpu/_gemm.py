@@ -265,7 +265,6 @@ class _Layout:
 
     def __init__(self, m_rows, n_cols, k_len, n_l, nbatch, serial, cost, table_packable=False, t_dtype=np.float32,
                  table_half=False):
-        self._args = (m_rows, n_cols, k_len, n_l, nbatch, serial, cost)
         self.mx, self.ny = max(m_rows, n_cols), min(m_rows, n_cols)
         # get_num_threads() also starts Numba's thread pool, which must exist before a kernel that calls
         # get_thread_id() is loaded from the on-disk cache, even the serial twin (otherwise: a null call, segfault)
@@ -276,6 +275,7 @@ class _Layout:
         plain_nbw = _layout_nbw(self.ny, n_l, nbatch, self.mx, k_len, self.nthreads, cost)
         # half-precision tables are measured (and built) in 32-column blocks, narrower than a large table's
         # plain ones may be: 32 columns until the choice below
+        self._plain = (plain_nbw, nbatch)
         self._set_blocks(NB if table_half and _nbw(self.ny) == NB else plain_nbw, nbatch)
         # packed tables (two entries per word) where the entries allow it and this machine's costs say so
         # (measured on small tables only)
@@ -303,10 +303,11 @@ class _Layout:
         self.nkb = -(-k_len // self.kbs)
 
     def unpacked(self):
-        """This layout with a plain table (its block sizes, and a large table's block width)."""
-        if self.half:
-            return _Layout(*self._args)
+        """A copy of this layout with a plain table (its block sizes, and a large table's block width)."""
         lay = copy.copy(self)
+        if lay.half:
+            lay.half, lay.t_dtype = False, np.dtype(np.float32)
+            lay._set_blocks(*lay._plain)
         lay.packed = False
         lay._set_kbs()
         return lay
