@@ -295,3 +295,28 @@ def test_results_do_not_depend_on_the_costs(monkeypatch, rng):
                 c = _machine.Costs(**dict(base.__dict__, t_bytes=t_bytes, gather=gather, width=width))
                 monkeypatch.setattr(_machine, "costs", lambda c=c: c)
                 assert_bits_equal(amsim.matmul(a, b, mult), want)
+
+
+def test_no_half_tables_without_hardware_float16_conversion(monkeypatch):
+    """An x86 CPU without F16C neither measures nor uses half-precision tables (LLVM would widen each half
+    through a runtime call), even when they are forced on."""
+    from dataclasses import replace
+
+    monkeypatch.setattr(_machine, "_host_features", lambda: frozenset({"sse2", "avx", "avx2", "fma"}))
+    assert not _machine.has_half_conversion()
+    monkeypatch.setenv("AMSIM_CPU_HALF_TABLES", "on")
+    assert not _machine.use_half(replace(_machine.DEFAULT_COSTS, build_half=1e-3, sweep_half=1e-3), 256, 1024)
+    halves = []
+    real = _machine._expansion_case
+
+    def case(*args, **kw):
+        halves.append(kw.get("half", False))
+        return real(*args, **kw)
+
+    monkeypatch.setattr(_machine, "_expansion_case", case)
+    got = _machine.calibrate(8)
+    assert halves and not any(halves)
+    assert (got.build_half, got.build_half_large) == (_machine.DEFAULT_COSTS.build_half,
+                                                      _machine.DEFAULT_COSTS.build_half_large)
+    monkeypatch.setattr(_machine, "_host_features", lambda: frozenset({"neon", "fp-armv8"}))  # not x86: it has them
+    assert _machine.has_half_conversion()

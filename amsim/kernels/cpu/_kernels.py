@@ -1198,7 +1198,9 @@ def _expand(c, iap, sap, ib, sb, lutt, nbw, n_rb, tbuf, cbuf, wide):
 
     ``c`` may be a transposed view; nbw (32, 16 or 8) is the column-block width; ``wide``: sweep 32 columns on
     16-lane vectors (same sums in the same order, so the same bits); a uint32 ``tbuf`` holds packed tables
-    (32-column blocks, entries that fit 16 bits, panels of word offsets). See the module docstring.
+    (32-column blocks, entries that fit 16 bits, panels of word offsets), a uint16 one with float scales
+    half-precision tables (32-column blocks, unscaled entries from a float16 ``lutt``; the sweep applies sb).
+    See the module docstring.
     """
     nbatch, nkb, m_rows, kbs = iap.shape
     k_len = ib.shape[1]

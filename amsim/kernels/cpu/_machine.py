@@ -137,6 +137,14 @@ def host_width() -> int:
     return 16 if "avx512f" in _host_features() else 8
 
 
+def has_half_conversion() -> bool:
+    """Whether the CPU widens float16 to float32 in hardware (x86: F16C, with every AVX2 CPU; other targets'
+    vector units have it). Without it LLVM would call a runtime routine Numba's JIT need not provide, so the
+    half-precision tables are neither measured nor used."""
+    feats = _host_features()
+    return "f16c" in feats or "sse2" not in feats
+
+
 def forced_width() -> int | None:
     """``AMSIM_CPU_VECTOR_WIDTH`` (8 or 16) if set, else None (auto).
 
@@ -241,10 +249,13 @@ def calibrate(width: int) -> Costs:
     big, small = 1024, 64
     # plain and packed tables, each block size, 1024 and 64 swept rows (which split build from sweep): all in
     # the same rounds, so that the comparisons between them hold
-    forms = {"plain": {}, "packed": {"packed": True}, "half": {"half": True}}
+    half = has_half_conversion()
+    forms = {"plain": {}, "packed": {"packed": True}, "half": {"half": True}} if half else \
+        {"plain": {}, "packed": {"packed": True}}
     per = _best_each({(rows, tb, form): _expansion_case(rng, rows, k_len, 128, 32, tb, width, **kw)
                       for form, kw in forms.items() for tb in T_BYTES_CHOICES for rows in (big, small)})
-    t_bytes, tb_p, tb_h = (min(T_BYTES_CHOICES, key=lambda tb, f=f: per[big, tb, f]) for f in forms)
+    t_bytes, tb_p, tb_h = (min(T_BYTES_CHOICES, key=lambda tb, f=f: per[big, tb, f]) if f in forms else
+                           DEFAULT_COSTS.t_bytes_half for f in ("plain", "packed", "half"))
 
     def split(t_big, t_small, nl=128, nbw=32, k=k_len):  # t(rows) = k * nbw * (nl * build + rows * sweep)
         sweep = max((t_big - t_small) / ((big - small) * k * nbw), 1e-3)
@@ -252,7 +263,8 @@ def calibrate(width: int) -> Costs:
 
     build, sweep = split(per[big, t_bytes, "plain"], per[small, t_bytes, "plain"])
     build_packed, sweep_packed = split(per[big, tb_p, "packed"], per[small, tb_p, "packed"])
-    build_half, sweep_half = split(per[big, tb_h, "half"], per[small, tb_h, "half"])
+    build_half, sweep_half = split(per[big, tb_h, "half"], per[small, tb_h, "half"]) if half else \
+        (DEFAULT_COSTS.build_half, DEFAULT_COSTS.sweep_half)
     t8 = _best(_expansion_case(rng, big, k_len, 128, 8, t_bytes, width))
     sweep8 = max((t8 - k_len * 8 * 128 * build) / (big * k_len * 8), 1e-3)
     # large tables: the fastest block shape per multiply-accumulate at 1024 table rows (a 4 MiB table), plain
@@ -263,7 +275,7 @@ def calibrate(width: int) -> Costs:
     # half-precision build 1.6x slower than it runs in a GEMM)
     luts = {False: lutt_l, True: lutt_l.astype(np.float16).view(np.uint16)}
     shapes = [(False, nbw, tb) for nbw in NBW_CHOICES for tb in T_BYTES_CHOICES] + \
-        [(True, NB_HALF, tb) for tb in T_BYTES_CHOICES]
+        [(True, NB_HALF, tb) for tb in T_BYTES_CHOICES if half]
     per_l = _best_each({(rows, *sh): _expansion_case(rng, rows, k_l, nl_l, sh[1], sh[2], width, lutt=luts[sh[0]],
                                                      half=sh[0])
                         for sh in shapes for rows in (big, small)}, 5)
@@ -274,9 +286,13 @@ def calibrate(width: int) -> Costs:
     nbw_l, tb_l = fastest(False)
     build_large, sweep_large = split(per_l[big, False, nbw_l, tb_l], per_l[small, False, nbw_l, tb_l], nl_l, nbw_l,
                                      k_l)
-    _, tb_hl = fastest(True)
-    build_half_large, sweep_half_large = split(per_l[big, True, NB_HALF, tb_hl], per_l[small, True, NB_HALF, tb_hl],
-                                               nl_l, NB_HALF, k_l)
+    if half:
+        _, tb_hl = fastest(True)
+        build_half_large, sweep_half_large = split(per_l[big, True, NB_HALF, tb_hl],
+                                                   per_l[small, True, NB_HALF, tb_hl], nl_l, NB_HALF, k_l)
+    else:
+        tb_hl, build_half_large, sweep_half_large = (DEFAULT_COSTS.t_bytes_half_large, DEFAULT_COSTS.build_half_large,
+                                                     DEFAULT_COSTS.sweep_half_large)
     par_costs.append(_parallel_cost())
     # gather kernel: 64 x 1024 x 8 with a 128 x 128 table
     ia = rng.integers(0, 128, (1, 64, 1024)).astype(np.int32)
@@ -327,7 +343,7 @@ def use_packed(cost: Costs, n_l: int, rows: int) -> bool:
 
 
 def half_tables() -> str:
-    """``AMSIM_CPU_HALF_TABLES``: "on" (half-precision tables wherever the multiplier's entries allow them),
+    """``AMSIM_CPU_HALF_TABLES``: "on" (half-precision tables wherever the multiplier's entries and the CPU allow),
     "off" (never), or "auto" (unset: where this machine's measured costs say they are faster). Speed only,
     never a result.
 
@@ -345,8 +361,11 @@ def half_tables() -> str:
 
 def use_half(cost: Costs, n_l: int, rows: int) -> bool:
     """Whether an expansion with ``n_l``-row tables sweeping ``rows`` rows builds them in half precision, where
-    the entries allow it: forced, or cheaper by the measured costs (of large tables past LARGE_TABLE_ROWS)."""
+    the entries allow it: forced, or cheaper by the measured costs (of large tables past LARGE_TABLE_ROWS);
+    never on a CPU without hardware float16 conversion (has_half_conversion)."""
     mode = half_tables()
+    if not has_half_conversion():
+        return False
     if mode != "auto":
         return mode == "on"
     if n_l > LARGE_TABLE_ROWS:
