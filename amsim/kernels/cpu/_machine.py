@@ -247,15 +247,14 @@ def calibrate(width: int) -> Costs:
     par_costs = [_parallel_cost()]
     # sweep and block size: the same problem with each table-block size; the fastest block wins
     big, small = 1024, 64
-    # plain and packed tables, each block size, 1024 and 64 swept rows (which split build from sweep): all in
-    # the same rounds, so that the comparisons between them hold
+    # plain, packed and half-precision tables, each block size, 1024 and 64 swept rows (which split build from
+    # sweep): all in the same rounds, so that the comparisons between them hold
     half = has_half_conversion()
-    forms = {"plain": {}, "packed": {"packed": True}, "half": {"half": True}} if half else \
-        {"plain": {}, "packed": {"packed": True}}
+    forms = {"plain": {}, "packed": {"packed": True}} | ({"half": {"half": True}} if half else {})
     per = _best_each({(rows, tb, form): _expansion_case(rng, rows, k_len, 128, 32, tb, width, **kw)
                       for form, kw in forms.items() for tb in T_BYTES_CHOICES for rows in (big, small)})
-    t_bytes, tb_p, tb_h = (min(T_BYTES_CHOICES, key=lambda tb, f=f: per[big, tb, f]) if f in forms else
-                           DEFAULT_COSTS.t_bytes_half for f in ("plain", "packed", "half"))
+    best_tb = {f: min(T_BYTES_CHOICES, key=lambda tb, f=f: per[big, tb, f]) for f in forms}
+    t_bytes, tb_p, tb_h = best_tb["plain"], best_tb["packed"], best_tb.get("half", DEFAULT_COSTS.t_bytes_half)
 
     def split(t_big, t_small, nl=128, nbw=32, k=k_len):  # t(rows) = k * nbw * (nl * build + rows * sweep)
         sweep = max((t_big - t_small) / ((big - small) * k * nbw), 1e-3)
@@ -280,8 +279,8 @@ def calibrate(width: int) -> Costs:
                                                      half=sh[0])
                         for sh in shapes for rows in (big, small)}, 5)
 
-    def fastest(half):  # (nbw, t_bytes) of the least time per multiply-accumulate at 1024 swept rows
-        return min(((nbw, tb) for h, nbw, tb in shapes if h == half), key=lambda s: per_l[(big, half, *s)] / s[0])
+    def fastest(halves):  # (nbw, t_bytes) of the least time per multiply-accumulate at 1024 swept rows
+        return min(((nbw, tb) for h, nbw, tb in shapes if h == halves), key=lambda s: per_l[(big, halves, *s)] / s[0])
 
     nbw_l, tb_l = fastest(False)
     build_large, sweep_large = split(per_l[big, False, nbw_l, tb_l], per_l[small, False, nbw_l, tb_l], nl_l, nbw_l,
