@@ -50,7 +50,7 @@ from ._simd import (
 # from _simd.py and amsim/_fpenv.py (or the constant below): a change there would leave kernels compiled from the
 # old code in the cache, loaded as if current. This digest of that code (dependencies_digest(); checked here at
 # import and by tests/test_architecture.py) makes every such change a change of this file.
-DEPENDENCIES_DIGEST = "1cfcea3095357166"
+DEPENDENCIES_DIGEST = "f8fa56529d985493"
 
 
 def dependencies_digest() -> str | None:

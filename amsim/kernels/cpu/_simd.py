@@ -4,7 +4,8 @@
 register; LLVM splits them into two halves on CPUs without AVX-512, so either runs anywhere, bit-identically).
 No fast-math flags anywhere: LLVM keeps fmul and fadd separate (no FMA contraction), each rounded as IEEE says;
 ``vfma_exact`` fuses explicitly, for the products that are exact. Int32 vectors have the bitwise ops, shifts,
-compare-selects and lane reductions of the operand decoder.
+compare-selects and lane reductions of the operand decoder. 16-bit words move unwidened through 16x16
+transposes (the builds of 16-bit tables), and float16 bit patterns widen to float32 lanes (half-precision tables).
 """
 
 from __future__ import annotations
