@@ -64,18 +64,22 @@ def packable(values: np.ndarray) -> bool:
             and not np.any(values.view(np.uint32) & np.uint32(0xFFFF)))
 
 
-def half_table(values: np.ndarray) -> bool:
-    """Whether the float expansion may build its tables in half precision, unscaled (the sweep then multiplies
-    the two operands' scales first): every entry zero or in [1, 2**13) and a float16 exactly, as those of the
-    8- to 10-bit logarithmic multipliers are. Then, for every product the exact path leaves to the kernel, the
+def half_table(values: np.ndarray) -> tuple | None:
+    """The float expansion's half-precision form of a table, ``(table, transposed)`` as float16 bit patterns, or
+    None where it may not take one. It may where every entry is zero or in [1, 2**13) and a float16 exactly, as
+    those of the 8- to 10-bit logarithmic multipliers are: then the tables are built unscaled (the sweep
+    multiplies the two operands' scales first) and, for every product the exact path leaves to the kernel, the
     scales' product neither overflows (entries >= 1) nor falls below float32's smallest subnormal (< 2**13),
     and its product with the entry is exact, as the entry's with one scale was. Tables of fewer than 16 rows
     never take it."""
     if not (values.dtype == np.float32 and values.ndim == 2 and values.shape[0] >= 16):
-        return False
-    v = values.ravel()
-    ok = (v == 0) | ((v >= 1.0) & (v < 2.0**13))
-    return bool(ok.all() and (v.astype(np.float16).astype(np.float32) == v).all())
+        return None
+    h = values.astype(np.float16)
+    ok = (values == 0) | ((values >= 1.0) & (values < 2.0**13))
+    if not (ok.all() and (h.astype(np.float32) == values).all()):
+        return None
+    bits = h.view(np.uint16)
+    return bits, np.ascontiguousarray(bits.T)
 
 
 def float_kernel_tables(values: np.ndarray) -> KernelTables:
@@ -97,9 +101,7 @@ def float_kernel_tables(values: np.ndarray) -> KernelTables:
     kt.lutt = np.ascontiguousarray(lutf.T)
     kt.exp_lo, kt.exp_hi = e_lo, e_hi
     kt.packable = packable(lutf)
-    # (table, transposed) as float16 bit patterns, for the half-precision build
-    kt.half = (lutf.astype(np.float16).view(np.uint16), kt.lutt.astype(np.float16).view(np.uint16)) \
-        if half_table(lutf) else None
+    kt.half = half_table(lutf)
     return kt
 
 

@@ -317,6 +317,21 @@ def contended() -> bool:
     return _busy[1] > 0 and _busy[0] < BUSY_MIN * _busy[1]
 
 
+def _on_off_auto(env: str, what: str, on: str, off: str) -> str:
+    """An "on" / "off" / "auto" (or unset) setting from the environment variable ``env``.
+
+    Raises:
+        ValueError: the variable holds something else (the message says what ``on`` and ``off`` do).
+    """
+    v = os.environ.get(env, "").strip().lower()
+    if v in ("", "auto"):
+        return "auto"
+    if v in ("on", "off"):
+        return v
+    raise ValueError(f"{env}={v!r} is not a {what} setting: set it to on ({on}), off ({off}) or auto (as measured "
+                     "on this machine), or unset it.")
+
+
 def table_packing() -> str:
     """``AMSIM_CPU_TABLE_PACKING``: "on" (pack every small table whose entries allow it), "off" (never), or "auto"
     (unset: where this machine's measured costs say it is faster). Packing changes speed only, never a result.
@@ -324,13 +339,7 @@ def table_packing() -> str:
     Raises:
         ValueError: the variable holds something else.
     """
-    v = os.environ.get(ENV_PACKING, "").strip().lower()
-    if v in ("", "auto"):
-        return "auto"
-    if v in ("on", "off"):
-        return v
-    raise ValueError(f"{ENV_PACKING}={v!r} is not a packing setting: set it to on (pack every table whose entries "
-                     "fit 16 bits), off (never pack) or auto (as measured on this machine), or unset it.")
+    return _on_off_auto(ENV_PACKING, "packing", "pack every table whose entries fit 16 bits", "never pack")
 
 
 def use_packed(cost: Costs, n_l: int, rows: int) -> bool:
@@ -349,13 +358,7 @@ def half_tables() -> str:
     Raises:
         ValueError: the variable holds something else.
     """
-    v = os.environ.get(ENV_HALF, "").strip().lower()
-    if v in ("", "auto"):
-        return "auto"
-    if v in ("on", "off"):
-        return v
-    raise ValueError(f"{ENV_HALF}={v!r} is not a half-table setting: set it to on (half-precision tables wherever "
-                     "the entries allow), off (never) or auto (as measured on this machine), or unset it.")
+    return _on_off_auto(ENV_HALF, "half-table", "half-precision tables wherever the entries allow", "never")
 
 
 def use_half(cost: Costs, n_l: int, rows: int) -> bool:
