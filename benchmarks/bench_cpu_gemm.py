@@ -235,7 +235,7 @@ def forced_env(settings: dict):
 
 
 class _SeenLayout(_gemm._Layout):
-    """The drivers' blocking, remembered: the benchmark reports the float tables' form (packed, half precision
+    """The drivers' blocking, remembered: the benchmark reports the float tables' form (packed, half-width
     or plain) and the integer tables' dtype."""
 
     last = None
@@ -249,7 +249,7 @@ _gemm._Layout = _SeenLayout
 
 
 def _tables() -> str:
-    """The form of the last float GEMM's tables: packed, half (precision) or plain."""
+    """The form of the last float GEMM's tables: packed, half (width: 16-bit integers) or plain."""
     last = _SeenLayout.last
     return "packed" if last is not None and last.packed else ("half" if last is not None and last.half else "plain")
 
@@ -330,7 +330,7 @@ def main(argv=None):
                     "16-lane float sweep forced (AMSIM_CPU_VECTOR_WIDTH), besides the automatic choice")
     ap.add_argument("--both-packings", action="store_true", help="time every amsim case with plain and with packed "
                     "tables forced (AMSIM_CPU_TABLE_PACKING off / on), besides the automatic choice")
-    ap.add_argument("--both-halves", action="store_true", help="time every amsim case with half-precision tables "
+    ap.add_argument("--both-halves", action="store_true", help="time every amsim case with half-width tables "
                     "forced off and on (AMSIM_CPU_HALF_TABLES), besides the automatic choice")
     args = ap.parse_args(argv)
     repeats = args.repeats or (4 if args.quick else 7)

@@ -37,7 +37,7 @@ def backend(request, monkeypatch):
     """The array module of each backend, for cases that must hold on all of them: NumPy always, CuPy where it
     sees a CUDA device (a real GPU in scripts/gpu_check.sh; the emulated one in tests/test_gpu_emulated.py).
 
-    NumPy runs twice: with the 16-lane (AVX-512) float sweep and packed or half-precision tables where the
+    NumPy runs twice: with the 16-lane (AVX-512) float sweep and packed or half-width tables where the
     multiplier allows them, and with the 8-lane (AVX2) sweep and plain tables, whatever the CPU (LLVM splits
     16-lane vectors where AVX-512 is missing), so those code paths are tested on every machine
     (tests/test_kernels.py crosses them)."""

@@ -256,52 +256,79 @@ def _window_edge_matrix(rng, shape, lo, hi):
     return x
 
 
+def _unit_edge_table():
+    """A 32-row table whose entries need the smallest unit, 2**-23: k * 2**-23 with k in [2**15, 2**16) (entries
+    in [2**-8, 2**-7)), some zero."""
+    rng = np.random.default_rng(11)
+    v = np.ldexp(rng.integers(1 << 15, 1 << 16, (32, 32)), -23).astype(F)
+    v[rng.random((32, 32)) < 0.05] = 0.0
+    return amsim.Multiplier.from_table(v, name="unit_edge5")
+
+
+_HALF_MULTS = {"mbm8": lambda: amsim.multipliers.mbm(8), "mitchell10": lambda: amsim.multipliers.mitchell(10),
+               "mbm11": lambda: amsim.multipliers.mbm(11), "exact7": lambda: amsim.multipliers.exact(7),
+               "unit_edge5": _unit_edge_table}
+
+
 @pytest.mark.parametrize("serial", [False, True], ids=["parallel", "serial"])
-@pytest.mark.parametrize("name", ["mbm8", "mitchell10"])
+@pytest.mark.parametrize("name", list(_HALF_MULTS))
 @pytest.mark.parametrize("shape", [(301, 37, 70), (60, 45, 300), (2, 130, 19, 40), (1500, 80, 24)], ids=str)
-def test_matmul_half_precision_tables(cpu_width, shape, name, serial, monkeypatch, rng):
-    """Half-precision tables (unscaled float16 entries; the sweep multiplies the operands' scales first) for
-    the 8- to 10-bit logarithmic multipliers, small (256 rows) and large (1024) tables: taken when forced, in
-    both orientations, with padded column blocks, batches and one column block (the fused narrow kernel then
-    runs on plain tables); operands on the fast path, and operands whose products lie at float32's ends, where
-    the scales' product is smallest or largest against the product. The same bits as golden."""
+def test_matmul_half_width_tables(cpu_width, shape, name, serial, monkeypatch, rng):
+    """Half-width tables (entries as unscaled 16-bit integers; the sweep multiplies the operands' scales and the
+    unit first) for the 8- to 11-bit logarithmic multipliers, the 7-bit exact one and a table whose unit is the
+    smallest (2**-23), small and large (1024, 2048 rows) tables: taken when forced, in both orientations, with
+    padded column blocks, batches and one column block (the fused narrow kernel then runs on plain tables);
+    operands on the fast path, and operands whose products lie at float32's ends, where the scales' product is
+    smallest or largest against the product. The same bits as golden."""
     _force_expansion(monkeypatch, serial)
     monkeypatch.setenv("AMSIM_CPU_HALF_TABLES", "on")
     taken = spy_layouts(monkeypatch, "half")
-    mult = amsim.multipliers.mbm(8) if name == "mbm8" else amsim.multipliers.mitchell(10)
+    mult = _HALF_MULTS[name]()
     assert cpu.float_kernel_tables(mult.table.values).half is not None
     *batch, m_, k_, n_ = shape
     sa, sb = (*batch, m_, k_), (*batch, k_, n_)
     # exponents -63 and 63 everywhere put every scale product at float32's ends (2**-126, 2**126) with every
     # output still the kernels' (the sums cancel into subnormals, or overflow); the wider bands mostly take the
-    # exact path, whose boundary they cross
-    for lo, hi in ((None, None), (-63, -63), (63, 63), (-66, -58), (57, 64)):
+    # exact path, whose boundary they cross. For the 2**-23 table, A's exponents 8 and B's -126 make B's scale
+    # times the unit 2**-149, and A's 118 and B's 8 make the two operands' scales' product 2**126 (times the
+    # unit first, or it overflows: its products lie in [2**110, 2**119))
+    bands = [((None, None),) * 2] + [((lo, hi),) * 2 for lo, hi in ((-63, -63), (63, 63), (-66, -58), (57, 64))]
+    if name == "unit_edge5":
+        bands += [((8, 8), (-126, -126)), ((118, 118), (8, 8)), ((-126, -126), (8, 9))]
+    for (alo, ahi), (blo, bhi) in bands:
         taken.clear()
-        if lo is None:
+        if alo is None:
             a, b = _fast_path_matrix(rng, sa), _fast_path_matrix(rng, sb)
         else:
-            a, b = _window_edge_matrix(rng, sa, lo, hi), _window_edge_matrix(rng, sb, lo, hi)
+            a, b = _window_edge_matrix(rng, sa, alo, ahi), _window_edge_matrix(rng, sb, blo, bhi)
         out = np.full((*batch, m_, n_), np.nan, F)
         amsim.matmul(a, b, mult, out=out)
         assert_bits_equal(out, golden.matmul(a, b, mult))
-        assert taken and taken[0]  # the half-precision expansion ran (a fused narrow one adds a plain layout)
+        assert taken and taken[0]  # the half-width expansion ran (a fused narrow one adds a plain layout)
 
 
-def test_which_tables_are_half_precision(monkeypatch, rng):
-    """Half-precision tables need every entry zero or in [1, 2**13) and a float16 exactly (else the scales'
-    product could overflow or underflow, or bits be lost): otherwise forcing them builds plain tables, and
-    the result is still golden's."""
+def test_which_tables_are_half_width(monkeypatch, rng):
+    """Half-width tables need every entry a 16-bit integer times one power of two 2**-q, 0 <= q <= 23 (else
+    bits would be lost, or the scales' products leave float32's range): otherwise forcing them builds plain
+    tables, and the result is still golden's."""
     monkeypatch.setenv("AMSIM_CPU_HALF_TABLES", "on")
-    for m, half in ((7, True), (8, True), (10, True), (11, False)):
-        assert (cpu.float_kernel_tables(amsim.multipliers.mbm(m).table.values).half is not None) is half, m
+    for m in (7, 8, 10, 11):
+        tabs = cpu.float_kernel_tables(amsim.multipliers.mbm(m).table.values)
+        assert tabs.half[2] == F(2.0**-m), m  # entries are multiples of 2**-m below 4
+        assert_bits_equal(np.ldexp(tabs.half[0].astype(F), -m), amsim.multipliers.mbm(m).table.values)
+        assert_bits_equal(tabs.half[1], tabs.half[0].T)
+    assert cpu.float_kernel_tables(amsim.multipliers.exact(7).table.values).half[2] == F(2.0**-14)
+    assert cpu.float_kernel_tables(amsim.multipliers.exact(8).table.values).half is None  # 255**2 * ... > 2**16
     assert cpu.float_kernel_tables(MULTS["exact10"].table.values).half is None
     assert cpu.float_kernel_tables(amsim.multipliers.mitchell(3).table.values).half is None  # 8 rows
     base = amsim.multipliers.mbm(8).table.values
-    for r, c, v in ((3, 4, 0.0), (3, 4, 0.5), (9, 9, 2.0**13), (9, 9, np.nextafter(F(2.0), F(4.0))),
-                    (5, 6, 1e5), (5, 6, 3e38)):  # past float16's range: no half tables, and no cast warning
+    # (entries below 4 but for the changed one: k < 2**16 holds up to q = 14, and below 256 at q = 8)
+    for r, c, v, half in ((3, 4, 0.0, True), (3, 4, 0.5, True), (3, 4, 2.0**-14, True), (3, 4, 2.0**-15, False),
+                          (9, 9, 255.0, True), (9, 9, 256.0, False), (9, 9, np.nextafter(F(2.0), F(4.0)), False),
+                          (5, 6, 1e5, False), (5, 6, 3e38, False)):
         t = base.copy()
         t[r, c] = v
-        assert (cpu.float_kernel_tables(t).half is not None) == (v == 0.0), v
+        assert (cpu.float_kernel_tables(t).half is not None) == half, v
         if v > 0:
             taken = spy_layouts(monkeypatch, "half")
             mult = amsim.Multiplier.from_table(t, name="mbm8_changed")
@@ -310,7 +337,8 @@ def test_which_tables_are_half_precision(monkeypatch, rng):
             a[:, 7] = F(1.0 + r / 256)  # every row multiplies the changed entry
             b[7, :] = F(1.0 + c / 256)
             assert_bits_equal(amsim.matmul(a, b, mult), golden.matmul(a, b, mult))
-            assert not any(taken)
+            if not half:
+                assert not any(taken)
 
 
 def test_half_table_setting(monkeypatch):
@@ -336,7 +364,7 @@ def test_half_table_setting(monkeypatch):
 
 
 def test_half_tables_count_in_the_kernel_choice(monkeypatch):
-    """Where a table allows half-precision tables and they are cheaper, the choice between the expansion and
+    """Where a table allows half-width tables and they are cheaper, the choice between the expansion and
     the gather kernel counts their costs (small and large tables), not the plain tables'."""
     from dataclasses import replace
 

@@ -110,7 +110,7 @@ def test_calibration_compares_plain_and_packed_tables_in_the_same_rounds(monkeyp
     clock, count = [0.0], [0]
 
     def case(rng, rows, k_len, nl, nbw, t_bytes, width, packed=False, lutt=None, half=False):
-        # packed 30 % faster, half precision 15 %
+        # packed 30 % faster, half-width 15 %
         per_row = (0.7 if packed else (0.85 if half else 1.0)) * (1 + abs(t_bytes - (128 << 10)) / (1 << 20))
         cost = rows * per_row * 1e-7 if (nl, nbw) == (128, 32) else 1e-6
 
@@ -295,28 +295,3 @@ def test_results_do_not_depend_on_the_costs(monkeypatch, rng):
                 c = _machine.Costs(**dict(base.__dict__, t_bytes=t_bytes, gather=gather, width=width))
                 monkeypatch.setattr(_machine, "costs", lambda c=c: c)
                 assert_bits_equal(amsim.matmul(a, b, mult), want)
-
-
-def test_no_half_tables_without_hardware_float16_conversion(monkeypatch):
-    """An x86 CPU without F16C neither measures nor uses half-precision tables (LLVM would widen each half
-    through a runtime call), even when they are forced on."""
-    from dataclasses import replace
-
-    monkeypatch.setattr(_machine, "_host_features", lambda: frozenset({"sse2", "avx", "avx2", "fma"}))
-    assert not _machine.has_half_conversion()
-    monkeypatch.setenv("AMSIM_CPU_HALF_TABLES", "on")
-    assert not _machine.use_half(replace(_machine.DEFAULT_COSTS, build_half=1e-3, sweep_half=1e-3), 256, 1024)
-    halves = []
-    real = _machine._expansion_case
-
-    def case(*args, **kw):
-        halves.append(kw.get("half", False))
-        return real(*args, **kw)
-
-    monkeypatch.setattr(_machine, "_expansion_case", case)
-    got = _machine.calibrate(8)
-    assert halves and not any(halves)
-    assert (got.build_half, got.build_half_large) == (_machine.DEFAULT_COSTS.build_half,
-                                                      _machine.DEFAULT_COSTS.build_half_large)
-    monkeypatch.setattr(_machine, "_host_features", lambda: frozenset({"neon", "fp-armv8"}))  # not x86: it has them
-    assert _machine.has_half_conversion()

@@ -29,13 +29,14 @@ Layout matters more than arithmetic here:
 Where every table entry is bfloat16-exact (its low 16 bits zero, as for the 7-bit logarithmic multipliers) T can
 be packed two entries to a 32-bit word (columns q and q + 16 of a row in word q): half the bytes per
 multiply-accumulate for a mask and a shift per vector, the same values exactly. The measured costs decide where
-that pays (``AMSIM_CPU_TABLE_PACKING`` forces it on or off). Where every entry is instead a float16 exactly and
-zero or in [1, 2**13) (the 8- to 10-bit logarithmic multipliers), T can hold the entries unscaled in half
-precision: the build is a 16-bit transpose with no multiply, and the sweep multiplies the two operands'
-power-of-two scales before the fused multiply-add with the widened entry; every product the exact path leaves
-to the kernel is exact either way, so the bits are the same. Again the measured costs decide
-(``AMSIM_CPU_HALF_TABLES`` forces it). Integer tables whose entries fit 16 bits are built by the same 16-bit
-transposes.
+that pays (``AMSIM_CPU_TABLE_PACKING`` forces it on or off). Where every entry is a 16-bit integer times one
+power of two ``2**-q`` (q <= 23: the logarithmic multipliers up to 11 bits, whose entries are multiples of
+``2**-m`` below 4, and the exact ones up to 7 bits), T can hold the integers unscaled, half-width: the build is
+a 16-bit transpose with no multiply, and the sweep multiplies the two operands' power-of-two scales and
+``2**-q`` before the fused multiply-add with the widened integer; every product the exact path leaves to the
+kernel is exact either way, so the bits are the same. Again the measured costs decide, packed tables first
+where both apply (``AMSIM_CPU_HALF_TABLES`` forces it).
+Integer tables whose entries fit 16 bits are built by the same 16-bit transposes.
 
 Operands whose exponent could take an intermediate or a product out of the normal range (and Inf/NaN) make
 their whole row or column "flagged"; those outputs are recomputed by the scalar path, which assembles each

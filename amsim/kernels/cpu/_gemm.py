@@ -65,22 +65,32 @@ def packable(values: np.ndarray) -> bool:
 
 
 def half_table(values: np.ndarray) -> tuple | None:
-    """The float expansion's half-precision form of a table, ``(table, transposed)`` as float16 bit patterns, or
-    None where it may not take one. It may where every entry is zero or in [1, 2**13) and a float16 exactly, as
-    those of the 8- to 10-bit logarithmic multipliers are: then the tables are built unscaled (the sweep
-    multiplies the two operands' scales first) and, for every product the exact path leaves to the kernel, the
-    scales' product neither overflows (entries >= 1) nor falls below float32's smallest subnormal (< 2**13),
-    and its product with the entry is exact, as the entry's with one scale was. Tables of fewer than 16 rows
-    never take it."""
+    """The float expansion's half-width form of a table, ``(table, transposed, unit)``: every entry as an unsigned
+    16-bit integer k with entry = k * unit, ``unit`` = 2**-q the largest such power of two (float32), or None
+    where there is none with 0 <= q <= 23 and every k below 2**16. The logarithmic multipliers' entries up to
+    11 bits (multiples of 2**-m below 4) and the exact ones' up to 7 bits (of 2**-14) have one. Then the tables are
+    built unscaled and the sweep multiplies the two operands' scales and the unit first: for every product the
+    exact path leaves to the kernel, each of those products of powers of two stays within float32's range and
+    the product with k is exact, as the entry's with one scale was (see _kernels._sweep32h). Tables of fewer
+    than 16 rows never take it."""
     if not (values.dtype == np.float32 and values.ndim == 2 and values.shape[0] >= 16):
         return None
-    if not ((values == 0) | ((values >= 1.0) & (values < 2.0**13))).all():
-        return None  # checked before the cast: entries past float16's range would warn there
-    h = values.astype(np.float16)
-    if not (h.astype(np.float32) == values).all():
+    if not (np.isfinite(values).all() and (values >= 0).all()):
         return None
-    bits = h.view(np.uint16)
-    return bits, np.ascontiguousarray(bits.T)
+    nz = values[values > 0].astype(np.float64)
+    q = 0
+    if nz.size:
+        frac, exp = np.frexp(nz)  # nz = (frac * 2**24) * 2**(exp - 24), the first factor a 24-bit integer
+        mant = (frac * 2.0**24).astype(np.int64)
+        low_bit = np.frexp((mant & -mant).astype(np.float64))[1] - 1  # its trailing zero bits
+        q = max(0, int((24 - exp - low_bit).max()))  # the fewest fraction bits that hold every entry
+    if q > 23:
+        return None
+    k = np.ldexp(values.astype(np.float64), q)
+    if k.max() >= 2.0**16:
+        return None
+    bits = k.astype(np.uint16)
+    return bits, np.ascontiguousarray(bits.T), np.float32(2.0**-q)
 
 
 def float_kernel_tables(values: np.ndarray) -> KernelTables:
@@ -150,7 +160,7 @@ def _nbw(ny: int, n_l: int = 0, cost=None) -> int:
 
 def _kb(n_l: int, k_len: int, nbw: int, cost, esize: int = 4, packed: bool = False, half: bool = False) -> int:
     """k per table block: as many as the measured block size holds (``esize`` bytes an entry; packed and
-    half-precision tables, two bytes an entry, have their own measured sizes)."""
+    half-width tables, two bytes an entry, have their own measured sizes)."""
     large = n_l > _machine.LARGE_TABLE_ROWS
     if packed:
         t_bytes, esize = cost.t_bytes_packed, 2
@@ -189,7 +199,7 @@ def _gather_rows(m_rows: int, groups: int, nthreads: int) -> int:
 
 def _costs(m_rows: int, n_cols: int, k_len: int, n_l: int, cost=None, half: bool = False) -> tuple[float, float]:
     """Estimated single-core ns of (expansion, gather kernel) for one (M, K) @ (K, N) product, from this
-    machine's measured costs (``half``: the table's entries allow half-precision tables).
+    machine's measured costs (``half``: the table's entries allow half-width tables).
 
     Expansion builds 2**m table rows per k and (padded) column block, amortised over the max(M, N) rows swept;
     the gather kernel gathers 8 table entries per row, k and 8 columns (from memory, for tables past L2).
@@ -232,7 +242,7 @@ def use_expansion(m_rows: int, n_cols: int, k_len: int, n_l: int, nbatch: int = 
                   nthreads: int | None = None, half: bool = False) -> bool:
     """Whether row expansion beats the gather kernel for (M, K) @ (K, N) products: their estimated single-core
     times over the threads (default: Numba's; 1 for the serial twins) each can keep busy (``half``: the table
-    allows half-precision tables)."""
+    allows half-width tables)."""
     cost = cost or _machine.costs()
     expand, gather = _costs(m_rows, n_cols, k_len, n_l, cost, half)
     nthreads = numba.get_num_threads() if nthreads is None else nthreads
@@ -276,7 +286,7 @@ class _Layout:
         self.t_dtype = np.dtype(t_dtype)  # of the expanded table (16-bit for integer entries that fit)
         self.wide = cost.width == 16
         plain_nbw = _layout_nbw(self.ny, n_l, nbatch, self.mx, k_len, self.nthreads, cost)
-        # half-precision tables are measured (and built) in 32-column blocks, narrower than a large table's
+        # half-width tables are measured (and built) in 32-column blocks, narrower than a large table's
         # plain ones may be: 32 columns until the choice below
         self._plain = (plain_nbw, nbatch)
         self._set_blocks(NB if table_half and _nbw(self.ny) == NB else plain_nbw, nbatch)
@@ -284,7 +294,7 @@ class _Layout:
         # (measured on small tables only)
         self.packed = (self.nbw == NB and 8 <= n_l <= _machine.LARGE_TABLE_ROWS and table_packable
                        and _machine.use_packed(cost, n_l, -(-self.mx // self.n_rb)))
-        # else half-precision tables (unscaled) where the entries allow them and the costs say so
+        # else half-width tables (unscaled) where the entries allow them and the costs say so
         self.half = (self.nbw == NB and not self.packed and table_half
                      and _machine.use_half(cost, n_l, -(-self.mx // self.n_rb)))
         if self.half:
@@ -462,10 +472,11 @@ def gemm_f32(a, b, out, m, truncate, kt):
             else:
                 _k(_decode_rows_f32, serial)(x, m, truncate, iap, sap, xmin, xmax, lay.words, n_l * lay.words)
             tbuf, cbuf = lay.buffers(n_l, np.float32)
+            unit = np.float32(1.0)
             if lay.half:
-                lutt = half[0] if swapped else half[1]
+                lutt, unit = (half[0] if swapped else half[1]), half[2]
             with numba.parallel_chunksize(1):  # items are big: hand them out dynamically (a busy core stalls less)
-                _k(_expand, serial)(c, iap, sap, ib, sb, lutt, lay.nbw, lay.n_rb, tbuf, cbuf, lay.wide)
+                _k(_expand, serial)(c, iap, sap, ib, sb, lutt, lay.nbw, lay.n_rb, tbuf, cbuf, lay.wide, unit)
     rows, cols = _windows(xmin, xmax, ymin, ymax, e_lo, e_hi, ranges)
     if rows[0].size or cols[0].size:
         if swapped:
@@ -568,7 +579,8 @@ def gemm_i32(ia, ib, out, lut):
     _k(_pad_cols_i32, serial)(y, ibp)
     tbuf, cbuf = lay.buffers(n_l, lut.dtype)
     with numba.parallel_chunksize(1):
-        _k(_expand, serial)(c, iap, None, ibp, None, lutt, lay.nbw, lay.n_rb, tbuf, cbuf, lay.wide)
+        _k(_expand, serial)(c, iap, None, ibp, None, lutt, lay.nbw, lay.n_rb, tbuf, cbuf, lay.wide,
+                            np.float32(1.0))
     return out
 
 

@@ -27,7 +27,7 @@ from ._simd import (
     vgather,
     vload,
     vload16,
-    vload_half16,
+    vload_fixed16,
     vload_halves,
     vload_halves16,
     vload_pair,
@@ -50,7 +50,7 @@ from ._simd import (
 # from _simd.py and amsim/_fpenv.py (or the constant below): a change there would leave kernels compiled from the
 # old code in the cache, loaded as if current. This digest of that code (dependencies_digest(); checked here at
 # import and by tests/test_architecture.py) makes every such change a change of this file.
-DEPENDENCIES_DIGEST = "f8fa56529d985493"
+DEPENDENCIES_DIGEST = "7d933da6d27d5235"
 
 
 def dependencies_digest() -> str | None:
@@ -1101,12 +1101,15 @@ def _sweep32pw(ct, t, ia, sa, i0, i1, k0, kb):
 
 
 @numba.njit(cache=_CACHE)
-def _sweep32h(ct, t, ia, sa, sb, so, npad, i0, i1, k0, kb):
-    """_sweep32w over a half-precision table (uint16 bit patterns of unscaled entries, 32 columns): the product
-    is (sa[i, kk] * sb[k, j]) * T[kk, ia[i, kk], j], sb's row for k at flat offset ``so + kk * npad``. Both
-    scales are powers of two (or zero) and the table's entries at least 1 and below 2**13 (see
-    half_table), so where the exact path does not recompute the output their product and the product with
-    the entry are exact: the same bits as _sweep32w's (T * sb) * sa. Four rows at a time."""
+def _sweep32h(ct, t, ia, sa, sb, so, npad, i0, i1, k0, kb, unit):
+    """_sweep32w over a half-width table (entries as unsigned 16-bit integers, unscaled, 32 columns): the product
+    is (sa[i, kk] * (sb[k, j] * unit)) * T[kk, ia[i, kk], j], sb's row for k at flat offset ``so + kk * npad``.
+    Both scales are powers of two (or zero) of float32's normal range, ``unit`` the power of two 2**-q that makes
+    the integers the table's entries, q <= 23, and every integer below 2**16 (see half_table): so sb * unit is
+    exact (at least 2**-149) and, where the exact path does not recompute the output, every product is normal,
+    which keeps the scales' product within [2**-142, 2**127] (exact) and its product with the integer exact.
+    The same bits as _sweep32w's (T * sb) * sa. Four rows at a time."""
+    f = vsplat16(unit)
     i = i0
     while i + 4 <= i1:
         oc = (i - i0) * 32
@@ -1121,21 +1124,21 @@ def _sweep32h(ct, t, ia, sa, sb, so, npad, i0, i1, k0, kb):
         d0 = vload16(ct, oc + 96)
         d1 = vload16(ct, oc + 112)
         for kk in range(k0, k0 + kb):
-            g0 = vload16(sb, so + kk * npad)
-            g1 = vload16(sb, so + kk * npad + 16)
+            g0 = vmul(vload16(sb, so + kk * npad), f)
+            g1 = vmul(vload16(sb, so + kk * npad + 16), f)
             s = vsplat16(s0[kk])
             u = vsplat16(s1[kk])
             v = vsplat16(s2[kk])
             w = vsplat16(s3[kk])
             o, p, q, r = x0[kk], x1[kk], x2[kk], x3[kk]
-            a0 = vfma_exact(vmul(s, g0), vload_half16(t, o), a0)
-            b0 = vfma_exact(vmul(u, g0), vload_half16(t, p), b0)
-            c0 = vfma_exact(vmul(v, g0), vload_half16(t, q), c0)
-            d0 = vfma_exact(vmul(w, g0), vload_half16(t, r), d0)
-            a1 = vfma_exact(vmul(s, g1), vload_half16(t, o + 16), a1)
-            b1 = vfma_exact(vmul(u, g1), vload_half16(t, p + 16), b1)
-            c1 = vfma_exact(vmul(v, g1), vload_half16(t, q + 16), c1)
-            d1 = vfma_exact(vmul(w, g1), vload_half16(t, r + 16), d1)
+            a0 = vfma_exact(vmul(s, g0), vload_fixed16(t, o), a0)
+            b0 = vfma_exact(vmul(u, g0), vload_fixed16(t, p), b0)
+            c0 = vfma_exact(vmul(v, g0), vload_fixed16(t, q), c0)
+            d0 = vfma_exact(vmul(w, g0), vload_fixed16(t, r), d0)
+            a1 = vfma_exact(vmul(s, g1), vload_fixed16(t, o + 16), a1)
+            b1 = vfma_exact(vmul(u, g1), vload_fixed16(t, p + 16), b1)
+            c1 = vfma_exact(vmul(v, g1), vload_fixed16(t, q + 16), c1)
+            d1 = vfma_exact(vmul(w, g1), vload_fixed16(t, r + 16), d1)
         vstore(ct, oc, a0)
         vstore(ct, oc + 16, a1)
         vstore(ct, oc + 32, b0)
@@ -1154,33 +1157,34 @@ def _sweep32h(ct, t, ia, sa, sb, so, npad, i0, i1, k0, kb):
         for kk in range(k0, k0 + kb):
             s = vsplat16(s0[kk])
             o = x0[kk]
-            a0 = vfma_exact(vmul(s, vload16(sb, so + kk * npad)), vload_half16(t, o), a0)
-            a1 = vfma_exact(vmul(s, vload16(sb, so + kk * npad + 16)), vload_half16(t, o + 16), a1)
+            a0 = vfma_exact(vmul(s, vmul(vload16(sb, so + kk * npad), f)), vload_fixed16(t, o), a0)
+            a1 = vfma_exact(vmul(s, vmul(vload16(sb, so + kk * npad + 16), f)), vload_fixed16(t, o + 16), a1)
         vstore(ct, oc, a0)
         vstore(ct, oc + 16, a1)
         i += 1
 
 
-def _sweep_any(ct, t, ia, sa, sb, so, i0, i1, k0, kb, nbw, wide):
-    """The sweep for the table's form (packed or half precision: 32 columns only), column-block width and
-    vector width; ``sb``/``so`` (column scales, flat offset of the block's first) serve half tables only."""
+def _sweep_any(ct, t, ia, sa, sb, so, i0, i1, k0, kb, nbw, wide, unit):
+    """The sweep for the table's form (packed or half-width: 32 columns only), column-block width and vector
+    width; ``sb``/``so`` (column scales, flat offset of the block's first) and ``unit`` (the entries' power of
+    two) serve half-width tables only."""
 
 
 @overload(_sweep_any, inline="always")
-def _ov_sweep_any(ct, t, ia, sa, sb, so, i0, i1, k0, kb, nbw, wide):
+def _ov_sweep_any(ct, t, ia, sa, sb, so, i0, i1, k0, kb, nbw, wide, unit):
     if t.dtype == types.uint32:
-        def packed(ct, t, ia, sa, sb, so, i0, i1, k0, kb, nbw, wide):
+        def packed(ct, t, ia, sa, sb, so, i0, i1, k0, kb, nbw, wide, unit):
             if wide:
                 _sweep32pw(ct, t, ia, sa, i0, i1, k0, kb)
             else:
                 _sweep32p(ct, t, ia, sa, i0, i1, k0, kb)
         return packed
     if t.dtype == types.uint16 and sb is not types.none:  # (uint16 tables with no scales are integer ones)
-        def half(ct, t, ia, sa, sb, so, i0, i1, k0, kb, nbw, wide):
-            _sweep32h(ct, t, ia, sa, sb, so, sb.shape[1], i0, i1, k0, kb)
+        def half(ct, t, ia, sa, sb, so, i0, i1, k0, kb, nbw, wide, unit):
+            _sweep32h(ct, t, ia, sa, sb, so, sb.shape[1], i0, i1, k0, kb, unit)
         return half
 
-    def plain(ct, t, ia, sa, sb, so, i0, i1, k0, kb, nbw, wide):
+    def plain(ct, t, ia, sa, sb, so, i0, i1, k0, kb, nbw, wide, unit):
         if nbw == 32 and wide:
             _sweep32w(ct, t, ia, sa, i0, i1, k0, kb)
         elif nbw == 32:
@@ -1193,14 +1197,14 @@ def _ov_sweep_any(ct, t, ia, sa, sb, so, i0, i1, k0, kb, nbw, wide):
 
 
 @numba.njit(parallel=True, cache=_CACHE)
-def _expand(c, iap, sap, ib, sb, lutt, nbw, n_rb, tbuf, cbuf, wide):
+def _expand(c, iap, sap, ib, sb, lutt, nbw, n_rb, tbuf, cbuf, wide, unit):
     """c[bt] = x[bt] (x) y[bt] from the decoded panels (float: scales sap/sb; integer: both None).
 
     ``c`` may be a transposed view; nbw (32, 16 or 8) is the column-block width; ``wide``: sweep 32 columns on
     16-lane vectors (same sums in the same order, so the same bits); a uint32 ``tbuf`` holds packed tables
     (32-column blocks, entries that fit 16 bits, panels of word offsets), a uint16 one with float scales
-    half-precision tables (32-column blocks, unscaled entries from a float16 ``lutt``; the sweep applies sb).
-    See the module docstring.
+    half-width tables (32-column blocks, unscaled entries as 16-bit integers from a uint16 ``lutt``, each
+    ``unit`` times its integer; the sweep applies sb and unit). See the module docstring.
     """
     nbatch, nkb, m_rows, kbs = iap.shape
     k_len = ib.shape[1]
@@ -1226,7 +1230,7 @@ def _expand(c, iap, sap, ib, sb, lutt, nbw, n_rb, tbuf, cbuf, wide):
             kb = min(kbs, k_len - k0)
             _build_any(t, 0, lutt, ib[bt], _batch(sb, bt), k0, kb, j0, nl, nbw)
             _sweep_any(ct, t, iap[bt, kbi], _panel(sap, bt, kbi), _batch(sb, bt), k0 * ib.shape[2] + j0, i0, i1, 0, kb,
-                       nbw, wide)
+                       nbw, wide, unit)
         nbv = min(nbw, n_cols - j0)
         for i in range(i0, i1):
             for j in range(nbv):
@@ -1418,7 +1422,7 @@ def _expand_narrow(c, x, m, truncate, ib, sb, lutt, nbw, fr, kbs, tall, pbi, pbs
         t = tall[bt]
         for k0 in range(0, k_len, kbs):
             kb = min(kbs, k_len - k0)
-            _sweep_any(ct, t, bi, bs, None, 0, 0, nr, k0, kb, nbw, wide)
+            _sweep_any(ct, t, bi, bs, None, 0, 0, nr, k0, kb, nbw, wide, np.float32(1.0))
         for i in range(nr):
             for j in range(n_cols):
                 c[bt, r0 + i, j] = ct[i * nbw + j]

@@ -37,7 +37,7 @@ ENV_HALF = "AMSIM_CPU_HALF_TABLES"
 CACHE_NAME = "amsim_cpu_costs.json"
 T_BYTES_CHOICES = (32 << 10, 64 << 10, 128 << 10, 256 << 10)
 NBW_CHOICES = (8, 16, 32)
-NB_HALF = 32  # the column-block width of half-precision tables
+NB_HALF = 32  # the column-block width of half-width tables
 # tables of more rows than this are "large": their rows come from L3 or memory, and one k of a 32-column block
 # fills most of a block's room in L2, so they take their own measured block shape and costs
 LARGE_TABLE_ROWS = 512
@@ -64,9 +64,9 @@ class Costs:
         nbw_large, t_bytes_large: column-block width (at most; one of ``NBW_CHOICES``) and table-block size of
             expansions with large tables, the fastest pair at 1024 table rows. A narrower block holds more k
             in the same bytes, so each swept row's accumulators are loaded and stored less often.
-        build_half, sweep_half, t_bytes_half: build, sweep and table-block size with half-precision tables
-            (unscaled float16 entries, 32-column blocks), small tables; used where they cost less than plain
-            ones and the multiplier's entries allow it.
+        build_half, sweep_half, t_bytes_half: build, sweep and table-block size with half-width tables
+            (unscaled entries as 16-bit integers, 32-column blocks), small tables; used where they cost less
+            than plain ones and the multiplier's entries allow it.
         build_half_large, sweep_half_large, t_bytes_half_large: the same at 1024 table rows (large tables).
     """
 
@@ -135,14 +135,6 @@ def cpu_name() -> str:
 def host_width() -> int:
     """16 where the CPU has AVX-512 (and Numba targets it), else 8."""
     return 16 if "avx512f" in _host_features() else 8
-
-
-def has_half_conversion() -> bool:
-    """Whether the CPU widens float16 to float32 in hardware (x86: F16C, with every AVX2 CPU; other targets'
-    vector units have it). Without it LLVM would call a runtime routine Numba's JIT need not provide, so the
-    half-precision tables are neither measured nor used."""
-    feats = _host_features()
-    return "f16c" in feats or "sse2" not in feats
 
 
 def forced_width() -> int | None:
@@ -217,13 +209,14 @@ def _expansion_case(rng, rows, k_len, nl, nbw, t_bytes, width, packed=False, lut
     if lutt is None:
         lutt = rng.uniform(1.0, 4.0, (nl, nl)).astype(np.float32)
     if half and lutt.dtype != np.uint16:
-        lutt = lutt.astype(np.float16).view(np.uint16)
+        lutt = np.ldexp(lutt, 11).astype(np.uint16)  # (the 11-bit logarithmic multipliers' integers)
     c = np.empty((1, rows, nbw), np.float32)
     tbuf, cbuf = _thread_buffers(1, kbs * nl * words, rows * nbw, np.float32,
                                  np.uint32 if packed else (np.uint16 if half else None))
     wide = width == 16
     kern = _kernels._SERIAL[_kernels._expand]
-    return lambda: kern(c, iap, sap, ib, sb, lutt, nbw, 1, tbuf, cbuf, wide)
+    unit = np.float32(2.0**-11 if half else 1.0)
+    return lambda: kern(c, iap, sap, ib, sb, lutt, nbw, 1, tbuf, cbuf, wide, unit)
 
 
 def _parallel_cost() -> float:
@@ -247,14 +240,13 @@ def calibrate(width: int) -> Costs:
     par_costs = [_parallel_cost()]
     # sweep and block size: the same problem with each table-block size; the fastest block wins
     big, small = 1024, 64
-    # plain, packed and half-precision tables, each block size, 1024 and 64 swept rows (which split build from
+    # plain, packed and half-width tables, each block size, 1024 and 64 swept rows (which split build from
     # sweep): all in the same rounds, so that the comparisons between them hold
-    half = has_half_conversion()
-    forms = {"plain": {}, "packed": {"packed": True}} | ({"half": {"half": True}} if half else {})
+    forms = {"plain": {}, "packed": {"packed": True}, "half": {"half": True}}
     per = _best_each({(rows, tb, form): _expansion_case(rng, rows, k_len, 128, 32, tb, width, **kw)
                       for form, kw in forms.items() for tb in T_BYTES_CHOICES for rows in (big, small)})
     best_tb = {f: min(T_BYTES_CHOICES, key=lambda tb, f=f: per[big, tb, f]) for f in forms}
-    t_bytes, tb_p, tb_h = best_tb["plain"], best_tb["packed"], best_tb.get("half", DEFAULT_COSTS.t_bytes_half)
+    t_bytes, tb_p, tb_h = best_tb["plain"], best_tb["packed"], best_tb["half"]
 
     def split(t_big, t_small, nl=128, nbw=32, k=k_len):  # t(rows) = k * nbw * (nl * build + rows * sweep)
         sweep = max((t_big - t_small) / ((big - small) * k * nbw), 1e-3)
@@ -262,19 +254,18 @@ def calibrate(width: int) -> Costs:
 
     build, sweep = split(per[big, t_bytes, "plain"], per[small, t_bytes, "plain"])
     build_packed, sweep_packed = split(per[big, tb_p, "packed"], per[small, tb_p, "packed"])
-    build_half, sweep_half = split(per[big, tb_h, "half"], per[small, tb_h, "half"]) if half else \
-        (DEFAULT_COSTS.build_half, DEFAULT_COSTS.sweep_half)
+    build_half, sweep_half = split(per[big, tb_h, "half"], per[small, tb_h, "half"])
     t8 = _best(_expansion_case(rng, big, k_len, 128, 8, t_bytes, width))
     sweep8 = max((t8 - k_len * 8 * 128 * build) / (big * k_len * 8), 1e-3)
     # large tables: the fastest block shape per multiply-accumulate at 1024 table rows (a 4 MiB table), plain
-    # (every width) and half precision (32 columns), 1024 and 64 swept rows, all in the same rounds; then split
+    # (every width) and half-width (32 columns), 1024 and 64 swept rows, all in the same rounds; then split
     nl_l, k_l = 1024, 32
     lutt_l = rng.uniform(1.0, 4.0, (nl_l, nl_l)).astype(np.float32)
-    # (one half-precision table for all its cases, as one GEMM has: a copy each, eight tables in turn, ran the
-    # half-precision build 1.6x slower than it runs in a GEMM)
-    luts = {False: lutt_l, True: lutt_l.astype(np.float16).view(np.uint16)}
+    # (one half-width table for all its cases, as one GEMM has: a copy each, eight tables in turn, ran the
+    # half-width build 1.6x slower than it runs in a GEMM)
+    luts = {False: lutt_l, True: np.ldexp(lutt_l, 11).astype(np.uint16)}
     shapes = [(False, nbw, tb) for nbw in NBW_CHOICES for tb in T_BYTES_CHOICES] + \
-        [(True, NB_HALF, tb) for tb in T_BYTES_CHOICES if half]
+        [(True, NB_HALF, tb) for tb in T_BYTES_CHOICES]
     per_l = _best_each({(rows, *sh): _expansion_case(rng, rows, k_l, nl_l, sh[1], sh[2], width, lutt=luts[sh[0]],
                                                      half=sh[0])
                         for sh in shapes for rows in (big, small)}, 5)
@@ -285,13 +276,9 @@ def calibrate(width: int) -> Costs:
     nbw_l, tb_l = fastest(False)
     build_large, sweep_large = split(per_l[big, False, nbw_l, tb_l], per_l[small, False, nbw_l, tb_l], nl_l, nbw_l,
                                      k_l)
-    if half:
-        _, tb_hl = fastest(True)
-        build_half_large, sweep_half_large = split(per_l[big, True, NB_HALF, tb_hl],
-                                                   per_l[small, True, NB_HALF, tb_hl], nl_l, NB_HALF, k_l)
-    else:
-        tb_hl, build_half_large, sweep_half_large = (DEFAULT_COSTS.t_bytes_half_large, DEFAULT_COSTS.build_half_large,
-                                                     DEFAULT_COSTS.sweep_half_large)
+    _, tb_hl = fastest(True)
+    build_half_large, sweep_half_large = split(per_l[big, True, NB_HALF, tb_hl], per_l[small, True, NB_HALF, tb_hl],
+                                               nl_l, NB_HALF, k_l)
     par_costs.append(_parallel_cost())
     # gather kernel: 64 x 1024 x 8 with a 128 x 128 table
     ia = rng.integers(0, 128, (1, 64, 1024)).astype(np.int32)
@@ -351,23 +338,20 @@ def use_packed(cost: Costs, n_l: int, rows: int) -> bool:
 
 
 def half_tables() -> str:
-    """``AMSIM_CPU_HALF_TABLES``: "on" (half-precision tables wherever the multiplier's entries and the CPU allow),
-    "off" (never), or "auto" (unset: where this machine's measured costs say they are faster). Speed only,
-    never a result.
+    """``AMSIM_CPU_HALF_TABLES``: "on" (half-width tables wherever the multiplier's entries allow), "off" (never),
+    or "auto" (unset: where this machine's measured costs say they are faster). Speed only, never a result.
 
     Raises:
         ValueError: the variable holds something else.
     """
-    return _on_off_auto(ENV_HALF, "half-table", "half-precision tables wherever the entries allow", "never")
+    return _on_off_auto(ENV_HALF, "half-table", "half-width tables wherever the entries allow", "never")
 
 
 def use_half(cost: Costs, n_l: int, rows: int) -> bool:
-    """Whether an expansion with ``n_l``-row tables sweeping ``rows`` rows builds them in half precision, where
-    the entries allow it: forced, or cheaper by the measured costs (of large tables past LARGE_TABLE_ROWS);
-    never on a CPU without hardware float16 conversion (has_half_conversion)."""
+    """Whether an expansion with ``n_l``-row tables sweeping ``rows`` rows builds them half-width (16-bit
+    integers), where the entries allow it: forced, or cheaper by the measured costs (of large tables past
+    LARGE_TABLE_ROWS)."""
     mode = half_tables()
-    if not has_half_conversion():
-        return False
     if mode != "auto":
         return mode == "on"
     if n_l > LARGE_TABLE_ROWS:

@@ -5,7 +5,8 @@ register; LLVM splits them into two halves on CPUs without AVX-512, so either ru
 No fast-math flags anywhere: LLVM keeps fmul and fadd separate (no FMA contraction), each rounded as IEEE says;
 ``vfma_exact`` fuses explicitly, for the products that are exact. Int32 vectors have the bitwise ops, shifts,
 compare-selects and lane reductions of the operand decoder. 16-bit words move unwidened through 16x16
-transposes (the builds of 16-bit tables), and float16 bit patterns widen to float32 lanes (half-precision tables).
+transposes (the builds of 16-bit tables), and unsigned 16-bit integers widen to float32 lanes (the sweep of
+half-width tables, whose entries are 16-bit integers times a power of two).
 """
 
 from __future__ import annotations
@@ -412,16 +413,16 @@ def vtranspose16_store(typingctx, arr, off, stride, rows):
 
 
 @intrinsic
-def vload_half16(typingctx, arr, off):
-    """16 float32 lanes from the IEEE half-precision bit patterns ``off .. off+15`` of a C-contiguous uint16 array
-    (x86: vcvtph2ps; every half is a float32 exactly). No bounds check."""
+def vload_fixed16(typingctx, arr, off):
+    """16 float32 lanes from the unsigned 16-bit integers ``off .. off+15`` of a C-contiguous uint16 array (x86:
+    a widening load and vcvtdq2ps; every such integer is a float32 exactly). No bounds check."""
     if not (isinstance(arr, types.Array) and arr.layout == "C" and arr.dtype == types.uint16
             and isinstance(off, types.Integer)):
         return None
 
     def codegen(context, builder, sig, args):
         v = builder.load(_vptr(context, builder, arr, args[0], args[1], arr.dtype, 16), align=2)
-        return builder.fpext(builder.bitcast(v, ir.VectorType(ir.HalfType(), 16)), ir.VectorType(ir.FloatType(), 16))
+        return builder.uitofp(v, ir.VectorType(ir.FloatType(), 16))
 
     return Vec(types.float32, 16)(arr, off), codegen
 
