@@ -35,8 +35,8 @@ power of two ``2**-q`` (q <= 23: the logarithmic multipliers up to 11 bits, whos
 a 16-bit transpose with no multiply, and the sweep multiplies the two operands' power-of-two scales and
 ``2**-q`` before the fused multiply-add with the widened integer; every product the exact path leaves to the
 kernel is exact either way, so the bits are the same. Again the measured costs decide, packed tables first
-where both apply (``AMSIM_CPU_HALF_TABLES`` forces it).
-Integer tables whose entries fit 16 bits are built by the same 16-bit transposes.
+where both apply (``AMSIM_CPU_HALF_TABLES`` forces it). Integer tables whose entries fit 16 bits are built by the
+same 16-bit transposes.
 
 Operands whose exponent could take an intermediate or a product out of the normal range (and Inf/NaN) make
 their whole row or column "flagged"; those outputs are recomputed by the scalar path, which assembles each

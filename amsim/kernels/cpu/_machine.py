@@ -194,6 +194,14 @@ def vector_width() -> int:
     return costs().width
 
 
+_HALF_Q = 11  # the calibration's half-width tables hold integers as the 11-bit multipliers' do: unit 2**-11
+
+
+def _half_lutt(lutt):
+    """A float table of entries in [1, 4) as the calibration's half-width table (k = entry * 2**_HALF_Q)."""
+    return np.ldexp(lutt, _HALF_Q).astype(np.uint16)
+
+
 def _expansion_case(rng, rows, k_len, nl, nbw, t_bytes, width, packed=False, lutt=None, half=False):
     """Decoded operands of one column block (rows x k_len) @ (k_len x nbw) with an nl-row table (``lutt``, or
     a random one), as _expand takes them, and the call that runs it serially; ``t_bytes`` of (packed, half or
@@ -209,13 +217,13 @@ def _expansion_case(rng, rows, k_len, nl, nbw, t_bytes, width, packed=False, lut
     if lutt is None:
         lutt = rng.uniform(1.0, 4.0, (nl, nl)).astype(np.float32)
     if half and lutt.dtype != np.uint16:
-        lutt = np.ldexp(lutt, 11).astype(np.uint16)  # (the 11-bit logarithmic multipliers' integers)
+        lutt = _half_lutt(lutt)
     c = np.empty((1, rows, nbw), np.float32)
     tbuf, cbuf = _thread_buffers(1, kbs * nl * words, rows * nbw, np.float32,
                                  np.uint32 if packed else (np.uint16 if half else None))
     wide = width == 16
     kern = _kernels._SERIAL[_kernels._expand]
-    unit = np.float32(2.0**-11 if half else 1.0)
+    unit = np.float32(2.0**-_HALF_Q if half else 1.0)
     return lambda: kern(c, iap, sap, ib, sb, lutt, nbw, 1, tbuf, cbuf, wide, unit)
 
 
@@ -263,7 +271,7 @@ def calibrate(width: int) -> Costs:
     lutt_l = rng.uniform(1.0, 4.0, (nl_l, nl_l)).astype(np.float32)
     # (one half-width table for all its cases, as one GEMM has: a copy each, eight tables in turn, ran the
     # half-width build 1.6x slower than it runs in a GEMM)
-    luts = {False: lutt_l, True: np.ldexp(lutt_l, 11).astype(np.uint16)}
+    luts = {False: lutt_l, True: _half_lutt(lutt_l)}
     shapes = [(False, nbw, tb) for nbw in NBW_CHOICES for tb in T_BYTES_CHOICES] + \
         [(True, NB_HALF, tb) for tb in T_BYTES_CHOICES]
     per_l = _best_each({(rows, *sh): _expansion_case(rng, rows, k_l, nl_l, sh[1], sh[2], width, lutt=luts[sh[0]],
