@@ -314,9 +314,11 @@ def test_which_tables_are_half_width(monkeypatch, rng):
     monkeypatch.setenv("AMSIM_CPU_HALF_TABLES", "on")
     for m in (7, 8, 10, 11):
         tabs = cpu.float_kernel_tables(amsim.multipliers.mbm(m).table.values)
+        n = 1 << m
         assert tabs.half[2] == F(2.0**-m), m  # entries are multiples of 2**-m below 4
-        assert_bits_equal(np.ldexp(tabs.half[0].astype(F), -m), amsim.multipliers.mbm(m).table.values)
-        assert_bits_equal(tabs.half[1], tabs.half[0].T)
+        assert_bits_equal(np.ldexp(tabs.half[0][:, :n].astype(F), -m), amsim.multipliers.mbm(m).table.values)
+        assert_bits_equal(tabs.half[1][:, :n], tabs.half[0][:, :n].T)
+        assert tabs.half[0].shape == tabs.half[1].shape == (n, n + (32 if m >= 10 else 0))  # (see padded_rows)
     assert cpu.float_kernel_tables(amsim.multipliers.exact(7).table.values).half[2] == F(2.0**-14)
     assert cpu.float_kernel_tables(amsim.multipliers.exact(8).table.values).half is None  # 255**2 * ... > 2**16
     assert cpu.float_kernel_tables(MULTS["exact10"].table.values).half is None
@@ -480,6 +482,59 @@ def test_16bit_table_build(nl, nbw, dtype, rng):
     want = lut[:, ib[k0 : k0 + kb, j0 : j0 + nbw]].transpose(1, 0, 2)  # (kk, r, j)
     np.testing.assert_array_equal(t[t0 : t0 + want.size].reshape(want.shape), want)
     assert (t[:t0] == poison).all() and (t[t0 + want.size :] == poison).all()
+
+
+def test_padded_rows():
+    """Table rows a multiple of 2 KiB long get 64 bytes more (zeros), other tables stay as they are."""
+    from amsim.kernels.cpu._buffers import padded_rows
+
+    for n, dtype, pad in ((2048, np.uint16, 32), (1024, np.uint16, 32), (512, np.uint16, 0), (1024, F, 16),
+                          (512, F, 16), (256, F, 0), (8, F, 0)):
+        t = np.arange(n * n, dtype=np.int64).reshape(n, n).astype(dtype)
+        p = padded_rows(t.T)
+        assert p.shape == (n, n + pad) and p.flags.c_contiguous, (n, dtype)
+        np.testing.assert_array_equal(p[:, :n], t.T)
+        assert not p[:, n:].any()
+
+
+@pytest.mark.parametrize("build", ["plain", "half", "packed", "plain_small"])
+def test_table_builds_read_padded_rows(build, rng):
+    """Every table build reads row r of the transposed table at r * shape[1] and only its first shape[0] entries:
+    the same expanded table from a square table and from one whose rows carry poisoned padding."""
+    from amsim.kernels.cpu import _kernels
+
+    nl, pad = {"plain": (512, 16), "half": (1024, 32), "packed": (128, 16), "plain_small": (4, 3)}[build]
+    if build == "half":
+        lutt = rng.integers(0, 1 << 16, (nl, nl)).astype(np.uint16)
+        poison = np.uint16(0xFFFF)
+    else:
+        lutt = rng.uniform(1, 4, (nl, nl)).astype(F)
+        if build == "packed":
+            lutt = (lutt.view(np.uint32) & np.uint32(0xFFFF0000)).view(F)
+        poison = F(np.nan)
+    padded = np.full((nl, nl + pad), poison, lutt.dtype)
+    padded[:, :nl] = lutt
+    nbw, k0, kb, j0 = 32, 2, 3, 32
+    ib = rng.integers(0, nl, (k0 + kb + 1, j0 + nbw)).astype(np.int32)
+    sb = np.ldexp(np.ones(ib.shape, F), rng.integers(-3, 4, ib.shape)).astype(F)
+    outs = []
+    for table in (lutt, padded):
+        if build == "packed":
+            t = np.zeros(kb * nl * 16, np.uint32)
+            _kernels._build_tp(t, 0, table, ib, sb, k0, kb, j0, nl)
+        elif build == "half":
+            t = np.zeros(kb * nl * nbw, np.uint16)
+            _kernels._build_t16(t, 0, table, ib, k0, kb, j0, nl, nbw)
+        else:
+            t = np.zeros(kb * nl * nbw, F)
+            _kernels._build_t(t, 0, table, ib, sb, k0, kb, j0, nl, nbw)
+        outs.append(t)
+    assert_bits_equal(outs[1], outs[0])
+    if build != "packed":  # (packed words hold two columns' entries)
+        want = lutt.T[:, ib[k0 : k0 + kb, j0 : j0 + nbw]].transpose(1, 0, 2)
+        if build != "half":
+            want = want * sb[k0 : k0 + kb, None, j0 : j0 + nbw]
+        assert_bits_equal(outs[0].reshape(want.shape), want.astype(lutt.dtype))
 
 
 def test_gather_rows_per_item_balance_the_threads():

@@ -203,19 +203,49 @@ def test_calibration_off_uses_the_defaults_and_writes_nothing(fresh, monkeypatch
     assert calls == [] and not path.exists()
 
 
-def test_auto_width_takes_the_faster_measured_sweep(fresh, monkeypatch):
-    _, calls = fresh
+def test_auto_width_takes_the_winner_of_one_race(fresh, monkeypatch):
+    """With AVX-512, the width is the faster of the two sweeps timed in the same rounds (not a comparison of two
+    calibrations' figures), cached on disk with the costs; a malformed entry means a new race; without AVX-512
+    there is no race and no 16-lane sweep."""
+    path, _ = fresh
     monkeypatch.setenv(_machine.ENV_WIDTH, "auto")
     monkeypatch.setattr(_machine, "host_width", lambda: 16)
-    fast8 = _machine.Costs(sweep=0.01, width=8)
+    fast8 = _machine.Costs(sweep=0.01, width=8)  # (a calibration's figures favouring 8 lanes do not decide)
     fast16 = _machine.Costs(sweep=0.02, width=16)
     monkeypatch.setattr(_machine, "calibrate", lambda w: fast8 if w == 8 else fast16)
-    assert _machine.costs() == fast8
+    races = []
+
+    def timed(cases, n=7, serial=True):
+        races.append(sorted(cases))
+        return {key: 1.0 if key[0] == 16 else 2.0 for key in cases}
+
+    monkeypatch.setattr(_machine, "_best_each", timed)
+    assert _machine.costs() == fast16
+    assert races == [[(8, "half"), (8, "packed"), (8, "plain"), (16, "half"), (16, "packed"), (16, "plain")]]
+    data = json.loads(path.read_text())
+    assert data[_machine.cache_key("8-16")] == {"width": 16}
+    assert {_machine.cache_key(8), _machine.cache_key(16)} < set(data)
+
+    def new_process():
+        _machine._chosen.clear()
+        _machine._memo.clear()
+
+    new_process()
+    assert _machine.costs() == fast16 and len(races) == 1  # from the file: no new race
+    for bad in ({"width": 12}, {"width": 16.0}, {"width": 8, "x": 1}, [16]):
+        data[_machine.cache_key("8-16")] = bad
+        path.write_text(json.dumps(data))
+        new_process()
+        monkeypatch.setattr(_machine, "_best_each", lambda cases, n=7, serial=True: {
+            key: 1.0 if key[0] == 8 else 2.0 for key in cases})
+        assert _machine.costs() == fast8, bad  # raced again
+        assert json.loads(path.read_text())[_machine.cache_key("8-16")] == {"width": 8}
+        monkeypatch.setattr(_machine, "_best_each", timed)
     monkeypatch.setattr(_machine, "host_width", lambda: 8)  # no AVX-512: never the 16-lane sweep
-    _machine._chosen.clear()
-    _machine._memo.clear()
+    new_process()
+    n_races = len(races)
     monkeypatch.setattr(_machine, "calibrate", lambda w: fast16 if w == 16 else fast8)
-    assert _machine.costs().width == 8
+    assert _machine.costs() == fast8 and len(races) == n_races
 
 
 def test_kernel_and_block_size_follow_the_measured_costs(monkeypatch):
@@ -234,6 +264,11 @@ def test_kernel_and_block_size_follow_the_measured_costs(monkeypatch):
         small = _gemm._Layout(1024, 1024, 1000, 512, 1, True, cost)
         assert (small.nbw, small.kbs) == (32, 1)  # 32 KiB / (512 rows * 32 columns * 4 bytes)
         assert _gemm._Layout(1024, 12, 1000, 1024, 1, True, cost).nbw == min(nbw, 16)  # narrow: never wider
+        # larger tables than the calibration's (1024 rows) keep its k per block, in a larger block
+        assert _gemm._Layout(1024, 1024, 1000, 2048, 1, True, cost).kbs == kb
+    for t_bytes, kb in ((128 << 10, 2), (256 << 10, 4), (64 << 10, 1)):  # half-width: 2 bytes an entry
+        cost = _machine.Costs(**dict(base.__dict__, t_bytes_half_large=t_bytes))
+        assert _gemm._kb(1024, 1000, 32, cost, 2, half=True) == _gemm._kb(2048, 1000, 32, cost, 2, half=True) == kb
 
 
 def test_large_table_block_shapes_give_the_same_bits(monkeypatch, rng):

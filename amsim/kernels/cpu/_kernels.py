@@ -683,21 +683,22 @@ def _ov_batch(p, bt):
 @numba.njit(inline="always")
 def _build_t(t, t0, lutt, ib, sb, k0, kb, j0, nl, nbw):
     """T[kk, r, 0:nbw] = LUT[r, ib[k0+kk, j0:j0+nbw]] (* sb[...] unless sb is None) at flat offset t0 of t;
-    ``lutt`` is LUT transposed."""
+    ``lutt`` is LUT transposed, nl rows of ``lutt.shape[1]`` elements (padded past nl, see padded_rows)."""
     npad = ib.shape[1]
+    ls = lutt.shape[1]
     if nl >= 8:
         for kk in range(kb):
             ibr = ib[k0 + kk]
             for jc in range(0, nbw, 8):
                 j = j0 + jc
-                o0 = ibr[j] * nl
-                o1 = ibr[j + 1] * nl
-                o2 = ibr[j + 2] * nl
-                o3 = ibr[j + 3] * nl
-                o4 = ibr[j + 4] * nl
-                o5 = ibr[j + 5] * nl
-                o6 = ibr[j + 6] * nl
-                o7 = ibr[j + 7] * nl
+                o0 = ibr[j] * ls
+                o1 = ibr[j + 1] * ls
+                o2 = ibr[j + 2] * ls
+                o3 = ibr[j + 3] * ls
+                o4 = ibr[j + 4] * ls
+                o5 = ibr[j + 5] * ls
+                o6 = ibr[j + 6] * ls
+                o7 = ibr[j + 7] * ls
                 sv = _row_scale(sb, (k0 + kk) * npad + j)
                 for r in range(0, nl, 8):
                     vtranspose_store_halves(
@@ -719,14 +720,15 @@ def _build_tp(t, t0, lutt, ib, sb, k0, kb, j0, nl):
     """_build_t of a 32-column block into a packed table (uint32 words, see _simd.vtranspose_pack_store): row r
     of T[kk] is 16 words, word q holding columns j0 + q and j0 + q + 16. Needs nl >= 8 and entries that fit."""
     npad = ib.shape[1]
+    ls = lutt.shape[1]
     for kk in range(kb):
         ibr = ib[k0 + kk]
         for jc in range(0, 16, 8):
             j = j0 + jc
-            a0, a1, a2, a3 = ibr[j] * nl, ibr[j + 1] * nl, ibr[j + 2] * nl, ibr[j + 3] * nl
-            a4, a5, a6, a7 = ibr[j + 4] * nl, ibr[j + 5] * nl, ibr[j + 6] * nl, ibr[j + 7] * nl
-            b0, b1, b2, b3 = ibr[j + 16] * nl, ibr[j + 17] * nl, ibr[j + 18] * nl, ibr[j + 19] * nl
-            b4, b5, b6, b7 = ibr[j + 20] * nl, ibr[j + 21] * nl, ibr[j + 22] * nl, ibr[j + 23] * nl
+            a0, a1, a2, a3 = ibr[j] * ls, ibr[j + 1] * ls, ibr[j + 2] * ls, ibr[j + 3] * ls
+            a4, a5, a6, a7 = ibr[j + 4] * ls, ibr[j + 5] * ls, ibr[j + 6] * ls, ibr[j + 7] * ls
+            b0, b1, b2, b3 = ibr[j + 16] * ls, ibr[j + 17] * ls, ibr[j + 18] * ls, ibr[j + 19] * ls
+            b4, b5, b6, b7 = ibr[j + 20] * ls, ibr[j + 21] * ls, ibr[j + 22] * ls, ibr[j + 23] * ls
             sva = _row_scale(sb, (k0 + kk) * npad + j)
             svb = _row_scale(sb, (k0 + kk) * npad + j + 16)
             for r in range(0, nl, 8):
@@ -746,6 +748,7 @@ def _build_tp(t, t0, lutt, ib, sb, k0, kb, j0, nl):
 def _build_t16(t, t0, lutt, ib, k0, kb, j0, nl, nbw):
     """_build_t of a 16-bit table from a 16-bit ``lutt``: 16x16 transposes of words, where the 8x8 ones of
     int32 rows took four times the loads and twice the shuffles, and a narrowing per stored row."""
+    ls = lutt.shape[1]
     if nl % 16 or nbw % 16:
         for kk in range(kb):
             for r in range(nl):
@@ -757,10 +760,10 @@ def _build_t16(t, t0, lutt, ib, k0, kb, j0, nl, nbw):
         ibr = ib[k0 + kk]
         for jc in range(0, nbw, 16):
             j = j0 + jc
-            o0, o1, o2, o3 = ibr[j] * nl, ibr[j + 1] * nl, ibr[j + 2] * nl, ibr[j + 3] * nl
-            o4, o5, o6, o7 = ibr[j + 4] * nl, ibr[j + 5] * nl, ibr[j + 6] * nl, ibr[j + 7] * nl
-            p0, p1, p2, p3 = ibr[j + 8] * nl, ibr[j + 9] * nl, ibr[j + 10] * nl, ibr[j + 11] * nl
-            p4, p5, p6, p7 = ibr[j + 12] * nl, ibr[j + 13] * nl, ibr[j + 14] * nl, ibr[j + 15] * nl
+            o0, o1, o2, o3 = ibr[j] * ls, ibr[j + 1] * ls, ibr[j + 2] * ls, ibr[j + 3] * ls
+            o4, o5, o6, o7 = ibr[j + 4] * ls, ibr[j + 5] * ls, ibr[j + 6] * ls, ibr[j + 7] * ls
+            p0, p1, p2, p3 = ibr[j + 8] * ls, ibr[j + 9] * ls, ibr[j + 10] * ls, ibr[j + 11] * ls
+            p4, p5, p6, p7 = ibr[j + 12] * ls, ibr[j + 13] * ls, ibr[j + 14] * ls, ibr[j + 15] * ls
             for r in range(0, nl, 16):
                 out = t0 + (kk * nl + r) * nbw + jc
                 for c in range(0, 16, 8):
