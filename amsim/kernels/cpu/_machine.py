@@ -2,8 +2,8 @@
 
 The float sweep exists for 8 float32 lanes (AVX2) and 16 (AVX-512). Where the CPU has AVX-512 both are timed in
 the same rounds and the faster is used (on Zen 4, which splits 512-bit operations into two halves, that can be
-the 8-lane one); elsewhere the 8-lane one. ``AMSIM_CPU_VECTOR_WIDTH=8`` or ``16`` forces one (the results are the same bits
-either way: only the speed differs).
+the 8-lane one); elsewhere the 8-lane one. ``AMSIM_CPU_VECTOR_WIDTH=8`` or ``16`` forces one (the results are
+the same bits either way: only the speed differs).
 
 Those costs, the others that pick the kernel (expansion or direct, serial or parallel) and the expansion's
 block size are measured at first use, in about a second, and cached on disk beside Numba's cache of the kernels,
