@@ -412,19 +412,27 @@ def vtranspose16_store(typingctx, arr, off, stride, rows):
     return types.void(arr, off, stride, rows), codegen
 
 
-@intrinsic
-def vload_fixed16(typingctx, arr, off):
-    """16 float32 lanes from the unsigned 16-bit integers ``off .. off+15`` of a C-contiguous uint16 array (x86:
-    a widening load and vcvtdq2ps; every such integer is a float32 exactly). No bounds check."""
-    if not (isinstance(arr, types.Array) and arr.layout == "C" and arr.dtype == types.uint16
-            and isinstance(off, types.Integer)):
-        return None
+def _make_load_fixed(width):
+    @intrinsic
+    def load_fixed(typingctx, arr, off):
+        if not (isinstance(arr, types.Array) and arr.layout == "C" and arr.dtype == types.uint16
+                and isinstance(off, types.Integer)):
+            return None
 
-    def codegen(context, builder, sig, args):
-        v = builder.load(_vptr(context, builder, arr, args[0], args[1], arr.dtype, 16), align=2)
-        return builder.uitofp(v, ir.VectorType(ir.FloatType(), 16))
+        def codegen(context, builder, sig, args):
+            v = builder.load(_vptr(context, builder, arr, args[0], args[1], arr.dtype, width), align=2)
+            return builder.uitofp(v, ir.VectorType(ir.FloatType(), width))
 
-    return Vec(types.float32, 16)(arr, off), codegen
+        return Vec(types.float32, width)(arr, off), codegen
+
+    load_fixed.__doc__ = (f"{width} float32 lanes from the unsigned 16-bit integers ``off .. off+{width - 1}`` of a "
+                          "C-contiguous uint16 array (x86: a widening load and vcvtdq2ps; every such integer is a "
+                          "float32 exactly). No bounds check.")
+    return load_fixed
+
+
+vload_fixed8 = _make_load_fixed(8)
+vload_fixed16 = _make_load_fixed(16)
 
 
 # Packed tables hold two bfloat16-exact float32 entries (low 16 bits zero) per 32-bit word: word q of a packed row
