@@ -319,6 +319,21 @@ def lut_build_times(repeats: int) -> list:
     return out
 
 
+AVX2_CPU = "x86-64-v3"  # LLVM's generic AVX2 + FMA level
+
+
+def avx2_env() -> dict:
+    """This process's environment with Numba told to compile for an AVX2 CPU: ``NUMBA_CPU_NAME`` the generic
+    AVX2 level and ``NUMBA_CPU_FEATURES`` this host's features without AVX-512 (and AVX10). The code an AVX2
+    machine compiles, run on this one (its caches and clock, not an AVX2 machine's)."""
+    import llvmlite.binding as ll
+
+    feats = ll.get_host_cpu_features()
+    wide = ("avx512", "avx10", "evex512")
+    flat = ",".join(("-" if name.startswith(wide) or not on else "+") + name for name, on in sorted(feats.items()))
+    return dict(os.environ, NUMBA_CPU_NAME=AVX2_CPU, NUMBA_CPU_FEATURES=flat)
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="fewer and smaller cases, fewer repeats")
@@ -332,7 +347,15 @@ def main(argv=None):
                     "tables forced (AMSIM_CPU_TABLE_PACKING off / on), besides the automatic choice")
     ap.add_argument("--both-halves", action="store_true", help="time every amsim case with half-width tables "
                     "forced off and on (AMSIM_CPU_HALF_TABLES), besides the automatic choice")
+    ap.add_argument("--avx2", action="store_true", help="run with the kernels compiled for an AVX2 CPU "
+                    f"(NUMBA_CPU_NAME={AVX2_CPU}, the host's features without AVX-512): the AVX2 code path on an "
+                    "AVX-512 machine")
     args = ap.parse_args(argv)
+    if args.avx2 and os.environ.get("NUMBA_CPU_NAME") != AVX2_CPU:
+        # (Numba reads its target when it starts: run again in a process that has it from the beginning)
+        sys.stdout.flush()
+        args_now = sys.argv[1:] if argv is None else list(argv)
+        os.execve(sys.executable, [sys.executable, os.path.abspath(__file__), *args_now], avx2_env())
     repeats = args.repeats or (4 if args.quick else 7)
     naive_size = args.naive_size or (128 if args.quick else 256)
     rng = np.random.default_rng(0)
