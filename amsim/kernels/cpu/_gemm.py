@@ -67,7 +67,7 @@ def packable(values: np.ndarray) -> bool:
 
 
 def half_table(values: np.ndarray) -> tuple | None:
-    """The float expansion's half-width form of a table, ``(table, transposed, unit)``: every entry as an unsigned
+    """The float expansion's half-width form of a table, ``(table, table.T, unit)``: every entry as an unsigned
     16-bit integer k with entry = k * unit, ``unit`` = 2**-q the largest such power of two (float32), or None
     where there is none with 0 <= q <= 23 and every k below 2**16. The logarithmic multipliers' entries up to
     11 bits (multiples of 2**-m below 4) and the exact ones' up to 7 bits (of 2**-14) have one. Then the tables are
@@ -92,7 +92,7 @@ def half_table(values: np.ndarray) -> tuple | None:
     if k.max() >= 2.0**16:
         return None
     bits = k.astype(np.uint16)
-    return bits, np.ascontiguousarray(bits.T), np.float32(2.0**-q)
+    return bits, bits.T, np.float32(2.0**-q)  # (float_kernel_tables lays both out for the kernels)
 
 
 def float_kernel_tables(values: np.ndarray) -> KernelTables:

@@ -219,7 +219,7 @@ def _expansion_case(rng, rows, k_len, nl, nbw, t_bytes, width, packed=False, lut
         lutt = rng.uniform(1.0, 4.0, (nl, nl)).astype(np.float32)
     if half and lutt.dtype != np.uint16:
         lutt = _half_lutt(lutt)
-    lutt = padded_rows(lutt)  # (as float_kernel_tables lays tables out)
+    lutt = padded_rows(lutt)  # (as float_kernel_tables lays tables out; a table passed in padded is kept as is)
     c = np.empty((1, rows, nbw), np.float32)
     tbuf, cbuf = _thread_buffers(1, kbs * nl * words, rows * nbw, np.float32,
                                  np.uint32 if packed else (np.uint16 if half else None))
@@ -271,9 +271,9 @@ def calibrate(width: int) -> Costs:
     # (every width) and half-width (32 columns), 1024 and 64 swept rows, all in the same rounds; then split
     nl_l, k_l = LARGE_CASE_ROWS, 32
     lutt_l = rng.uniform(1.0, 4.0, (nl_l, nl_l)).astype(np.float32)
-    # (one half-width table for all its cases, as one GEMM has: a copy each, eight tables in turn, ran the
-    # half-width build 1.6x slower than it runs in a GEMM)
-    luts = {False: lutt_l, True: _half_lutt(lutt_l)}
+    # (one table of each form for all its cases, laid out as one GEMM has it: a copy each, eight tables in turn,
+    # ran the half-width build 1.6x slower than it runs in a GEMM)
+    luts = {False: padded_rows(lutt_l), True: padded_rows(_half_lutt(lutt_l))}
     shapes = [(False, nbw, tb) for nbw in NBW_CHOICES for tb in T_BYTES_CHOICES] + \
         [(True, NB_HALF, tb) for tb in T_BYTES_CHOICES]
     per_l = _best_each({(rows, *sh): _expansion_case(rng, rows, k_l, nl_l, sh[1], sh[2], width, lutt=luts[sh[0]],
