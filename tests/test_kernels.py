@@ -146,6 +146,59 @@ def test_short_rows_of_the_expanded_operand_decode_as_the_scalar_loop(shape, rng
                 np.testing.assert_array_equal(got.view(np.uint8), want.view(np.uint8))
 
 
+@pytest.mark.parametrize("serial", [False, True], ids=["parallel", "serial"])
+@pytest.mark.parametrize("kbs", [1, 2, 3, 4, 8, 16])
+@pytest.mark.parametrize("shape", [(1, 37, 70), (2, 16, 8), (1, 5, 3), (1, 300, 41)], ids=str)
+def test_swept_operand_panels_for_every_k_per_block(shape, kbs, serial, rng):
+    """The swept operand's k-block panels, from its rows and from its transpose (float decoders, and the
+    integer ones), for every k per block the layouts take (1, 2 and 4 at large tables, multiples of 8 at small
+    ones, K itself): the same offsets and scales as one panel of the whole row, moved to each block's offsets,
+    in rows that do not fill the copies' vectors and blocks that do not fill their panels; what lies past the
+    last block's K untouched."""
+    from amsim.kernels.cpu import _kernels
+
+    nbatch, m_rows, k_len = shape
+    x = mixed_matrix(rng, shape, 0.05)
+    xt = np.ascontiguousarray(np.swapaxes(x, 1, 2))
+    unit_r, unit_k = 32, 2048 * 32
+    nkb = -(-k_len // kbs)
+    k_ = lambda f: _kernels._SERIAL[f] if serial else f  # noqa: E731
+    whole_i = np.empty((nbatch, 1, m_rows, k_len), np.int32)
+    whole_s = np.empty((nbatch, 1, m_rows, k_len), F)
+    lo, hi = np.empty((nbatch, m_rows), np.int32), np.empty((nbatch, m_rows), np.int32)
+    k_(_kernels._decode_rows_f32)(x, 11, False, whole_i, whole_s, lo, hi, unit_r, unit_k)
+    want_i = np.full((nbatch, nkb, m_rows, kbs), -7, np.int32)
+    want_s = np.full((nbatch, nkb, m_rows, kbs), 3.5, F)
+    for kbi in range(nkb):
+        kb = min(kbs, k_len - kbi * kbs)
+        want_i[:, kbi, :, :kb] = whole_i[:, 0, :, kbi * kbs : kbi * kbs + kb] - kbi * kbs * unit_k
+        want_s[:, kbi, :, :kb] = whole_s[:, 0, :, kbi * kbs : kbi * kbs + kb]
+    for transposed in (False, True):
+        got_i, got_s = np.full_like(want_i, -7), np.full_like(want_s, 3.5)
+        if transposed:
+            pmin, pmax = np.empty((nbatch, nkb, m_rows), np.int32), np.empty((nbatch, nkb, m_rows), np.int32)
+            k_(_kernels._decode_rows_t_f32)(xt, 11, False, got_i, got_s, pmin, pmax, unit_r, unit_k)
+            np.testing.assert_array_equal(pmin.min(axis=1), lo)
+            np.testing.assert_array_equal(pmax.max(axis=1), hi)
+        else:
+            lo2, hi2 = np.empty_like(lo), np.empty_like(hi)
+            k_(_kernels._decode_rows_f32)(x, 11, False, got_i, got_s, lo2, hi2, unit_r, unit_k)
+            np.testing.assert_array_equal(lo2, lo)
+            np.testing.assert_array_equal(hi2, hi)
+        np.testing.assert_array_equal(got_i, want_i)
+        np.testing.assert_array_equal(got_s.view(np.uint32), want_s.view(np.uint32))
+    ix = rng.integers(0, 256, shape).astype(np.int32)
+    want = np.full((nbatch, nkb, m_rows, kbs), -7, np.int32)
+    for kbi in range(nkb):
+        kb = min(kbs, k_len - kbi * kbs)
+        want[:, kbi, :, :kb] = ix[:, :, kbi * kbs : kbi * kbs + kb] * unit_r + np.arange(kb) * unit_k
+    ixt = np.ascontiguousarray(np.swapaxes(ix, 1, 2))
+    for fn, src in ((_kernels._pack_rows_i32, ix), (_kernels._pack_rows_t_i32, ixt)):
+        got = np.full_like(want, -7)
+        k_(fn)(src, got, unit_r, unit_k)
+        np.testing.assert_array_equal(got, want)
+
+
 @pytest.mark.parametrize("shape", [(25, 3001, 6), (150, 400, 16), (9, 77, 3)], ids=str)
 def test_matmul_with_short_expanded_rows(cpu_kernel, cpu_width, shape, rng):
     """With specials sprinkled everywhere (past a few hundred k the exact path recomputes every row and column)

@@ -313,6 +313,26 @@ def _row_at(builder, off, stride, p):
 
 
 @intrinsic
+def vload_quarters(typingctx, arr, off, stride):
+    """8 lanes: elements ``off + q * stride .. off + q * stride + 1`` for q < 4 of a C-contiguous array (two
+    elements from each of four rows; x86: 64-bit loads and inserts). No bounds check."""
+    if not (_flat_ok(arr) and isinstance(off, types.Integer) and isinstance(stride, types.Integer)):
+        return None
+
+    def codegen(context, builder, sig, args):
+        aval, o = args[0], args[1]
+        s = context.cast(builder, args[2], sig.args[2], sig.args[1])
+        p = [builder.load(_vptr(context, builder, arr, aval, _row_at(builder, o, s, q), arr.dtype, 2), align=4)
+             for q in range(4)]
+        i32x4 = ir.VectorType(ir.IntType(32), 4)
+        lo = builder.shuffle_vector(p[0], p[1], ir.Constant(i32x4, [0, 1, 2, 3]))
+        hi = builder.shuffle_vector(p[2], p[3], ir.Constant(i32x4, [0, 1, 2, 3]))
+        return builder.shuffle_vector(lo, hi, ir.Constant(ir.VectorType(ir.IntType(32), _W), list(range(8))))
+
+    return Vec(arr.dtype, _W)(arr, off, stride), codegen
+
+
+@intrinsic
 def vtranspose_store_halves(typingctx, arr, off, stride, scale, h0, h1, h2, h3, h4, h5, h6, h7):
     """Store the 8x8 transpose of rows r0..r7, given with their 128-bit halves exchanged (h_q = vload_halves of
     the low halves of r_q and r_{q+4}, h_{q+4} of their high halves, q < 4), times ``scale`` per output row
