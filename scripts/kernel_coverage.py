@@ -43,13 +43,13 @@ _CUDA_GEMMS = ("amsim_gemm_expand_f32", "amsim_gemm_expand16_f32", "amsim_gemm_w
 
 def _variant(name: str, serial: bool, args) -> str:
     v = [name, "serial" if serial else "parallel"]
-    if name == "_expand":  # (c, iap, sap, ib, sb, lutt, nbw, n_rb, tbuf, cbuf, wide, unit)
+    if name == "_expand":  # (c, iap, sap, ib, sb, lutt, nbw, n_rb, tbuf, cbuf, wide, unit, tr)
         v += [f"nbw {args[6]}", f"{16 if args[10] else 8} lanes", "float" if args[2] is not None else "int",
               f"T {args[8].dtype}", f"{args[5].shape[0]} rows"]
     elif name == "_expand_narrow":  # (c, x, m, truncate, ib, sb, lutt, nbw, ..., wide, geo)
         v += [f"nbw {args[7]}", f"{16 if args[16] else 8} lanes", f"{args[6].shape[0]} rows",
               "conv patches" if args[17] is not None else "rows"]
-    elif name == "_gather_f32":  # (c, ia, sa, ib, sb, lutf, gr)
+    elif name == "_gather_f32":  # (c, ia, sa, ib, sb, lutf, gr, tr)
         v += [f"{args[6]} rows an item", f"{args[5].shape[0]} rows"]
     else:
         v += [f"table {args[3].dtype}"]

@@ -50,6 +50,55 @@ LAYOUTS = [(40, 64, 300), (300, 24, 9), (9, 17, 700), (1100, 20, 30), (30, 40, 5
            (64, 37, 33), (600, 70, 16), (150, 900, 12)]
 
 
+@pytest.mark.parametrize("algo", ["expand", "gather", "int"])
+def test_kernels_see_the_same_argument_types_for_every_kind_of_call(algo, monkeypatch, rng):
+    """Numba compiles a kernel once per argument types, read-only flags and layouts included (5-8 s for an
+    expansion). Writable operands (NumPy) and read-only ones (JAX's), each with and without values for the
+    exact path, and for the expansion and the gather kernel either orientation of the product (M >= N or
+    M < N; the gather kernel's transposed form), reach each kernel with the same types: one compilation of
+    it serves them all. The results are golden's."""
+    import numba
+
+    from amsim.kernels.cpu import _gemm
+
+    seen, now = {}, {}
+    real_k = _gemm._k
+
+    def k(kernel, serial):
+        run = real_k(kernel, serial)
+
+        def call(*args):
+            key = (kernel.__name__, serial, now["orient"])
+            seen.setdefault(key, set()).add(tuple(numba.typeof(x) for x in args))
+            return run(*args)
+
+        return call
+
+    monkeypatch.setattr(_gemm, "_k", k)
+    monkeypatch.setattr(_gemm, "use_expansion", lambda *a, **kw: algo != "gather")
+    m = amsim.multipliers.exact_int(8, signed=True) if algo == "int" else amsim.multipliers.mbm(7)
+    # (gather: the first shape is the transposed form, the second not; expansion: the second sweeps columns)
+    for orient, (mr, kl, nc) in enumerate([(64, 50, 3), (3, 50, 64)]):
+        now["orient"] = orient
+        for special in (0.0, 0.05):
+            if algo == "int":
+                a, b = (rng.integers(-128, 128, s).astype(np.int8) for s in ((mr, kl), (kl, nc)))
+            else:
+                a, b = mixed_matrix(rng, (mr, kl), special), mixed_matrix(rng, (kl, nc), special)
+            for writable in (True, False):
+                a.flags.writeable = b.flags.writeable = writable
+                assert_bits_equal(amsim.matmul(a, b, m), golden.matmul(a, b, m))
+    names = {key[0] for key in seen}
+    want = {"expand": {"_expand", "_fixup_f32"}, "gather": {"_gather_f32", "_fixup_f32"}, "int": {"_expand"}}
+    assert want[algo] <= names, names
+    for key, types in seen.items():
+        assert len(types) == 1, (key, types)
+    for name in ("_expand", "_gather_f32"):
+        for serial in (False, True):
+            types = seen.get((name, serial, 0), set()) | seen.get((name, serial, 1), set())
+            assert len(types) <= 1, (name, serial, types)
+
+
 @pytest.mark.parametrize("shape", LAYOUTS, ids=str)
 def test_matmul_kernel_layout_cases(cpu_kernel, cpu_width, shape, rng):
     """Each layout with specials sprinkled everywhere (with long K nearly every row and column holds one, so
@@ -156,10 +205,11 @@ def test_swept_operand_panels_for_every_k_per_block(shape, kbs, serial, rng):
     in rows that do not fill the copies' vectors and blocks that do not fill their panels; what lies past the
     last block's K untouched."""
     from amsim.kernels.cpu import _kernels
+    from amsim.kernels.cpu._buffers import _ro
 
     nbatch, m_rows, k_len = shape
-    x = mixed_matrix(rng, shape, 0.05)
-    xt = np.ascontiguousarray(np.swapaxes(x, 1, 2))
+    x = _ro(mixed_matrix(rng, shape, 0.05))  # (read-only, as the drivers pass inputs)
+    xt = _ro(np.ascontiguousarray(np.swapaxes(x, 1, 2)))
     unit_r, unit_k = 32, 2048 * 32
     nkb = -(-k_len // kbs)
     k_ = lambda f: _kernels._SERIAL[f] if serial else f  # noqa: E731
@@ -187,12 +237,12 @@ def test_swept_operand_panels_for_every_k_per_block(shape, kbs, serial, rng):
             np.testing.assert_array_equal(hi2, hi)
         np.testing.assert_array_equal(got_i, want_i)
         np.testing.assert_array_equal(got_s.view(np.uint32), want_s.view(np.uint32))
-    ix = rng.integers(0, 256, shape).astype(np.int32)
+    ix = _ro(rng.integers(0, 256, shape).astype(np.int32))
     want = np.full((nbatch, nkb, m_rows, kbs), -7, np.int32)
     for kbi in range(nkb):
         kb = min(kbs, k_len - kbi * kbs)
         want[:, kbi, :, :kb] = ix[:, :, kbi * kbs : kbi * kbs + kb] * unit_r + np.arange(kb) * unit_k
-    ixt = np.ascontiguousarray(np.swapaxes(ix, 1, 2))
+    ixt = _ro(np.ascontiguousarray(np.swapaxes(ix, 1, 2)))
     for fn, src in ((_kernels._pack_rows_i32, ix), (_kernels._pack_rows_t_i32, ixt)):
         got = np.full_like(want, -7)
         k_(fn)(src, got, unit_r, unit_k)

@@ -1,5 +1,5 @@
 """Reused buffers of the CPU GEMM: the 2 MiB-aligned per-thread workspace (expanded tables and tiles) and the
-scratch arrays for decoded operands."""
+scratch arrays for decoded operands; the kernels' views of tables and inputs (padded rows, read-only)."""
 
 from __future__ import annotations
 
@@ -85,3 +85,14 @@ def padded_rows(table: np.ndarray) -> np.ndarray:
     out = np.zeros((rows, cols + 64 // table.itemsize), table.dtype)
     out[:, :cols] = table
     return out
+
+
+def _ro(x: np.ndarray) -> np.ndarray:
+    """x, read-only (a view where x is writable). Numba compiles a kernel once per argument types, the read-only
+    flag included: inputs (writable from NumPy, read-only from JAX) and tables reach the kernels read-only, so
+    each kernel compiles once for both (5-8 s for an expansion), and no kernel can write them."""
+    if not x.flags.writeable:
+        return x
+    v = x.view()
+    v.flags.writeable = False
+    return v

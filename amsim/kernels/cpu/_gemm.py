@@ -10,7 +10,7 @@ import numpy as np
 
 from ..._operands import exponent_windows
 from . import _machine
-from ._buffers import _scratch, _thread_buffers, padded_rows
+from ._buffers import _ro, _scratch, _thread_buffers, padded_rows
 from ._kernels import (
     _KC,
     _STAGE,
@@ -110,12 +110,12 @@ def float_kernel_tables(values: np.ndarray) -> KernelTables:
     mant = np.where(nz, frac * 2.0 - 1.0, 0.0)  # in [0, 1), 23 significant bits at most
     lut_f = np.round(mant * 2.0**23).astype(np.uint32)
     ranges, e_lo, e_hi = exponent_windows(lutf)  # (1, 0, 1, 0) when empty: everything takes the exact path
-    kt = KernelTables((lutf, lut_e, lut_f, np.array(ranges, dtype=np.int32)))
-    kt.lutt, kt.lutp = padded_rows(lutf.T), padded_rows(lutf)
+    kt = KernelTables((_ro(lutf), _ro(lut_e), _ro(lut_f), _ro(np.array(ranges, dtype=np.int32))))
+    kt.lutt, kt.lutp = _ro(padded_rows(lutf.T)), _ro(padded_rows(lutf))
     kt.exp_lo, kt.exp_hi = e_lo, e_hi
     kt.packable = packable(lutf)
     half = half_table(lutf)
-    kt.half = None if half is None else (padded_rows(half[0]), padded_rows(half[1]), half[2])
+    kt.half = None if half is None else (_ro(padded_rows(half[0])), _ro(padded_rows(half[1])), half[2])
     return kt
 
 
@@ -132,7 +132,7 @@ class IntKernelTables(tuple):
 def int_kernel_tables(values: np.ndarray) -> IntKernelTables:
     """The kernel-side form of a table for gemm_i32 (see IntKernelTables); build it once per table."""
     lut = np.ascontiguousarray(values)
-    kt = IntKernelTables((lut, np.ascontiguousarray(lut.T)))
+    kt = IntKernelTables((_ro(lut), _ro(np.ascontiguousarray(lut.T))))
     kt.t_dtype, kt.narrow = lut.dtype, None
     if lut.dtype == np.int32 and lut.size:
         lo, hi = int(lut.min()), int(lut.max())
@@ -141,7 +141,7 @@ def int_kernel_tables(values: np.ndarray) -> IntKernelTables:
         elif lo >= 0 and hi < 1 << 16:
             kt.t_dtype = np.dtype(np.uint16)  # unsigned 8-bit multipliers: products up to 255 * 255
     if kt.t_dtype.itemsize == 2:
-        kt.narrow = (kt[0].astype(kt.t_dtype), kt[1].astype(kt.t_dtype))
+        kt.narrow = (_ro(kt[0].astype(kt.t_dtype)), _ro(kt[1].astype(kt.t_dtype)))
     return kt
 
 
@@ -372,6 +372,7 @@ def _narrow_rows(lay, nbatch: int, contiguous: bool, k_len: int, n_l: int) -> in
 
 def _decode_plain(x, m, truncate, serial, key):
     """Decode x (batch, R, K) into (batch, R, K) index/scale arrays plus the per-row exponent ranges."""
+    x = _ro(x)
     nbatch, rows, k_len = x.shape
     idx = _scratch(f"idx{key}", (nbatch, 1, rows, k_len), np.int32)
     scale = _scratch(f"scale{key}", (nbatch, 1, rows, k_len), np.float32)
@@ -384,6 +385,7 @@ def _decode_plain(x, m, truncate, serial, key):
 def _decode_cols(y, m, truncate, serial, npad, cw):
     """Decode the column operand y (batch, K, N) into (batch, K, npad) index/scale arrays padded with index 0,
     scale 0, plus the per-column exponent ranges."""
+    y = _ro(y)
     nbatch, k_len, ny = y.shape
     ib = _scratch("ib", (nbatch, k_len, npad), np.int32)
     sb = _scratch("sb", (nbatch, k_len, npad), np.float32)
@@ -402,7 +404,7 @@ def _decode_cols(y, m, truncate, serial, npad, cw):
 def _lutt(kt, transposed=True):
     """The table (transposed or not) with padded rows, as the expansion and the gather kernel read it."""
     lut = getattr(kt, "lutt" if transposed else "lutp", None)
-    return padded_rows(kt[0].T if transposed else kt[0]) if lut is None else lut
+    return _ro(padded_rows(kt[0].T if transposed else kt[0])) if lut is None else lut
 
 
 def _lut_exp_range(kt, lut_e):
@@ -437,6 +439,7 @@ def gemm_f32(a, b, out, m, truncate, kt):
     if k_len == 0:
         out[...] = 0.0
         return out
+    a, b = _ro(a), _ro(b)
     e_lo, e_hi = _lut_exp_range(kt, lut_e)
     cost = _machine.costs()
     half = getattr(kt, "half", None)
@@ -445,21 +448,21 @@ def gemm_f32(a, b, out, m, truncate, kt):
     if not use_expansion(m_rows, n_cols, k_len, n_l, nbatch, cost, 1 if serial else None, half is not None):
         swapped = _gather_swapped(m_rows, n_cols)
         if swapped:  # C^T = B^T (x) A^T with the table transposed
-            x, y, c, lut = np.swapaxes(b, 1, 2), np.swapaxes(a, 1, 2), np.swapaxes(out, 1, 2), _lutt(kt)
+            x, y, lut = np.swapaxes(b, 1, 2), np.swapaxes(a, 1, 2), _lutt(kt)
         else:
-            x, y, c, lut = a, b, out, lutf
+            x, y, lut = a, b, lutf
         ia, sa, xmin, xmax = _decode_plain(x, m, truncate, serial, "a")
         ib, sb, ymin, ymax = _decode_cols(y, m, truncate, serial, -(-y.shape[2] // 8) * 8, 8)
         gr = 8 if serial else _gather_rows(x.shape[1], nbatch * (ib.shape[2] // 8), numba.get_num_threads())
         with numba.parallel_chunksize(1):
-            _k(_gather_f32, serial)(c, ia, sa, ib, sb, lut, gr)
+            _k(_gather_f32, serial)(out, ia, sa, ib, sb, lut, gr, swapped)
     else:
         swapped = m_rows < n_cols
         if swapped:  # sweep the longer side: C^T = B^T (x) A^T with the table transposed
-            x, y, c = np.swapaxes(b, 1, 2), np.swapaxes(a, 1, 2), np.swapaxes(out, 1, 2)
+            x, y = np.swapaxes(b, 1, 2), np.swapaxes(a, 1, 2)
             lutt = _lutt(kt, transposed=False)
         else:
-            x, y, c = a, b, out
+            x, y = a, b
             lutt = _lutt(kt)
         lay = _Layout(m_rows, n_cols, k_len, n_l, nbatch, serial, cost, getattr(kt, "packable", False),
                       table_half=half is not None)
@@ -467,8 +470,8 @@ def gemm_f32(a, b, out, m, truncate, kt):
         xmin = np.empty((nbatch, lay.mx), np.int32)
         xmax = np.empty((nbatch, lay.mx), np.int32)
         fr = 0 if swapped else _narrow_rows(lay, nbatch, x.flags.c_contiguous, k_len, n_l)
-        if fr:  # one column block: decode and sweep fused
-            _fused_narrow(c, x, None, m, truncate, ib, sb, lutt, lay, fr, xmin, xmax, serial)
+        if fr:  # one column block: decode and sweep fused (never swapped)
+            _fused_narrow(out, x, None, m, truncate, ib, sb, lutt, lay, fr, xmin, xmax, serial)
         else:
             iap = _scratch("iap", (nbatch, lay.nkb, lay.mx, lay.kbs), np.int32)
             sap = _scratch("sap", (nbatch, lay.nkb, lay.mx, lay.kbs), np.float32)
@@ -484,7 +487,8 @@ def gemm_f32(a, b, out, m, truncate, kt):
             if lay.half:
                 lutt, unit = (half[0] if swapped else half[1]), half[2]
             with numba.parallel_chunksize(1):  # items are big: hand them out dynamically (a busy core stalls less)
-                _k(_expand, serial)(c, iap, sap, ib, sb, lutt, lay.nbw, lay.n_rb, tbuf, cbuf, lay.wide, unit)
+                _k(_expand, serial)(out, iap, sap, ib, sb, lutt, lay.nbw, lay.n_rb, tbuf, cbuf, lay.wide, unit,
+                                    swapped)
     rows, cols = _windows(xmin, xmax, ymin, ymax, e_lo, e_hi, ranges)
     if rows[0].size or cols[0].size:
         if swapped:
@@ -514,6 +518,7 @@ def gemm_conv_f32(xp, geo, b, out, m, truncate, kt):
         m, truncate, kt: as for gemm_f32.
     """
     start, step, count, ty, tx = (np.asarray(v, np.int64) for v in geo)
+    xp, b = _ro(xp), _ro(b)
     lead, n, h, w, cch = xp.shape
     nbatch, m_rows, n_cols = out.shape
     k_len, n_l = b.shape[1], kt[0].shape[0]
@@ -542,7 +547,7 @@ def gemm_conv_f32(xp, geo, b, out, m, truncate, kt):
                   xmax, serial)
     rows, cols = _windows(xmin, xmax, ymin, ymax, e_lo, e_hi, kt[3])
     if rows[0].size or cols[0].size:  # (rare: NaN, Inf or extreme values) the exact path reads P itself
-        _fixup(out, patches(), b, rows, cols, m, truncate, kt, cost)
+        _fixup(out, _ro(patches()), b, rows, cols, m, truncate, kt, cost)
     return out
 
 
@@ -555,6 +560,7 @@ def gemm_i32(ia, ib, out, lut):
     """
     kt = lut if isinstance(lut, IntKernelTables) else int_kernel_tables(lut)
     lut = kt[0]
+    ia, ib = _ro(ia), _ro(ib)
     n_l = lut.shape[0]
     nbatch, m_rows, k_len = ia.shape
     n_cols = ib.shape[2]
@@ -566,8 +572,8 @@ def gemm_i32(ia, ib, out, lut):
     cost = _machine.costs()
     serial = _is_small(m_rows, n_cols, k_len, n_l, nbatch, cost)
     if not use_expansion(m_rows, n_cols, k_len, n_l, nbatch, cost, 1 if serial else None):
-        _k(_gemm_direct_i32, serial)(out, np.ascontiguousarray(ia), np.ascontiguousarray(np.swapaxes(ib, 1, 2)),
-                                     lut, lut.dtype.type(0))
+        ib_t = _ro(np.ascontiguousarray(np.swapaxes(ib, 1, 2)))
+        _k(_gemm_direct_i32, serial)(out, _ro(np.ascontiguousarray(ia)), ib_t, lut, lut.dtype.type(0))
         return out
     swapped = m_rows < n_cols
     # (plain tables: packed ints measured slower)
@@ -575,9 +581,9 @@ def gemm_i32(ia, ib, out, lut):
     # 16-bit tables are built from a 16-bit transposed table by 16 x 16 transposes (whole blocks of them only)
     tabs = kt.narrow if kt.narrow is not None and lay.nbw % 16 == 0 and n_l % 16 == 0 else kt
     if swapped:
-        y, c, lutt = np.swapaxes(ia, 1, 2), np.swapaxes(out, 1, 2), tabs[0]
+        y, lutt = np.swapaxes(ia, 1, 2), tabs[0]
     else:
-        y, c, lutt = ib, out, tabs[1]
+        y, lutt = ib, tabs[1]
     iap = _scratch("iap", (nbatch, lay.nkb, lay.mx, lay.kbs), np.int32)
     if swapped:
         _k(_pack_rows_t_i32, serial)(ib, iap, lay.nbw, n_l * lay.nbw)
@@ -587,16 +593,16 @@ def gemm_i32(ia, ib, out, lut):
     _k(_pad_cols_i32, serial)(y, ibp)
     tbuf, cbuf = lay.buffers(n_l, lut.dtype)
     with numba.parallel_chunksize(1):
-        _k(_expand, serial)(c, iap, None, ibp, None, lutt, lay.nbw, lay.n_rb, tbuf, cbuf, lay.wide,
-                            np.float32(1.0))
+        _k(_expand, serial)(out, iap, None, ibp, None, lutt, lay.nbw, lay.n_rb, tbuf, cbuf, lay.wide,
+                            np.float32(1.0), swapped)
     return out
 
 
 def multiply_f32(a, b, out, m, truncate, lut_e, lut_f):
     """Elementwise products of equally shaped flat float32 arrays, written to ``out``."""
-    _k(_multiply_f32, a.shape[0] < _SERIAL_ELEMS)(a, b, out, m, truncate, lut_e, lut_f)
+    _k(_multiply_f32, a.shape[0] < _SERIAL_ELEMS)(_ro(a), _ro(b), out, m, truncate, _ro(lut_e), _ro(lut_f))
 
 
 def multiply_i32(ia, ib, out, lut):
     """Elementwise table products of equally shaped flat int32 index arrays, written to ``out``."""
-    _k(_multiply_i32, ia.shape[0] < _SERIAL_ELEMS)(ia, ib, out, lut)
+    _k(_multiply_i32, ia.shape[0] < _SERIAL_ELEMS)(_ro(ia), _ro(ib), out, _ro(lut))

@@ -52,7 +52,7 @@ from ._simd import (
 # from _simd.py and amsim/_fpenv.py (or the constant below): a change there would leave kernels compiled from the
 # old code in the cache, loaded as if current. This digest of that code (dependencies_digest(); checked here at
 # import and by tests/test_architecture.py) makes every such change a change of this file.
-DEPENDENCIES_DIGEST = "f66470ebe97db99f"
+DEPENDENCIES_DIGEST = "285381b262fd48bb"
 
 
 def dependencies_digest() -> str | None:
@@ -1323,18 +1323,19 @@ def _ov_sweep_any(ct, t, ia, sa, sb, so, i0, i1, k0, kb, nbw, wide, unit):
 
 
 @numba.njit(parallel=True, cache=_CACHE)
-def _expand(c, iap, sap, ib, sb, lutt, nbw, n_rb, tbuf, cbuf, wide, unit):
-    """c[bt] = x[bt] (x) y[bt] from the decoded panels (float: scales sap/sb; integer: both None).
+def _expand(c, iap, sap, ib, sb, lutt, nbw, n_rb, tbuf, cbuf, wide, unit, tr):
+    """c[bt] = x[bt] (x) y[bt] from the decoded panels (float: scales sap/sb; integer: both None); with ``tr``,
+    c[bt].T (one C-contiguous c either way: a transposed view would be another compilation, see _gemm._ro).
 
-    ``c`` may be a transposed view; nbw (32, 16 or 8) is the column-block width; ``wide``: sweep 32 columns on
-    16-lane vectors (same sums in the same order, so the same bits); a uint32 ``tbuf`` holds packed tables
-    (32-column blocks, entries that fit 16 bits, panels of word offsets), a uint16 one with float scales
-    half-width tables (32-column blocks, unscaled entries as 16-bit integers from a uint16 ``lutt``, each
-    ``unit`` times its integer; the sweep applies sb and unit). See the module docstring.
+    nbw (32, 16 or 8) is the column-block width; ``wide``: sweep 32 columns on 16-lane vectors (same sums in
+    the same order, so the same bits); a uint32 ``tbuf`` holds packed tables (32-column blocks, entries that
+    fit 16 bits, panels of word offsets), a uint16 one with float scales half-width tables (32-column blocks,
+    unscaled entries as 16-bit integers from a uint16 ``lutt``, each ``unit`` times its integer; the sweep
+    applies sb and unit). See the module docstring.
     """
     nbatch, nkb, m_rows, kbs = iap.shape
     k_len = ib.shape[1]
-    n_cols = c.shape[2]
+    n_cols = c.shape[1] if tr else c.shape[2]
     nl = lutt.shape[0]
     n_cb = ib.shape[2] // nbw
     rb = (m_rows + n_rb - 1) // n_rb
@@ -1360,7 +1361,10 @@ def _expand(c, iap, sap, ib, sb, lutt, nbw, n_rb, tbuf, cbuf, wide, unit):
         nbv = min(nbw, n_cols - j0)
         for i in range(i0, i1):
             for j in range(nbv):
-                c[bt, i, j0 + j] = ct[(i - i0) * nbw + j]
+                if tr:
+                    c[bt, j0 + j, i] = ct[(i - i0) * nbw + j]
+                else:
+                    c[bt, i, j0 + j] = ct[(i - i0) * nbw + j]
         fpenv.leave(fp)
 
 
@@ -1593,7 +1597,7 @@ _GR = 8  # rows per item of _gather_f32 (at most)
 
 
 @numba.njit(parallel=True, cache=_CACHE)
-def _gather_f32(c, ia, sa, ib, sb, lutf, gr):
+def _gather_f32(c, ia, sa, ib, sb, lutf, gr, tr):
     """The GEMM without an expanded table, for problems whose swept side is too short to amortise one (conv
     weight gradients: a few rows, a few columns, K of 10^5):
 
@@ -1605,10 +1609,11 @@ def _gather_f32(c, ia, sa, ib, sb, lutf, gr):
     items; a last item of fewer rows takes them one at a time). ib/sb (batch, K, Npad) come padded to a
     multiple of 8 with index 0, scale 0.
     Rows and columns holding operands outside the exact window are recomputed afterwards, as for expansion.
+    With ``tr``, c[bt].T is the product (as _expand's).
     """
     nbatch, m_rows, k_len = ia.shape
     npad = ib.shape[2]
-    n_cols = c.shape[2]
+    n_cols = c.shape[1] if tr else c.shape[2]
     nl = lutf.shape[1]
     ncb = npad // 8
     nrb = (m_rows + gr - 1) // gr
@@ -1684,7 +1689,10 @@ def _gather_f32(c, ia, sa, ib, sb, lutf, gr):
         nbv = min(8, n_cols - j0)
         for r in range(nr):
             for j in range(nbv):
-                c[bt, i0 + r, j0 + j] = acc[r * 8 + j]
+                if tr:
+                    c[bt, j0 + j, i0 + r] = acc[r * 8 + j]
+                else:
+                    c[bt, i0 + r, j0 + j] = acc[r * 8 + j]
         fpenv.leave(fp)
 
 

@@ -28,7 +28,7 @@ import numpy as np
 
 from ..._io import atomic_write
 from . import _buffers, _kernels, _simd
-from ._buffers import _thread_buffers, padded_rows
+from ._buffers import _ro, _thread_buffers, padded_rows
 
 ENV_WIDTH = "AMSIM_CPU_VECTOR_WIDTH"
 ENV_CALIBRATION = "AMSIM_CPU_CALIBRATION"
@@ -219,23 +219,23 @@ def _expansion_case(rng, rows, k_len, nl, nbw, t_bytes, width, packed=False, lut
         lutt = rng.uniform(1.0, 4.0, (nl, nl)).astype(np.float32)
     if half and lutt.dtype != np.uint16:
         lutt = _half_lutt(lutt)
-    lutt = padded_rows(lutt)  # (as float_kernel_tables lays tables out; a table passed in padded is kept as is)
+    lutt = _ro(padded_rows(lutt))  # (as float_kernel_tables lays tables out; one passed in padded is kept as is)
     c = np.empty((1, rows, nbw), np.float32)
     tbuf, cbuf = _thread_buffers(1, kbs * nl * words, rows * nbw, np.float32,
                                  np.uint32 if packed else (np.uint16 if half else None))
     wide = width == 16
     kern = _kernels._SERIAL[_kernels._expand]
     unit = np.float32(2.0**-_HALF_Q if half else 1.0)
-    return lambda: kern(c, iap, sap, ib, sb, lutt, nbw, 1, tbuf, cbuf, wide, unit)
+    return lambda: kern(c, iap, sap, ib, sb, lutt, nbw, 1, tbuf, cbuf, wide, unit, False)
 
 
 def _parallel_cost() -> float:
     """ns of one parallel region: a parallel kernel on a trivial problem, less the same work done serially."""
     c1, ione, one = np.empty((1, 1, 1), np.float32), np.zeros((1, 1, 8), np.int32), np.ones((1, 1, 8), np.float32)
-    ia1, sa1, lut1 = np.zeros((1, 1, 1), np.int32), np.ones((1, 1, 1), np.float32), np.ones((1, 1), np.float32)
+    ia1, sa1, lut1 = np.zeros((1, 1, 1), np.int32), np.ones((1, 1, 1), np.float32), _ro(np.ones((1, 1), np.float32))
     gather_k = _kernels._SERIAL[_kernels._gather_f32]
-    par = _best(lambda: _kernels._gather_f32(c1, ia1, sa1, ione, one, lut1, 8), 5, serial=False)
-    return par - _best(lambda: gather_k(c1, ia1, sa1, ione, one, lut1, 8), 5, serial=False)
+    par = _best(lambda: _kernels._gather_f32(c1, ia1, sa1, ione, one, lut1, 8, False), 5, serial=False)
+    return par - _best(lambda: gather_k(c1, ia1, sa1, ione, one, lut1, 8, False), 5, serial=False)
 
 
 def calibrate(width: int) -> Costs:
@@ -295,10 +295,10 @@ def calibrate(width: int) -> Costs:
     sa = np.ones((1, 64, 1024), np.float32)
     ib = rng.integers(0, 128, (1, 1024, 8)).astype(np.int32)
     sb = np.ones((1, 1024, 8), np.float32)
-    lutf = rng.uniform(1.0, 4.0, (128, 128)).astype(np.float32)
+    lutf = _ro(rng.uniform(1.0, 4.0, (128, 128)).astype(np.float32))
     c = np.empty((1, 64, 8), np.float32)
     gather_k = _kernels._SERIAL[_kernels._gather_f32]
-    gather = _best(lambda: gather_k(c, ia, sa, ib, sb, lutf, 8)) / (64 * 1024)
+    gather = _best(lambda: gather_k(c, ia, sa, ib, sb, lutf, 8, False)) / (64 * 1024)
     par_costs.append(_parallel_cost())
     parallel = min(max(min(par_costs), 10_000.0), 1e6)  # idle-machine figures undersell it
     return Costs(build=build, build_large=build_large, sweep=sweep, sweep8=sweep8, gather=gather,

@@ -14,6 +14,7 @@ import numba
 import numpy as np
 from numba import prange
 
+from ._buffers import _ro
 from ._kernels import _SERIAL, _k, _serial_twin
 
 
@@ -100,7 +101,7 @@ def conv_patches(xp, out, start, step, count, ty, tx, transposed: bool):
     """
     lead = int(np.prod(xp.shape[:-4], dtype=np.int64))
     n, h, w, c = xp.shape[-4:]
-    x4 = xp.reshape(lead, n, h, w * c).view(np.uint32)  # bits, not floats: nothing can touch a NaN
+    x4 = _ro(xp.reshape(lead, n, h, w * c).view(np.uint32))  # bits, not floats: nothing can touch a NaN
     o4 = out.reshape((lead,) + out.shape[-3:]).view(np.uint32)
     args = [np.asarray(v, np.int64) for v in (start, step, count, ty, tx)]
     kern = patches_cols if transposed else patches_rows

@@ -49,6 +49,11 @@ def _is_16bit_arr(arr):
     return isinstance(arr, types.Array) and arr.layout == "C" and arr.dtype in (types.int16, types.uint16)
 
 
+def _writable(arr):
+    """The stores take only writable arrays: tables and inputs reach the kernels read-only (_buffers._ro)."""
+    return isinstance(arr, types.Array) and arr.mutable
+
+
 def _make_load(width):
     @intrinsic
     def load(typingctx, arr, off):
@@ -77,7 +82,8 @@ vload16 = _make_load(16)
 @intrinsic
 def vstore(typingctx, arr, off, v):
     """Store a vector to elements ``off ..`` of a C-contiguous array. No bounds check."""
-    if not (_flat_ok(arr) and isinstance(off, types.Integer) and isinstance(v, Vec) and v.dtype == arr.dtype):
+    if not (_flat_ok(arr) and _writable(arr) and isinstance(off, types.Integer) and isinstance(v, Vec)
+            and v.dtype == arr.dtype):
         return None
 
     def codegen(context, builder, sig, args):
@@ -341,7 +347,8 @@ def vtranspose_store_halves(typingctx, arr, off, stride, scale, h0, h1, h2, h3, 
     vs = (h0, h1, h2, h3, h4, h5, h6, h7)
     narrow = _is_16bit_arr(arr)  # int32 rows stored truncated to 16 bits (entries that fit)
     vdtype = types.int32 if narrow else arr.dtype
-    if not ((_flat_ok(arr) or narrow) and all(isinstance(v, Vec) and v.width == _W and v.dtype == vdtype for v in vs)):
+    if not ((_flat_ok(arr) or narrow) and _writable(arr)
+            and all(isinstance(v, Vec) and v.width == _W and v.dtype == vdtype for v in vs)):
         return None
     has_scale = isinstance(scale, Vec)
     if has_scale and (narrow or scale.dtype != arr.dtype or scale.width != _W):
@@ -415,7 +422,7 @@ def vtranspose16_store(typingctx, arr, off, stride, rows):
     """Store 8 rows of a 16x16 transpose of 16-bit words: ``rows`` are 8 vload_halves16 vectors h_q = [R_q[c:c+8],
     R_{q+8}[c:c+8]] (q < 8) and output row p (element q = R_q[c + p], q < 16) goes to the 16 elements at flat
     offset ``off + p * stride`` of the 16-bit ``arr``, p < 8."""
-    if not (_is_16bit_arr(arr) and isinstance(rows, types.UniTuple) and rows.count == 8):
+    if not (_is_16bit_arr(arr) and _writable(arr) and isinstance(rows, types.UniTuple) and rows.count == 8):
         return None
     vt = rows.dtype
     if not (isinstance(vt, Vec) and vt.width == 16 and vt.dtype == arr.dtype):
@@ -471,7 +478,8 @@ def vtranspose_pack_store(typingctx, arr, off, stride, scale_a, scale_b, rows_a,
     row p becomes the 8 words at flat element ``off + p * stride`` of the uint32 ``arr``, word q holding
     transposed rows_a[q][p] as its first entry and rows_b[q][p] as its second. The entries must be
     bfloat16-exact (their low halves are dropped)."""
-    if not (_is_packed_arr(arr) and isinstance(rows_a, types.UniTuple) and rows_a == rows_b and rows_a.count == _W):
+    if not (_is_packed_arr(arr) and _writable(arr) and isinstance(rows_a, types.UniTuple) and rows_a == rows_b
+            and rows_a.count == _W):
         return None
     vt = rows_a.dtype
     if not (isinstance(vt, Vec) and vt.width == _W and vt.dtype == types.float32):
