@@ -38,6 +38,9 @@ CACHE_NAME = "amsim_cpu_costs.json"
 T_BYTES_CHOICES = (32 << 10, 64 << 10, 128 << 10, 256 << 10)
 NBW_CHOICES = (8, 16, 32)
 NB_HALF = 32  # the column-block width of half-width tables
+# the expanded table's forms the calibration times: its Costs field for the block size, _expansion_case's keywords
+_FORMS = {"plain": ("t_bytes", {}), "packed": ("t_bytes_packed", {"packed": True}),
+          "half": ("t_bytes_half", {"half": True})}
 # tables of more rows than this are "large": their rows come from L3 or memory, and one k of a 32-column block
 # fills most of a block's room in L2, so they take their own measured block shape and costs
 LARGE_TABLE_ROWS = 512
@@ -252,10 +255,9 @@ def calibrate(width: int) -> Costs:
     big, small = 1024, 64
     # plain, packed and half-width tables, each block size, 1024 and 64 swept rows (which split build from
     # sweep): all in the same rounds, so that the comparisons between them hold
-    forms = {"plain": {}, "packed": {"packed": True}, "half": {"half": True}}
     per = _best_each({(rows, tb, form): _expansion_case(rng, rows, k_len, 128, 32, tb, width, **kw)
-                      for form, kw in forms.items() for tb in T_BYTES_CHOICES for rows in (big, small)})
-    best_tb = {f: min(T_BYTES_CHOICES, key=lambda tb, f=f: per[big, tb, f]) for f in forms}
+                      for form, (_, kw) in _FORMS.items() for tb in T_BYTES_CHOICES for rows in (big, small)})
+    best_tb = {f: min(T_BYTES_CHOICES, key=lambda tb, f=f: per[big, tb, f]) for f in _FORMS}
     t_bytes, tb_p, tb_h = best_tb["plain"], best_tb["packed"], best_tb["half"]
 
     def split(t_big, t_small, nl=128, nbw=32, k=k_len):  # t(rows) = k * nbw * (nl * build + rows * sweep)
@@ -464,11 +466,9 @@ def _race(c8: Costs, c16: Costs) -> int:
         return got
     _busy[:] = [0.0, 0.0]
     rng = np.random.default_rng(1)
-    forms = {"plain": ("t_bytes", {}), "packed": ("t_bytes_packed", {"packed": True}),
-             "half": ("t_bytes_half", {"half": True})}
     per = _best_each({(c.width, f): _expansion_case(rng, 1024, 128, 128, 32, getattr(c, tb), c.width, **kw)
-                      for c in (c8, c16) for f, (tb, kw) in forms.items()}, 9)
-    got = min((8, 16), key=lambda w: min(per[w, f] for f in forms))
+                      for c in (c8, c16) for f, (tb, kw) in _FORMS.items()}, 9)
+    got = min((8, 16), key=lambda w: min(per[w, f] for f in _FORMS))
     _store(path, key, {"width": got})
     return got
 
