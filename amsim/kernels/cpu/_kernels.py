@@ -1322,10 +1322,21 @@ def _ov_sweep_any(ct, t, ia, sa, sb, so, i0, i1, k0, kb, nbw, wide, unit):
     return plain
 
 
+@numba.njit(inline="always")
+def _put_out(c, bt, i, j, v, tr):
+    """c[bt, i, j] = v, or c[bt, j, i] with ``tr``: the GEMM kernels write a transposed product into the
+    C-contiguous output through this flag (a transposed view of it would be another compilation, see
+    _buffers._ro)."""
+    if tr:
+        c[bt, j, i] = v
+    else:
+        c[bt, i, j] = v
+
+
 @numba.njit(parallel=True, cache=_CACHE)
 def _expand(c, iap, sap, ib, sb, lutt, nbw, n_rb, tbuf, cbuf, wide, unit, tr):
     """c[bt] = x[bt] (x) y[bt] from the decoded panels (float: scales sap/sb; integer: both None); with ``tr``,
-    c[bt].T (one C-contiguous c either way: a transposed view would be another compilation, see _gemm._ro).
+    c[bt].T (see _put_out).
 
     nbw (32, 16 or 8) is the column-block width; ``wide``: sweep 32 columns on 16-lane vectors (same sums in
     the same order, so the same bits); a uint32 ``tbuf`` holds packed tables (32-column blocks, entries that
@@ -1361,10 +1372,7 @@ def _expand(c, iap, sap, ib, sb, lutt, nbw, n_rb, tbuf, cbuf, wide, unit, tr):
         nbv = min(nbw, n_cols - j0)
         for i in range(i0, i1):
             for j in range(nbv):
-                if tr:
-                    c[bt, j0 + j, i] = ct[(i - i0) * nbw + j]
-                else:
-                    c[bt, i, j0 + j] = ct[(i - i0) * nbw + j]
+                _put_out(c, bt, i, j0 + j, ct[(i - i0) * nbw + j], tr)
         fpenv.leave(fp)
 
 
@@ -1609,7 +1617,7 @@ def _gather_f32(c, ia, sa, ib, sb, lutf, gr, tr):
     items; a last item of fewer rows takes them one at a time). ib/sb (batch, K, Npad) come padded to a
     multiple of 8 with index 0, scale 0.
     Rows and columns holding operands outside the exact window are recomputed afterwards, as for expansion.
-    With ``tr``, c[bt].T is the product (as _expand's).
+    With ``tr``, c[bt].T is the product (see _put_out).
     """
     nbatch, m_rows, k_len = ia.shape
     npad = ib.shape[2]
@@ -1689,10 +1697,7 @@ def _gather_f32(c, ia, sa, ib, sb, lutf, gr, tr):
         nbv = min(8, n_cols - j0)
         for r in range(nr):
             for j in range(nbv):
-                if tr:
-                    c[bt, j0 + j, i0 + r] = acc[r * 8 + j]
-                else:
-                    c[bt, i0 + r, j0 + j] = acc[r * 8 + j]
+                _put_out(c, bt, i0 + r, j0 + j, acc[r * 8 + j], tr)
         fpenv.leave(fp)
 
 
