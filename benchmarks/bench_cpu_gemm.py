@@ -256,9 +256,12 @@ _gemm._Layout = _SeenLayout
 
 
 def _tables() -> str:
-    """The form of the last float GEMM's tables: packed, half (width: 16-bit integers) or plain."""
+    """The form of the last float GEMM's tables: packed, half (width: 16-bit integers; "half-u": of the rows used
+    only) or plain."""
     last = _SeenLayout.last
-    return "packed" if last is not None and last.packed else ("half" if last is not None and last.half else "plain")
+    if last is None:
+        return "plain"
+    return "packed" if last.packed else ("half-u" if last.used else "half") if last.half else "plain"
 
 
 def gemm_case(label, batch, m_rows, k_len, n_cols, mult, repeats, rng, kind="float"):
@@ -354,6 +357,9 @@ def main(argv=None):
                     "tables forced (AMSIM_CPU_TABLE_PACKING off / on), besides the automatic choice")
     ap.add_argument("--both-halves", action="store_true", help="time every amsim case with half-width tables "
                     "forced off and on (AMSIM_CPU_HALF_TABLES), besides the automatic choice")
+    ap.add_argument("--both-used-rows", action="store_true", help="time every amsim case with half-width tables "
+                    "of all rows and of the rows used only (AMSIM_CPU_USED_ROWS off / on), besides the automatic "
+                    "choice")
     ap.add_argument("--avx2", action="store_true", help="run with the kernels compiled for an AVX2 CPU "
                     f"(NUMBA_CPU_NAME={AVX2_CPU}, the host's features without AVX-512): the AVX2 code path on an "
                     "AVX-512 machine")
@@ -398,6 +404,8 @@ def main(argv=None):
         variants += [("plain", {"AMSIM_CPU_TABLE_PACKING": "off"}), ("pack", {"AMSIM_CPU_TABLE_PACKING": "on"})]
     if args.both_halves:
         variants += [("full", {"AMSIM_CPU_HALF_TABLES": "off"}), ("half", {"AMSIM_CPU_HALF_TABLES": "on"})]
+    if args.both_used_rows:
+        variants += [("all", {"AMSIM_CPU_USED_ROWS": "off"}), ("used", {"AMSIM_CPU_USED_ROWS": "on"})]
     for label, batch, m_rows, k_len, n_cols, mult in cases:
         for tag, env in variants + [("auto", {})]:
             with forced_env(env):

@@ -486,6 +486,109 @@ def test_half_tables_count_in_the_kernel_choice(monkeypatch):
     assert not cpu.use_expansion(300, 64, 64, 256, cost=cost, nthreads=1, half=True)
 
 
+_USED_MULTS = {"mbm11": lambda: amsim.multipliers.mbm(11), "mitchell10": lambda: amsim.multipliers.mitchell(10),
+               "mbm7": lambda: amsim.multipliers.mbm(7)}
+
+
+@pytest.mark.parametrize("serial", [False, True], ids=["parallel", "serial"])
+@pytest.mark.parametrize("name", list(_USED_MULTS))
+@pytest.mark.parametrize("shape", [(301, 37, 70), (60, 45, 300), (2, 130, 19, 40), (1027, 9, 33)], ids=str)
+def test_matmul_used_rows_only(cpu_width, shape, name, serial, monkeypatch, rng):
+    """Half-width tables of only the rows the swept operand uses (packed in k order, the panels' offsets
+    rewritten): forced on and off, in both orientations, with batches, a last k block shorter than the others,
+    padded column blocks and rows not a multiple of the sweep's four; operands on the fast path and at float32's
+    ends, and operands that use a few table rows only. The same bits as golden either way, and as each other."""
+    from amsim.kernels.cpu import _gemm
+
+    _force_expansion(monkeypatch, serial)
+    monkeypatch.setenv("AMSIM_CPU_HALF_TABLES", "on")
+    monkeypatch.setenv("AMSIM_CPU_TABLE_PACKING", "off")
+    taken = spy_layouts(monkeypatch, "half", "used")
+    kept = []
+    real_k = _gemm._k
+
+    def spy_k(kernel, serial):  # records the kept rows' bits _keep_rows computed
+        f = real_k(kernel, serial)
+        return (lambda *a: (f(*a), kept.append(a[3].copy()))[0]) if kernel is _gemm._keep_rows else f
+
+    monkeypatch.setattr(_gemm, "_k", spy_k)
+    mult = _USED_MULTS[name]()
+    n_l = mult.table.values.shape[0]
+    *batch, m_, k_, n_ = shape
+    sa, sb = (*batch, m_, k_), (*batch, k_, n_)
+    four = F([1.0, 1.5, -1.25, 1.75e-3])  # (four table rows: most of the table unused)
+    cases = [(_fast_path_matrix(rng, sa), _fast_path_matrix(rng, sb), False),
+             (_window_edge_matrix(rng, sa, -63, -63), _window_edge_matrix(rng, sb, -63, -63), False),
+             (_window_edge_matrix(rng, sa, 57, 64), _window_edge_matrix(rng, sb, 57, 64), False),
+             (rng.choice(four, sa), _fast_path_matrix(rng, sb), m_ >= n_),  # (the longer side is swept)
+             (_fast_path_matrix(rng, sa), rng.choice(four, sb), m_ < n_)]
+    for a, b, swept_few in cases:
+        want = golden.matmul(a, b, mult)
+        got = {}
+        for mode in ("off", "on"):
+            monkeypatch.setenv("AMSIM_CPU_USED_ROWS", mode)
+            taken.clear()
+            kept.clear()
+            out = np.full((*batch, m_, n_), np.nan, F)
+            amsim.matmul(a, b, mult, out=out)
+            assert_bits_equal(out, want)
+            got[mode] = out
+            assert taken and taken[0] == (True, mode == "on")
+            assert bool(kept) == (mode == "on")
+        assert_bits_equal(got["on"], got["off"])
+        # rows kept per k: at least one, at most the rows swept, and at most four where ``four`` is swept
+        bits = np.unpackbits(kept[0].view(np.uint8), bitorder="little").reshape(*kept[0].shape[:2], n_l)
+        per_k = bits.sum(axis=2)
+        assert per_k.min() >= 1 and per_k.max() <= (4 if swept_few else min(n_l, max(m_, n_)))
+
+def test_keep_rows_kernel(rng):
+    """_keep_rows against NumPy: which rows each k uses (bit r of 64-bit words), where each k's rows start in the
+    packed table, and every offset rewritten to its row's rank there; batches and a short last k block."""
+    from amsim.kernels.cpu._kernels import _SERIAL, _keep_rows
+
+    for n_l, mx, k_len, kbs, nbatch in ((2048, 1000, 9, 2, 1), (1024, 37, 7, 3, 2), (64, 300, 5, 5, 3)):
+        nkb = -(-k_len // kbs)
+        kk = np.arange(kbs)
+        rows = rng.integers(0, n_l, (nbatch, nkb, mx, kbs))
+        rows[..., 1, :] = rows[..., 0, :]  # (a row used twice)
+        iap0 = ((rows + kk * n_l) << 5).astype(np.int32)
+        for kern in (_keep_rows, _SERIAL[_keep_rows]):
+            iap = iap0.copy()
+            keep = np.full((nbatch, k_len, n_l // 64), -1, np.int64)
+            tst = np.full((nbatch, nkb, kbs), -1, np.int32)
+            kern(iap, n_l, 5, keep, tst)
+            for bt in range(nbatch):
+                for kbi in range(nkb):
+                    base = 0
+                    for q in range(min(kbs, k_len - kbi * kbs)):
+                        used = np.zeros(n_l, bool)
+                        used[rows[bt, kbi, :, q]] = True
+                        got = np.unpackbits(keep[bt, kbi * kbs + q].view(np.uint8), bitorder="little")
+                        assert (got.astype(bool) == used).all()
+                        assert tst[bt, kbi, q] == base
+                        rank = np.cumsum(used) - 1 + base
+                        assert (iap[bt, kbi, :, q] == rank[rows[bt, kbi, :, q]] << 5).all()
+                        base += int(used.sum())
+
+
+def test_used_rows_setting(monkeypatch):
+    from amsim.kernels.cpu import _machine
+
+    monkeypatch.delenv("AMSIM_CPU_USED_ROWS", raising=False)
+    assert _machine.used_rows_fraction(2048, 1024) == pytest.approx(0.3935, abs=1e-4)  # 1 - e**-0.5, nearly
+    assert _machine.used_rows_fraction(1, 5) == 1.0
+    # auto: large tables (of a multiple of 64 rows) where few of their rows are used
+    assert _machine.use_used_rows(2048, 1024) and _machine.use_used_rows(1024, 1024)
+    assert not _machine.use_used_rows(2048, 4096) and not _machine.use_used_rows(256, 64)
+    monkeypatch.setenv("AMSIM_CPU_USED_ROWS", "on")
+    assert _machine.use_used_rows(256, 100000) and not _machine.use_used_rows(32, 4)  # (32 rows: never)
+    monkeypatch.setenv("AMSIM_CPU_USED_ROWS", "off")
+    assert not _machine.use_used_rows(2048, 16)
+    monkeypatch.setenv("AMSIM_CPU_USED_ROWS", "some")
+    with pytest.raises(ValueError, match="AMSIM_CPU_USED_ROWS='some' is not a used-rows setting.*on.*off.*auto"):
+        _machine.use_used_rows(2048, 1024)
+
+
 def test_table_packing_setting(monkeypatch):
     from dataclasses import replace
 

@@ -4,6 +4,7 @@ and the exponent windows that decide which rows and columns the scalar path reco
 from __future__ import annotations
 
 import copy
+import math
 
 import numba
 import numpy as np
@@ -27,6 +28,7 @@ from ._kernels import (
     _gather_f32,
     _gemm_direct_i32,
     _k,
+    _keep_rows,
     _multiply_f32,
     _multiply_i32,
     _pack_rows_i32,
@@ -161,14 +163,16 @@ def _nbw(ny: int, n_l: int = 0, cost=None) -> int:
     return min(nbw, cost.nbw_large) if n_l > _machine.LARGE_TABLE_ROWS else nbw
 
 
-def _kb(n_l: int, k_len: int, nbw: int, cost, esize: int = 4, packed: bool = False, half: bool = False) -> int:
+def _kb(n_l: int, k_len: int, nbw: int, cost, esize: int = 4, packed: bool = False, half: bool = False,
+        rows: int | None = None) -> int:
     """k per table block: as many as the measured block size holds (``esize`` bytes an entry; packed and
-    half-width tables, two bytes an entry, have their own measured sizes). Tables larger than the calibration's
-    large one keep the k it was measured with, in a larger block: at 2048 rows a 128 KiB block held one k of a
-    half-width table, and with one k every swept row loads and stores its accumulators per multiply-accumulate
-    (sweep 0.104-0.113 ns per MAC on Zen 4, two k 0.079-0.083)."""
+    half-width tables, two bytes an entry, have their own measured sizes; ``rows``: the table rows built per
+    k, if not all ``n_l``). Tables larger than the calibration's large one keep the k it was measured with, in a
+    larger block: at 2048 rows a 128 KiB block held one k of a half-width table, and with one k every swept row
+    loads and stores its accumulators per multiply-accumulate (sweep 0.104-0.113 ns per MAC on Zen 4, two k
+    0.079-0.083)."""
     large = n_l > _machine.LARGE_TABLE_ROWS
-    rows = min(n_l, _machine.LARGE_CASE_ROWS)
+    rows = min(n_l if rows is None else rows, _machine.LARGE_CASE_ROWS)
     if packed:
         t_bytes, esize = cost.t_bytes_packed, 2
     elif half:
@@ -308,6 +312,8 @@ class _Layout:
             self.t_dtype = np.dtype(np.uint16)
         elif self.nbw != plain_nbw:
             self._set_blocks(plain_nbw, nbatch)
+        # half-width tables of only the rows the swept operand uses (all of its rows, whatever the row blocks)
+        self.used = self.half and self.nbw % 16 == 0 and _machine.use_used_rows(n_l, self.mx)
         self._block = (n_l, k_len, cost)
         self._set_kbs()
 
@@ -319,12 +325,14 @@ class _Layout:
     def _set_kbs(self):
         n_l, k_len, cost = self._block
         self.words = NB // 2 if self.packed else self.nbw  # elements (or words) of one table row
-        self.kbs = _kb(n_l, k_len, self.nbw, cost, self.t_dtype.itemsize, self.packed, self.half)
+        rows = math.ceil(_machine.used_rows_fraction(n_l, self.mx) * n_l) if self.used else n_l  # (expected)
+        self.kbs = _kb(n_l, k_len, self.nbw, cost, self.t_dtype.itemsize, self.packed, self.half, rows)
         self.nkb = -(-k_len // self.kbs)
 
     def unpacked(self):
         """A copy of this layout with a plain table (its block sizes, and a large table's block width)."""
         lay = copy.copy(self)
+        lay.used = False
         if lay.half:
             lay.half, lay.t_dtype = False, np.dtype(np.float32)
             lay._set_blocks(*lay._plain)
@@ -486,9 +494,15 @@ def gemm_f32(a, b, out, m, truncate, kt):
             unit = np.float32(1.0)
             if lay.half:
                 lutt, unit = (half[0] if swapped else half[1]), half[2]
+            keep = tst = None
+            if lay.used:  # tables of the used rows only: which they are, and the panels' offsets into them
+                keep = _scratch("keep", (nbatch, k_len, n_l // 64), np.int64)
+                tst = _scratch("tst", (nbatch, lay.nkb, lay.kbs), np.int32)
+                _k(_keep_rows, serial)(iap, n_l, lay.words.bit_length() - 1, keep, tst)
+                keep, tst = _ro(keep), _ro(tst)
             with numba.parallel_chunksize(1):  # items are big: hand them out dynamically (a busy core stalls less)
                 _k(_expand, serial)(out, iap, sap, ib, sb, lutt, lay.nbw, lay.n_rb, tbuf, cbuf, lay.wide, unit,
-                                    swapped)
+                                    swapped, keep, tst)
     rows, cols = _windows(xmin, xmax, ymin, ymax, e_lo, e_hi, ranges)
     if rows[0].size or cols[0].size:
         if swapped:
@@ -594,7 +608,7 @@ def gemm_i32(ia, ib, out, lut):
     tbuf, cbuf = lay.buffers(n_l, lut.dtype)
     with numba.parallel_chunksize(1):
         _k(_expand, serial)(out, iap, None, ibp, None, lutt, lay.nbw, lay.n_rb, tbuf, cbuf, lay.wide,
-                            np.float32(1.0), swapped)
+                            np.float32(1.0), swapped, None, None)
     return out
 
 

@@ -44,6 +44,7 @@ from ._simd import (
     vsplat16,
     vstore,
     vtranspose16_store,
+    vtranspose16_store_kept,
     vtranspose_pack_store,
     vtranspose_store_halves,
 )
@@ -52,7 +53,7 @@ from ._simd import (
 # from _simd.py and amsim/_fpenv.py (or the constant below): a change there would leave kernels compiled from the
 # old code in the cache, loaded as if current. This digest of that code (dependencies_digest(); checked here at
 # import and by tests/test_architecture.py) makes every such change a change of this file.
-DEPENDENCIES_DIGEST = "285381b262fd48bb"
+DEPENDENCIES_DIGEST = "39f37c90ac3840ec"
 
 
 def dependencies_digest() -> str | None:
@@ -838,17 +839,55 @@ def _build_t16(t, t0, lutt, ib, k0, kb, j0, nl, nbw):
                          vload_halves16(lutt, o6 + r + c, p6 + r + c), vload_halves16(lutt, o7 + r + c, p7 + r + c)))
 
 
-def _build_any(t, t0, lutt, ib, sb, k0, kb, j0, nl, nbw):
-    """_build_tp into a packed (uint32) table, _build_t16 from a 16-bit ``lutt``, else _build_t."""
+@numba.njit(inline="always")
+def _build_t16_kept(t, lutt, ib, k0, kb, j0, nl, nbw, keep, tst):
+    """_build_t16 of only the table rows the swept operand uses: row r of T[kk] is kept where bit r of
+    keep[k0 + kk] is set, and the kept rows are packed from row tst[kk] on (see _keep_rows). Every row is still
+    transposed (the shuffles are the same), but T takes fewer lines, and fewer go to L2. Needs nl a multiple of
+    64 and nbw of 16."""
+    ls = lutt.shape[1]
+    for kk in range(kb):
+        ibr = ib[k0 + kk]
+        mk = keep[k0 + kk]
+        for jc in range(0, nbw, 16):
+            j = j0 + jc
+            o0, o1, o2, o3 = ibr[j] * ls, ibr[j + 1] * ls, ibr[j + 2] * ls, ibr[j + 3] * ls
+            o4, o5, o6, o7 = ibr[j + 4] * ls, ibr[j + 5] * ls, ibr[j + 6] * ls, ibr[j + 7] * ls
+            p0, p1, p2, p3 = ibr[j + 8] * ls, ibr[j + 9] * ls, ibr[j + 10] * ls, ibr[j + 11] * ls
+            p4, p5, p6, p7 = ibr[j + 12] * ls, ibr[j + 13] * ls, ibr[j + 14] * ls, ibr[j + 15] * ls
+            out = tst[kk] * nbw + jc
+            for r in range(0, nl, 16):
+                bits = mk[r >> 6] >> (r & 63)
+                if bits & 0xFFFF == 0:
+                    continue  # (none of these 16 used: operands of few distinct values, e.g. 8-bit pixels)
+                for c in range(0, 16, 8):
+                    rc = r + c
+                    out = vtranspose16_store_kept(
+                        t, out, nbw, bits >> c,
+                        (vload_halves16(lutt, o0 + rc, p0 + rc), vload_halves16(lutt, o1 + rc, p1 + rc),
+                         vload_halves16(lutt, o2 + rc, p2 + rc), vload_halves16(lutt, o3 + rc, p3 + rc),
+                         vload_halves16(lutt, o4 + rc, p4 + rc), vload_halves16(lutt, o5 + rc, p5 + rc),
+                         vload_halves16(lutt, o6 + rc, p6 + rc), vload_halves16(lutt, o7 + rc, p7 + rc)))
+
+
+def _build_any(t, t0, lutt, ib, sb, k0, kb, j0, nl, nbw, keep, tst):
+    """_build_tp into a packed (uint32) table, _build_t16 from a 16-bit ``lutt`` (_build_t16_kept where ``keep``
+    is not None), else _build_t."""
 
 
 @overload(_build_any, inline="always")
-def _ov_build_any(t, t0, lutt, ib, sb, k0, kb, j0, nl, nbw):
+def _ov_build_any(t, t0, lutt, ib, sb, k0, kb, j0, nl, nbw, keep, tst):
     if t.dtype == types.uint32:
-        return lambda t, t0, lutt, ib, sb, k0, kb, j0, nl, nbw: _build_tp(t, t0, lutt, ib, sb, k0, kb, j0, nl)
+        return lambda t, t0, lutt, ib, sb, k0, kb, j0, nl, nbw, keep, tst: _build_tp(t, t0, lutt, ib, sb, k0, kb,
+                                                                                    j0, nl)
     if lutt.dtype in (types.int16, types.uint16):
-        return lambda t, t0, lutt, ib, sb, k0, kb, j0, nl, nbw: _build_t16(t, t0, lutt, ib, k0, kb, j0, nl, nbw)
-    return lambda t, t0, lutt, ib, sb, k0, kb, j0, nl, nbw: _build_t(t, t0, lutt, ib, sb, k0, kb, j0, nl, nbw)
+        if keep is not types.none:
+            return lambda t, t0, lutt, ib, sb, k0, kb, j0, nl, nbw, keep, tst: _build_t16_kept(
+                t, lutt, ib, k0, kb, j0, nl, nbw, keep, tst)
+        return lambda t, t0, lutt, ib, sb, k0, kb, j0, nl, nbw, keep, tst: _build_t16(t, t0, lutt, ib, k0, kb, j0,
+                                                                                     nl, nbw)
+    return lambda t, t0, lutt, ib, sb, k0, kb, j0, nl, nbw, keep, tst: _build_t(t, t0, lutt, ib, sb, k0, kb, j0,
+                                                                               nl, nbw)
 
 
 # The sweeps take the swept operand as offsets into T (see _decode_rows_f32) and hoist each row's panel rows
@@ -1334,9 +1373,10 @@ def _put_out(c, bt, i, j, v, tr):
 
 
 @numba.njit(parallel=True, cache=_CACHE)
-def _expand(c, iap, sap, ib, sb, lutt, nbw, n_rb, tbuf, cbuf, wide, unit, tr):
+def _expand(c, iap, sap, ib, sb, lutt, nbw, n_rb, tbuf, cbuf, wide, unit, tr, keep, tst):
     """c[bt] = x[bt] (x) y[bt] from the decoded panels (float: scales sap/sb; integer: both None); with ``tr``,
-    c[bt].T (see _put_out).
+    c[bt].T (see _put_out). ``keep``/``tst`` (else None): the tables hold only the rows the swept operand uses,
+    the panels' offsets rewritten by _keep_rows (half-width tables).
 
     nbw (32, 16 or 8) is the column-block width; ``wide``: sweep 32 columns on 16-lane vectors (same sums in
     the same order, so the same bits); a uint32 ``tbuf`` holds packed tables (32-column blocks, entries that
@@ -1366,7 +1406,8 @@ def _expand(c, iap, sap, ib, sb, lutt, nbw, n_rb, tbuf, cbuf, wide, unit, tr):
         for kbi in range(nkb):
             k0 = kbi * kbs
             kb = min(kbs, k_len - k0)
-            _build_any(t, 0, lutt, ib[bt], _batch(sb, bt), k0, kb, j0, nl, nbw)
+            _build_any(t, 0, lutt, ib[bt], _batch(sb, bt), k0, kb, j0, nl, nbw, _batch(keep, bt),
+                       _panel(tst, bt, kbi))
             _sweep_any(ct, t, iap[bt, kbi], _panel(sap, bt, kbi), _batch(sb, bt), k0 * ib.shape[2] + j0, i0, i1, 0, kb,
                        nbw, wide, unit)
         nbv = min(nbw, n_cols - j0)
@@ -1374,6 +1415,41 @@ def _expand(c, iap, sap, ib, sb, lutt, nbw, n_rb, tbuf, cbuf, wide, unit, tr):
             for j in range(nbv):
                 _put_out(c, bt, i, j0 + j, ct[(i - i0) * nbw + j], tr)
         fpenv.leave(fp)
+
+
+@numba.njit(parallel=True, cache=_CACHE)
+def _keep_rows(iap, n_l, wshift, keep, tst):
+    """Which table rows the swept operand uses, per k, and its panels' offsets into tables of those rows only.
+
+    iap (batch, nkb, M, KB) holds offsets ``(kk * n_l + r) << wshift`` (r the table row, see _decode_rows_f32).
+    Sets bit r of keep[bt, k] (n_l / 64 int64 words per k) where some row uses table row r at k = kbi * KB + kk,
+    tst[bt, kbi, kk] to the first row of T[kk] in a table of the kept rows packed in kk order, and rewrites each
+    offset in place to ``(tst[bt, kbi, kk] + rank of r among k's kept rows) << wshift``.
+    """
+    nbatch, nkb, mx, kbs = iap.shape
+    k_len = keep.shape[1]
+    nw = keep.shape[2]
+    for w in prange(nbatch * nkb):
+        bt = w // nkb
+        kbi = w - bt * nkb
+        p = iap[bt, kbi]
+        rank = np.empty(n_l, np.int32)
+        n = 0
+        for kk in range(min(kbs, k_len - kbi * kbs)):
+            mk = keep[bt, kbi * kbs + kk]
+            mk[:] = 0
+            off = kk * n_l
+            for i in range(mx):
+                r = (p[i, kk] >> wshift) - off
+                mk[r >> 6] |= np.int64(1) << (r & 63)
+            tst[bt, kbi, kk] = n
+            for q in range(nw):
+                bits = mk[q]
+                for b in range(64):
+                    rank[q * 64 + b] = n
+                    n += (bits >> b) & 1
+            for i in range(mx):
+                p[i, kk] = rank[(p[i, kk] >> wshift) - off] << wshift
 
 
 _TK = 32  # k per item of the table build in _expand_narrow
@@ -1748,7 +1824,7 @@ def _serial_twin(disp):
 
 
 _PARALLEL_KERNELS = (_decode_rows_f32, _decode_rows_t_f32, _decode_cols_f32, _decode_cols_rows_f32, _pack_rows_i32,
-                     _pack_rows_t_i32, _pad_cols_i32, _expand, _expand_narrow, _fixup_f32, _gather_f32,
+                     _pack_rows_t_i32, _pad_cols_i32, _expand, _keep_rows, _expand_narrow, _fixup_f32, _gather_f32,
                      _gemm_direct_i32, _multiply_f32, _multiply_i32)
 _SERIAL = {k: _serial_twin(k) for k in _PARALLEL_KERNELS}
 

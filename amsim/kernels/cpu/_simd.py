@@ -439,6 +439,36 @@ def vtranspose16_store(typingctx, arr, off, stride, rows):
     return types.void(arr, off, stride, rows), codegen
 
 
+@intrinsic
+def vtranspose16_store_kept(typingctx, arr, off, stride, bits, rows):
+    """vtranspose16_store of only the output rows p whose bit p of ``bits`` is set, packed: row p goes to flat
+    offset ``off`` plus ``stride`` times the number of kept rows before it. Returns the offset after the last
+    kept row. Every row is stored (no branch); a dropped one lands where the next kept row, or whatever the
+    caller writes at the returned offset, overwrites it, so that offset must be inside ``arr``."""
+    if not (_is_16bit_arr(arr) and _writable(arr) and isinstance(rows, types.UniTuple) and rows.count == 8
+            and isinstance(off, types.Integer) and isinstance(stride, types.Integer)
+            and isinstance(bits, types.Integer)):
+        return None
+    vt = rows.dtype
+    if not (isinstance(vt, Vec) and vt.width == 16 and vt.dtype == arr.dtype):
+        return None
+
+    def codegen(context, builder, sig, args):
+        aval = args[0]
+        o = context.cast(builder, args[1], sig.args[1], types.intp)
+        s = context.cast(builder, args[2], sig.args[2], types.intp)
+        b = context.cast(builder, args[3], sig.args[3], types.intp)
+        one = ir.Constant(o.type, 1)
+        outs = _transpose16_halves(builder, [builder.extract_value(args[4], q) for q in range(8)])
+        for p in range(8):
+            builder.store(outs[p], _vptr(context, builder, arr, aval, o, arr.dtype, 16), align=2)
+            kept = builder.and_(builder.lshr(b, ir.Constant(b.type, p)), one)
+            o = builder.add(o, builder.mul(kept, s))
+        return o
+
+    return types.intp(arr, off, stride, bits, rows), codegen
+
+
 def _make_load_fixed(width):
     @intrinsic
     def load_fixed(typingctx, arr, off):
