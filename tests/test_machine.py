@@ -291,6 +291,16 @@ def test_kernel_and_block_size_follow_the_measured_costs(monkeypatch):
     for t_bytes, kb in ((128 << 10, 2), (256 << 10, 4), (64 << 10, 1)):  # half-width: 2 bytes an entry
         cost = _machine.Costs(**dict(base.__dict__, t_bytes_half_large=t_bytes))
         assert _gemm._kb(1024, 1000, 32, cost, 2, half=True) == _gemm._kb(2048, 1000, 32, cost, 2, half=True) == kb
+    # tables of the rows used only (1024 swept rows use about 807 of 2048) hold more k per block, rounded down to
+    # what the panels' vector copies take (1, 2, 4 or a multiple of 8)
+    monkeypatch.setenv("AMSIM_CPU_HALF_TABLES", "on")
+    monkeypatch.delenv("AMSIM_CPU_USED_ROWS", raising=False)
+    for t_bytes, kb in ((128 << 10, 2), (256 << 10, 4)):
+        cost = _machine.Costs(**dict(base.__dict__, t_bytes_half_large=t_bytes))
+        lay = _gemm._Layout(1024, 1024, 1000, 2048, 1, True, cost, table_half=True)
+        assert (lay.half, lay.used, lay.kbs) == (True, True, kb)
+        kbs = {_gemm._kb(2048, 1000, 32, cost, 2, half=True, rows=r) for r in range(100, 1100, 7)}
+        assert kbs <= {1, 2, 4, 8, 16, 24, 32} and len(kbs) > 2
 
 
 def test_large_table_block_shapes_give_the_same_bits(monkeypatch, rng):
