@@ -492,12 +492,13 @@ _USED_MULTS = {"mbm11": lambda: amsim.multipliers.mbm(11), "mitchell10": lambda:
 
 @pytest.mark.parametrize("serial", [False, True], ids=["parallel", "serial"])
 @pytest.mark.parametrize("name", list(_USED_MULTS))
-@pytest.mark.parametrize("shape", [(301, 37, 70), (60, 45, 300), (2, 130, 19, 40), (1027, 9, 33)], ids=str)
+@pytest.mark.parametrize("shape", [(301, 37, 70), (60, 45, 300), (2, 40, 19, 130), (1027, 9, 33)], ids=str)
 def test_matmul_used_rows_only(cpu_width, shape, name, serial, monkeypatch, rng):
     """Half-width tables of only the rows the swept operand uses (packed in k order, the panels' offsets
-    rewritten): forced on and off, in both orientations, with batches, a last k block shorter than the others,
-    padded column blocks and rows not a multiple of the sweep's four; operands on the fast path and at float32's
-    ends, and operands that use a few table rows only. The same bits as golden either way, and as each other."""
+    rewritten): forced on and off, in both orientations (a batch swept by its columns), a last k block shorter
+    than the others, padded column blocks, swept rows split between work items and not a multiple of the sweep's
+    four; operands on the fast path and at float32's ends, and operands that use a few table rows only. The same
+    bits as golden either way, and as each other."""
     from amsim.kernels.cpu import _gemm
 
     _force_expansion(monkeypatch, serial)
