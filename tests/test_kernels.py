@@ -486,8 +486,7 @@ def test_half_tables_count_in_the_kernel_choice(monkeypatch):
     assert not cpu.use_expansion(300, 64, 64, 256, cost=cost, nthreads=1, half=True)
 
 
-_USED_MULTS = {"mbm11": lambda: amsim.multipliers.mbm(11), "mitchell10": lambda: amsim.multipliers.mitchell(10),
-               "mbm7": lambda: amsim.multipliers.mbm(7)}
+_USED_MULTS = {"mbm11": lambda: amsim.multipliers.mbm(11), "mbm7": lambda: amsim.multipliers.mbm(7)}
 
 
 @pytest.mark.parametrize("serial", [False, True], ids=["parallel", "serial"])
