@@ -486,18 +486,26 @@ def test_half_tables_count_in_the_kernel_choice(monkeypatch):
     assert not cpu.use_expansion(300, 64, 64, 256, cost=cost, nthreads=1, half=True)
 
 
-_USED_MULTS = {"mbm11": lambda: amsim.multipliers.mbm(11), "mbm7": lambda: amsim.multipliers.mbm(7)}
+def _float_table6():
+    """A 64-row table of random float32 entries in [1, 4): plain tables only (neither packed nor half-width)."""
+    v = np.random.default_rng(6).uniform(1.0, 4.0, (64, 64)).astype(F)
+    return amsim.Multiplier.from_table(v, name="float6")
+
+
+# half-width tables (2048 and 128 rows) and plain ones (1024 and 64 rows)
+_USED_MULTS = {"mbm11": lambda: amsim.multipliers.mbm(11), "mbm7": lambda: amsim.multipliers.mbm(7),
+               "exact10": lambda: MULTS["exact10"], "float6": _float_table6}
 
 
 @pytest.mark.parametrize("serial", [False, True], ids=["parallel", "serial"])
 @pytest.mark.parametrize("name", list(_USED_MULTS))
 @pytest.mark.parametrize("shape", [(301, 37, 70), (60, 45, 300), (2, 40, 19, 130), (1027, 9, 33)], ids=str)
 def test_matmul_used_rows_only(cpu_width, shape, name, serial, monkeypatch, rng):
-    """Half-width tables of only the rows the swept operand uses (packed in k order, the panels' offsets
-    rewritten): forced on and off, in both orientations (a batch swept by its columns), a last k block shorter
-    than the others, padded column blocks, swept rows split between work items and not a multiple of the sweep's
-    four; operands on the fast path and at float32's ends, and operands that use a few table rows only. The same
-    bits as golden either way, and as each other."""
+    """Expanded tables (half-width and plain, large and small) of only the rows the swept operand uses (packed in
+    k order, the panels' offsets rewritten): forced on and off, in both orientations (a batch swept by its
+    columns), a last k block shorter than the others, padded column blocks, swept rows split between work items
+    and not a multiple of the sweep's four; operands on the fast path and at float32's ends, and operands that
+    use a few table rows only. The same bits as golden either way, and as each other."""
     from amsim.kernels.cpu import _gemm
 
     _force_expansion(monkeypatch, serial)
@@ -514,6 +522,8 @@ def test_matmul_used_rows_only(cpu_width, shape, name, serial, monkeypatch, rng)
     monkeypatch.setattr(_gemm, "_k", spy_k)
     mult = _USED_MULTS[name]()
     n_l = mult.table.values.shape[0]
+    half = cpu.float_kernel_tables(mult.table.values).half is not None
+    assert half == name.startswith("mbm")
     *batch, m_, k_, n_ = shape
     sa, sb = (*batch, m_, k_), (*batch, k_, n_)
     four = F([1.0, 1.5, -1.25, 1.75e-3])  # (four table rows: most of the table unused)
@@ -533,7 +543,7 @@ def test_matmul_used_rows_only(cpu_width, shape, name, serial, monkeypatch, rng)
             amsim.matmul(a, b, mult, out=out)
             assert_bits_equal(out, want)
             got[mode] = out
-            assert taken and taken[0] == (True, mode == "on")
+            assert taken and taken[0] == (half, mode == "on")
             assert bool(kept) == (mode == "on")
         assert_bits_equal(got["on"], got["off"])
         # rows kept per k: at least one, at most the rows swept, and at most four where ``four`` is swept

@@ -2,6 +2,7 @@
 block sizes, cached on disk (keyed by what it stands for, never trusted blindly, never fatal)."""
 
 import json
+import math
 
 import numpy as np
 import pytest
@@ -297,7 +298,7 @@ def test_kernel_and_block_size_follow_the_measured_costs(monkeypatch):
     monkeypatch.delenv("AMSIM_CPU_USED_ROWS", raising=False)
     for t_bytes, kb in ((128 << 10, 2), (256 << 10, 4)):
         cost = _machine.Costs(**dict(base.__dict__, t_bytes_half_large=t_bytes))
-        lay = _gemm._Layout(1024, 1024, 1000, 2048, 1, True, cost, table_half=True)
+        lay = _gemm._Layout(1024, 1024, 1000, 2048, 1, True, cost, table_half=True, rows_used=True)
         assert (lay.half, lay.used, lay.kbs) == (True, True, kb)
         kbs = {_gemm._kb(2048, 1000, 32, cost, 2, half=True, rows=r) for r in range(100, 1100, 7)}
         assert kbs <= {1, 2, 4, 8, 16, 24, 32} and len(kbs) > 2
@@ -305,24 +306,30 @@ def test_kernel_and_block_size_follow_the_measured_costs(monkeypatch):
 
 def test_large_table_block_shapes_give_the_same_bits(monkeypatch, rng):
     """Every block shape a calibration may choose for large tables (here mitchell(11)'s 2048 rows), in both
-    orientations, several k blocks and a padded column block: the expansion takes it, and golden's bits."""
+    orientations, several k blocks and a padded column block, with all table rows and with the rows used only
+    (more k per block): the expansion takes it, and golden's bits."""
     mult = amsim.multipliers.mitchell(11)
     base = _machine.costs()
-    seen = spy_layouts(monkeypatch, "nbw", "kbs")
+    seen = spy_layouts(monkeypatch, "nbw", "kbs", "used")
+    monkeypatch.setenv("AMSIM_CPU_HALF_TABLES", "off")
     for m_, k_, n_ in ((150, 70, 40), (40, 70, 150)):
         a = rng.standard_normal((m_, k_)).astype(np.float32)
         b = rng.standard_normal((k_, n_)).astype(np.float32)
         want = golden.matmul(a, b, mult)
+        used_rows = math.ceil(_machine.used_rows_fraction(2048, 150) * 2048)  # (expected: 148)
         for nbw in _machine.NBW_CHOICES:
             for t_bytes in (64 << 10, 256 << 10):
                 c = _machine.Costs(**dict(base.__dict__, nbw_large=nbw, t_bytes_large=t_bytes, gather=1e6,
                                                   parallel=1e12))  # serial: no 16 -> 2 x 8 split
                 monkeypatch.setattr(_machine, "costs", lambda c=c: c)
-                seen.clear()
-                out = np.full((m_, n_), np.nan, np.float32)
-                amsim.matmul(a, b, mult, out=out)
-                assert seen == [(nbw, _gemm._kb(2048, k_, nbw, c))]
-                assert_bits_equal(out, want)
+                for used in (False, True):
+                    monkeypatch.setenv("AMSIM_CPU_USED_ROWS", "on" if used else "off")
+                    seen.clear()
+                    out = np.full((m_, n_), np.nan, np.float32)
+                    amsim.matmul(a, b, mult, out=out)
+                    kb = _gemm._kb(2048, k_, nbw, c, rows=used_rows if used else None)
+                    assert seen == [(nbw, kb, used)]
+                    assert_bits_equal(out, want)
 
 
 def test_packed_tables_take_their_own_measured_block_size(monkeypatch, rng):

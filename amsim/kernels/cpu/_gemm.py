@@ -290,7 +290,7 @@ class _Layout:
     """Blocking of an expansion that sweeps mx = max(M, N) rows and expands ny = min(M, N) columns."""
 
     def __init__(self, m_rows, n_cols, k_len, n_l, nbatch, serial, cost, table_packable=False, t_dtype=np.float32,
-                 table_half=False):
+                 table_half=False, rows_used=False):
         self.mx, self.ny = max(m_rows, n_cols), min(m_rows, n_cols)
         # get_num_threads() also starts Numba's thread pool, which must exist before a kernel that calls
         # get_thread_id() is loaded from the on-disk cache, even the serial twin (otherwise: a null call, segfault)
@@ -314,8 +314,10 @@ class _Layout:
             self.t_dtype = np.dtype(np.uint16)
         elif self.nbw != plain_nbw:
             self._set_blocks(plain_nbw, nbatch)
-        # half-width tables of only the rows the swept operand uses (all of its rows, whatever the row blocks)
-        self.used = self.half and self.nbw % 16 == 0 and _machine.use_used_rows(n_l, self.mx)
+        # float tables (half-width or plain, not packed) of only the rows the swept operand uses (all of its rows,
+        # whatever the row blocks), where the driver can build them (``rows_used``)
+        self.used = (rows_used and not self.packed and self.nbw % (16 if self.half else 8) == 0
+                     and _machine.use_used_rows(n_l, self.mx))
         self._block = (n_l, k_len, cost)
         self._set_kbs()
 
@@ -475,7 +477,7 @@ def gemm_f32(a, b, out, m, truncate, kt):
             x, y = a, b
             lutt = _lutt(kt)
         lay = _Layout(m_rows, n_cols, k_len, n_l, nbatch, serial, cost, getattr(kt, "packable", False),
-                      table_half=half is not None)
+                      table_half=half is not None, rows_used=True)
         ib, sb, ymin, ymax = _decode_cols(y, m, truncate, serial, lay.npad, lay.nbw)
         xmin = np.empty((nbatch, lay.mx), np.int32)
         xmax = np.empty((nbatch, lay.mx), np.int32)

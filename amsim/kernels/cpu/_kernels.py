@@ -47,13 +47,14 @@ from ._simd import (
     vtranspose16_store_kept,
     vtranspose_pack_store,
     vtranspose_store_halves,
+    vtranspose_store_halves_kept,
 )
 
 # Numba keys its on-disk cache of these kernels by this file's contents alone, not by the code they compile in
 # from _simd.py and amsim/_fpenv.py (or the constant below): a change there would leave kernels compiled from the
 # old code in the cache, loaded as if current. This digest of that code (dependencies_digest(); checked here at
 # import and by tests/test_architecture.py) makes every such change a change of this file.
-DEPENDENCIES_DIGEST = "39f37c90ac3840ec"
+DEPENDENCIES_DIGEST = "69247d1f7a70b701"
 
 
 def dependencies_digest() -> str | None:
@@ -870,9 +871,36 @@ def _build_t16_kept(t, lutt, ib, k0, kb, j0, nl, nbw, keep, tst):
                          vload_halves16(lutt, o6 + rc, p6 + rc), vload_halves16(lutt, o7 + rc, p7 + rc)))
 
 
+@numba.njit(inline="always")
+def _build_t_kept(t, lutt, ib, sb, k0, kb, j0, nl, nbw, keep, tst):
+    """_build_t of only the table rows the swept operand uses, packed from row tst[kk] on (see _build_t16_kept).
+    Needs nl a multiple of 64."""
+    npad = ib.shape[1]
+    ls = lutt.shape[1]
+    for kk in range(kb):
+        ibr = ib[k0 + kk]
+        mk = keep[k0 + kk]
+        for jc in range(0, nbw, 8):
+            j = j0 + jc
+            o0, o1, o2, o3 = ibr[j] * ls, ibr[j + 1] * ls, ibr[j + 2] * ls, ibr[j + 3] * ls
+            o4, o5, o6, o7 = ibr[j + 4] * ls, ibr[j + 5] * ls, ibr[j + 6] * ls, ibr[j + 7] * ls
+            sv = _row_scale(sb, (k0 + kk) * npad + j)
+            out = tst[kk] * nbw + jc
+            for r in range(0, nl, 8):
+                bits = mk[r >> 6] >> (r & 63)
+                if bits & 0xFF == 0:
+                    continue
+                out = vtranspose_store_halves_kept(
+                    t, out, nbw, bits, sv,
+                    (vload_halves(lutt, o0 + r, o4 + r), vload_halves(lutt, o1 + r, o5 + r),
+                     vload_halves(lutt, o2 + r, o6 + r), vload_halves(lutt, o3 + r, o7 + r),
+                     vload_halves(lutt, o0 + r + 4, o4 + r + 4), vload_halves(lutt, o1 + r + 4, o5 + r + 4),
+                     vload_halves(lutt, o2 + r + 4, o6 + r + 4), vload_halves(lutt, o3 + r + 4, o7 + r + 4)))
+
+
 def _build_any(t, t0, lutt, ib, sb, k0, kb, j0, nl, nbw, keep, tst):
-    """_build_tp into a packed (uint32) table, _build_t16 from a 16-bit ``lutt`` (_build_t16_kept where ``keep``
-    is not None), else _build_t."""
+    """_build_tp into a packed (uint32) table, _build_t16 from a 16-bit ``lutt``, else _build_t (their _kept
+    forms where ``keep`` is not None: float tables only, not packed)."""
 
 
 @overload(_build_any, inline="always")
@@ -886,6 +914,9 @@ def _ov_build_any(t, t0, lutt, ib, sb, k0, kb, j0, nl, nbw, keep, tst):
                 t, lutt, ib, k0, kb, j0, nl, nbw, keep, tst)
         return lambda t, t0, lutt, ib, sb, k0, kb, j0, nl, nbw, keep, tst: _build_t16(t, t0, lutt, ib, k0, kb, j0,
                                                                                      nl, nbw)
+    if keep is not types.none:
+        return lambda t, t0, lutt, ib, sb, k0, kb, j0, nl, nbw, keep, tst: _build_t_kept(
+            t, lutt, ib, sb, k0, kb, j0, nl, nbw, keep, tst)
     return lambda t, t0, lutt, ib, sb, k0, kb, j0, nl, nbw, keep, tst: _build_t(t, t0, lutt, ib, sb, k0, kb, j0,
                                                                                nl, nbw)
 
@@ -1376,7 +1407,7 @@ def _put_out(c, bt, i, j, v, tr):
 def _expand(c, iap, sap, ib, sb, lutt, nbw, n_rb, tbuf, cbuf, wide, unit, tr, keep, tst):
     """c[bt] = x[bt] (x) y[bt] from the decoded panels (float: scales sap/sb; integer: both None); with ``tr``,
     c[bt].T (see _put_out). ``keep``/``tst`` (else None): the tables hold only the rows the swept operand uses,
-    the panels' offsets rewritten by _keep_rows (half-width tables).
+    the panels' offsets rewritten by _keep_rows (plain and half-width float tables).
 
     nbw (32, 16 or 8) is the column-block width; ``wide``: sweep 32 columns on 16-lane vectors (same sums in
     the same order, so the same bits); a uint32 ``tbuf`` holds packed tables (32-column blocks, entries that

@@ -374,7 +374,7 @@ def use_half(cost: Costs, n_l: int, rows: int) -> bool:
     return n_l * cost.build_half + rows * cost.sweep_half < n_l * cost.build + rows * cost.sweep
 
 
-# Building only the used rows of a large half-width table saves writing the others (the shuffles are the same):
+# Building only the used rows of a large table saves writing the others (the shuffles are the same):
 # the expected share of rows used (see used_rows_fraction) up to which that is done. Zen 4, 1024^2 @ 1024 x N,
 # rows used and not alternating in one process: 39 % used (m = 11, 1024 rows) 16 % faster, 63 % 10-13 %, 77 % the
 # same, 86 % 2-15 % slower (a fixed share, not calibrated: measuring it would need tables of several shares).
@@ -382,9 +382,9 @@ USED_ROWS_MAX = 0.7
 
 
 def used_rows() -> str:
-    """``AMSIM_CPU_USED_ROWS``: "on" (half-width tables hold only the rows the swept operand uses, wherever they
-    are built: tables of a multiple of 64 rows), "off" (all rows), or "auto" (unset: large tables where few rows
-    are used, see use_used_rows). Speed only, never a result.
+    """``AMSIM_CPU_USED_ROWS``: "on" (expanded float tables, half-width or plain, hold only the rows the swept
+    operand uses, wherever they are built: tables of a multiple of 64 rows, not packed), "off" (all rows), or
+    "auto" (unset: large tables where few rows are used, see use_used_rows). Speed only, never a result.
 
     Raises:
         ValueError: the variable holds something else.
@@ -400,7 +400,7 @@ def used_rows_fraction(n_l: int, rows: int) -> float:
 
 
 def use_used_rows(n_l: int, rows: int) -> bool:
-    """Whether a half-width expansion with ``n_l``-row tables sweeping ``rows`` rows builds only the rows used:
+    """Whether a float expansion with ``n_l``-row tables sweeping ``rows`` rows builds only the rows used:
     forced, or (auto) for large tables of a multiple of 64 rows where the expected share used is at most
     USED_ROWS_MAX."""
     mode = used_rows()

@@ -369,6 +369,40 @@ def vtranspose_store_halves(typingctx, arr, off, stride, scale, h0, h1, h2, h3, 
     return types.void(arr, off, stride, scale, *vs), codegen
 
 
+def _store_kept(context, builder, sig, arr, aval, outs, n_args):
+    """Store row p of ``outs`` at offset ``off`` (args 1, 2, 3: off, stride, bits) plus ``stride`` times the
+    number of set bits of ``bits`` below p; returns the offset after the last set bit's row."""
+    o, s, b = (context.cast(builder, v, t, types.intp) for v, t in zip(n_args, sig.args[1:4], strict=True))
+    one = ir.Constant(o.type, 1)
+    for p, row in enumerate(outs):
+        builder.store(row, _vptr(context, builder, arr, aval, o, arr.dtype, row.type.count),
+                      align=arr.dtype.bitwidth // 8)
+        o = builder.add(o, builder.mul(builder.and_(builder.lshr(b, ir.Constant(b.type, p)), one), s))
+    return o
+
+
+@intrinsic
+def vtranspose_store_halves_kept(typingctx, arr, off, stride, bits, scale, rows):
+    """vtranspose_store_halves (of float32 rows into a float32 ``arr``; ``rows`` the 8 halves vectors) of only the
+    output rows p whose bit p of ``bits`` is set, packed as vtranspose16_store_kept does. Returns the offset
+    after the last kept row."""
+    if not (_flat_ok(arr) and arr.dtype == types.float32 and _writable(arr) and isinstance(rows, types.UniTuple)
+            and rows.count == 8 and isinstance(rows.dtype, Vec) and rows.dtype.width == _W
+            and rows.dtype.dtype == types.float32 and all(isinstance(x, types.Integer) for x in (off, stride, bits))):
+        return None
+    has_scale = isinstance(scale, Vec)
+    if has_scale and (scale.dtype != types.float32 or scale.width != _W):
+        return None
+
+    def codegen(context, builder, sig, args):
+        outs = _transpose8_halves(builder, [builder.extract_value(args[5], q) for q in range(8)])
+        if has_scale:
+            outs = _scale_rows(builder, outs, arr.dtype, args[4])
+        return _store_kept(context, builder, sig, arr, args[0], outs, args[1:4])
+
+    return types.intp(arr, off, stride, bits, scale, rows), codegen
+
+
 def _words16(builder, a, b, mask):
     return builder.shuffle_vector(a, b, ir.Constant(ir.VectorType(ir.IntType(32), 16), mask))
 
@@ -454,17 +488,8 @@ def vtranspose16_store_kept(typingctx, arr, off, stride, bits, rows):
         return None
 
     def codegen(context, builder, sig, args):
-        aval = args[0]
-        o = context.cast(builder, args[1], sig.args[1], types.intp)
-        s = context.cast(builder, args[2], sig.args[2], types.intp)
-        b = context.cast(builder, args[3], sig.args[3], types.intp)
-        one = ir.Constant(o.type, 1)
         outs = _transpose16_halves(builder, [builder.extract_value(args[4], q) for q in range(8)])
-        for p in range(8):
-            builder.store(outs[p], _vptr(context, builder, arr, aval, o, arr.dtype, 16), align=2)
-            kept = builder.and_(builder.lshr(b, ir.Constant(b.type, p)), one)
-            o = builder.add(o, builder.mul(kept, s))
-        return o
+        return _store_kept(context, builder, sig, arr, args[0], outs, args[1:4])
 
     return types.intp(arr, off, stride, bits, rows), codegen
 
