@@ -39,11 +39,11 @@ where both apply (``AMSIM_CPU_HALF_TABLES`` forces it). Integer tables whose ent
 same 16-bit transposes.
 
 A swept operand uses at most M of the 2**m table rows at each k: 1024 rows of random data use 39 % of a
-2048-row table. Where few are used (large half-width tables, an expected share of at most 70 %), ``_keep_rows``
-marks the rows each k uses and rewrites the panels' offsets to their ranks, and the build transposes every row
-as before but stores only the used ones, packed (``vtranspose16_store_kept``, no branch): a smaller T, fewer lines
-written through to L2, more k per block. The rows used, and so the bits, are the same (``AMSIM_CPU_USED_ROWS``
-forces it on or off).
+2048-row table. Where few are used (large float tables, half-width or plain, an expected share of at most
+70 %), ``_keep_rows`` marks the rows each k uses and rewrites the panels' offsets to their ranks, and the build
+transposes every row as before but stores only the used ones, packed (``vtranspose16_store_kept``,
+``vtranspose_store_halves_kept``, no branch): a smaller T, fewer lines written through to L2, more k per block.
+The entries read, and so the bits, are the same (``AMSIM_CPU_USED_ROWS`` forces it on or off).
 
 Operands whose exponent could take an intermediate or a product out of the normal range (and Inf/NaN) make
 their whole row or column "flagged"; those outputs are recomputed by the scalar path, which assembles each
