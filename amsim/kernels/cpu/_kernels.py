@@ -746,6 +746,33 @@ def _ov_batch(p, bt):
 
 
 @numba.njit(inline="always")
+def _row_offsets8(ibr, j, ls):
+    """Flat offsets of the transposed-table rows ``ibr[j .. j+7]`` (rows of ``ls`` elements) a build reads."""
+    return (ibr[j] * ls, ibr[j + 1] * ls, ibr[j + 2] * ls, ibr[j + 3] * ls,
+            ibr[j + 4] * ls, ibr[j + 5] * ls, ibr[j + 6] * ls, ibr[j + 7] * ls)
+
+
+@numba.njit(inline="always")
+def _halves8(lutt, o, r):
+    """The 8 vload_halves vectors of an 8x8 transpose (see vtranspose_store_halves) of elements r .. r+7 of the
+    rows at offsets ``o``."""
+    return (vload_halves(lutt, o[0] + r, o[4] + r), vload_halves(lutt, o[1] + r, o[5] + r),
+            vload_halves(lutt, o[2] + r, o[6] + r), vload_halves(lutt, o[3] + r, o[7] + r),
+            vload_halves(lutt, o[0] + r + 4, o[4] + r + 4), vload_halves(lutt, o[1] + r + 4, o[5] + r + 4),
+            vload_halves(lutt, o[2] + r + 4, o[6] + r + 4), vload_halves(lutt, o[3] + r + 4, o[7] + r + 4))
+
+
+@numba.njit(inline="always")
+def _halves16(lutt, o, p, r):
+    """The 8 vload_halves16 vectors of half a 16x16 transpose (see vtranspose16_store) of elements r .. r+7 of the
+    rows at offsets ``o`` (rows 0-7) and ``p`` (rows 8-15)."""
+    return (vload_halves16(lutt, o[0] + r, p[0] + r), vload_halves16(lutt, o[1] + r, p[1] + r),
+            vload_halves16(lutt, o[2] + r, p[2] + r), vload_halves16(lutt, o[3] + r, p[3] + r),
+            vload_halves16(lutt, o[4] + r, p[4] + r), vload_halves16(lutt, o[5] + r, p[5] + r),
+            vload_halves16(lutt, o[6] + r, p[6] + r), vload_halves16(lutt, o[7] + r, p[7] + r))
+
+
+@numba.njit(inline="always")
 def _build_t(t, t0, lutt, ib, sb, k0, kb, j0, nl, nbw):
     """T[kk, r, 0:nbw] = LUT[r, ib[k0+kk, j0:j0+nbw]] (* sb[...] unless sb is None) at flat offset t0 of t;
     ``lutt`` is LUT transposed, nl rows of ``lutt.shape[1]`` elements (padded past nl, see padded_rows)."""
@@ -756,22 +783,12 @@ def _build_t(t, t0, lutt, ib, sb, k0, kb, j0, nl, nbw):
             ibr = ib[k0 + kk]
             for jc in range(0, nbw, 8):
                 j = j0 + jc
-                o0 = ibr[j] * ls
-                o1 = ibr[j + 1] * ls
-                o2 = ibr[j + 2] * ls
-                o3 = ibr[j + 3] * ls
-                o4 = ibr[j + 4] * ls
-                o5 = ibr[j + 5] * ls
-                o6 = ibr[j + 6] * ls
-                o7 = ibr[j + 7] * ls
+                o = _row_offsets8(ibr, j, ls)
                 sv = _row_scale(sb, (k0 + kk) * npad + j)
                 for r in range(0, nl, 8):
-                    vtranspose_store_halves(
-                        t, t0 + (kk * nl + r) * nbw + jc, nbw, sv,
-                        vload_halves(lutt, o0 + r, o4 + r), vload_halves(lutt, o1 + r, o5 + r),
-                        vload_halves(lutt, o2 + r, o6 + r), vload_halves(lutt, o3 + r, o7 + r),
-                        vload_halves(lutt, o0 + r + 4, o4 + r + 4), vload_halves(lutt, o1 + r + 4, o5 + r + 4),
-                        vload_halves(lutt, o2 + r + 4, o6 + r + 4), vload_halves(lutt, o3 + r + 4, o7 + r + 4))
+                    h = _halves8(lutt, o, r)
+                    vtranspose_store_halves(t, t0 + (kk * nl + r) * nbw + jc, nbw, sv,
+                                            h[0], h[1], h[2], h[3], h[4], h[5], h[6], h[7])
     else:  # 2 or 4 table rows: too few for the 8x8 transposes
         for kk in range(kb):
             for r in range(nl):
@@ -824,20 +841,12 @@ def _build_t16(t, t0, lutt, ib, k0, kb, j0, nl, nbw):
     for kk in range(kb):
         ibr = ib[k0 + kk]
         for jc in range(0, nbw, 16):
-            j = j0 + jc
-            o0, o1, o2, o3 = ibr[j] * ls, ibr[j + 1] * ls, ibr[j + 2] * ls, ibr[j + 3] * ls
-            o4, o5, o6, o7 = ibr[j + 4] * ls, ibr[j + 5] * ls, ibr[j + 6] * ls, ibr[j + 7] * ls
-            p0, p1, p2, p3 = ibr[j + 8] * ls, ibr[j + 9] * ls, ibr[j + 10] * ls, ibr[j + 11] * ls
-            p4, p5, p6, p7 = ibr[j + 12] * ls, ibr[j + 13] * ls, ibr[j + 14] * ls, ibr[j + 15] * ls
+            o = _row_offsets8(ibr, j0 + jc, ls)
+            p = _row_offsets8(ibr, j0 + jc + 8, ls)
             for r in range(0, nl, 16):
                 out = t0 + (kk * nl + r) * nbw + jc
                 for c in range(0, 16, 8):
-                    vtranspose16_store(
-                        t, out + c * nbw, nbw,
-                        (vload_halves16(lutt, o0 + r + c, p0 + r + c), vload_halves16(lutt, o1 + r + c, p1 + r + c),
-                         vload_halves16(lutt, o2 + r + c, p2 + r + c), vload_halves16(lutt, o3 + r + c, p3 + r + c),
-                         vload_halves16(lutt, o4 + r + c, p4 + r + c), vload_halves16(lutt, o5 + r + c, p5 + r + c),
-                         vload_halves16(lutt, o6 + r + c, p6 + r + c), vload_halves16(lutt, o7 + r + c, p7 + r + c)))
+                    vtranspose16_store(t, out + c * nbw, nbw, _halves16(lutt, o, p, r + c))
 
 
 @numba.njit(inline="always")
@@ -851,24 +860,15 @@ def _build_t16_kept(t, lutt, ib, k0, kb, j0, nl, nbw, keep, tst):
         ibr = ib[k0 + kk]
         mk = keep[k0 + kk]
         for jc in range(0, nbw, 16):
-            j = j0 + jc
-            o0, o1, o2, o3 = ibr[j] * ls, ibr[j + 1] * ls, ibr[j + 2] * ls, ibr[j + 3] * ls
-            o4, o5, o6, o7 = ibr[j + 4] * ls, ibr[j + 5] * ls, ibr[j + 6] * ls, ibr[j + 7] * ls
-            p0, p1, p2, p3 = ibr[j + 8] * ls, ibr[j + 9] * ls, ibr[j + 10] * ls, ibr[j + 11] * ls
-            p4, p5, p6, p7 = ibr[j + 12] * ls, ibr[j + 13] * ls, ibr[j + 14] * ls, ibr[j + 15] * ls
+            o = _row_offsets8(ibr, j0 + jc, ls)
+            p = _row_offsets8(ibr, j0 + jc + 8, ls)
             out = tst[kk] * nbw + jc
             for r in range(0, nl, 16):
                 bits = mk[r >> 6] >> (r & 63)
                 if bits & 0xFFFF == 0:
                     continue  # (none of these 16 used: operands of few distinct values, e.g. 8-bit pixels)
                 for c in range(0, 16, 8):
-                    rc = r + c
-                    out = vtranspose16_store_kept(
-                        t, out, nbw, bits >> c,
-                        (vload_halves16(lutt, o0 + rc, p0 + rc), vload_halves16(lutt, o1 + rc, p1 + rc),
-                         vload_halves16(lutt, o2 + rc, p2 + rc), vload_halves16(lutt, o3 + rc, p3 + rc),
-                         vload_halves16(lutt, o4 + rc, p4 + rc), vload_halves16(lutt, o5 + rc, p5 + rc),
-                         vload_halves16(lutt, o6 + rc, p6 + rc), vload_halves16(lutt, o7 + rc, p7 + rc)))
+                    out = vtranspose16_store_kept(t, out, nbw, bits >> c, _halves16(lutt, o, p, r + c))
 
 
 @numba.njit(inline="always")
@@ -882,20 +882,14 @@ def _build_t_kept(t, lutt, ib, sb, k0, kb, j0, nl, nbw, keep, tst):
         mk = keep[k0 + kk]
         for jc in range(0, nbw, 8):
             j = j0 + jc
-            o0, o1, o2, o3 = ibr[j] * ls, ibr[j + 1] * ls, ibr[j + 2] * ls, ibr[j + 3] * ls
-            o4, o5, o6, o7 = ibr[j + 4] * ls, ibr[j + 5] * ls, ibr[j + 6] * ls, ibr[j + 7] * ls
+            o = _row_offsets8(ibr, j, ls)
             sv = _row_scale(sb, (k0 + kk) * npad + j)
             out = tst[kk] * nbw + jc
             for r in range(0, nl, 8):
                 bits = mk[r >> 6] >> (r & 63)
                 if bits & 0xFF == 0:
                     continue
-                out = vtranspose_store_halves_kept(
-                    t, out, nbw, bits, sv,
-                    (vload_halves(lutt, o0 + r, o4 + r), vload_halves(lutt, o1 + r, o5 + r),
-                     vload_halves(lutt, o2 + r, o6 + r), vload_halves(lutt, o3 + r, o7 + r),
-                     vload_halves(lutt, o0 + r + 4, o4 + r + 4), vload_halves(lutt, o1 + r + 4, o5 + r + 4),
-                     vload_halves(lutt, o2 + r + 4, o6 + r + 4), vload_halves(lutt, o3 + r + 4, o7 + r + 4)))
+                out = vtranspose_store_halves_kept(t, out, nbw, bits, sv, _halves8(lutt, o, r))
 
 
 def _build_any(t, t0, lutt, ib, sb, k0, kb, j0, nl, nbw, keep, tst):
